@@ -1,0 +1,38 @@
+"""Kernelpit: run Python tools in a pool of managed Jupyter kernels.
+
+::
+
+    import kernelpit
+
+    with kernelpit.Pool(adapters=["mytools"], workers=2) as pool:
+        pool.call("add", a=1, b=2)
+        for ev in pool.stream("train", epochs=3):
+            print(ev.kind)
+
+``kernelpit.aio`` has the asyncio twins.  Tools are written with
+:func:`kernelpit.kernels.tool`.  Every exception is in :mod:`kernelpit.exceptions`.
+"""
+
+from . import events
+from .config import PoolConfig, parse_size
+from .events import Display, Error, Event, Partial, Progress, Queued, Result, Started, Stderr, Stdout
+from .exceptions import (BridgeError, BridgeNotFound, CallError, Cancelled, DeadlineExceeded,
+                         InvalidArguments, KernelpitError, NotFound, PoolClosed, QueueFull,
+                         RemoteError, RemoteTraceback, SessionLost, SessionNotFound, StartError,
+                         ToolNotFound, Unauthenticated, WorkerCrashed, WorkerNotFound)
+from .info import SessionInfo, ToolInfo, WorkerInfo
+from .pool.call import CallOptions
+from .sync import Caller, Pool, Session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Pool", "Session", "Caller", "CallOptions", "PoolConfig", "parse_size",
+    "ToolInfo", "WorkerInfo", "SessionInfo",
+    "events", "Event", "Queued", "Started", "Progress", "Stdout", "Stderr", "Display", "Partial",
+    "Result", "Error",
+    "KernelpitError", "StartError", "PoolClosed", "BridgeError", "BridgeNotFound",
+    "Unauthenticated", "CallError", "NotFound", "ToolNotFound", "SessionNotFound",
+    "WorkerNotFound", "InvalidArguments", "QueueFull", "DeadlineExceeded", "Cancelled",
+    "WorkerCrashed", "SessionLost", "RemoteError", "RemoteTraceback",
+]

@@ -1,0 +1,130 @@
+"""The calling API shared by the embedded pool and remote clients (asyncio flavour).
+
+:class:`AsyncCaller` implements ``call`` / ``stream`` / ``map`` / ``options``
+/ ``session`` once, over a *backend*: the local :class:`~kernelpit.pool.PoolManager`
+or a gRPC connection.  The synchronous classes in :mod:`kernelpit.sync`
+drive these same objects from a background event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Iterable, Protocol
+
+from .events import Event
+from .info import SessionInfo
+from .pool.call import CallOptions
+
+
+class Backend(Protocol):
+    async def call(self, tool: str, args: Any, kwargs: dict[str, Any],
+                   options: CallOptions) -> Any: ...
+
+    def stream(self, tool: str, args: Any, kwargs: dict[str, Any],
+               options: CallOptions) -> AsyncIterator[Event]: ...
+
+    async def open_session(self, pool: str | None, ttl: float | None, metadata: dict[str, str],
+                           session_id: str | None = None) -> SessionInfo: ...
+
+    async def close_session(self, session_id: str) -> SessionInfo: ...
+
+
+class AsyncCaller:
+    """Runs tools.  Options bound with :meth:`options` apply to every call made through it."""
+
+    def __init__(self, backend: Backend, options: CallOptions | None = None) -> None:
+        self._backend = backend
+        self._options = options or CallOptions()
+
+    def options(self, **options: Any) -> "AsyncCaller":
+        """A caller with call options set: ``deadline``, ``session``, ``pool``, ``worker``, ``idempotent``.
+
+        Options never collide with a tool's own parameter names::
+
+            await pool.options(deadline=2.0).call("train", epochs=3)
+        """
+        return AsyncCaller(self._backend, self._options.merged(**options))
+
+    async def call(self, tool: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``tool`` with the given arguments and return its result."""
+        return await self._backend.call(tool, args, kwargs, self._options)
+
+    def stream(self, tool: str, /, *args: Any, **kwargs: Any) -> AsyncIterator[Event]:
+        """Run ``tool`` and iterate over its events; the last one is ``result`` or ``error``.
+
+        Leaving the loop early cancels the call (the tool is interrupted).
+        """
+        return self._backend.stream(tool, args, kwargs, self._options)
+
+    async def map(self, tool: str, /, *iterables: Iterable[Any]) -> list[Any]:
+        """``[tool(*xs) for xs in zip(*iterables)]``, run across the pool; results in order.
+
+        The first failure is raised once every call has finished.
+        """
+        calls = [self.call(tool, *xs) for xs in zip(*iterables)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return list(results)
+
+    def session(self, *, ttl: float | None = None, metadata: dict[str, str] | None = None,
+                pool: str | None = None, id: str | None = None) -> "AsyncSession":
+        """A session: every call in it runs on the same worker, so state survives between calls.
+
+        Use ``async with pool.session() as s:`` or ``s = await pool.session()``.
+        ``ttl`` closes it after that many idle seconds.
+        """
+        return AsyncSession(self._backend, self._options, pool=pool, ttl=ttl,
+                            metadata=metadata or {}, session_id=id)
+
+
+class AsyncSession(AsyncCaller):
+    """Calls pinned to the worker holding the session.  Close it to free its state."""
+
+    def __init__(self, backend: Backend, options: CallOptions, *, pool: str | None,
+                 ttl: float | None, metadata: dict[str, str], session_id: str | None) -> None:
+        super().__init__(backend, options)
+        self._spec = (pool, ttl, metadata, session_id)
+        self.info: SessionInfo | None = None
+        self._closed = False
+
+    @property
+    def id(self) -> str:
+        if self.info is None:
+            raise RuntimeError("the session is not open yet: `await` it or use `async with`")
+        return self.info.id
+
+    @property
+    def worker(self) -> int:
+        assert self.info is not None
+        return self.info.worker
+
+    async def open(self) -> "AsyncSession":
+        if self.info is None:
+            self.info = await self._backend.open_session(*self._spec)
+            self._options = self._options.merged(session=self.info.id)
+        return self
+
+    def __await__(self):
+        return self.open().__await__()
+
+    async def close(self) -> None:
+        """Close the session; its worker drops its session state."""
+        if self.info is not None and not self._closed:
+            self._closed = True
+            try:
+                await self._backend.close_session(self.info.id)
+            except Exception:  # already expired, or its worker died: nothing left to free
+                pass
+
+    def options(self, **options: Any) -> AsyncCaller:
+        if self.info is None:
+            raise RuntimeError("open the session before deriving options from it")
+        return AsyncCaller(self._backend, self._options.merged(**options))
+
+    async def __aenter__(self) -> "AsyncSession":
+        return await self.open()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()

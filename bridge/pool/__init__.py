@@ -1,0 +1,19 @@
+"""The local pool manager: the supervision tree behind ``kernelpit.Pool``.
+
+::
+
+    PoolManager            (manager.py)  run id, the call channel, named pools, sessions, calls
+    ├── Channel            (channel.py)  one ZMQ ROUTER every worker agent connects to
+    ├── SessionTable       (sessions.py) session -> worker affinity, idle expiry
+    └── WorkerGroup × N    (group.py)    one named pool: its workers, wait queue, replacement
+        ├── WaitQueue      (dispatch.py) bounded FIFO of calls waiting for a worker
+        └── Worker × M     (worker.py)   one kernel: launch, readiness, state, in-flight calls
+            ├── kernel.py                the kernelspec and AsyncKernelManager launch
+            └── deathwatch.py            notices the kernel process exit at once (pidfd)
+
+Calls (call.py) are owned by the manager from submission to their last event.
+"""
+
+from .manager import PoolManager
+
+__all__ = ["PoolManager"]

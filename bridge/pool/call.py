@@ -1,0 +1,127 @@
+"""A call in flight, from submission to its last event."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .. import events as ev
+from ..exceptions import from_payload
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class CallOptions:
+    """Per-call settings, kept apart from the tool's own keyword arguments.
+
+    deadline    seconds from submission until DeadlineExceeded (the tool is interrupted)
+    session     run in this session (on the worker that holds it)
+    pool        the named pool to use (default: the one serving the tool)
+    worker      pin the call to this worker id
+    idempotent  safe to retry on a fresh worker after a crash (default: the tool's flag)
+    """
+
+    deadline: float | None = None
+    session: str | None = None
+    pool: str | None = None
+    worker: int | None = None
+    idempotent: bool | None = None
+
+    def merged(self, **changes: Any) -> "CallOptions":
+        unknown = set(changes) - set(self.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown call option(s): {', '.join(sorted(unknown))}; "
+                            f"known: {', '.join(self.__dataclass_fields__)}")
+        data = {**self.__dict__, **{k: v for k, v in changes.items()}}
+        return CallOptions(**data)
+
+
+@dataclass
+class Call:
+    tool: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: CallOptions
+    streaming: bool = False
+    id: int = field(default_factory=lambda: next(_ids))
+    worker: "Worker | None" = None
+    pinned: int | None = None
+    thread_safe: bool = False
+    submitted: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    cancel_sent: bool = False
+    attempts: int = 0
+
+    def __post_init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.events: asyncio.Queue[ev.Event] | None = asyncio.Queue() if self.streaming else None
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+    def emit(self, event: ev.Event) -> None:
+        if self.events is not None:
+            event.call_id = self.id
+            self.events.put_nowait(event)
+
+    def finish(self, value: Any) -> None:
+        if self.future.done():
+            return
+        self._cancel_timer()
+        self.future.set_result(value)
+        self.emit(ev.Result(value=value))
+
+    def fail(self, exc: BaseException) -> None:
+        if self.future.done():
+            return
+        self._cancel_timer()
+        self.future.set_exception(exc)
+        self.future.exception()  # a stream consumer may never await it: mark as retrieved
+        self.emit(ev.Error(error=exc))
+
+    def on_worker_event(self, msg: dict[str, Any]) -> bool:
+        """Apply one event from the worker; True when it was the call's last."""
+        kind = msg["k"]
+        if kind == "result":
+            self.finish(msg.get("value"))
+            return True
+        if kind == "error":
+            worker_id = self.worker.id if self.worker else None
+            self.fail(from_payload(msg["error"], tool=self.tool, call_id=self.id, worker=worker_id))
+            return True
+        if self.events is not None:
+            if kind == "progress":
+                self.emit(ev.Progress(done=msg["done"], total=msg.get("total"),
+                                      message=msg.get("message", "")))
+            elif kind == "stdout":
+                self.emit(ev.Stdout(text=msg["text"]))
+            elif kind == "stderr":
+                self.emit(ev.Stderr(text=msg["text"]))
+            elif kind == "display":
+                self.emit(ev.Display(data=msg["data"], metadata=msg.get("metadata", {})))
+            elif kind == "partial":
+                self.emit(ev.Partial(value=msg.get("value")))
+        return False
+
+    def set_deadline(self, on_expiry: Any) -> None:
+        if self.options.deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(0.0, self.options.deadline), on_expiry, self)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def describe(self) -> str:
+        return f"{self.tool}()"

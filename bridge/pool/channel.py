@@ -1,0 +1,74 @@
+"""The call channel: one ZMQ ROUTER socket that every worker agent connects to.
+
+It listens on an ``ipc://`` socket inside a private (0700) directory, so only
+this user's processes can reach it.  Each agent thread connects a DEALER with
+identity ``<worker>`` (io thread) or ``<worker>.<n>`` (executor n); incoming
+messages are handed to ``on_message(worker_id, msg)`` on the event loop.
+
+The socket is a plain (non-asyncio) pyzmq socket read from ``add_reader`` on
+its FD and drained completely each time, which costs far less per message
+than a future per ``recv``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from typing import Any, Callable
+
+import zmq
+
+from ..kernels.protocol import decode, encode
+
+
+class Channel:
+    def __init__(self, on_message: Callable[[int, dict[str, Any]], None]) -> None:
+        self._on_message = on_message
+        self._dir = tempfile.mkdtemp(prefix="kp-")
+        os.chmod(self._dir, 0o700)
+        self.endpoint = f"ipc://{self._dir}/calls"
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._sock.bind(self.endpoint)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock.getsockopt(zmq.FD), self._drain)
+        self._drain_scheduled = False
+
+    def send(self, worker_id: int, msg: dict[str, Any]) -> bool:
+        """Send to a worker's io thread; False when the worker is not connected."""
+        try:
+            self._sock.send_multipart([str(worker_id).encode(), *encode(msg)], copy=False)
+        except zmq.ZMQError:  # EHOSTUNREACH: not connected (yet, or any more)
+            return False
+        finally:
+            # A send can consume the FD's edge while messages are waiting: drain soon.
+            if not self._drain_scheduled:
+                self._drain_scheduled = True
+                self._loop.call_soon(self._drain)
+        return True
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        sock = self._sock
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+            identity = frames[0].split(b".", 1)[0]
+            try:
+                worker_id = int(identity)
+                msg = decode(frames[1:])
+            except ValueError:
+                continue  # not one of ours
+            self._on_message(worker_id, msg)
+
+    def close(self) -> None:
+        try:
+            self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
+        except Exception:
+            pass
+        self._sock.close(linger=0)
+        self._ctx.term()
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,0 +1,92 @@
+"""Launching worker kernels through jupyter_client.
+
+A worker is an ordinary ipykernel started by ``AsyncKernelManager`` and its
+(local) provisioner; the only difference from a notebook kernel is the
+module it runs: ``python -m kernelpit.kernels`` starts the same IPKernelApp
+plus the Kernelpit agent.  A named kernelspec is accepted when its argv
+launches ipykernel; its ``-m ipykernel_launcher`` is swapped for ours.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import IO
+
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
+from jupyter_client.manager import AsyncKernelManager
+
+from ..config import PoolConfig
+from ..exceptions import StartError
+
+AGENT_MODULE = "kernelpit.kernels"
+THREAD_LIMIT_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                     "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
+class _OneSpec(KernelSpecManager):
+    """A kernelspec manager that knows exactly one spec: the worker's."""
+
+    def __init__(self, spec: KernelSpec, **kw: object) -> None:
+        super().__init__(**kw)
+        self._spec = spec
+
+    def get_kernel_spec(self, kernel_name: str, *args: object, **kw: object) -> KernelSpec:
+        return self._spec
+
+
+def worker_spec(config: PoolConfig) -> KernelSpec:
+    """The kernelspec a pool's workers are launched with."""
+    env: dict[str, str] = {}
+    if config.kernelspec:
+        try:
+            base = KernelSpecManager().get_kernel_spec(config.kernelspec)
+        except NoSuchKernel:
+            names = ", ".join(sorted(KernelSpecManager().find_kernel_specs())) or "none"
+            raise StartError(f"pool '{config.name}': no kernelspec named '{config.kernelspec}' "
+                             f"(installed: {names}); see `jupyter kernelspec list`") from None
+        argv = list(base.argv)
+        for i, arg in enumerate(argv[:-1]):
+            if arg == "-m" and argv[i + 1] in ("ipykernel_launcher", "ipykernel"):
+                argv[i + 1] = AGENT_MODULE
+                break
+        else:
+            raise StartError(f"pool '{config.name}': kernelspec '{config.kernelspec}' does not "
+                             f"launch ipykernel (argv: {base.argv}); Kernelpit workers are ipykernels")
+        env = dict(base.env or {})
+    else:
+        python = config.python or sys.executable
+        argv = [python, "-m", AGENT_MODULE, "-f", "{connection_file}"]
+    return KernelSpec(argv=argv, env=env, display_name=f"Kernelpit worker ({config.name})",
+                      language="python", interrupt_mode="signal")
+
+
+def worker_env(config: PoolConfig, worker_id: int, endpoint: str, run_id: str) -> dict[str, str]:
+    env = dict(os.environ)
+    if config.thread_limits:
+        for var in THREAD_LIMIT_VARS:
+            env.setdefault(var, "1")
+    paths = [*config.path, os.getcwd()]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env.update(config.env)
+    env.update({
+        "PYTHONPATH": os.pathsep.join(paths),
+        "KERNELPIT_ENDPOINT": endpoint,
+        "KERNELPIT_WORKER": str(worker_id),
+        "KERNELPIT_ADAPTERS": ",".join(config.adapters),
+        "KERNELPIT_CONCURRENCY": str(config.concurrency),
+        "KERNELPIT_RUN_ID": run_id,
+        "KERNELPIT_POOL": config.name,
+    })
+    return env
+
+
+async def launch(spec: KernelSpec, env: dict[str, str], cwd: str | None, log: IO[bytes],
+                 connection_file: str) -> AsyncKernelManager:
+    """Start one kernel process; returns its manager (readiness is the caller's business)."""
+    km = AsyncKernelManager(kernel_name="kernelpit-worker", kernel_spec_manager=_OneSpec(spec),
+                            connection_file=connection_file)
+    km.shutdown_wait_time = 1.0
+    await km.start_kernel(env=env, cwd=cwd or os.getcwd(), stdout=log, stderr=log)
+    return km

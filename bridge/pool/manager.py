@@ -1,0 +1,316 @@
+"""The pool manager: run id, call channel, named pools, sessions and the calls in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import itertools
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from .. import events as ev
+from ..config import PoolConfig
+from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, PoolClosed, SessionLost,
+                          ToolNotFound, WorkerCrashed, WorkerNotFound)
+from ..info import SessionInfo, ToolInfo, WorkerInfo
+from ..kernels.schema import check_arguments
+from .call import Call, CallOptions
+from .channel import Channel
+from .group import WorkerGroup
+from .sessions import SessionTable
+from .worker import Worker, describe_exit
+
+log = logging.getLogger("kernelpit")
+
+
+class PoolManager:
+    """Owns every worker of every named pool, and every call from submit to last event."""
+
+    def __init__(self, configs: list[PoolConfig]) -> None:
+        names = [c.name for c in configs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique, got {names}")
+        self.configs = configs
+        self.run_id = uuid.uuid4().hex[:12]
+        self.groups: dict[str, WorkerGroup] = {}
+        self.sessions = SessionTable()
+        self.calls: dict[int, Call] = {}
+        self._ids = itertools.count(1)
+        self._channel: Channel | None = None
+        self._run_dir: Path | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self.closed = False
+        self.started = False
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        self._run_dir = Path(tempfile.mkdtemp(prefix=f"kernelpit-{self.run_id}-"))
+        self._channel = Channel(self._on_message)
+        slots = asyncio.Semaphore(8)
+        for cfg in self.configs:
+            self.groups[cfg.name] = WorkerGroup(cfg, self._channel, self._run_dir, self.run_id,
+                                                lambda: next(self._ids), self._on_worker_exit,
+                                                slots)
+        try:
+            await asyncio.gather(*(g.start() for g in self.groups.values()))
+        except BaseException:
+            await self.close()
+            raise
+        self._reaper = asyncio.ensure_future(self._reap_sessions())
+        self.started = True
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for call in list(self.calls.values()):
+            call.fail(PoolClosed("the pool was closed while this call was running"))
+        for group in self.groups.values():
+            for call in list(group.queue._calls):
+                call.fail(PoolClosed("the pool was closed while this call was waiting"))
+        await asyncio.gather(*(g.stop() for g in self.groups.values()), return_exceptions=True)
+        if self._channel is not None:
+            self._channel.close()
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+
+    # -- messages from workers -------------------------------------------------------------
+    def _on_message(self, worker_id: int, msg: dict[str, Any]) -> None:
+        if msg.get("op") == "ev":
+            call = self.calls.get(msg.get("id"))  # type: ignore[arg-type]
+            if call is not None and call.on_worker_event(msg):
+                self._finished(call)
+            return
+        worker = self._worker(worker_id)
+        if worker is not None:
+            worker.on_message(msg)
+
+    def _finished(self, call: Call) -> None:
+        self.calls.pop(call.id, None)
+        worker = call.worker
+        if worker is not None:
+            worker.end(call)
+            self.groups[worker.config.name].pump(worker)
+
+    def _on_worker_exit(self, worker: Worker) -> None:
+        how = describe_exit(worker.returncode)
+        group = self.groups[worker.config.name]
+        for call in list(worker.inflight.values()):
+            signame = how.removeprefix("was killed by ") if worker.returncode and worker.returncode < 0 else None
+            call.fail(WorkerCrashed(
+                f"worker {worker.id} {how} while running {call.describe()}"
+                f"{'; it was restarted because the cancelled tool did not stop' if call.cancel_sent else ''}",
+                exit_code=worker.returncode, signal=signame, tool=call.tool, call_id=call.id,
+                worker=worker.id))
+            self.calls.pop(call.id, None)
+        worker.inflight.clear()
+        for session in self.sessions.on_worker(worker.id):
+            session.lost = f"worker {worker.id} holding it {how}"
+        for call in group.queue.drop_pinned(worker.id):
+            exc = (SessionLost(f"session '{call.options.session}' is lost: worker {worker.id} "
+                               f"holding it {how}; its state is gone", tool=call.tool)
+                   if call.options.session else
+                   WorkerCrashed(f"worker {worker.id} {how} before running {call.describe()}",
+                                 exit_code=worker.returncode, tool=call.tool, worker=worker.id))
+            call.fail(exc)
+        log.warning("worker %d of pool '%s' %s; starting a replacement", worker.id, group.name, how)
+        group.remove(worker)
+
+    # -- calls ---------------------------------------------------------------------
+    def _worker(self, worker_id: int) -> Worker | None:
+        for group in self.groups.values():
+            w = group.workers.get(worker_id)
+            if w is not None:
+                return w
+        return None
+
+    def _group_for(self, tool: str, options: CallOptions) -> WorkerGroup:
+        if options.pool is not None:
+            try:
+                return self.groups[options.pool]
+            except KeyError:
+                raise ToolNotFound(f"no pool named '{options.pool}' (pools: "
+                                   f"{', '.join(self.groups)})", tool=tool) from None
+        for group in self.groups.values():
+            if tool in group.tools:
+                return group
+        known = sorted({t for g in self.groups.values() for t in g.tools})
+        close = difflib.get_close_matches(tool, known, n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listing = ", ".join(known) if len(known) <= 20 else f"{len(known)} tools, see pool.tools()"
+        raise ToolNotFound(f"no tool named '{tool}'{hint} (available: {listing or 'none'})",
+                           tool=tool)
+
+    def _prepare(self, tool: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any],
+                 options: CallOptions, streaming: bool) -> tuple[WorkerGroup, Call]:
+        if self.closed or not self.started:
+            raise PoolClosed("the pool is closed" if self.closed else "the pool is not started")
+        if not isinstance(tool, str):
+            raise InvalidArguments(f"the tool name must be a str, got {type(tool).__name__}")
+        session = None
+        if options.session is not None:
+            session = self.sessions.use(options.session)
+            options = options.merged(pool=session.pool)
+        group = self._group_for(tool, options)
+        desc = group.tools.get(tool)
+        if desc is None:
+            close = difflib.get_close_matches(tool, list(group.tools), n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ToolNotFound(f"pool '{group.name}' has no tool named '{tool}'{hint}", tool=tool)
+        problem = check_arguments(tool, desc["params"], args, kwargs)
+        if problem:
+            raise InvalidArguments(problem, tool=tool)
+        call = Call(tool, list(args), dict(kwargs), options, streaming=streaming,
+                    thread_safe=bool(desc.get("thread_safe")))
+        if session is not None:
+            call.pinned = session.worker
+        elif options.worker is not None:
+            if options.worker not in group.workers:
+                raise WorkerNotFound(f"pool '{group.name}' has no worker {options.worker} "
+                                     f"(workers: {', '.join(map(str, group.workers))})", tool=tool)
+            call.pinned = options.worker
+        return group, call
+
+    def _submit(self, group: WorkerGroup, call: Call) -> None:
+        position = group.submit(call)
+        self.calls[call.id] = call
+        call.set_deadline(self._expired)
+        if call.events is not None:
+            if position is not None:
+                call.emit(ev.Queued(position=position))
+            else:
+                call.emit(ev.Started(worker=call.worker.id))  # type: ignore[union-attr]
+
+    def _expired(self, call: Call) -> None:
+        self.cancel(call, DeadlineExceeded(
+            f"{call.describe()} did not finish within its deadline of {call.options.deadline:g} s; "
+            "it was interrupted", tool=call.tool, call_id=call.id,
+            worker=call.worker.id if call.worker else None))
+
+    def cancel(self, call: Call, exc: BaseException | None = None) -> None:
+        """Fail ``call`` now and stop it: dequeue it, or interrupt the tool in its worker."""
+        if exc is None:
+            exc = Cancelled(f"{call.describe()} was cancelled", tool=call.tool, call_id=call.id)
+        worker = call.worker
+        if worker is None:
+            for group in self.groups.values():
+                if group.queue.remove(call):
+                    break
+            self.calls.pop(call.id, None)
+            call.fail(exc)
+            return
+        call.fail(exc)
+        if call.id in worker.inflight and not call.cancel_sent:
+            worker.cancel(call)
+            grace = worker.config.cancel_grace
+            asyncio.get_running_loop().call_later(grace, self._check_stopped, call, worker)
+
+    def _check_stopped(self, call: Call, worker: Worker) -> None:
+        if call.id in worker.inflight and worker.serving:
+            log.warning("worker %d: %s did not stop within %g s of being cancelled; restarting it",
+                        worker.id, call.describe(), worker.config.cancel_grace)
+            asyncio.ensure_future(worker.kill())
+
+    async def call(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions) -> Any:
+        group, call = self._prepare(tool, args, kwargs, options, streaming=False)
+        self._submit(group, call)
+        try:
+            return await asyncio.shield(call.future)
+        except asyncio.CancelledError:
+            self.cancel(call)
+            raise
+
+    async def stream(self, tool: str, args: Any, kwargs: dict[str, Any],
+                     options: CallOptions) -> AsyncIterator[ev.Event]:
+        group, call = self._prepare(tool, args, kwargs, options, streaming=True)
+        self._submit(group, call)
+        assert call.events is not None
+        try:
+            while True:
+                event = await call.events.get()
+                if isinstance(event, ev.Queued) and call.worker is not None:
+                    continue
+                yield event
+                if isinstance(event, (ev.Result, ev.Error)):
+                    return
+        finally:
+            if not call.done:
+                self.cancel(call)
+
+    # -- sessions --------------------------------------------------------------------
+    async def open_session(self, pool: str | None, ttl: float | None, metadata: dict[str, str],
+                     session_id: str | None = None) -> SessionInfo:
+        if self.closed:
+            raise PoolClosed("the pool is closed")
+        name = pool or next(iter(self.groups))
+        group = self.groups.get(name)
+        if group is None:
+            raise ValueError(f"no pool named '{name}' (pools: {', '.join(self.groups)})")
+        ready = [w for w in group.workers.values() if w.serving]
+        if not ready:
+            raise PoolClosed(f"pool '{name}' has no ready worker to hold a session")
+        worker = min(ready, key=lambda w: (w.sessions, len(w.inflight), w.calls))
+        session = self.sessions.open(name, worker.id, ttl, metadata, session_id)
+        worker.sessions += 1
+        return session.info()
+
+    async def close_session(self, session_id: str) -> SessionInfo:
+        session = self.sessions.close(session_id)
+        worker = self._worker(session.worker)
+        if worker is not None:
+            worker.sessions = max(0, worker.sessions - 1)
+            self._channel.send(worker.id, {"op": "forget", "session": session_id})  # type: ignore[union-attr]
+        return session.info()
+
+    def get_session(self, session_id: str) -> SessionInfo:
+        return self.sessions.get(session_id).info()
+
+    def list_sessions(self) -> list[SessionInfo]:
+        return [s.info() for s in self.sessions]
+
+    async def _reap_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            for session in self.sessions.expired(time.time()):
+                with contextlib.suppress(Exception):
+                    await self.close_session(session.id)
+
+    # -- introspection and control ------------------------------------------------------
+    def tools(self, pool: str | None = None) -> list[ToolInfo]:
+        out = []
+        for group in self.groups.values():
+            if pool is not None and group.name != pool:
+                continue
+            for t in group.tools.values():
+                out.append(ToolInfo(name=t["name"], doc=t.get("doc", ""),
+                                    signature=t.get("signature", ""), parameters=t["schema"],
+                                    pool=group.name, module=t.get("module", ""),
+                                    thread_safe=t.get("thread_safe", False),
+                                    idempotent=t.get("idempotent", False),
+                                    streaming=t.get("streaming", False)))
+        return out
+
+    def workers(self) -> list[WorkerInfo]:
+        return [w.info() for g in self.groups.values() for w in g.workers.values()]
+
+    def _require_worker(self, worker_id: int) -> Worker:
+        worker = self._worker(worker_id)
+        if worker is None:
+            ids = ", ".join(str(w.id) for g in self.groups.values() for w in g.workers.values())
+            raise WorkerNotFound(f"no worker {worker_id} (workers: {ids or 'none'})")
+        return worker
+
+    async def interrupt(self, worker_id: int) -> None:
+        await self._require_worker(worker_id).interrupt()
+
+    async def restart(self, worker_id: int) -> None:
+        """Kill a worker; the pool starts a fresh one in its place."""
+        await self._require_worker(worker_id).kill()

@@ -1,0 +1,249 @@
+"""The worker agent: the fast call path that lives inside each kernel.
+
+The kernel stays a full Jupyter kernel (shell, iopub, control, heartbeat on
+its main thread).  Beside it the agent runs:
+
+* an **io thread** owning a ZMQ DEALER connected to the pool's ROUTER.  It
+  receives calls, cancels, pings and stop requests; it never runs user code.
+* **executor threads** (``concurrency`` of them) that run tools.  Each owns
+  its own DEALER to the pool, so events and results go straight back without
+  another thread hop.
+
+Cancel raises :class:`CallCancelled` inside the executor thread running the
+call (``PyThreadState_SetAsyncExc``), which stops Python code at its next
+bytecode; code stuck in C does not stop, and the pool restarts the worker
+after its grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import inspect
+import queue
+import threading
+import traceback
+from typing import Any
+
+import zmq
+
+from . import capture
+from .protocol import EncodeError, decode, encode
+from .registry import ToolSpec
+
+
+class CallCancelled(BaseException):
+    """Raised inside a tool whose call was cancelled (a BaseException, like KeyboardInterrupt)."""
+
+
+def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else ctypes.c_void_p(0))
+
+
+def error_payload(exc: BaseException, kind: str = "tool") -> dict[str, Any]:
+    """A structured, JSON-safe description of an exception."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    args: list[Any] | None = list(exc.args)
+    try:
+        encode({"a": args})
+    except (EncodeError, ValueError):
+        args = None
+    return {
+        "kind": kind,
+        "type": type(exc).__qualname__,
+        "module": type(exc).__module__,
+        "message": str(exc),
+        "args": args,
+        "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
+    }
+
+
+class Agent:
+    """Serves tool calls for one worker kernel."""
+
+    def __init__(self, endpoint: str, worker_id: str, tools: dict[str, ToolSpec],
+                 concurrency: int = 1, on_stop: Any = None) -> None:
+        self.endpoint = endpoint
+        self.worker_id = worker_id
+        self.tools = tools
+        self.concurrency = max(1, concurrency)
+        self.on_stop = on_stop
+        self.ctx = zmq.Context()
+        self._jobs: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._running: dict[int, int] = {}  # call id -> executor thread ident
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self, hello: dict[str, Any]) -> None:
+        io = threading.Thread(target=self._io_loop, args=(hello,), name="kernelpit-io", daemon=True)
+        io.start()
+        self._threads.append(io)
+        for i in range(self.concurrency):
+            t = threading.Thread(target=self._executor, args=(i,), name=f"kernelpit-exec-{i}",
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _socket(self, identity: str) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, identity.encode())
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(self.endpoint)
+        return sock
+
+    # -- io thread -----------------------------------------------------------------
+    def _io_loop(self, hello: dict[str, Any]) -> None:
+        sock = self._socket(self.worker_id)
+        sock.send_multipart(encode(hello))
+        while True:
+            msg = decode(sock.recv_multipart())
+            op = msg.get("op")
+            if op == "call":
+                self._jobs.put(msg)
+            elif op == "cancel":
+                self.cancel(msg["id"])
+            elif op == "forget":
+                _session_states.pop(msg.get("session"), None)
+            elif op == "ping":
+                sock.send_multipart(encode({"op": "pong", "id": msg.get("id")}))
+            elif op == "stop":
+                for _ in range(self.concurrency):
+                    self._jobs.put(None)
+                sock.close(linger=1000)
+                if self.on_stop is not None:
+                    self.on_stop()
+                return
+
+    def cancel(self, call_id: int) -> None:
+        with self._lock:
+            thread_id = self._running.get(call_id)
+            if thread_id is not None:
+                _set_async_exc(thread_id, CallCancelled)
+
+    # -- executor threads --------------------------------------------------------------
+    def _executor(self, index: int) -> None:
+        sock = self._socket(f"{self.worker_id}.{index}")
+
+        def send(msg: dict[str, Any]) -> None:
+            try:
+                frames = encode(msg)
+            except EncodeError as exc:
+                call_id = msg.get("id")
+                what = {"partial": "yielded", "result": "returned"}.get(msg.get("k", ""), "sent")
+                err = TypeError(f"tool {what} {exc}")
+                frames = encode({"op": "ev", "id": call_id, "k": "error",
+                                 "error": {**error_payload(err), "traceback": ""}})
+            sock.send_multipart(frames, copy=False)
+
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                sock.close(linger=1000)
+                return
+            self._serve(job, send)
+
+    def _serve(self, job: dict[str, Any], send: Any) -> None:
+        call = capture.CallContext(job["id"], send, job.get("session"))
+        spec = self.tools.get(job["tool"])
+        if spec is None:
+            names = ", ".join(sorted(self.tools)) or "none"
+            call.emit("error", error={"kind": "not_found", "type": "ToolNotFound",
+                                      "module": "kernelpit", "args": None, "traceback": "",
+                                      "message": f"no tool named '{job['tool']}' (tools: {names})"})
+            return
+        with self._lock:
+            self._running[call.id] = threading.get_ident()
+        outcome: dict[str, Any]
+        try:
+            capture.set_current(call)
+            try:
+                value = self._invoke(spec, call, job.get("args") or [], job.get("kwargs") or {})
+            except CallCancelled:
+                outcome = {"k": "error", "error": {
+                    "kind": "cancelled", "type": "Cancelled", "module": "kernelpit", "args": None,
+                    "message": f"call {call.id} of {spec.name}() was cancelled", "traceback": ""}}
+            except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
+                outcome = {"k": "error", "error": error_payload(exc)}
+            else:
+                outcome = {"k": "result", "value": value}
+        except CallCancelled:  # arrived while the outcome was being recorded
+            outcome = {"k": "error", "error": {
+                "kind": "cancelled", "type": "Cancelled", "module": "kernelpit", "args": None,
+                "message": f"call {call.id} of {spec.name}() was cancelled", "traceback": ""}}
+        while True:  # leave the running table with no cancel left pending for this thread
+            try:
+                with self._lock:
+                    self._running.pop(call.id, None)
+                    _set_async_exc(threading.get_ident(), None)
+                break
+            except CallCancelled:
+                continue
+        capture.set_current(None)
+        call.flush()
+        kind = outcome.pop("k")
+        call.emit(kind, **outcome)
+
+    @staticmethod
+    def _invoke(spec: ToolSpec, call: capture.CallContext, args: list[Any],
+                kwargs: dict[str, Any]) -> Any:
+        func = spec.func
+        if inspect.isgeneratorfunction(func):
+            gen = func(*args, **kwargs)
+            try:
+                while True:
+                    call.emit("partial", value=next(gen))
+            except StopIteration as stop:
+                return stop.value
+        if inspect.iscoroutinefunction(func):
+            return asyncio.run(func(*args, **kwargs))
+        if inspect.isasyncgenfunction(func):
+            async def drain() -> None:
+                async for item in func(*args, **kwargs):
+                    call.emit("partial", value=item)
+            asyncio.run(drain())
+            return None
+        return func(*args, **kwargs)
+
+
+def progress(done: float, total: float | None = None, message: str = "") -> None:
+    """Report progress of the running tool: ``done`` of ``total`` units, with a message.
+
+    Outside a tool call (for example in a notebook cell inside the kernel) it
+    does nothing, so tool code can be exercised directly.
+    """
+    call = capture.current()
+    if call is not None:
+        call.emit("progress", done=done, total=total, message=str(message))
+
+
+_session_states: dict[str, dict[str, Any]] = {}
+
+
+def session_state() -> dict[str, Any]:
+    """A dict private to the current session, kept in this worker between its calls.
+
+    Store what a session loads (a model, a dataset) here instead of in module
+    globals: it is dropped when the session is closed or expires.  Raises
+    RuntimeError in a call that is not part of a session.
+    """
+    call = capture.current()
+    if call is None or call.session is None:
+        raise RuntimeError("session_state() needs a call made in a session: "
+                           "use `with pool.session() as s: s.call(...)`")
+    return _session_states.setdefault(call.session, {})
+
+
+def current_session_id() -> str | None:
+    """The session id of the call running on this thread, or None."""
+    call = capture.current()
+    return call.session if call else None
+
+
+def current_call_id() -> int | None:
+    """The id of the call running on this thread, or None outside a tool."""
+    call = capture.current()
+    return call.id if call else None
