@@ -1,0 +1,69 @@
+"""Benchmark-only Kernelpit tools (module ``benchmarks.adapters``).
+
+Workers import this module by name, so the repository root must be on their
+``sys.path``: the suite passes ``path=[<repo root>]`` to ``kernelpit.Pool``.
+
+Payload tools keep what they built in a per-worker cache, so after the
+warm-up call a timed call measures moving the result, not building it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from kernelpit.kernels import progress, tool
+
+from . import payloads
+
+
+@tool(thread_safe=True, idempotent=True)
+def noop() -> None:
+    """Do nothing (call overhead)."""
+
+
+@tool(thread_safe=True, idempotent=True)
+def inc(x: int) -> int:
+    """x + 1: one small item of a map."""
+    return x + 1
+
+
+@tool
+def spin(seconds: float = 30.0) -> int:
+    """Busy-loop in Python (a busy worker to kill in the crash scenario)."""
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return n
+
+
+@tool
+def progress_ts(n: int = 10_000) -> int:
+    """Emit ``n`` progress events, each carrying the worker's ``time.time()`` as its message."""
+    for i in range(n):
+        progress(i + 1, n, repr(time.time()))
+    return n
+
+
+@tool(thread_safe=True)
+def payload_bytes(nbytes: int) -> bytes:
+    """A ``bytes`` result of ``nbytes`` bytes."""
+    return payloads.make_bytes(nbytes)
+
+
+@tool(thread_safe=True)
+def payload_table(nbytes: int) -> dict:
+    """A numeric table of ~``nbytes`` of float64 data: 4 columns as lists of floats."""
+    return payloads.make_table(nbytes)
+
+
+@tool(thread_safe=True)
+def drop_payloads() -> int:
+    """Free the payload cache of this worker."""
+    return payloads.clear()
+
+
+@tool(thread_safe=True)
+def getpid() -> int:
+    import os
+    return os.getpid()

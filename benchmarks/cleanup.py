@@ -1,0 +1,55 @@
+"""Make sure no peer process outlives the suite, and say so when one tried."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psutil
+
+PATTERNS = ("ipyparallel", "ipengine", "ipcontroller", "ipcluster", "distributed", "dask",
+            "kernelpit.kernels", "ipykernel")
+
+
+def _matches(proc: psutil.Process) -> str | None:
+    try:
+        cmd = " ".join(proc.cmdline())
+    except psutil.Error:
+        return None
+    return cmd if any(p in cmd for p in PATTERNS) else None
+
+
+def snapshot() -> set[int]:
+    """Pids of matching processes that existed before the suite started (not ours to reap)."""
+    return {p.pid for p in psutil.process_iter() if _matches(p)}
+
+
+def reap(before: set[int], started: float, wait: float = 8.0) -> list[dict[str, Any]]:
+    """Wait for our peer/worker processes to exit; kill and report any that do not."""
+    me = psutil.Process()
+
+    def ours() -> list[psutil.Process]:
+        found = {p.pid: p for p in me.children(recursive=True) if _matches(p)}
+        # orphans: started during the run, re-parented to init (e.g. engines of a dead controller)
+        for p in psutil.process_iter(["ppid", "create_time"]):
+            try:
+                if (p.pid not in before and p.info["ppid"] == 1
+                        and p.info["create_time"] >= started - 1 and _matches(p)):
+                    found[p.pid] = p
+            except psutil.Error:
+                pass
+        return list(found.values())
+
+    deadline = time.monotonic() + wait
+    left = ours()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    report = []
+    for p in left:
+        try:
+            report.append({"pid": p.pid, "cmdline": " ".join(p.cmdline())[:200]})
+            p.kill()
+        except psutil.Error:
+            pass
+    return report

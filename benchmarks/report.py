@@ -1,0 +1,94 @@
+"""The one table the suite prints (and docs/performance.md quotes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def fmt(x: Any) -> str:
+    if x is None or x != x:
+        return "-"
+    x = float(x)
+    if x == 0:
+        return "0"
+    a = abs(x)
+    if a >= 10_000:
+        return f"{x:,.0f}"
+    if a >= 100:
+        return f"{x:.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    if a >= 0.01:
+        return f"{x:.3f}"
+    return f"{x:.2g}"
+
+
+def _spread(r: dict[str, Any]) -> str:
+    if r.get("n", 0) <= 1:
+        return ""
+    return f"{fmt(r.get('min'))}..{fmt(r.get('max'))}"
+
+
+def render(doc: dict[str, Any]) -> str:
+    meta = doc["meta"]
+    m = meta["machine"]
+    head = (f"Kernelpit benchmarks ({meta['mode']}), {meta['date']}, {m['host']}: {m['nproc']} CPU "
+            f"({m['cpu']}), Python {m['python']}, load avg at start "
+            f"{' '.join(f'{x:.2f}' for x in meta['loadavg_start'])}")
+    cols = ("scenario", "case", "system", "median", "p99", "min..max", "unit", "n", "Kp/peer")
+    lines: list[tuple[str, ...]] = []
+    for key, sc in doc["scenarios"].items():
+        label = key.split("_", 1)[0].upper()
+        first = True
+        if sc.get("error"):
+            lines.append((label, "", "(scenario failed)", "", "", "", "", "", sc["error"][:80]))
+            continue
+        for r in sc["rows"]:
+            scen = label if first else ""
+            first = False
+            if r.get("status") != "ok":
+                lines.append((scen, r.get("case", ""), r["system"], r["status"], "", "", r.get("unit", ""),
+                              "", (r.get("reason") or "")[:90]))
+                continue
+            p99 = fmt(r.get("p99")) if r.get("kind") == "per-op" else "-"
+            ratio = r.get("kp_speedup")
+            lines.append((scen, r.get("case", ""), r["system"], fmt(r.get("median")), p99,
+                          _spread(r), r["unit"], str(r.get("n", "")),
+                          f"{ratio:.2f}x" if ratio is not None else ""))
+    widths = [max(len(c), *(len(l[i]) for l in lines if i < len(l) - 1 or True)) for i, c in enumerate(cols)]
+    widths[-1] = len(cols[-1])
+
+    def line(vals: tuple[str, ...]) -> str:
+        parts = [v.ljust(widths[i]) if i < 3 or i == 6 else v.rjust(widths[i])
+                 for i, v in enumerate(vals[:-1])]
+        return "  ".join(parts) + "  " + vals[-1]
+    out = [head, "", line(cols), line(tuple("-" * w for w in widths[:-1]) + ("-" * 7,))]
+    last = None
+    for vals in lines:
+        if vals[0] and last is not None:
+            out.append("")
+        last = vals
+        out.append(line(vals).rstrip())
+    out.append("")
+    out.append("Kp/peer: how many times better Kernelpit's median is than the peer's "
+               "(vs the first Kernelpit row of the case; >1 = Kernelpit better).")
+    out.append("median/p99 are over all operations for latencies; for rates, times and sizes "
+               "min..max is over repeats.")
+    out.append("")
+    out.append("TARGETS")
+    for key, sc in doc["scenarios"].items():
+        for t in sc.get("targets", []):
+            status = {True: "MET", False: "MISSED", None: "NOT MEASURED"}[t["met"]]
+            val = fmt(t["value"]) if t["value"] is not None else "-"
+            note = f"  ({t['note']})" if t.get("note") else ""
+            out.append(f"  {t['id']:<20} {t['text']:<52} {val:>9} {t['op']} {fmt(t['threshold']):<6} "
+                       f"{status}{note}")
+    if meta.get("leftover_processes"):
+        out.append("")
+        out.append(f"LEFTOVER PROCESSES (killed): {meta['leftover_processes']}")
+    else:
+        out.append("")
+        out.append("No peer or worker process outlived the run (checked with psutil).")
+    return "\n".join(out)

@@ -1,0 +1,646 @@
+"""The eight scenarios.  Each returns ``{"title", "rows", "targets", "notes", "params"}``.
+
+Kernelpit rows come first in each case; peer rows carry ``kp_speedup``, how
+many times better Kernelpit's median is (>1: Kernelpit wins).  A peer that
+cannot run a scenario gets a ``skipped`` row with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from . import kp, payloads, peerfuncs as pf
+from .peers import DaskPeer, IppPeer, RawKernel
+from .stats import add_ratios, failed, find, row, skipped, target
+
+MB = 1_000_000
+GB = 1_000_000_000
+
+
+class Context:
+    """Settings of the run, and the shared 2-worker pool and peers (started lazily, once)."""
+
+    def __init__(self, *, quick: bool, repeats: int | None, peers: set[str], workers: int = 2,
+                 log: Callable[[str], None] = print) -> None:
+        self.quick = quick
+        self._repeats = repeats
+        self.peers = peers
+        self.workers = workers
+        self.log = log
+        self._kp: Any = None
+        self._shared: dict[str, Any] = {}
+        self._unavailable: dict[str, str] = {}
+
+    def repeats(self, quick: int, full: int) -> int:
+        return self._repeats if self._repeats is not None else (quick if self.quick else full)
+
+    def size(self, quick: Any, full: Any) -> Any:
+        return quick if self.quick else full
+
+    # -- Kernelpit ------------------------------------------------------------------
+    def pool(self) -> Any:
+        if self._kp is None:
+            import kernelpit
+            self._kp = kernelpit.Pool(**kp.pool_settings(self.workers))
+        return self._kp
+
+    # -- peers ---------------------------------------------------------------------
+    def peer(self, name: str) -> tuple[Any, str | None]:
+        """The shared peer of that name (started on first use), or (None, why not)."""
+        if name in self._shared:
+            return self._shared[name], None
+        if name in self._unavailable:
+            return None, self._unavailable[name]
+        cls = {"ipyparallel": IppPeer, "dask": DaskPeer, "jupyter_client": RawKernel}[name]
+        why = None if name in self.peers else "disabled with --peers"
+        why = why or cls.available()
+        if why:
+            self._unavailable[name] = why
+            return None, why
+        obj = cls() if cls is RawKernel else cls(self.workers)
+        try:
+            self.log(f"  starting {name} ...")
+            obj.start()
+        except Exception as exc:  # noqa: BLE001 - reported as an error row
+            obj.stop()
+            self._unavailable[name] = f"failed to start: {type(exc).__name__}: {exc}"
+            return None, self._unavailable[name]
+        self._shared[name] = obj
+        return obj, None
+
+    def close(self) -> None:
+        if self._kp is not None:
+            self._kp.close()
+            self._kp = None
+        for obj in self._shared.values():
+            obj.stop()
+        self._shared.clear()
+
+
+def _timed_loop(fn: Callable[[], Any], n: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _ms(xs: list[float]) -> list[float]:
+    return [x * 1e3 for x in xs]
+
+
+def _peer_rows(ctx: Context, rows: list[dict[str, Any]], name: str, system: str, case: str,
+               unit: str, better: str, measure: Callable[[Any], dict[str, Any]]) -> None:
+    peer, why = ctx.peer(name)
+    if peer is None:
+        rows.append(skipped(system, why or "", case=case, unit=unit, better=better))
+        return
+    try:
+        rows.append(measure(peer))
+    except Exception as exc:  # noqa: BLE001
+        rows.append(failed(system, exc, case=case, unit=unit, better=better))
+
+
+# ---------------------------------------------------------------------------------------------
+def s1_latency(ctx: Context) -> dict[str, Any]:
+    """No-op call latency, one caller."""
+    reps = ctx.repeats(3, 5)
+    n = ctx.size(300, 2000)
+    warm = 50
+    rows: list[dict[str, Any]] = []
+    unit, better = "ms", "lower"
+
+    pool = ctx.pool()
+    xs: list[float] = []
+    for _ in range(reps):
+        xs += _timed_loop(lambda: pool.call("noop"), n, warm)
+    rows.append(row("kernelpit-embedded", unit=unit, better=better, samples=_ms(xs)))
+
+    why = kp.remote_unavailable()
+    rows.append(skipped("kernelpit-remote", why, unit=unit) if why else
+                skipped("kernelpit-remote", "remote harness not wired", unit=unit))
+
+    def ipp_measure(peer: IppPeer) -> dict[str, Any]:
+        view = peer.view
+        ys: list[float] = []
+        for _ in range(reps):
+            ys += _timed_loop(lambda: view.apply_sync(pf.noop), n, warm)
+        return row("ipyparallel", unit=unit, better=better, samples=_ms(ys),
+                   api="LoadBalancedView.apply_sync")
+    _peer_rows(ctx, rows, "ipyparallel", "ipyparallel", "", unit, better, ipp_measure)
+
+    def dask_measure(peer: DaskPeer) -> dict[str, Any]:
+        client = peer.client
+        ys: list[float] = []
+        for _ in range(reps):
+            ys += _timed_loop(lambda: client.submit(pf.noop, pure=False).result(), n, warm)
+        return row("dask", unit=unit, better=better, samples=_ms(ys), api="Client.submit().result()")
+    _peer_rows(ctx, rows, "dask", "dask", "", unit, better, dask_measure)
+
+    def raw_measure(peer: RawKernel) -> dict[str, Any]:
+        ys: list[float] = []
+        for _ in range(reps):
+            ys += _timed_loop(peer.execute, n, warm)
+        return row("jupyter_client", unit=unit, better=better, samples=_ms(ys),
+                   api="BlockingKernelClient.execute + get_shell_msg (1 kernel)")
+    _peer_rows(ctx, rows, "jupyter_client", "jupyter_client", "", unit, better, raw_measure)
+
+    add_ratios(rows)
+    emb, rem, ipp = find(rows, "kernelpit-embedded"), find(rows, "kernelpit-remote"), find(rows, "ipyparallel")
+    targets = [
+        target("S1.embedded_p50", "embedded p50 <= 0.6 ms", emb and emb["median"], 0.6, "<="),
+        target("S1.remote_p50", "remote p50 <= 1.0 ms", rem and rem["median"], 1.0, "<=",
+               why_unknown=why or "remote not measured"),
+        target("S1.remote_vs_ipp", "remote >= 4x faster than ipyparallel (p50)",
+               (ipp["median"] / rem["median"]) if rem and ipp else None, 4.0, ">=",
+               why_unknown=why or "remote or ipyparallel not measured"),
+    ]
+    return {"title": "no-op call latency, one caller", "rows": rows, "targets": targets,
+            "params": {"calls_per_repeat": n, "repeats": reps, "warmup": warm, "workers": ctx.workers}}
+
+
+# ---------------------------------------------------------------------------------------------
+def s2_throughput(ctx: Context) -> dict[str, Any]:
+    """No-op throughput with 32 concurrent callers."""
+    reps = ctx.repeats(3, 5)
+    total = ctx.size(2000, 10000)
+    callers = 32
+    per = total // callers
+    total = per * callers
+    unit, better = "calls/s", "higher"
+    rows: list[dict[str, Any]] = []
+
+    # Kernelpit embedded, asyncio: 32 tasks on one kernelpit.aio.Pool
+    async def aio_run() -> list[float]:
+        import kernelpit.aio
+        rates = []
+        async with kernelpit.aio.Pool(**kp.pool_settings(ctx.workers)) as pool:
+            async def caller(k: int) -> None:
+                for _ in range(k):
+                    await pool.call("noop")
+            await asyncio.gather(*(caller(5) for _ in range(callers)))  # warm-up
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                await asyncio.gather(*(caller(per) for _ in range(callers)))
+                rates.append(total / (time.perf_counter() - t0))
+        return rates
+    try:
+        rows.append(row("kernelpit-embedded-aio", unit=unit, better=better, samples=asyncio.run(aio_run()),
+                        kind="per-repeat", api="32 asyncio tasks, kernelpit.aio.Pool.call"))
+    except Exception as exc:  # noqa: BLE001
+        rows.append(failed("kernelpit-embedded-aio", exc, unit=unit, better=better))
+
+    # Kernelpit embedded, blocking API from 32 threads
+    pool = ctx.pool()
+    rates = []
+    with ThreadPoolExecutor(callers) as ex:
+        def caller(k: int) -> None:
+            for _ in range(k):
+                pool.call("noop")
+        list(ex.map(caller, [5] * callers))
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            list(ex.map(caller, [per] * callers))
+            rates.append(total / (time.perf_counter() - t0))
+    rows.append(row("kernelpit-embedded-threads", unit=unit, better=better, samples=rates,
+                    kind="per-repeat", api="32 threads, kernelpit.Pool.call"))
+
+    why = kp.remote_unavailable()
+    rows.append(skipped("kernelpit-remote", why or "remote harness not wired", unit=unit, better=better))
+
+    def ipp_measure(peer: IppPeer) -> dict[str, Any]:
+        view = peer.view
+        out = []
+        for r in range(reps + 1):
+            t0 = time.perf_counter()
+            ars = [view.apply_async(pf.noop) for _ in range(total)]
+            for ar in ars:
+                ar.get()
+            if r:  # first round is the warm-up
+                out.append(total / (time.perf_counter() - t0))
+        return row("ipyparallel", unit=unit, better=better, samples=out, kind="per-repeat",
+                   api=f"{total} x LoadBalancedView.apply_async, then get() each")
+    _peer_rows(ctx, rows, "ipyparallel", "ipyparallel", "", unit, better, ipp_measure)
+
+    def dask_measure(peer: DaskPeer) -> dict[str, Any]:
+        client = peer.client
+        out = []
+        for r in range(reps + 1):
+            t0 = time.perf_counter()
+            futs = client.map(pf.noop_x, range(total), pure=False)
+            client.gather(futs)
+            if r:
+                out.append(total / (time.perf_counter() - t0))
+            del futs
+        return row("dask", unit=unit, better=better, samples=out, kind="per-repeat",
+                   api=f"Client.map over {total} items + gather")
+    _peer_rows(ctx, rows, "dask", "dask", "", unit, better, dask_measure)
+
+    add_ratios(rows)
+    best_emb = max((r for r in rows if r["system"].startswith("kernelpit-embedded") and r["status"] == "ok"),
+                   key=lambda r: r["median"], default=None)
+    rem, ipp = find(rows, "kernelpit-remote"), find(rows, "ipyparallel")
+    targets = [
+        target("S2.embedded_rate", "embedded >= 2,000 calls/s (best of aio/threads)",
+               best_emb and best_emb["median"], 2000, ">="),
+        target("S2.embedded_vs_ipp", "embedded >= 4x ipyparallel",
+               (best_emb["median"] / ipp["median"]) if best_emb and ipp else None, 4.0, ">="),
+        target("S2.remote_rate", "remote >= 2,000 calls/s", rem and rem["median"], 2000, ">=",
+               why_unknown=why or "remote not measured"),
+        target("S2.remote_vs_ipp", "remote >= 4x ipyparallel",
+               (rem["median"] / ipp["median"]) if rem and ipp else None, 4.0, ">=",
+               why_unknown=why or "remote or ipyparallel not measured"),
+    ]
+    return {"title": "no-op throughput, 32 concurrent callers", "rows": rows, "targets": targets,
+            "params": {"calls_per_repeat": total, "callers": callers, "repeats": reps,
+                       "workers": ctx.workers}}
+
+
+# ---------------------------------------------------------------------------------------------
+def s3_map(ctx: Context) -> dict[str, Any]:
+    """Many small items: items/s."""
+    reps = ctx.repeats(3, 5)
+    n = ctx.size(10_000, 20_000)
+    items = list(range(n))
+    expect = [x + 1 for x in items]
+    unit, better = "items/s", "higher"
+    rows: list[dict[str, Any]] = []
+    chunk = kp.chunksize_for(n, ctx.workers)
+
+    import kernelpit
+    # pool.map submits every item at once; the default wait queue (10,000) cannot hold 20,000
+    with kernelpit.Pool(**kp.pool_settings(ctx.workers, queue_size=max(10_000, 2 * n))) as pool:
+        opts = kp.map_options(pool.map, n, ctx.workers)
+        pool.map("inc", items[:200], **opts)
+        out = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            res = pool.map("inc", items, **opts)
+            out.append(n / (time.perf_counter() - t0))
+            assert res == expect
+        rows.append(row("kernelpit-embedded", unit=unit, better=better, samples=out, kind="per-repeat",
+                        api=f"Pool.map({'chunksize=%d' % opts['chunksize'] if opts else 'one call per item'})",
+                        batched=bool(opts)))
+
+    def ipp_measure(peer: IppPeer) -> dict[str, Any]:
+        view = peer.view
+        view.map_sync(pf.inc, items[:200], chunksize=50)
+        out = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            res = view.map_sync(pf.inc, items, chunksize=chunk)
+            out.append(n / (time.perf_counter() - t0))
+            assert list(res) == expect
+        return row("ipyparallel", unit=unit, better=better, samples=out, kind="per-repeat",
+                   api=f"LoadBalancedView.map_sync(chunksize={chunk})")
+    _peer_rows(ctx, rows, "ipyparallel", "ipyparallel", "", unit, better, ipp_measure)
+
+    def dask_measure(peer: DaskPeer) -> dict[str, Any]:
+        client = peer.client
+        client.gather(client.map(pf.inc, items[:200], pure=False))
+        out = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            res = client.gather(client.map(pf.inc, items, pure=False))
+            out.append(n / (time.perf_counter() - t0))
+            assert res == expect
+        return row("dask", unit=unit, better=better, samples=out, kind="per-repeat",
+                   api="Client.map + gather (one task per item)")
+    _peer_rows(ctx, rows, "dask", "dask", "", unit, better, dask_measure)
+
+    add_ratios(rows)
+    emb, ipp = find(rows, "kernelpit-embedded"), find(rows, "ipyparallel")
+    targets = [target("S3.vs_ipp_chunked", "Kernelpit map >= 2x ipyparallel chunked map_sync",
+                      (emb["median"] / ipp["median"]) if emb and ipp else None, 2.0, ">=")]
+    return {"title": f"many small items ({n:,} x inc)", "rows": rows, "targets": targets,
+            "params": {"items": n, "repeats": reps, "ipp_chunksize": chunk, "workers": ctx.workers}}
+
+
+# ---------------------------------------------------------------------------------------------
+def s4_start(ctx: Context) -> dict[str, Any]:
+    """Start N workers to ready."""
+    reps = ctx.repeats(1, 3)
+    sizes = [1, 2, 4, 8]
+    unit, better = "s", "lower"
+    rows: list[dict[str, Any]] = []
+    import kernelpit
+
+    for n in sizes:
+        case = f"N={n}"
+        ts = []
+        try:
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                pool = kernelpit.Pool(**kp.pool_settings(n))
+                ts.append(time.perf_counter() - t0)
+                assert len(pool.workers()) == n
+                pool.close()
+            rows.append(row("kernelpit-embedded", case=case, unit=unit, better=better, samples=ts,
+                            kind="per-repeat", api="kernelpit.Pool(workers=N) returns"))
+        except Exception as exc:  # noqa: BLE001
+            rows.append(failed("kernelpit-embedded", exc, case=case, unit=unit))
+
+        for cls in (IppPeer, DaskPeer):
+            why = None if cls.name in ctx.peers else "disabled with --peers"
+            why = why or cls.available()
+            if why:
+                rows.append(skipped(cls.name, why, case=case, unit=unit))
+                continue
+            ts = []
+            try:
+                for _ in range(reps):
+                    peer = cls(n)
+                    try:
+                        ts.append(peer.start())
+                    finally:
+                        peer.stop()
+                api = ("Cluster(n=N).start_and_connect_sync() + wait_for_engines" if cls is IppPeer
+                       else "LocalCluster(n_workers=N, processes=True) + Client + wait_for_workers")
+                rows.append(row(cls.name, case=case, unit=unit, better=better, samples=ts,
+                                kind="per-repeat", api=api))
+            except Exception as exc:  # noqa: BLE001
+                rows.append(failed(cls.name, exc, case=case, unit=unit))
+    add_ratios(rows)
+    four = find(rows, "kernelpit-embedded", "N=4")
+    targets = [target("S4.start4", "4 workers ready <= 1.5 s", four and four["median"], 1.5, "<=")]
+    return {"title": "start N workers to ready", "rows": rows, "targets": targets,
+            "params": {"sizes": sizes, "repeats": reps}}
+
+
+# ---------------------------------------------------------------------------------------------
+def s5_crash(ctx: Context) -> dict[str, Any]:
+    """kill -9 a busy worker: time to the caller's error, and to N ready workers again."""
+    import kernelpit
+    reps = ctx.repeats(3, 5)
+    n = ctx.workers
+    err_ms: list[float] = []
+    full_ms: list[float] = []
+    errors: list[str] = []
+    with kernelpit.Pool(**kp.pool_settings(n)) as pool:
+        for _ in range(reps):
+            got: dict[str, Any] = {}
+
+            def victim() -> None:
+                try:
+                    pool.call("spin", seconds=60)
+                except BaseException as exc:  # noqa: BLE001
+                    got["t"] = time.perf_counter()
+                    got["exc"] = exc
+            th = threading.Thread(target=victim, daemon=True)
+            th.start()
+            deadline = time.monotonic() + 10
+            busy = None
+            while busy is None and time.monotonic() < deadline:
+                busy = next((w for w in pool.workers() if w.state == "busy" and w.pid), None)
+                time.sleep(0.002)
+            if busy is None:
+                errors.append("no worker became busy")
+                break
+            time.sleep(0.05)  # let it really be inside the tool
+            t_kill = time.perf_counter()
+            os.kill(busy.pid, signal.SIGKILL)
+            th.join(timeout=30)
+            if "t" not in got:
+                errors.append("the caller got no error within 30 s")
+                break
+            errors.append(type(got["exc"]).__name__)
+            err_ms.append((got["t"] - t_kill) * 1e3)
+            t_full = None
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                ws = pool.workers()
+                ready = [w for w in ws if w.state in ("idle", "busy") and w.pid != busy.pid]
+                if len(ready) >= n:
+                    t_full = time.perf_counter()
+                    break
+                time.sleep(0.002)
+            if t_full is None:
+                errors.append("pool not back to full within 60 s")
+                break
+            full_ms.append((t_full - t_kill) * 1e3)
+            time.sleep(0.2)
+    rows = [row("kernelpit-embedded", case="caller gets error", unit="ms", better="lower",
+                samples=err_ms, kind="per-repeat", exceptions=sorted(set(errors))),
+            row("kernelpit-embedded", case="pool back to N ready", unit="ms", better="lower",
+                samples=full_ms, kind="per-repeat"),
+            skipped("ipyparallel", "not comparable: engine death is noticed by heartbeat, "
+                    "not measured here", case="caller gets error", unit="ms"),
+            skipped("dask", "not comparable: Dask reschedules the task on another worker "
+                    "instead of failing it", case="caller gets error", unit="ms")]
+    e, f = rows[0], rows[1]
+    targets = [
+        target("S5.error", "caller error <= 100 ms", e.get("median") if e["status"] == "ok" else None, 100, "<="),
+        target("S5.full", "pool back to N ready <= 1 s", f.get("median") if f["status"] == "ok" else None, 1000, "<="),
+    ]
+    return {"title": "crash recovery (kill -9 a busy worker)", "rows": rows, "targets": targets,
+            "params": {"repeats": reps, "workers": n, "exceptions_seen": errors}}
+
+
+# ---------------------------------------------------------------------------------------------
+def s6_stream(ctx: Context) -> dict[str, Any]:
+    """10,000 progress events from one tool; events/s and delivery latency."""
+    reps = ctx.repeats(2, 5)
+    n = 10_000
+    rows: list[dict[str, Any]] = []
+    pool = ctx.pool()
+
+    def one_sync() -> tuple[float, list[float]]:
+        lat = []
+        count = 0
+        t0 = time.perf_counter()
+        for ev in pool.stream("progress_ts", n=n):
+            if ev.kind == "progress":
+                lat.append((time.time() - float(ev.message)) * 1e3)
+                count += 1
+            elif ev.kind == "error":
+                ev.raise_()
+        dt = time.perf_counter() - t0
+        assert count == n, count
+        return n / dt, lat
+
+    one_sync()
+    rates, lats = [], []
+    for _ in range(reps):
+        r, lat = one_sync()
+        rates.append(r)
+        lats += lat
+    rows.append(row("kernelpit-embedded", case="events/s", unit="events/s", better="higher",
+                    samples=rates, kind="per-repeat", api="Pool.stream (blocking iterator)"))
+    rows.append(row("kernelpit-embedded", case="delivery latency", unit="ms", better="lower",
+                    samples=lats, api="time.time() at receive - time.time() in the worker"))
+
+    async def aio_run() -> tuple[list[float], list[float]]:
+        import kernelpit.aio
+        rates, lats = [], []
+        async with kernelpit.aio.Pool(**kp.pool_settings(ctx.workers)) as apool:
+            for r in range(reps + 1):
+                lat = []
+                t0 = time.perf_counter()
+                async for ev in apool.stream("progress_ts", n=n):
+                    if ev.kind == "progress":
+                        lat.append((time.time() - float(ev.message)) * 1e3)
+                if r:
+                    rates.append(n / (time.perf_counter() - t0))
+                    lats.extend(lat)
+        return rates, lats
+    try:
+        ar, al = asyncio.run(aio_run())
+        rows.append(row("kernelpit-embedded-aio", case="events/s", unit="events/s", better="higher",
+                        samples=ar, kind="per-repeat", api="kernelpit.aio.Pool.stream"))
+        rows.append(row("kernelpit-embedded-aio", case="delivery latency", unit="ms", better="lower",
+                        samples=al))
+    except Exception as exc:  # noqa: BLE001
+        rows.append(failed("kernelpit-embedded-aio", exc, case="events/s"))
+    why = kp.remote_unavailable() or "remote harness not wired"
+    rows.append(skipped("kernelpit-remote", why, case="events/s", unit="events/s", better="higher"))
+    for name in ("ipyparallel", "dask"):
+        rows.append(skipped(name, "no per-call progress event stream to compare", case="events/s",
+                            unit="events/s", better="higher"))
+    return {"title": f"streaming {n:,} progress events", "rows": rows, "targets": [],
+            "params": {"events": n, "repeats": reps}}
+
+
+# ---------------------------------------------------------------------------------------------
+def s7_payload(ctx: Context) -> dict[str, Any]:
+    """Results of 1 MB / 100 MB / 1 GB, bytes and a numeric table, tool -> caller; GB/s."""
+    sizes = ctx.size([MB, 100 * MB], [MB, 100 * MB, GB])
+    rows: list[dict[str, Any]] = []
+    unit, better = "GB/s", "higher"
+
+    def reps_for(size: int, kind: str) -> int:
+        base = {MB: ctx.repeats(5, 20), 100 * MB: ctx.repeats(2, 5), GB: ctx.repeats(1, 2)}[size]
+        if kind == "table" and size >= 100 * MB:
+            base = min(base, ctx.repeats(1, 2))
+        return max(1, base)
+
+    def measure(fetch: Callable[[], Any], check: Callable[[Any], bool], size: int, reps: int) -> list[float]:
+        v = fetch()  # warm-up: builds the payload in the worker's cache
+        assert check(v)
+        del v
+        out = []
+        for _ in range(reps):
+            gc.collect()
+            t0 = time.perf_counter()
+            v = fetch()
+            dt = time.perf_counter() - t0
+            assert check(v)
+            del v
+            out.append(size / GB / dt)
+        return out
+
+    pool = ctx.pool()
+    for kind in ("bytes", "table"):
+        for size in sizes:
+            case = f"{kind} {size // MB:,} MB"
+            reps = reps_for(size, kind)
+            tool = f"payload_{kind}"
+            if kind == "bytes":
+                def check(v: Any, size: int = size) -> bool:
+                    return isinstance(v, bytes) and len(v) == size
+            else:
+                def check(v: Any, size: int = size) -> bool:
+                    return payloads.table_nbytes(v) == max(1, size // 32) * 32
+            ctx.log(f"  payload {case}: kernelpit")
+            try:
+                with pool.session() as s:  # pinned: the warm-up fills the same worker's cache
+                    xs = measure(lambda: s.call(tool, nbytes=size), check, size, reps)
+                    s.call("drop_payloads")
+                rows.append(row("kernelpit-embedded", case=case, unit=unit, better=better,
+                                samples=xs, kind="per-repeat", api="Session.call"))
+            except Exception as exc:  # noqa: BLE001
+                rows.append(failed("kernelpit-embedded", exc, case=case, unit=unit, better=better))
+            rows.append(skipped("kernelpit-remote", kp.remote_unavailable() or "remote harness not wired",
+                                case=case, unit=unit, better=better))
+            fn = getattr(pf, tool)
+
+            def ipp_measure(peer: IppPeer) -> dict[str, Any]:
+                ctx.log(f"  payload {case}: ipyparallel")
+                view = peer.rc[peer.rc.ids[0]]
+                xs = measure(lambda: view.apply_sync(fn, size), check, size, reps)
+                view.apply_sync(pf.drop_payloads)
+                return row("ipyparallel", case=case, unit=unit, better=better, samples=xs,
+                           kind="per-repeat", api="DirectView.apply_sync (one engine)")
+            _peer_rows(ctx, rows, "ipyparallel", "ipyparallel", case, unit, better, ipp_measure)
+
+            def dask_measure(peer: DaskPeer) -> dict[str, Any]:
+                ctx.log(f"  payload {case}: dask")
+                client = peer.client
+                addr = peer.worker_addresses()[0]
+                xs = measure(lambda: client.submit(fn, size, pure=False, workers=[addr]).result(),
+                             check, size, reps)
+                client.run(pf.drop_payloads)
+                return row("dask", case=case, unit=unit, better=better, samples=xs,
+                           kind="per-repeat", api="Client.submit(workers=[one]).result()")
+            _peer_rows(ctx, rows, "dask", "dask", case, unit, better, dask_measure)
+            gc.collect()
+    add_ratios(rows)
+    return {"title": "payload tool -> caller (baseline before Arrow)", "rows": rows, "targets": [],
+            "params": {"sizes": sizes, "table": "dict of 4 columns, lists of float64"}}
+
+
+# ---------------------------------------------------------------------------------------------
+def s8_memory(ctx: Context) -> dict[str, Any]:
+    """RSS of the pool owner idle and under load (measured in a fresh process), per-worker RSS."""
+    import json
+    import subprocess
+    import sys
+    from .peers import ROOT
+    rows: list[dict[str, Any]] = []
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.memprobe", str(ctx.workers)],
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        rows.append(skipped("kernelpit-embedded", f"memprobe failed: {proc.stderr[-500:]}",
+                            case="owner idle", unit="MB", status="error"))
+        probe = {}
+    else:
+        probe = json.loads(proc.stdout.strip().splitlines()[-1])
+        for case, key in (("owner before Pool", "owner_baseline"), ("owner idle", "owner_idle"),
+                          ("owner peak, 32 callers", "owner_peak_load"),
+                          ("owner peak, 10k-event stream", "owner_peak_stream"),
+                          ("owner peak, 100 MB result", "owner_peak_payload")):
+            rows.append(row("kernelpit-embedded", case=case, unit="MB", better="lower",
+                            samples=[probe[key] / MB], kind="per-repeat"))
+        rows.append(row("kernelpit-embedded", case="per worker idle", unit="MB", better="lower",
+                        samples=[x / MB for x in probe["workers_idle"]], kind="per-repeat"))
+        rows.append(row("kernelpit-embedded", case="per worker after load", unit="MB",
+                        better="lower", samples=[x / MB for x in probe["workers_after"]],
+                        kind="per-repeat"))
+    import psutil
+
+    def rss(pids: list[int]) -> list[float]:
+        out = []
+        for pid in pids:
+            try:
+                out.append(psutil.Process(pid).memory_info().rss / MB)
+            except psutil.Error:
+                pass
+        return out
+    for name in ("ipyparallel", "dask", "jupyter_client"):
+        def m(peer: Any, name: str = name) -> dict[str, Any]:
+            return row(name, case="per worker idle", unit="MB", better="lower",
+                       samples=rss(peer.pids()), kind="per-repeat")
+        _peer_rows(ctx, rows, name, name, "per worker idle", "MB", "lower", m)
+    add_ratios(rows)
+    return {"title": "memory (RSS)", "rows": rows, "targets": [], "params": {"probe": probe}}
+
+
+SCENARIOS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {
+    "s1": ("s1_latency", s1_latency),
+    "s2": ("s2_throughput", s2_throughput),
+    "s3": ("s3_map", s3_map),
+    "s4": ("s4_start", s4_start),
+    "s5": ("s5_crash", s5_crash),
+    "s6": ("s6_stream", s6_stream),
+    "s7": ("s7_payload", s7_payload),
+    "s8": ("s8_memory", s8_memory),
+}

@@ -1,0 +1,93 @@
+"""Summaries of samples, and the rows and targets a scenario reports."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any, Iterable
+
+
+def percentile(sorted_xs: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (q in 0..100)."""
+    if not sorted_xs:
+        return math.nan
+    k = max(0, min(len(sorted_xs) - 1, math.ceil(q / 100 * len(sorted_xs)) - 1))
+    return sorted_xs[k]
+
+
+def summarize(samples: Iterable[float]) -> dict[str, Any]:
+    xs = sorted(samples)
+    if not xs:
+        return {"n": 0}
+    return {"n": len(xs), "min": xs[0], "median": statistics.median(xs),
+            "p99": percentile(xs, 99), "max": xs[-1], "mean": statistics.fmean(xs)}
+
+
+def row(system: str, *, case: str = "", unit: str, better: str, samples: Iterable[float] = (),
+        kind: str = "per-op", **extra: Any) -> dict[str, Any]:
+    """A measured row.
+
+    ``kind`` is ``per-op`` (every sample is one operation: median and p99 are of
+    all operations) or ``per-repeat`` (one sample per repeat: min/median/max
+    over repeats).  ``better`` is ``lower`` or ``higher``.
+    """
+    s = summarize(samples)
+    out = {"system": system, "case": case, "status": "ok", "unit": unit, "better": better,
+           "kind": kind, **s}
+    if s["n"] == 0:
+        out["status"] = "error"
+        out.setdefault("reason", "no samples")
+    out.update(extra)
+    return out
+
+
+def skipped(system: str, reason: str, *, case: str = "", unit: str = "", better: str = "lower",
+            status: str = "skipped") -> dict[str, Any]:
+    return {"system": system, "case": case, "status": status, "reason": reason, "unit": unit,
+            "better": better, "n": 0}
+
+
+def failed(system: str, exc: BaseException, *, case: str = "", unit: str = "",
+           better: str = "lower") -> dict[str, Any]:
+    return skipped(system, f"{type(exc).__name__}: {exc}".strip()[:300], case=case, unit=unit,
+                   better=better, status="error")
+
+
+def speedup(kp: dict[str, Any] | None, peer: dict[str, Any] | None) -> float | None:
+    """How many times better Kernelpit's median is than the peer's (>1: Kernelpit wins)."""
+    if not kp or not peer or kp.get("status") != "ok" or peer.get("status") != "ok":
+        return None
+    a, b = kp.get("median"), peer.get("median")
+    if not a or not b or a != a or b != b:
+        return None
+    return (b / a) if kp["better"] == "lower" else (a / b)
+
+
+def add_ratios(rows: list[dict[str, Any]], reference: str = "kernelpit") -> None:
+    """Set ``kp_speedup`` on every non-Kernelpit row: vs the first Kernelpit row of its case."""
+    for r in rows:
+        if r["system"].startswith(reference):
+            continue
+        ref = next((k for k in rows if k["case"] == r["case"] and k["system"].startswith(reference)
+                    and k.get("status") == "ok"), None)
+        ratio = speedup(ref, r)
+        if ratio is not None:
+            r["kp_speedup"] = ratio
+            r["kp_reference"] = ref["system"]  # type: ignore[index]
+
+
+def find(rows: list[dict[str, Any]], system: str, case: str = "") -> dict[str, Any] | None:
+    for r in rows:
+        if r["system"] == system and r["case"] == case and r.get("status") == "ok":
+            return r
+    return None
+
+
+def target(tid: str, text: str, value: float | None, threshold: float, op: str,
+           why_unknown: str = "") -> dict[str, Any]:
+    """A target: ``value op threshold`` (op is ``<=`` or ``>=``); met is None when not measured."""
+    if value is None or value != value:
+        return {"id": tid, "text": text, "value": None, "threshold": threshold, "op": op,
+                "met": None, "note": why_unknown or "not measured"}
+    met = value <= threshold if op == "<=" else value >= threshold
+    return {"id": tid, "text": text, "value": value, "threshold": threshold, "op": op, "met": met}
