@@ -1,0 +1,68 @@
+"""The ``kernelpit serve --config FILE`` TOML file: named pools and bridge settings.
+
+::
+
+    [bridge]                 # optional; command-line flags win
+    host = "127.0.0.1"
+    port = 0
+    grace = 30               # seconds in-flight calls may take to finish on shutdown
+    max_message_size = "64MB"
+
+    [pools.default]          # one table per named pool: the fields of PoolConfig
+    adapters = ["mytools"]
+    workers = 2
+
+    [pools.gpu]
+    adapters = ["mytools.gpu"]
+    workers = 1
+    env = { CUDA_VISIBLE_DEVICES = "0" }
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import PoolConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BRIDGE_KEYS = {"host", "port", "grace", "max_message_size", "auth"}
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used; the message says where and why."""
+
+
+def load(path: str | Path) -> tuple[list[PoolConfig], dict[str, Any]]:
+    """(named pools, bridge settings) from a TOML file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"pools", "bridge"}
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown table(s) {', '.join(sorted(unknown))}; "
+                          "use [bridge] and [pools.NAME]")
+    bridge = data.get("bridge", {})
+    bad = set(bridge) - BRIDGE_KEYS
+    if bad:
+        raise ConfigError(f"config file {path}: unknown [bridge] setting(s) "
+                          f"{', '.join(sorted(bad))}; known: {', '.join(sorted(BRIDGE_KEYS))}")
+    pools = data.get("pools", {})
+    if not isinstance(pools, dict) or not all(isinstance(v, dict) for v in pools.values()):
+        raise ConfigError(f"config file {path}: [pools] must hold tables like [pools.default]")
+    configs = []
+    for name, spec in pools.items():
+        try:
+            configs.append(PoolConfig.from_dict(name, spec))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config file {path}, [pools.{name}]: {exc}") from None
+    return configs, bridge

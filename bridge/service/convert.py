@@ -1,0 +1,219 @@
+"""Core objects <-> ``kernelpit.v1`` messages: call requests, events, tools, workers, sessions.
+
+Used by both ends: the servicer decodes requests and encodes events and
+infos, the remote client does the reverse.  Values go through
+:mod:`.values`, exceptions through :mod:`.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .. import events as ev
+from ..info import SessionInfo, ToolInfo, WorkerInfo
+from ..pool.call import CallOptions
+from ..v1 import bridge_pb2 as pb
+from . import errors, watch
+from .values import BadValue, from_value, to_value
+
+# -- call requests ---------------------------------------------------------------------------
+
+_NO_OPTIONS = pb.CallOptions()
+
+
+def options_to_proto(o: CallOptions) -> pb.CallOptions:
+    if o.deadline is None and o.session is None and o.pool is None and o.worker is None \
+            and o.idempotent is None:
+        return _NO_OPTIONS
+    return pb.CallOptions(deadline=o.deadline, session=o.session, pool=o.pool, worker=o.worker,
+                          idempotent=o.idempotent)
+
+
+_DEFAULT_OPTIONS = CallOptions()
+
+
+def options_from_proto(o: pb.CallOptions) -> CallOptions:
+    if not o.ListFields():
+        return _DEFAULT_OPTIONS
+    return CallOptions(
+        deadline=o.deadline if o.HasField("deadline") else None,
+        session=o.session if o.HasField("session") else None,
+        pool=o.pool if o.HasField("pool") else None,
+        worker=o.worker if o.HasField("worker") else None,
+        idempotent=o.idempotent if o.HasField("idempotent") else None)
+
+
+def call_request(tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions) -> pb.CallRequest:
+    req = pb.CallRequest(tool=tool, options=options_to_proto(options))
+    if args:
+        req.args.CopyFrom(to_value(list(args)))
+    if kwargs:
+        req.kwargs.CopyFrom(to_value(kwargs))
+    return req
+
+
+def call_from_request(req: pb.CallRequest) -> tuple[list[Any], dict[str, Any], CallOptions]:
+    """(args, kwargs, options) of a request; malformed ones raise BadValue (INVALID_ARGUMENT)."""
+    args = from_value(req.args, "args") if req.HasField("args") else []
+    kwargs = from_value(req.kwargs, "kwargs") if req.HasField("kwargs") else {}
+    if args is None:
+        args = []
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(args, list):
+        raise BadValue(f"args must be a JSON array of positional arguments, got {type(args).__name__}")
+    if not isinstance(kwargs, dict):
+        raise BadValue(f"kwargs must be a JSON object of keyword arguments, got {type(kwargs).__name__}")
+    return args, kwargs, options_from_proto(req.options)
+
+
+# -- events ----------------------------------------------------------------------------------
+
+def event_to_proto(e: ev.Event) -> pb.Event:
+    out = pb.Event(call_id=e.call_id, time=e.time)
+    kind = e.kind
+    if kind == "progress":
+        assert isinstance(e, ev.Progress)
+        out.progress.done = e.done
+        if e.total is not None:
+            out.progress.total = e.total
+        out.progress.message = e.message
+    elif kind == "stdout":
+        out.stdout.text = e.text  # type: ignore[attr-defined]
+    elif kind == "stderr":
+        out.stderr.text = e.text  # type: ignore[attr-defined]
+    elif kind == "partial":
+        out.partial.CopyFrom(to_value(e.value))  # type: ignore[attr-defined]
+        out.partial.SetInParent()
+    elif kind == "result":
+        out.result.CopyFrom(to_value(e.value))  # type: ignore[attr-defined]
+        out.result.SetInParent()
+    elif kind == "error":
+        out.error.CopyFrom(errors.to_proto(e.error))  # type: ignore[attr-defined]
+    elif kind == "queued":
+        out.queued.position = e.position  # type: ignore[attr-defined]
+        out.queued.SetInParent()
+    elif kind == "started":
+        out.started.worker = e.worker  # type: ignore[attr-defined]
+        out.started.SetInParent()
+    elif kind == "display":
+        out.display.data.CopyFrom(to_value(e.data))  # type: ignore[attr-defined]
+        out.display.metadata.CopyFrom(to_value(e.metadata))  # type: ignore[attr-defined]
+        out.display.SetInParent()
+    return out
+
+
+def event_from_proto(m: pb.Event) -> ev.Event:
+    kind = m.WhichOneof("kind")
+    base = dict(call_id=m.call_id, time=m.time)
+    if kind == "progress":
+        p = m.progress
+        return ev.Progress(done=p.done, total=p.total if p.HasField("total") else None,
+                           message=p.message, **base)
+    if kind == "stdout":
+        return ev.Stdout(text=m.stdout.text, **base)
+    if kind == "stderr":
+        return ev.Stderr(text=m.stderr.text, **base)
+    if kind == "partial":
+        return ev.Partial(value=from_value(m.partial), **base)
+    if kind == "result":
+        return ev.Result(value=from_value(m.result), **base)
+    if kind == "error":
+        return ev.Error(error=errors.from_proto(m.error), **base)
+    if kind == "queued":
+        return ev.Queued(position=m.queued.position, **base)
+    if kind == "started":
+        return ev.Started(worker=m.started.worker, **base)
+    if kind == "display":
+        return ev.Display(data=from_value(m.display.data) or {},
+                          metadata=from_value(m.display.metadata) or {}, **base)
+    raise BadValue(f"an event of unknown kind {kind!r}; upgrade kernelpit on this client")
+
+
+# -- tools, workers, sessions ------------------------------------------------------------------
+
+def tool_to_proto(t: ToolInfo) -> pb.Tool:
+    return pb.Tool(name=t.name, doc=t.doc, signature=t.signature,
+                   parameters_schema=json.dumps(t.parameters), pool=t.pool, module=t.module,
+                   thread_safe=t.thread_safe, idempotent=t.idempotent, streaming=t.streaming)
+
+
+def tool_from_proto(m: pb.Tool) -> ToolInfo:
+    return ToolInfo(name=m.name, doc=m.doc, signature=m.signature,
+                    parameters=json.loads(m.parameters_schema or "{}"), pool=m.pool,
+                    module=m.module, thread_safe=m.thread_safe, idempotent=m.idempotent,
+                    streaming=m.streaming)
+
+
+def worker_to_proto(w: WorkerInfo) -> pb.Worker:
+    m = pb.Worker(id=w.id, pool=w.pool, state=w.state, pid=w.pid or 0,
+                  connection_file=w.connection_file or "", rss=w.rss, cpu=w.cpu, calls=w.calls,
+                  uptime=w.uptime, current_call=w.current_call or "",
+                  current_call_seconds=w.current_call_seconds, sessions=w.sessions,
+                  recycles=w.recycles, recycle_reason=w.recycle_reason or "")
+    if w.last_heartbeat is not None:
+        m.last_heartbeat = w.last_heartbeat
+    return m
+
+
+def worker_from_proto(m: pb.Worker) -> WorkerInfo:
+    return WorkerInfo(id=m.id, pool=m.pool, state=m.state, pid=m.pid or None,
+                      connection_file=m.connection_file or None, rss=m.rss, cpu=m.cpu,
+                      calls=m.calls, uptime=m.uptime, current_call=m.current_call or None,
+                      current_call_seconds=m.current_call_seconds, sessions=m.sessions,
+                      recycles=m.recycles, recycle_reason=m.recycle_reason or None,
+                      last_heartbeat=m.last_heartbeat if m.HasField("last_heartbeat") else None)
+
+
+def session_to_proto(s: SessionInfo) -> pb.Session:
+    m = pb.Session(id=s.id, pool=s.pool, worker=s.worker, created=s.created,
+                   last_used=s.last_used, calls=s.calls, metadata=s.metadata, lost=s.lost or "")
+    if s.ttl is not None:
+        m.ttl = s.ttl
+    return m
+
+
+def session_from_proto(m: pb.Session) -> SessionInfo:
+    return SessionInfo(id=m.id, pool=m.pool, worker=m.worker, created=m.created,
+                       last_used=m.last_used, ttl=m.ttl if m.HasField("ttl") else None,
+                       calls=m.calls, metadata=dict(m.metadata), lost=m.lost or None)
+
+
+# -- watch -----------------------------------------------------------------------------------
+
+_CHANGES = {"opened": pb.SESSION_CHANGE_OPENED, "closed": pb.SESSION_CHANGE_CLOSED,
+            "lost": pb.SESSION_CHANGE_LOST}
+_CHANGE_NAMES = {v: k for k, v in _CHANGES.items()}
+
+
+def watch_to_proto(e: "watch.WatchEvent") -> pb.WatchEvent:
+    out = pb.WatchEvent(time=e.time)
+    if isinstance(e, watch.Snapshot):
+        out.snapshot.workers.extend(worker_to_proto(w) for w in e.workers)
+        out.snapshot.sessions.extend(session_to_proto(s) for s in e.sessions)
+        out.snapshot.SetInParent()
+    elif isinstance(e, watch.WorkerChanged):
+        out.worker_changed.worker.CopyFrom(worker_to_proto(e.worker))
+        out.worker_changed.previous_state = e.previous_state
+        out.worker_changed.removed = e.removed
+    else:
+        out.session_changed.session.CopyFrom(session_to_proto(e.session))
+        out.session_changed.change = _CHANGES[e.change]
+    return out
+
+
+def watch_from_proto(m: pb.WatchEvent) -> "watch.WatchEvent":
+    kind = m.WhichOneof("kind")
+    if kind == "snapshot":
+        return watch.Snapshot([worker_from_proto(w) for w in m.snapshot.workers],
+                              [session_from_proto(s) for s in m.snapshot.sessions], time=m.time)
+    if kind == "worker_changed":
+        c = m.worker_changed
+        return watch.WorkerChanged(worker_from_proto(c.worker), previous_state=c.previous_state,
+                                   removed=c.removed, time=m.time)
+    if kind == "session_changed":
+        c = m.session_changed
+        return watch.SessionChanged(session_from_proto(c.session),
+                                    change=_CHANGE_NAMES.get(c.change, "opened"), time=m.time)
+    raise BadValue(f"a watch event of unknown kind {kind!r}; upgrade kernelpit on this client")

@@ -1,0 +1,43 @@
+"""``kernelpit serve`` in the foreground: start the bridge, serve until SIGTERM/SIGINT, drain, exit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any, TextIO
+
+from ..config import PoolConfig
+from .server import Bridge
+
+
+async def serve(configs: list[PoolConfig], *, out: TextIO = sys.stderr, **settings: Any) -> None:
+    """Run a bridge until SIGTERM, SIGINT or the Shutdown RPC; then drain and stop every kernel."""
+    bridge = Bridge(configs, **settings)
+    loop = asyncio.get_running_loop()
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, bridge.request_stop)
+
+    def say(text: str) -> None:
+        print(f"kernelpit: {text}", file=out, flush=True)
+
+    try:
+        say(f"starting {sum(c.workers for c in configs)} worker kernel(s) in pool(s) "
+            f"{', '.join(c.name for c in configs)}...")
+        await bridge.start()
+        say(f"bridge serving {len(bridge.manager.tools())} tool(s) at {bridge.address} "
+            f"(pid {os.getpid()})")
+        if bridge.discovery_path is not None:
+            say(f"discovery file {bridge.discovery_path}")
+        say("stop with Ctrl-C, SIGTERM or `kernelpit stop`")
+        grace = await bridge.stop_requested()
+        say(f"stopping: no new calls; {bridge.calls_in_flight} call(s) in flight get up to "
+            f"{grace:g} s to finish")
+        await bridge.stop(grace)
+        say("stopped; every worker kernel is shut down")
+    finally:
+        for sig in stop_signals:
+            loop.remove_signal_handler(sig)
+        await bridge.stop(0)

@@ -1,0 +1,162 @@
+"""The bridge: a ``grpc.aio`` server and the pool it serves, in one process.
+
+::
+
+    bridge = Bridge(configs)          # list of PoolConfig
+    await bridge.start()              # kernels ready, port bound, discovery file written
+    await bridge.wait()               # until stop() / the Shutdown RPC / a signal
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .. import __version__
+from ..config import PoolConfig, parse_size
+from ..pool import PoolManager
+from ..v1 import bridge_pb2 as pb
+from ..v1 import bridge_pb2_grpc as pb_grpc
+from . import auth as auth_module
+from . import discovery as discovery_module
+from .servicer import BridgeServicer
+
+log = logging.getLogger("kernelpit.service")
+
+DEFAULT_MAX_MESSAGE = 64 * 2**20
+DEFAULT_GRACE = 30.0
+SERVICE = pb.DESCRIPTOR.services_by_name["Bridge"].full_name
+
+
+class Bridge:
+    """Serves a pool of worker kernels over gRPC.
+
+    ``token``: the bearer token clients must send; None makes one up.
+    ``auth=False`` serves without a token (anyone who can reach the port can run tools).
+    ``discovery``: where to write the discovery file (default: the Jupyter runtime
+    dir), or False for none.
+    """
+
+    def __init__(self, configs: list[PoolConfig], *, host: str = "127.0.0.1", port: int = 0,
+                 token: str | None = None, auth: bool = True, grace: float = DEFAULT_GRACE,
+                 max_message_size: int | str = DEFAULT_MAX_MESSAGE,
+                 discovery: Path | str | bool | None = None) -> None:
+        self.manager = PoolManager(configs)
+        self.host = host
+        self.port = port
+        self.token = (token or auth_module.new_token()) if auth else None
+        self.grace = grace
+        self.max_message_size = parse_size(max_message_size) or DEFAULT_MAX_MESSAGE
+        self.discovery_path: Path | None = (None if discovery is False else
+                                            discovery_module.default_path()
+                                            if discovery in (None, True) else Path(discovery))
+        self.address = ""
+        self.started = 0.0
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._closing = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._stop_grace: float | None = None
+        self._stopped = False
+
+    async def start(self) -> "Bridge":
+        """Start the kernels, then bind and serve; returns when clients can connect."""
+        if self.discovery_path is not None:
+            other = discovery_module.read(self.discovery_path)
+            if other is not None and other.get("pid") != os.getpid():
+                raise FileExistsError(
+                    f"a bridge is already running at {other['address']} (pid {other['pid']}, "
+                    f"discovery file {self.discovery_path}); stop it with `kernelpit stop`, or "
+                    "start this one with --no-discovery")
+        await self.manager.start()
+        try:
+            await self._serve()
+        except BaseException:
+            await self.manager.close()
+            raise
+        self.started = time.time()
+        if self.discovery_path is not None:
+            discovery_module.write(self.address, self.token, self.discovery_path,
+                                   version=__version__, run_id=self.manager.run_id,
+                                   pools=list(self.manager.groups))
+        return self
+
+    async def _serve(self) -> None:
+        interceptors = [auth_module.TokenAuth(self.token)] if self.token else []
+        server = grpc.aio.server(interceptors=interceptors, options=[
+            ("grpc.max_receive_message_length", self.max_message_size),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ])
+        servicer = BridgeServicer(self.manager, self._closing, self._info, self.request_stop)
+        pb_grpc.add_BridgeServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        try:
+            port = server.add_insecure_port(f"{self.host}:{self.port}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {self.host}:{self.port} ({exc}); the port may be in "
+                          "use: pick another with --port, or --port 0 for any free one") from None
+        await server.start()
+        self._server = server
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.address = f"{host}:{port}"
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+
+    def _info(self) -> pb.ServerInfo:
+        return pb.ServerInfo(version=__version__, run_id=self.manager.run_id, pid=os.getpid(),
+                             pools=list(self.manager.groups), started=self.started,
+                             address=self.address)
+
+    def request_stop(self, grace: float | None = None) -> None:
+        """Ask :meth:`wait` to stop the bridge (the Shutdown RPC and signals call this)."""
+        self._stop_grace = grace
+        self._stop_requested.set()
+
+    async def stop_requested(self) -> float:
+        """Wait until a stop is requested; returns the grace period asked for."""
+        await self._stop_requested.wait()
+        return self.grace if self._stop_grace is None else self._stop_grace
+
+    @property
+    def calls_in_flight(self) -> int:
+        return len(self.manager.calls)
+
+    async def wait(self) -> None:
+        """Serve until a stop is requested, then stop."""
+        await self.stop(await self.stop_requested())
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting RPCs, let in-flight calls finish within ``grace`` s, stop every kernel."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.grace if grace is None else grace
+        self._closing.set()  # ends Watch streams, which would otherwise hold the drain open
+        with contextlib.suppress(Exception):
+            await self._health.enter_graceful_shutdown()
+        try:
+            if self._server is not None:
+                await self._server.stop(grace)
+        finally:
+            await self.manager.close()
+            if self.discovery_path is not None:
+                discovery_module.remove(self.discovery_path)
+
+    async def __aenter__(self) -> "Bridge":
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop(0)
+
