@@ -10,8 +10,26 @@
             ...
 """
 
+from typing import TYPE_CHECKING
+
 from .caller import AsyncCaller as Caller
 from .caller import AsyncSession as Session
 from .local import AsyncPool as Pool
 
-__all__ = ["Pool", "Session", "Caller"]
+if TYPE_CHECKING:
+    from .remote import Connecting
+
+
+def connect(address: str | None = None, token: str | None = None, *,
+            timeout: float = 5.0) -> "Connecting":
+    """A client of a running bridge: the API of :class:`Pool`, plus ``watch()``.
+
+    ``async with kernelpit.aio.connect() as pool:`` or ``pool = await kernelpit.aio.connect()``.
+    With no arguments it finds the bridge through its discovery file; raises
+    ``BridgeNotFound`` when none answers.
+    """
+    from .remote import Connecting
+    return Connecting(address, token, timeout)
+
+
+__all__ = ["Pool", "Session", "Caller", "connect"]

@@ -1,0 +1,354 @@
+"""Remote clients: the embedded pool's API, served by a bridge over gRPC.
+
+::
+
+    import kernelpit
+
+    with kernelpit.connect() as pool:          # finds the running bridge (kernelpit serve)
+        pool.call("add", a=1, b=2)
+        for ev in pool.stream("train", epochs=3):
+            print(ev.kind)
+
+:class:`RemoteBackend` is the one implementation: a
+:class:`~kernelpit.caller.Backend` (call, stream, sessions) plus the
+introspection and control RPCs, over a ``grpc.aio`` channel.
+:class:`AsyncClient` puts the shared calling API on top of it;
+:class:`Client` is its blocking twin, driven by a :class:`~kernelpit.sync.Portal`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, AsyncIterator, Iterator
+
+import grpc
+
+from .caller import AsyncCaller
+from .events import Event
+from .exceptions import BridgeNotFound
+from .info import SessionInfo, ToolInfo, WorkerInfo
+from .pool.call import CallOptions
+from .service import auth, convert, discovery, errors
+from .service.values import from_value
+from .service.watch import WatchEvent
+from .sync import Handle, Portal
+from .v1 import bridge_pb2 as pb
+from .v1 import bridge_pb2_grpc as pb_grpc
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.enable_retries", 0),
+]
+HOW_TO_START = ("Start one with `kernelpit serve --adapter MODULE` (e.g. --adapter "
+                "kernelpit.kernels.demo), or pass connect(address=..., token=...)")
+
+
+def resolve(address: str | None, token: str | None) -> tuple[str, str | None]:
+    """The address and token to use: given ones, else the discovery file's."""
+    if address is None:
+        path = discovery.default_path()
+        info = discovery.read(path)
+        if info is None:
+            why = ("its discovery file is stale (the process is gone)" if path.exists()
+                   else f"there is no discovery file {path}")
+            raise BridgeNotFound(f"no Kernelpit bridge was found: {why}. {HOW_TO_START}")
+        return info["address"], token if token is not None else info.get("token")
+    if token is None:
+        token = os.environ.get("KERNELPIT_TOKEN")
+    if token is None:
+        info = discovery.read()
+        if info is not None and info.get("address") == address:
+            token = info.get("token")
+    return address, token
+
+
+class RemoteBackend:
+    """Calls, streams, sessions and control of a bridge, over one gRPC channel."""
+
+    def __init__(self, address: str, token: str | None) -> None:
+        self.address = address
+        self.metadata = auth.metadata(token)
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = pb_grpc.BridgeStub(self.channel)
+        self._sync_channel: grpc.Channel | None = None
+        self._blocking: Any = None
+
+    def call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
+                      options: CallOptions) -> Any:
+        """:meth:`call` for a thread without an event loop: one blocking gRPC call, no hop."""
+        if self._blocking is None:
+            self._sync_channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            self._blocking = pb_grpc.BridgeStub(self._sync_channel).Call
+        future = self._blocking.future(convert.call_request(tool, args, kwargs, options),
+                                       metadata=self.metadata)
+        try:
+            reply = future.result()
+        except grpc.RpcError as exc:
+            err = errors.from_rpc_error(exc, self.address)  # type: ignore[arg-type]
+        except KeyboardInterrupt:
+            future.cancel()  # Ctrl-C cancels the call: the bridge interrupts the tool
+            raise
+        else:
+            return from_value(reply.result, "result") if reply.HasField("result") else None
+        raise err
+
+    async def _rpc(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await method(request, metadata=self.metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            err = errors.from_rpc_error(exc, self.address)
+        raise err
+
+    # -- the Backend protocol ----------------------------------------------------------
+    async def call(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions) -> Any:
+        reply = await self._rpc(self.stub.Call, convert.call_request(tool, args, kwargs, options))
+        return from_value(reply.result, "result") if reply.HasField("result") else None
+
+    async def stream(self, tool: str, args: Any, kwargs: dict[str, Any],
+                     options: CallOptions) -> AsyncIterator[Event]:
+        rpc = self.stub.CallStream(convert.call_request(tool, args, kwargs, options),
+                                   metadata=self.metadata)
+        err = None
+        try:
+            async for batch in rpc:
+                for m in batch.events:
+                    yield convert.event_from_proto(m)
+        except grpc.aio.AioRpcError as exc:
+            err = errors.from_rpc_error(exc, self.address)
+        finally:
+            rpc.cancel()  # leaving early cancels the call; a no-op once it has ended
+        if err is not None:
+            raise err
+
+    async def open_session(self, pool: str | None, ttl: float | None, metadata: dict[str, str],
+                           session_id: str | None = None) -> SessionInfo:
+        req = pb.CreateSessionRequest(pool=pool or "", ttl=ttl, metadata=metadata or {},
+                                      id=session_id or "")
+        return convert.session_from_proto(await self._rpc(self.stub.CreateSession, req))
+
+    async def close_session(self, session_id: str) -> SessionInfo:
+        reply = await self._rpc(self.stub.CloseSession, pb.CloseSessionRequest(id=session_id))
+        return convert.session_from_proto(reply)
+
+    # -- introspection and control -------------------------------------------------------
+    async def get_session(self, session_id: str) -> SessionInfo:
+        reply = await self._rpc(self.stub.GetSession, pb.GetSessionRequest(id=session_id))
+        return convert.session_from_proto(reply)
+
+    async def sessions(self) -> list[SessionInfo]:
+        reply = await self._rpc(self.stub.ListSessions, pb.ListSessionsRequest())
+        return [convert.session_from_proto(s) for s in reply.sessions]
+
+    async def tools(self, pool: str | None = None) -> list[ToolInfo]:
+        reply = await self._rpc(self.stub.ListTools, pb.ListToolsRequest(pool=pool or ""))
+        return [convert.tool_from_proto(t) for t in reply.tools]
+
+    async def describe(self, name: str, pool: str | None = None) -> ToolInfo:
+        req = pb.DescribeToolRequest(name=name, pool=pool or "")
+        return convert.tool_from_proto(await self._rpc(self.stub.DescribeTool, req))
+
+    async def workers(self, pool: str | None = None) -> list[WorkerInfo]:
+        reply = await self._rpc(self.stub.ListWorkers, pb.ListWorkersRequest(pool=pool or ""))
+        return [convert.worker_from_proto(w) for w in reply.workers]
+
+    async def interrupt(self, worker_id: int) -> None:
+        await self._rpc(self.stub.InterruptWorker, pb.WorkerRequest(id=worker_id))
+
+    async def restart(self, worker_id: int) -> None:
+        await self._rpc(self.stub.RestartWorker, pb.WorkerRequest(id=worker_id))
+
+    async def watch(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
+        rpc = self.stub.Watch(pb.WatchRequest(snapshot_interval=interval), metadata=self.metadata)
+        err = None
+        try:
+            async for m in rpc:
+                yield convert.watch_from_proto(m)
+        except grpc.aio.AioRpcError as exc:
+            err = errors.from_rpc_error(exc, self.address)
+        finally:
+            rpc.cancel()
+        if err is not None:
+            raise err
+
+    async def server_info(self, timeout: float | None = None) -> pb.ServerInfo:
+        return await self._rpc(self.stub.GetServerInfo, pb.ServerInfoRequest(), timeout)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        await self._rpc(self.stub.Shutdown, pb.ShutdownRequest(grace=grace))
+
+    async def close(self) -> None:
+        if self._sync_channel is not None:
+            self._sync_channel.close()
+        await self.channel.close()
+
+
+class AsyncClient(AsyncCaller):
+    """A bridge, used from asyncio: the same methods as :class:`kernelpit.aio.Pool`, plus ``watch()``."""
+
+    _backend: RemoteBackend
+
+    def __init__(self, backend: RemoteBackend) -> None:
+        super().__init__(backend)
+
+    @property
+    def address(self) -> str:
+        return self._backend.address
+
+    async def check(self, timeout: float = 5.0) -> pb.ServerInfo:
+        """Ask the bridge who it is; raises BridgeNotFound when nothing answers."""
+        try:
+            return await self._backend.server_info(timeout)
+        except errors.kx.BridgeError as exc:
+            if isinstance(exc, errors.kx.Unauthenticated):
+                raise
+            raise BridgeNotFound(f"no Kernelpit bridge answers at {self.address} ({exc}). "
+                                 f"{HOW_TO_START}") from None
+        except errors.kx.DeadlineExceeded:
+            raise BridgeNotFound(f"no Kernelpit bridge answered at {self.address} within "
+                                 f"{timeout:g} s. {HOW_TO_START}") from None
+
+    async def tools(self, pool: str | None = None) -> list[ToolInfo]:
+        """The tools served, with name, doc, signature and parameter schema."""
+        return await self._backend.tools(pool)
+
+    async def describe(self, name: str, pool: str | None = None) -> ToolInfo:
+        """One tool's description; ToolNotFound when there is no such tool."""
+        return await self._backend.describe(name, pool)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """A health snapshot of every worker."""
+        return await self._backend.workers()
+
+    async def sessions(self) -> list[SessionInfo]:
+        """Open sessions (including lost ones, until closed)."""
+        return await self._backend.sessions()
+
+    async def get_session(self, session_id: str) -> SessionInfo:
+        return await self._backend.get_session(session_id)
+
+    async def interrupt(self, worker_id: int) -> None:
+        """Interrupt a worker: cancel its tool calls and SIGINT its kernel."""
+        await self._backend.interrupt(worker_id)
+
+    async def restart(self, worker_id: int) -> None:
+        """Kill a worker now; a fresh one takes its place."""
+        await self._backend.restart(worker_id)
+
+    def watch(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
+        """Pool state changes (Snapshot, WorkerChanged, SessionChanged) as they happen."""
+        return self._backend.watch(interval)
+
+    async def server_info(self) -> pb.ServerInfo:
+        return await self._backend.server_info()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop the bridge (in-flight calls get ``grace`` seconds to finish)."""
+        await self._backend.shutdown(grace)
+
+    async def close(self) -> None:
+        """Close the connection (the bridge and its pool keep running)."""
+        await self._backend.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+async def connect_async(address: str | None = None, token: str | None = None, *,
+                        timeout: float = 5.0) -> AsyncClient:
+    """Connect to a bridge (default: the one in the discovery file) and check it answers."""
+    address, token = resolve(address, token)
+    client = AsyncClient(RemoteBackend(address, token))
+    try:
+        await client.check(timeout)
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+class Connecting:
+    """What ``kernelpit.aio.connect()`` returns: await it, or use it with ``async with``."""
+
+    def __init__(self, address: str | None, token: str | None, timeout: float) -> None:
+        self._args = (address, token)
+        self._timeout = timeout
+        self._client: AsyncClient | None = None
+
+    def __await__(self) -> Any:
+        return connect_async(*self._args, timeout=self._timeout).__await__()
+
+    async def __aenter__(self) -> AsyncClient:
+        self._client = await connect_async(*self._args, timeout=self._timeout)
+        return self._client
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+class ClientPortal(Portal):
+    """A Portal that runs unary tool calls right on the calling thread.
+
+    A blocking gRPC call needs no event loop, so ``call`` skips the hand-off to
+    the loop thread (the biggest share of a no-op call's latency); every
+    other operation, and every call of a caller not over a remote backend,
+    goes through the loop as usual.  The calling logic stays in
+    :class:`RemoteBackend`.
+    """
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(fn, "__func__", None) is AsyncCaller.call:
+            caller: AsyncCaller = fn.__self__
+            backend = caller._backend
+            if isinstance(backend, RemoteBackend):
+                return backend.call_blocking(args[0], args[1:], kwargs, caller._options)
+        return super().call(fn, *args, **kwargs)
+
+
+class Client(Handle):
+    """A bridge, used from blocking code: the same methods as :class:`kernelpit.Pool`, plus ``watch()``."""
+
+    _async: AsyncClient
+
+    def __init__(self, address: str | None = None, token: str | None = None, *,
+                 timeout: float = 5.0) -> None:
+        portal = ClientPortal("kernelpit-client")
+        try:
+            target = portal.call(connect_async, address, token, timeout=timeout)
+        except BaseException:
+            portal.stop()
+            raise
+        super().__init__(portal, target)
+
+    @property
+    def address(self) -> str:
+        return self._async.address
+
+    def describe(self, name: str, pool: str | None = None) -> ToolInfo:
+        return self._portal.call(self._async.describe, name, pool)
+
+    def get_session(self, session_id: str) -> SessionInfo:
+        return self._portal.call(self._async.get_session, session_id)
+
+    def watch(self, interval: float = 0.0) -> Iterator[WatchEvent]:
+        """Pool state changes (Snapshot, WorkerChanged, SessionChanged); leave the loop to stop."""
+        return self._portal.iterate(self._async.watch(interval))
+
+    def server_info(self) -> pb.ServerInfo:
+        return self._portal.call(self._async.server_info)
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Stop the bridge (in-flight calls get ``grace`` seconds to finish)."""
+        self._portal.call(self._async.shutdown, grace)
+
+    def __enter__(self) -> "Client":
+        return self
+
+
+def connect(address: str | None = None, token: str | None = None, *, timeout: float = 5.0) -> Client:
+    """A blocking client of a running bridge; see :class:`Client`."""
+    return Client(address, token, timeout=timeout)
