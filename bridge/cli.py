@@ -1,0 +1,418 @@
+"""The ``kernelpit`` command (also ``jupyter kernelpit`` and ``python -m kernelpit``).
+
+::
+
+    kernelpit serve --adapter mytools --workers 4     # run the bridge in the foreground
+    kernelpit status                                  # workers and sessions
+    kernelpit tools                                   # what can be called
+    kernelpit call train epochs=3                     # run a tool, with live progress
+    kernelpit stop                                    # stop the running bridge
+    kernelpit demo                                    # a tour with the bundled demo adapter
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+import time
+from typing import Any, Iterable, Sequence, TextIO
+
+from . import __version__
+from .exceptions import BridgeError, CallError, KernelpitError, StartError
+
+DEMO_ADAPTER = "kernelpit.kernels.demo"
+
+
+# -- output helpers ----------------------------------------------------------------------------
+
+def to_json(value: Any) -> str:
+    def default(obj: Any) -> Any:
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            return {"$kp": "bytes", "base64": base64.b64encode(bytes(obj)).decode()}
+        return repr(obj)
+    return json.dumps(value, default=default, ensure_ascii=False)
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [[str(h) for h in header]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)
+
+
+def human_seconds(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def workers_table(workers: Iterable[Any]) -> str:
+    rows = [(w.id, w.pool, w.state, w.pid or "-", human_bytes(w.rss), f"{w.cpu:.0f}%", w.calls,
+             human_seconds(w.uptime), w.sessions,
+             f"{w.current_call} {w.current_call_seconds:.1f}s" if w.current_call else "-")
+            for w in workers]
+    return table(rows, ("WORKER", "POOL", "STATE", "PID", "RSS", "CPU", "CALLS", "UPTIME",
+                        "SESSIONS", "CURRENT CALL"))
+
+
+def sessions_table(sessions: Iterable[Any]) -> str:
+    now = time.time()
+    rows = [(s.id, s.pool, s.worker, s.calls, human_seconds(now - s.last_used),
+             "-" if s.ttl is None else f"{s.ttl:g}s", f"LOST: {s.lost}" if s.lost else "ok",
+             " ".join(f"{k}={v}" for k, v in s.metadata.items()))
+            for s in sessions]
+    return table(rows, ("SESSION", "POOL", "WORKER", "CALLS", "IDLE", "TTL", "STATE", "METADATA"))
+
+
+class ProgressBar:
+    """One line on a terminal (redrawn in place), or plain lines when not a terminal."""
+
+    def __init__(self, out: TextIO, enabled: bool = True) -> None:
+        self.out = out
+        self.enabled = enabled
+        self.tty = out.isatty()
+        self.shown = False
+        self._last = 0.0
+
+    def update(self, done: float, total: float | None, message: str) -> None:
+        if not self.enabled:
+            return
+        if total:
+            frac = max(0.0, min(1.0, done / total))
+            bar = "#" * int(frac * 30)
+            line = f"[{bar:<30}] {frac * 100:5.1f}% {done:g}/{total:g} {message}"
+        else:
+            line = f"[{'?':^30}] {done:g} {message}"
+        if self.tty:
+            now = time.monotonic()
+            if now - self._last < 0.05 and (not total or done < total):
+                return  # redraw at most 20 times a second
+            self._last = now
+            self.out.write("\r\x1b[2K" + line[:200])
+            self.shown = True
+        else:
+            self.out.write(line.rstrip() + "\n")
+        self.out.flush()
+
+    def clear(self) -> None:
+        if self.tty and self.shown:
+            self.out.write("\r\x1b[2K")
+            self.out.flush()
+            self.shown = False
+
+
+def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as JSON when they parse, else kept as strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"argument {item!r} is not key=value (e.g. epochs=3 name=run1 "
+                             "tags='[\"a\",\"b\"]')")
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
+
+
+class UsageError(Exception):
+    """A mistake on the command line; the message says how to fix it."""
+
+
+def run_stream(client: Any, tool: str, kwargs: dict[str, Any], out: TextIO, err: TextIO,
+               progress: bool = True) -> Any:
+    """Run ``tool`` with live output and a progress bar; returns the result or raises the error."""
+    bar = ProgressBar(err, progress)
+    try:
+        for ev in client.stream(tool, **kwargs):
+            kind = ev.kind
+            if kind == "progress":
+                bar.update(ev.done, ev.total, ev.message)
+                continue
+            bar.clear()
+            if kind == "stdout":
+                out.write(ev.text)
+                out.flush()
+            elif kind == "stderr":
+                err.write(ev.text)
+                err.flush()
+            elif kind == "display":
+                text = ev.data.get("text/plain")
+                if text is not None:
+                    out.write(f"{text}\n")
+            elif kind == "partial":
+                out.write(to_json(ev.value) + "\n")
+                out.flush()
+            elif kind == "result":
+                return ev.value
+            elif kind == "error":
+                ev.raise_()
+    finally:
+        bar.clear()
+    raise BridgeError(f"the stream of {tool}() ended without a result")
+
+
+def print_error(exc: BaseException, err: TextIO) -> None:
+    tb = getattr(exc, "remote_traceback", "")
+    if tb:
+        err.write(tb if tb.endswith("\n") else tb + "\n")
+    if isinstance(exc, KernelpitError):
+        err.write(f"kernelpit: error: {exc}\n")
+    else:
+        err.write(f"kernelpit: error: the tool raised {type(exc).__name__}: {exc}\n")
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def connect_from(args: argparse.Namespace) -> Any:
+    from .remote import connect
+    return connect(args.address, args.token)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .config import PoolConfig
+    from .service import config as config_file
+    from .service.run import serve
+
+    settings: dict[str, Any] = {}
+    configs: list[PoolConfig] = []
+    if args.config:
+        configs, settings = config_file.load(args.config)
+    if args.adapter or not configs:
+        if not args.adapter:
+            raise UsageError("nothing to serve: give --adapter MODULE (e.g. --adapter "
+                             f"{DEMO_ADAPTER}) or --config FILE with [pools.NAME] tables")
+        if any(c.name == args.pool for c in configs):
+            raise UsageError(f"pool '{args.pool}' is both in --config and given with --adapter; "
+                             "rename one with --pool NAME")
+        configs.insert(0, PoolConfig(name=args.pool, adapters=args.adapter,
+                                     workers=args.workers or 2, path=args.path or []))
+    elif args.workers or args.path:
+        raise UsageError("--workers/--path apply to the pool given with --adapter; set "
+                         "workers/path in the [pools.NAME] tables of the config file instead")
+    auth = settings.pop("auth", True) and not args.no_auth
+    if not auth:
+        print("kernelpit: WARNING: authentication is OFF (--no-auth): anyone who can reach the "
+              "port can run tools as this user", file=sys.stderr, flush=True)
+    for key in ("host", "port", "grace", "max_message_size"):
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    asyncio.run(serve(configs, auth=auth, token=args.token,
+                      discovery=False if args.no_discovery else None, **settings))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with connect_from(args) as client:
+        info = client.server_info()
+        workers, sessions = client.workers(), client.sessions()
+    if args.json:
+        from dataclasses import asdict
+        print(to_json({"address": info.address, "pid": info.pid, "version": info.version,
+                       "pools": list(info.pools), "workers": [asdict(w) for w in workers],
+                       "sessions": [asdict(s) for s in sessions]}))
+        return 0
+    print(f"bridge {info.address}  pid {info.pid}  kernelpit {info.version}  "
+          f"up {human_seconds(time.time() - info.started)}  pools: {', '.join(info.pools)}")
+    print()
+    print(workers_table(workers))
+    print()
+    print(sessions_table(sessions) if sessions else "no open sessions")
+    return 0
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    with connect_from(args) as client:
+        tools = client.tools(args.pool)
+    if args.json:
+        from dataclasses import asdict
+        print(to_json([asdict(t) for t in tools]))
+        return 0
+    rows = [(t.name, t.pool, t.signature.removeprefix(t.name), (t.doc or "").strip().split("\n")[0])
+            for t in tools]
+    print(table(rows, ("TOOL", "POOL", "SIGNATURE", "DESCRIPTION")))
+    return 0
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    kwargs = parse_assignments(args.arguments)
+    options = {k: v for k, v in (("deadline", args.deadline), ("session", args.session),
+                                 ("pool", args.pool), ("worker", args.worker)) if v is not None}
+    with connect_from(args) as client:
+        caller = client.options(**options) if options else client
+        try:
+            result = run_stream(caller, args.tool, kwargs, sys.stdout, sys.stderr,
+                                progress=not args.quiet)
+        except KeyboardInterrupt:
+            print("kernelpit: interrupted; the call was cancelled", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            print_error(exc, sys.stderr)
+            return 1
+    print(to_json(result))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    import psutil
+    with connect_from(args) as client:
+        info = client.server_info()
+        client.shutdown(args.grace)
+    print(f"kernelpit: stopping the bridge at {info.address} (pid {info.pid})...", file=sys.stderr)
+    try:
+        psutil.Process(info.pid).wait(timeout=(args.grace or 30) + 30)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        print(f"kernelpit: error: the bridge (pid {info.pid}) is still running; kill it with "
+              f"`kill {info.pid}`", file=sys.stderr)
+        return 1
+    print("kernelpit: stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .config import PoolConfig
+    from .remote import Client
+    from .service.server import Bridge
+    from .sync import Portal
+
+    say = lambda text: print(f"==> {text}", file=sys.stderr, flush=True)  # noqa: E731
+    say(f"starting a bridge with the demo adapter ({DEMO_ADAPTER}), {args.workers} workers")
+    portal = Portal("kernelpit-demo-bridge")
+    bridge = portal.call(_start_bridge, Bridge(
+        [PoolConfig(adapters=[DEMO_ADAPTER], workers=args.workers)], discovery=False))
+    try:
+        say(f"bridge at {bridge.address}; connecting a remote client")
+        with Client(bridge.address, bridge.token) as client:
+            print(table([(t.name, t.signature.removeprefix(t.name)) for t in client.tools()],
+                        ("TOOL", "SIGNATURE")))
+            say(f"running train(epochs={args.epochs}) through the bridge, streaming its progress")
+            result = run_stream(client, "train", {"epochs": args.epochs,
+                                                  "seconds_per_epoch": args.seconds},
+                                sys.stdout, sys.stderr)
+            print(f"result: {to_json(result)}")
+            say("the workers now")
+            print(workers_table(client.workers()))
+    finally:
+        say("shutting down: every worker kernel stops")
+        portal.call(bridge.stop, 5.0)
+        portal.stop()
+    say("done")
+    return 0
+
+
+async def _start_bridge(bridge: Any) -> Any:
+    return await bridge.start()
+
+
+# -- argument parsing --------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kernelpit", description="Run Python tools in a pool of Jupyter kernels, shared "
+        "through a gRPC bridge.", epilog="Start with `kernelpit demo`.")
+    parser.add_argument("--version", action="version", version=f"kernelpit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def client_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--address", help="bridge address host:port (default: from the discovery "
+                       "file of the running bridge)")
+        p.add_argument("--token", help="bearer token (default: $KERNELPIT_TOKEN or the "
+                       "discovery file's)")
+
+    p = sub.add_parser("serve", help="run the bridge in the foreground",
+                       description="Start worker kernels and serve them over gRPC until "
+                       "Ctrl-C/SIGTERM (in-flight calls get --grace seconds to finish).")
+    p.add_argument("--adapter", action="append", metavar="MODULE",
+                   help="module whose @tool functions are served (repeatable)")
+    p.add_argument("--workers", type=int, help="worker kernels in the pool (default 2)")
+    p.add_argument("--pool", default="default", help="name of the --adapter pool (default: default)")
+    p.add_argument("--path", action="append", metavar="DIR",
+                   help="directory put on the workers' sys.path (repeatable)")
+    p.add_argument("--config", metavar="FILE", help="TOML file with [pools.NAME] tables "
+                   "(PoolConfig fields) and an optional [bridge] table")
+    p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 0: any free port)")
+    p.add_argument("--token", help="bearer token clients must send (default: a random one, "
+                   "written to the discovery file)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="DANGEROUS: accept calls without a token")
+    p.add_argument("--grace", type=float, help="seconds in-flight calls may take to finish on "
+                   "shutdown (default 30)")
+    p.add_argument("--max-message-size", help="largest request accepted, e.g. 64MB (default)")
+    p.add_argument("--no-discovery", action="store_true",
+                   help="do not write the discovery file (clients then need --address/--token)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="show workers and sessions of the running bridge")
+    client_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("tools", help="list the tools the bridge serves")
+    client_options(p)
+    p.add_argument("--pool", help="only this pool")
+    p.add_argument("--json", action="store_true", help="print JSON (with parameter schemas)")
+    p.set_defaults(func=cmd_tools)
+
+    p = sub.add_parser("call", help="run a tool: kernelpit call TOOL key=value ...",
+                       description="Run a tool. Values are parsed as JSON when they parse, "
+                       "else taken as strings. Progress goes to stderr, the tool's output is "
+                       "printed live, the result is printed as JSON on stdout.")
+    client_options(p)
+    p.add_argument("tool")
+    p.add_argument("arguments", nargs="*", metavar="key=value")
+    p.add_argument("--deadline", type=float, help="seconds before the call is interrupted")
+    p.add_argument("--session", help="run in this session")
+    p.add_argument("--pool", help="run in this named pool")
+    p.add_argument("--worker", type=int, help="run on this worker id")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_call)
+
+    p = sub.add_parser("stop", help="stop the running bridge (drains in-flight calls)")
+    client_options(p)
+    p.add_argument("--grace", type=float, help="seconds in-flight calls may take to finish")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("demo", help="a tour: bridge + remote client + streaming tool + shutdown")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=0.3, help="seconds per epoch")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        parser.exit(2, f"kernelpit {args.command}: error: {exc}\n")
+    except (BridgeError, StartError, CallError, FileExistsError, OSError, ValueError) as exc:
+        print(f"kernelpit {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
