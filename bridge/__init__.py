@@ -13,6 +13,8 @@
 :func:`kernelpit.kernels.tool`.  Every exception is in :mod:`kernelpit.exceptions`.
 """
 
+from typing import TYPE_CHECKING
+
 from . import events
 from .config import PoolConfig, parse_size
 from .events import Display, Error, Event, Partial, Progress, Queued, Result, Started, Stderr, Stdout
@@ -24,10 +26,26 @@ from .info import SessionInfo, ToolInfo, WorkerInfo
 from .pool.call import CallOptions
 from .sync import Caller, Pool, Session
 
+if TYPE_CHECKING:
+    from . import remote as _remote
+
 __version__ = "0.1.0"
 
+
+def connect(address: str | None = None, token: str | None = None, *,
+            timeout: float = 5.0) -> "_remote.Client":
+    """A client of a running bridge (``kernelpit serve``): the API of :class:`Pool`, plus ``watch()``.
+
+    With no arguments it finds the bridge through its discovery file; raises
+    :class:`BridgeNotFound` when none answers.  (Imported on first use, so gRPC
+    stays out of processes that never connect, such as the worker kernels.)
+    """
+    from .remote import connect as _connect
+    return _connect(address, token, timeout=timeout)
+
+
 __all__ = [
-    "Pool", "Session", "Caller", "CallOptions", "PoolConfig", "parse_size",
+    "Pool", "Session", "Caller", "connect", "CallOptions", "PoolConfig", "parse_size",
     "ToolInfo", "WorkerInfo", "SessionInfo",
     "events", "Event", "Queued", "Started", "Progress", "Stdout", "Stderr", "Display", "Partial",
     "Result", "Error",
