@@ -80,15 +80,13 @@ class RemoteBackend:
         if self._blocking is None:
             self._sync_channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
             self._blocking = pb_grpc.BridgeStub(self._sync_channel).Call
-        future = self._blocking.future(convert.call_request(tool, args, kwargs, options),
-                                       metadata=self.metadata)
         try:
-            reply = future.result()
+            # Blocking, not .future(): ~0.15 ms less per call.  Ctrl-C still works (gRPC checks
+            # for signals while it waits) and tears the RPC down, which cancels the call.
+            reply = self._blocking(convert.call_request(tool, args, kwargs, options),
+                                   metadata=self.metadata)
         except grpc.RpcError as exc:
             err = errors.from_rpc_error(exc, self.address)  # type: ignore[arg-type]
-        except KeyboardInterrupt:
-            future.cancel()  # Ctrl-C cancels the call: the bridge interrupts the tool
-            raise
         else:
             return from_value(reply.result, "result") if reply.HasField("result") else None
         raise err

@@ -60,7 +60,7 @@ def from_value(value: pb.Value, what: str = "value") -> Any:
                           "leave encoding empty or set it to 'json'")
     buffers = value.buffers
     try:
-        if not buffers:
+        if not buffers and MARKER not in value.json:
             return json.loads(value.json)
 
         def hook(obj: dict[str, Any]) -> Any:
