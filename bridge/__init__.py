@@ -15,7 +15,7 @@
 
 from typing import TYPE_CHECKING
 
-from . import events
+from . import aio, events
 from .config import PoolConfig, parse_size
 from .events import Display, Error, Event, Partial, Progress, Queued, Result, Started, Stderr, Stdout
 from .exceptions import (BridgeError, BridgeNotFound, CallError, Cancelled, DeadlineExceeded,

@@ -61,6 +61,11 @@ def error_payload(exc: BaseException, kind: str = "tool") -> dict[str, Any]:
     }
 
 
+def _cancelled(call_id: int, tool: str) -> dict[str, Any]:
+    return {"kind": "cancelled", "type": "Cancelled", "module": "kernelpit", "args": None,
+            "message": f"call {call_id} of {tool}() was cancelled", "traceback": ""}
+
+
 class Agent:
     """Serves tool calls for one worker kernel."""
 
@@ -75,6 +80,7 @@ class Agent:
         self._jobs: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._running: dict[int, int] = {}  # call id -> executor thread ident
+        self._cancelled_early: set[int] = set()  # cancelled before an executor took them
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle -----------------------------------------------------------------
@@ -123,6 +129,8 @@ class Agent:
             thread_id = self._running.get(call_id)
             if thread_id is not None:
                 _set_async_exc(thread_id, CallCancelled)
+            else:
+                self._cancelled_early.add(call_id)
 
     # -- executor threads --------------------------------------------------------------
     def _executor(self, index: int) -> None:
@@ -134,7 +142,7 @@ class Agent:
             except EncodeError as exc:
                 call_id = msg.get("id")
                 what = {"partial": "yielded", "result": "returned"}.get(msg.get("k", ""), "sent")
-                err = TypeError(f"tool {what} {exc}")
+                err = TypeError(f"the tool {what} a value Kernelpit cannot send: {exc}")
                 frames = encode({"op": "ev", "id": call_id, "k": "error",
                                  "error": {**error_payload(err), "traceback": ""}})
             sock.send_multipart(frames, copy=False)
@@ -156,24 +164,26 @@ class Agent:
                                       "message": f"no tool named '{job['tool']}' (tools: {names})"})
             return
         with self._lock:
-            self._running[call.id] = threading.get_ident()
+            cancelled = call.id in self._cancelled_early
+            self._cancelled_early.discard(call.id)
+            if not cancelled:
+                self._running[call.id] = threading.get_ident()
+        if cancelled:
+            call.emit("error", error=_cancelled(call.id, spec.name))
+            return
         outcome: dict[str, Any]
         try:
             capture.set_current(call)
             try:
                 value = self._invoke(spec, call, job.get("args") or [], job.get("kwargs") or {})
             except CallCancelled:
-                outcome = {"k": "error", "error": {
-                    "kind": "cancelled", "type": "Cancelled", "module": "kernelpit", "args": None,
-                    "message": f"call {call.id} of {spec.name}() was cancelled", "traceback": ""}}
+                outcome = {"k": "error", "error": _cancelled(call.id, spec.name)}
             except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
                 outcome = {"k": "error", "error": error_payload(exc)}
             else:
                 outcome = {"k": "result", "value": value}
         except CallCancelled:  # arrived while the outcome was being recorded
-            outcome = {"k": "error", "error": {
-                "kind": "cancelled", "type": "Cancelled", "module": "kernelpit", "args": None,
-                "message": f"call {call.id} of {spec.name}() was cancelled", "traceback": ""}}
+            outcome = {"k": "error", "error": _cancelled(call.id, spec.name)}
         while True:  # leave the running table with no cancel left pending for this thread
             try:
                 with self._lock:

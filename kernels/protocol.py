@@ -52,7 +52,7 @@ def encode(msg: dict[str, Any]) -> list[bytes]:
             buffers.append(bytes(obj) if not isinstance(obj, bytes) else obj)
             return {MARKER: "bytes", "i": len(buffers) - 1}
         raise EncodeError(
-            f"a value of type {type(obj).__module__}.{type(obj).__qualname__} cannot be sent; "
+            f"type {type(obj).__module__}.{type(obj).__qualname__} cannot be sent; "
             f"supported types are {SUPPORTED}"
         )
 

@@ -183,11 +183,8 @@ class PoolManager:
         position = group.submit(call)
         self.calls[call.id] = call
         call.set_deadline(self._expired)
-        if call.events is not None:
-            if position is not None:
-                call.emit(ev.Queued(position=position))
-            else:
-                call.emit(ev.Started(worker=call.worker.id))  # type: ignore[union-attr]
+        if position is not None:
+            call.emit(ev.Queued(position=position))
 
     def _expired(self, call: Call) -> None:
         self.cancel(call, DeadlineExceeded(
@@ -236,8 +233,6 @@ class PoolManager:
         try:
             while True:
                 event = await call.events.get()
-                if isinstance(event, ev.Queued) and call.worker is not None:
-                    continue
                 yield event
                 if isinstance(event, (ev.Result, ev.Error)):
                     return

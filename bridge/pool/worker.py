@@ -16,6 +16,7 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 
 from ..config import PoolConfig
+from ..events import Started
 from ..exceptions import StartError
 from ..info import WorkerInfo
 from . import deathwatch
@@ -194,6 +195,7 @@ class Worker:
         self.inflight[call.id] = call
         call.worker = self
         call.started = time.monotonic()
+        call.emit(Started(worker=self.id))
         msg: dict[str, Any] = {"op": "call", "id": call.id, "tool": call.tool,
                                "args": call.args, "kwargs": call.kwargs}
         if call.options.session:

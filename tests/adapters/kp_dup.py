@@ -1,0 +1,6 @@
+from kernelpit.kernels import tool
+
+
+@tool(name="add")
+def other_add(a: int, b: int) -> int:
+    return a - b

@@ -1,0 +1,116 @@
+"""Tools used by the core tests."""
+
+import os
+import sys
+import time
+
+from IPython.display import HTML, display
+
+from kernelpit.kernels import progress, session_state, tool
+
+
+class CustomError(Exception):
+    pass
+
+
+@tool
+def add(a: int, b: int = 0) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@tool(name="echo")
+def echo_value(value=None, *, blob: bytes = b""):
+    """Return what it was given."""
+    return {"value": value, "blob": blob}
+
+
+@tool
+def steps(n: int = 5):
+    """Progress, stdout, stderr, then a result."""
+    for i in range(n):
+        print(f"line {i}")
+        progress(i + 1, n, f"step {i + 1}")
+    print("warning!", file=sys.stderr)
+    return n
+
+
+@tool
+def gen(n: int):
+    """Yield 0..n-1, return 'done'."""
+    for i in range(n):
+        yield i * i
+    return "done"
+
+
+@tool
+def show(html: str = "<b>hi</b>"):
+    """Display HTML."""
+    display(HTML(html))
+    return "shown"
+
+
+@tool
+def raise_key(key: str = "missing"):
+    return {}[key]
+
+
+@tool
+def raise_custom(msg: str = "boom"):
+    raise CustomError(msg)
+
+
+@tool
+def spin(seconds: float = 60.0) -> int:
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return n
+
+
+@tool
+def sleep(seconds: float = 1.0) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@tool
+def c_sleep_uninterruptible(seconds: float = 60.0) -> None:
+    """Block in C (not interruptible by the async exception)."""
+    import threading
+    ev = threading.Event()
+    ev.wait(seconds)
+
+
+@tool
+def pid() -> int:
+    return os.getpid()
+
+
+@tool
+def remember(key: str, value=None):
+    """Session state: store value if given, return what is stored."""
+    state = session_state()
+    if value is not None:
+        state[key] = value
+    return state.get(key)
+
+
+@tool
+def bump() -> int:
+    """Module-global counter (visible from cells in the kernel)."""
+    global COUNTER
+    COUNTER = globals().get("COUNTER", 0) + 1
+    return COUNTER
+
+
+@tool
+def not_serializable():
+    return {1, 2, 3}
+
+
+@tool(thread_safe=True)
+def ts_sleep(seconds: float = 0.3) -> float:
+    time.sleep(seconds)
+    return seconds

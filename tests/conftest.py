@@ -1,0 +1,50 @@
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ADAPTERS = str(Path(__file__).parent / "adapters")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_runtime_dir(tmp_path_factory):
+    """Keep connection and discovery files of the tests out of the user's runtime dir."""
+    runtime = tmp_path_factory.mktemp("jupyter-runtime")
+    old = os.environ.get("JUPYTER_RUNTIME_DIR")
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(runtime)
+    yield runtime
+    if old is None:
+        os.environ.pop("JUPYTER_RUNTIME_DIR", None)
+    else:
+        os.environ["JUPYTER_RUNTIME_DIR"] = old
+
+
+def kernel_processes(run_id: str | None = None) -> list[psutil.Process]:
+    """Live worker kernel processes: of one run anywhere, or (no run id) children of this process."""
+    found = []
+    procs = psutil.process_iter() if run_id else psutil.Process().children(recursive=True)
+    for proc in procs:
+        try:
+            cmd = proc.cmdline()
+            if proc.status() == psutil.STATUS_ZOMBIE or "kernelpit.kernels" not in cmd:
+                continue
+            if run_id is None or proc.environ().get("KERNELPIT_RUN_ID") == run_id:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.02):
+    """Poll ``predicate`` until it is truthy; fail the test at ``timeout``."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
