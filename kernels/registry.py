@@ -50,9 +50,12 @@ def tool(func: Callable[..., Any] | None = None, *, name: str | None = None,
 def describe(spec: ToolSpec, module: str) -> dict[str, Any]:
     func = spec.func
     try:
-        signature = f"{spec.name}{inspect.signature(func)}"
-    except (TypeError, ValueError):
-        signature = f"{spec.name}(...)"
+        signature = f"{spec.name}{inspect.signature(func, eval_str=True)}"
+    except Exception:  # unresolvable string annotations: show them as written
+        try:
+            signature = f"{spec.name}{inspect.signature(func)}"
+        except (TypeError, ValueError):
+            signature = f"{spec.name}(...)"
     params = describe_parameters(func)
     return {
         "name": spec.name,
