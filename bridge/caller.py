@@ -8,7 +8,6 @@ drive these same objects from a background event loop.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, AsyncIterator, Iterable, Protocol
 
 from .events import Event
@@ -27,6 +26,9 @@ class Backend(Protocol):
                            session_id: str | None = None) -> SessionInfo: ...
 
     async def close_session(self, session_id: str) -> SessionInfo: ...
+
+    async def map(self, tool: str, items: list[tuple[Any, ...]], options: CallOptions,
+                  chunksize: int | None) -> list[Any]: ...
 
 
 class AsyncCaller:
@@ -56,17 +58,16 @@ class AsyncCaller:
         """
         return self._backend.stream(tool, args, kwargs, self._options)
 
-    async def map(self, tool: str, /, *iterables: Iterable[Any]) -> list[Any]:
+    async def map(self, tool: str, /, *iterables: Iterable[Any],
+                  chunksize: int | None = None) -> list[Any]:
         """``[tool(*xs) for xs in zip(*iterables)]``, run across the pool; results in order.
 
-        The first failure is raised once every call has finished.
+        Items travel in chunks (``chunksize`` items per message to a worker;
+        by default about four chunks per worker slot), so many small items
+        cost little more than one call each chunk.  The first failing item's
+        exception is raised, with ``.map_index`` naming the item.
         """
-        calls = [self.call(tool, *xs) for xs in zip(*iterables)]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return list(results)
+        return await self._backend.map(tool, list(zip(*iterables)), self._options, chunksize)
 
     def session(self, *, ttl: float | None = None, metadata: dict[str, str] | None = None,
                 pool: str | None = None, id: str | None = None) -> "AsyncSession":

@@ -201,6 +201,14 @@ def from_payload(err: dict[str, Any], *, tool: str | None = None, call_id: int |
     message = err.get("message", "")
     tb = err.get("traceback", "")
     where = dict(tool=tool, call_id=call_id, worker=worker, remote_traceback=tb)
+    exc = _rebuild(err, kind, type_name, module, message, tb, where)
+    if "index" in err:
+        exc.batch_index = err["index"]  # type: ignore[attr-defined]
+    return exc
+
+
+def _rebuild(err: dict[str, Any], kind: str, type_name: str, module: str, message: str, tb: str,
+             where: dict[str, Any]) -> BaseException:
     if kind == "tool":
         if module == "builtins":
             cls = getattr(builtins, type_name, None)

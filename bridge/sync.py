@@ -107,9 +107,10 @@ class Caller:
         """Run ``tool`` and iterate over its events; leaving the loop early cancels it."""
         return self._portal.iterate(self._async.stream(tool, *args, **kwargs))
 
-    def map(self, tool: str, /, *iterables: Iterable[Any]) -> list[Any]:
-        """``[tool(*xs) for xs in zip(*iterables)]`` across the pool; results in order."""
-        return self._portal.call(self._async.map, tool, *(list(it) for it in iterables))
+    def map(self, tool: str, /, *iterables: Iterable[Any], chunksize: int | None = None) -> list[Any]:
+        """``[tool(*xs) for xs in zip(*iterables)]`` across the pool, in chunks; results in order."""
+        return self._portal.call(self._async.map, tool, *(list(it) for it in iterables),
+                                 chunksize=chunksize)
 
     def session(self, *, ttl: float | None = None, metadata: dict[str, str] | None = None,
                 pool: str | None = None, id: str | None = None) -> "Session":

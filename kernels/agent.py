@@ -175,11 +175,16 @@ class Agent:
         try:
             capture.set_current(call)
             try:
-                value = self._invoke(spec, call, job.get("args") or [], job.get("kwargs") or {})
+                if "batch" in job:
+                    value = self._invoke_batch(spec, job["batch"])
+                else:
+                    value = self._invoke(spec, call, job.get("args") or [], job.get("kwargs") or {})
             except CallCancelled:
                 outcome = {"k": "error", "error": _cancelled(call.id, spec.name)}
             except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
                 outcome = {"k": "error", "error": error_payload(exc)}
+                if hasattr(exc, "kernelpit_batch_index"):
+                    outcome["error"]["index"] = exc.kernelpit_batch_index
             else:
                 outcome = {"k": "result", "value": value}
         except CallCancelled:  # arrived while the outcome was being recorded
@@ -196,6 +201,21 @@ class Agent:
         call.flush()
         kind = outcome.pop("k")
         call.emit(kind, **outcome)
+
+    @staticmethod
+    def _invoke_batch(spec: ToolSpec, batch: list[list[Any]]) -> list[Any]:
+        """Run a plain (non-streaming) tool once per argument list: one message for many calls."""
+        func = spec.func
+        results = []
+        for index, args in enumerate(batch):
+            try:
+                results.append(func(*args))
+            except CallCancelled:
+                raise
+            except BaseException as exc:
+                exc.kernelpit_batch_index = index  # type: ignore[attr-defined]
+                raise
+        return results
 
     @staticmethod
     def _invoke(spec: ToolSpec, call: capture.CallContext, args: list[Any],

@@ -224,3 +224,22 @@ def test_asyncio_api_has_the_same_names():
     kinds, run_id = asyncio.run(main())
     assert kinds == ["started", "partial", "partial", "result"]
     assert kernel_processes(run_id) == []
+
+
+# -- map ------------------------------------------------------------------------------------------
+
+def test_map_runs_every_item_in_order_across_workers(pool):
+    n = 2000
+    assert pool.map("add", range(n), range(n)) == [2 * i for i in range(n)]
+    assert pool.map("add", range(10), range(10), chunksize=3) == [2 * i for i in range(10)]
+    assert pool.map("add", []) == []
+
+
+def test_map_raises_the_first_failing_item_with_its_index(pool):
+    with pytest.raises(KeyError) as info:
+        pool.map("raise_key", ["a", "b", "c"], chunksize=1)
+    assert info.value.args == ("a",) and info.value.map_index == 0
+    with pytest.raises(kernelpit.InvalidArguments, match=r"item 2: parameter 'a' of add\(\) must be int"):
+        pool.map("add", [1, 2, "x"])
+    with pytest.raises(kernelpit.InvalidArguments, match="generator, use stream"):
+        pool.map("gen", [1, 2])

@@ -58,6 +58,7 @@ class Call:
     started: float | None = None
     cancel_sent: bool = False
     attempts: int = 0
+    batch: list[list[Any]] | None = None
 
     def __post_init__(self) -> None:
         loop = asyncio.get_running_loop()
@@ -124,4 +125,6 @@ class Call:
             self._timer = None
 
     def describe(self) -> str:
+        if self.batch is not None:
+            return f"{self.tool}() over a batch of {len(self.batch)}"
         return f"{self.tool}()"

@@ -240,6 +240,58 @@ class PoolManager:
             if not call.done:
                 self.cancel(call)
 
+    async def map(self, tool: str, items: list[tuple[Any, ...]], options: CallOptions,
+                  chunksize: int | None = None) -> list[Any]:
+        """Run ``tool(*item)`` for every item, in chunks of ``chunksize`` per worker message.
+
+        Results come back in item order; the first failing item's exception is
+        raised (with ``.map_index`` set) once every chunk has finished.
+        """
+        if not items:
+            return []
+        group, first = self._prepare(tool, items[0], {}, options, streaming=False)
+        desc = group.tools[tool]
+        if desc.get("streaming"):
+            raise InvalidArguments(f"map() needs a tool that returns a value; {tool}() is a "
+                                   "generator, use stream() for it", tool=tool)
+        for index, item in enumerate(items[1:], 1):
+            problem = check_arguments(tool, desc["params"], item, {})
+            if problem:
+                raise InvalidArguments(f"item {index}: {problem}", tool=tool)
+        if chunksize is None:
+            slots = max(1, sum(w.config.concurrency for w in group.workers.values()))
+            chunksize = max(1, min(2000, -(-len(items) // (slots * 4))))
+        elif chunksize < 1:
+            raise ValueError(f"chunksize must be >= 1, got {chunksize}")
+        chunks = []
+        for start in range(0, len(items), chunksize):
+            call = Call(tool, [], {}, first.options, thread_safe=first.thread_safe,
+                        batch=[list(a) for a in items[start:start + chunksize]])
+            call.pinned = first.pinned
+            chunks.append((start, call))
+        try:
+            for _, call in chunks:
+                self._submit(group, call)
+        except BaseException:
+            for _, call in chunks:
+                self.cancel(call)
+            raise
+        try:
+            outcomes = await asyncio.gather(*(asyncio.shield(c.future) for _, c in chunks),
+                                            return_exceptions=True)
+        except asyncio.CancelledError:
+            for _, call in chunks:
+                self.cancel(call)
+            raise
+        results: list[Any] = []
+        for (start, _), outcome in zip(chunks, outcomes):
+            if isinstance(outcome, BaseException):
+                index = start + getattr(outcome, "batch_index", 0)
+                outcome.map_index = index  # type: ignore[attr-defined]
+                raise outcome
+            results.extend(outcome)
+        return results
+
     # -- sessions --------------------------------------------------------------------
     async def open_session(self, pool: str | None, ttl: float | None, metadata: dict[str, str],
                      session_id: str | None = None) -> SessionInfo:
