@@ -267,21 +267,37 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    import psutil
     with connect_from(args) as client:
         info = client.server_info()
         client.shutdown(args.grace)
     print(f"kernelpit: stopping the bridge at {info.address} (pid {info.pid})...", file=sys.stderr)
-    try:
-        psutil.Process(info.pid).wait(timeout=(args.grace or 30) + 30)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
+    if not wait_for_exit(info.pid, (args.grace or 30) + 30):
         print(f"kernelpit: error: the bridge (pid {info.pid}) is still running; kill it with "
               f"`kill {info.pid}`", file=sys.stderr)
         return 1
     print("kernelpit: stopped", file=sys.stderr)
     return 0
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    """Wait for a process (not necessarily our child) to end; a zombie counts as ended."""
+    import psutil
+    try:
+        proc = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return True
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+            proc.wait(timeout=0.1)
+            return True
+        except psutil.TimeoutExpired:
+            continue
+        except psutil.NoSuchProcess:
+            return True
+    return False
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

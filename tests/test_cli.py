@@ -1,0 +1,136 @@
+"""The ``kernelpit`` command against a real bridge process."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ADAPTERS
+from test_service_lifecycle import Served
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    runtime = tmp_path_factory.mktemp("cli-runtime")
+    config = runtime / "kernelpit.toml"
+    config.write_text(f"""
+[bridge]
+grace = 10
+
+[pools.default]
+adapters = ["kernelpit.kernels.demo"]
+workers = 1
+
+[pools.extra]
+adapters = ["kp_tools"]
+workers = 1
+path = [{json.dumps(ADAPTERS)}]
+""")
+    s = Served(runtime, "--config", str(config))
+    yield s
+    s.stop()
+
+
+def test_call_prints_the_result_as_json(served):
+    r = served.cli("call", "add", "a=1", "b=2.5")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == 3.5
+
+
+def test_call_parses_json_values_else_strings(served):
+    r = served.cli("call", "echo", 'value={"k": [1, null]}', "--pool", "extra")
+    assert json.loads(r.stdout) == {"value": {"k": [1, None]},
+                                    "blob": {"$kp": "bytes", "base64": ""}}
+    r = served.cli("call", "echo", "value=plain text")
+    assert json.loads(r.stdout)["value"] == "plain text"
+
+
+def test_call_streams_output_and_progress(served):
+    r = served.cli("call", "train", "epochs=3", "seconds_per_epoch=0.01")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:3] == ["epoch 1/3: loss=0.6000", "epoch 2/3: loss=0.3600",
+                         "epoch 3/3: loss=0.2160"]
+    assert json.loads(lines[-1]) == {"epochs": 3, "loss": 0.216}
+    assert "3/3 epoch 3" in r.stderr and "100.0%" in r.stderr  # the progress bar
+
+
+def test_call_partials_are_printed_as_json_lines(served):
+    r = served.cli("call", "count", "n=3")
+    assert r.stdout.split() == ["0", "1", "2", "3"]
+
+
+def test_failing_call_exits_non_zero_with_the_remote_traceback(served):
+    r = served.cli("call", "raise_key", "key=nope")
+    assert r.returncode == 1
+    assert "Traceback" in r.stderr and "raise_key" in r.stderr and "KeyError" in r.stderr
+    assert r.stdout == ""
+
+
+def test_bad_arguments_and_unknown_tools_are_explained(served):
+    r = served.cli("call", "add", "a=x", "b=1")
+    assert r.returncode == 1 and "parameter 'a'" in r.stderr
+    r = served.cli("call", "ad")
+    assert r.returncode == 1 and "did you mean 'add'" in r.stderr
+    r = served.cli("call", "add", "notanassignment")
+    assert r.returncode == 2 and "key=value" in r.stderr
+
+
+def test_status_shows_workers_and_sessions(served):
+    with served.connect() as client:
+        session = client.session(metadata={"who": "cli-test"})
+        r = served.cli("status")
+        session.close()
+        pids = [str(w.pid) for w in client.workers()]
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "WORKER" in out and "STATE" in out and "RSS" in out and "idle" in out
+    assert all(pid in out for pid in pids)
+    assert "default" in out and "extra" in out
+    assert session.id in out and "who=cli-test" in out
+    data = json.loads(served.cli("status", "--json").stdout)
+    assert {w["pool"] for w in data["workers"]} == {"default", "extra"}
+
+
+def test_tools_lists_every_tool(served):
+    r = served.cli("tools")
+    assert r.returncode == 0
+    assert "train" in r.stdout and "echo" in r.stdout and "Add two numbers." in r.stdout
+    tools = json.loads(served.cli("tools", "--json", "--pool", "extra").stdout)
+    assert {t["pool"] for t in tools} == {"extra"}
+    assert tools[0]["parameters"]["type"] == "object"
+
+
+def test_client_commands_without_a_bridge_say_how_to_start_one(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "kernelpit", "status"], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
+    assert r.returncode == 1
+    assert "no Kernelpit bridge was found" in r.stderr and "kernelpit serve" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("jupyter") is None or shutil.which("jupyter-kernelpit") is None,
+                    reason="jupyter or the jupyter-kernelpit entry point is not installed")
+def test_jupyter_subcommand_works():
+    r = subprocess.run(["jupyter", "kernelpit", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "serve" in r.stdout and "demo" in r.stdout
+
+
+def test_stop_drains_and_stops_the_bridge(served):
+    r = served.cli("stop")
+    assert r.returncode == 0, r.stderr
+    assert "stopped" in r.stderr
+    assert served.proc.wait(30) == 0
+    assert not served.discovery_file.exists()
+
+
+def test_demo_runs_the_tour_and_shuts_down(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "kernelpit", "demo", "--workers", "1",
+                        "--epochs", "2", "--seconds", "0.01"], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert "epoch 2/2" in r.stdout and "result: " in r.stdout
+    assert "WORKER" in r.stdout and "idle" in r.stdout
+    assert "shutting down" in r.stderr and "done" in r.stderr
