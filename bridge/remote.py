@@ -119,6 +119,12 @@ class RemoteBackend:
         if err is not None:
             raise err
 
+    async def map(self, tool: str, items: list[tuple[Any, ...]], options: CallOptions,
+                  chunksize: int | None = None) -> list[Any]:
+        req = convert.map_request(tool, items, options, chunksize)
+        reply = await self._rpc(self.stub.Map, req)
+        return from_value(reply.results, "results") or []
+
     async def open_session(self, pool: str | None, ttl: float | None, metadata: dict[str, str],
                            session_id: str | None = None) -> SessionInfo:
         req = pb.CreateSessionRequest(pool=pool or "", ttl=ttl, metadata=metadata or {},

@@ -126,6 +126,7 @@ def test_call_options_travel_deadline_pool_and_worker(client):
 
 def test_map_runs_across_the_pool(client):
     assert client.map("add", range(20), range(20)) == [2 * i for i in range(20)]
+    assert client.map("add", range(500), chunksize=7) == list(range(500))
 
 
 # -- bad input never hurts the service ------------------------------------------------------
@@ -402,3 +403,17 @@ def test_concurrent_sync_callers_share_one_client(client):
     for t in threads:
         t.join()
     assert results == {i: [i + j for j in range(20)] for i in range(8)}
+
+
+def test_map_failures_name_the_item(client, stub, auth):
+    with pytest.raises(KeyError) as info:
+        client.map("raise_key", ["a", "b"])
+    assert info.value.map_index == 0
+    with pytest.raises(kernelpit.InvalidArguments, match="item 1"):
+        client.map("add", [1, "x"])
+    assert client.map("echo", [b"\x00", {"k": b"\x01"}]) == [
+        {"value": b"\x00", "blob": b""}, {"value": {"k": b"\x01"}, "blob": b""}]
+    assert client.map("add", [], []) == []
+    req = pb.MapRequest(tool="add", items=values_pb2.Value(json='[1, 2]'))
+    err = rpc_error(stub.Map, req, metadata=auth)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "array of arrays" in err.details()

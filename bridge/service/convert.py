@@ -68,6 +68,24 @@ def call_from_request(req: pb.CallRequest) -> tuple[list[Any], dict[str, Any], C
     return args, kwargs, options_from_proto(req.options)
 
 
+def map_request(tool: str, items: list[tuple[Any, ...]], options: CallOptions,
+                chunksize: int | None) -> pb.MapRequest:
+    return pb.MapRequest(tool=tool, items=to_value([list(i) for i in items]),
+                         options=options_to_proto(options), chunksize=chunksize)
+
+
+def map_from_request(req: pb.MapRequest) -> tuple[list[tuple[Any, ...]], CallOptions, int | None]:
+    """(items, options, chunksize) of a Map request; malformed ones raise BadValue."""
+    items = from_value(req.items, "items")
+    if items is None:
+        items = []
+    if not isinstance(items, list) or not all(isinstance(i, list) for i in items):
+        raise BadValue("items must be a JSON array of arrays (the positional arguments of "
+                       "each call)")
+    chunksize = req.chunksize if req.HasField("chunksize") else None
+    return [tuple(i) for i in items], options_from_proto(req.options), chunksize
+
+
 # -- events ----------------------------------------------------------------------------------
 
 def event_to_proto(e: ev.Event) -> pb.Event:
@@ -151,14 +169,19 @@ def worker_to_proto(w: WorkerInfo) -> pb.Worker:
                   connection_file=w.connection_file or "", rss=w.rss, cpu=w.cpu, calls=w.calls,
                   uptime=w.uptime, current_call=w.current_call or "",
                   current_call_seconds=w.current_call_seconds, sessions=w.sessions,
-                  recycles=w.recycles, recycle_reason=w.recycle_reason or "")
+                  recycles=w.recycles, recycle_reason=w.recycle_reason or "",
+                  recycle_in=w.recycle_in, spare=getattr(w, "spare", False))
     if w.last_heartbeat is not None:
         m.last_heartbeat = w.last_heartbeat
     return m
 
 
+_WORKER_FIELDS = set(WorkerInfo.__dataclass_fields__)
+
+
 def worker_from_proto(m: pb.Worker) -> WorkerInfo:
-    return WorkerInfo(id=m.id, pool=m.pool, state=m.state, pid=m.pid or None,
+    extra = {"spare": m.spare} if "spare" in _WORKER_FIELDS else {}
+    return WorkerInfo(**extra, recycle_in=dict(m.recycle_in), id=m.id, pool=m.pool, state=m.state, pid=m.pid or None,
                       connection_file=m.connection_file or None, rss=m.rss, cpu=m.cpu,
                       calls=m.calls, uptime=m.uptime, current_call=m.current_call or None,
                       current_call_seconds=m.current_call_seconds, sessions=m.sessions,

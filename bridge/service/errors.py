@@ -84,6 +84,9 @@ def to_proto(exc: BaseException) -> pb.RemoteException:
         err.call_id = exc.call_id or 0
         if exc.worker is not None:
             err.worker = exc.worker
+    map_index = getattr(exc, "map_index", None)
+    if isinstance(map_index, int):
+        err.map_index = map_index
     if isinstance(exc, kx.WorkerCrashed):
         if exc.exit_code is not None:
             err.exit_code = exc.exit_code
@@ -106,6 +109,13 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str
 
 def from_proto(err: pb.RemoteException) -> BaseException:
     """The exception the embedded pool would have raised (builtins stay builtins)."""
+    exc = _rebuild(err)
+    if err.HasField("map_index"):
+        exc.map_index = err.map_index  # type: ignore[attr-defined]
+    return exc
+
+
+def _rebuild(err: pb.RemoteException) -> BaseException:
     kind = KIND_NAMES.get(err.kind, "internal")
     where: dict[str, Any] = dict(tool=err.tool or None, call_id=err.call_id or None,
                                  worker=err.worker if err.HasField("worker") else None)

@@ -70,6 +70,12 @@ class BridgeServicer(pb_grpc.BridgeServicer):
             await abort(context, exc)
             raise  # unreachable: abort raises
 
+    @handles_errors
+    async def Map(self, request: pb.MapRequest, context: Any) -> pb.MapResponse:
+        items, options, chunksize = convert.map_from_request(request)
+        results = await self._manager.map(request.tool, items, options, chunksize)
+        return pb.MapResponse(results=to_value(results))
+
     async def CallStream(self, request: pb.CallRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EventBatch]:
         try:

@@ -51,6 +51,24 @@ class CallResponse(_message.Message):
     result: _values_pb2.Value
     def __init__(self, result: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
 
+class MapRequest(_message.Message):
+    __slots__ = ("tool", "items", "options", "chunksize")
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKSIZE_FIELD_NUMBER: _ClassVar[int]
+    tool: str
+    items: _values_pb2.Value
+    options: CallOptions
+    chunksize: int
+    def __init__(self, tool: _Optional[str] = ..., items: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., options: _Optional[_Union[CallOptions, _Mapping]] = ..., chunksize: _Optional[int] = ...) -> None: ...
+
+class MapResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _values_pb2.Value
+    def __init__(self, results: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
+
 class EventBatch(_message.Message):
     __slots__ = ("events",)
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -232,7 +250,14 @@ class CloseSessionRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Worker(_message.Message):
-    __slots__ = ("id", "pool", "state", "pid", "connection_file", "rss", "cpu", "calls", "uptime", "current_call", "current_call_seconds", "sessions", "recycles", "recycle_reason", "last_heartbeat")
+    __slots__ = ("id", "pool", "state", "pid", "connection_file", "rss", "cpu", "calls", "uptime", "current_call", "current_call_seconds", "sessions", "recycles", "recycle_reason", "last_heartbeat", "recycle_in", "spare")
+    class RecycleInEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +273,8 @@ class Worker(_message.Message):
     RECYCLES_FIELD_NUMBER: _ClassVar[int]
     RECYCLE_REASON_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    RECYCLE_IN_FIELD_NUMBER: _ClassVar[int]
+    SPARE_FIELD_NUMBER: _ClassVar[int]
     id: int
     pool: str
     state: str
@@ -263,7 +290,9 @@ class Worker(_message.Message):
     recycles: int
     recycle_reason: str
     last_heartbeat: float
-    def __init__(self, id: _Optional[int] = ..., pool: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., connection_file: _Optional[str] = ..., rss: _Optional[int] = ..., cpu: _Optional[float] = ..., calls: _Optional[int] = ..., uptime: _Optional[float] = ..., current_call: _Optional[str] = ..., current_call_seconds: _Optional[float] = ..., sessions: _Optional[int] = ..., recycles: _Optional[int] = ..., recycle_reason: _Optional[str] = ..., last_heartbeat: _Optional[float] = ...) -> None: ...
+    recycle_in: _containers.ScalarMap[str, float]
+    spare: bool
+    def __init__(self, id: _Optional[int] = ..., pool: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., connection_file: _Optional[str] = ..., rss: _Optional[int] = ..., cpu: _Optional[float] = ..., calls: _Optional[int] = ..., uptime: _Optional[float] = ..., current_call: _Optional[str] = ..., current_call_seconds: _Optional[float] = ..., sessions: _Optional[int] = ..., recycles: _Optional[int] = ..., recycle_reason: _Optional[str] = ..., last_heartbeat: _Optional[float] = ..., recycle_in: _Optional[_Mapping[str, float]] = ..., spare: _Optional[bool] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ("pool",)

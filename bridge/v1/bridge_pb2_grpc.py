@@ -44,6 +44,11 @@ class BridgeStub:
                 request_serializer=kernelpit_dot_v1_dot_bridge__pb2.CallRequest.SerializeToString,
                 response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.EventBatch.FromString,
                 _registered_method=True)
+        self.Map = channel.unary_unary(
+                '/kernelpit.v1.Bridge/Map',
+                request_serializer=kernelpit_dot_v1_dot_bridge__pb2.MapRequest.SerializeToString,
+                response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.MapResponse.FromString,
+                _registered_method=True)
         self.ListTools = channel.unary_unary(
                 '/kernelpit.v1.Bridge/ListTools',
                 request_serializer=kernelpit_dot_v1_dot_bridge__pb2.ListToolsRequest.SerializeToString,
@@ -120,6 +125,15 @@ class BridgeServicer:
         """Run a tool and stream its events: queued, started, progress, stdout,
         stderr, display, partial, and last exactly one result or error.
         Cancelling the RPC (or disconnecting) cancels the call and interrupts the tool.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Map(self, request, context):
+        """Run a tool once per item, tool(*item), in chunks across the pool (many small
+        calls for the price of few messages); results in item order.  The first failing
+        item's error fails the RPC, its RemoteException.map_index names the item.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -215,6 +229,11 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.CallStream,
                     request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.CallRequest.FromString,
                     response_serializer=kernelpit_dot_v1_dot_bridge__pb2.EventBatch.SerializeToString,
+            ),
+            'Map': grpc.unary_unary_rpc_method_handler(
+                    servicer.Map,
+                    request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.MapRequest.FromString,
+                    response_serializer=kernelpit_dot_v1_dot_bridge__pb2.MapResponse.SerializeToString,
             ),
             'ListTools': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTools,
@@ -331,6 +350,33 @@ class Bridge:
             '/kernelpit.v1.Bridge/CallStream',
             kernelpit_dot_v1_dot_bridge__pb2.CallRequest.SerializeToString,
             kernelpit_dot_v1_dot_bridge__pb2.EventBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Map(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kernelpit.v1.Bridge/Map',
+            kernelpit_dot_v1_dot_bridge__pb2.MapRequest.SerializeToString,
+            kernelpit_dot_v1_dot_bridge__pb2.MapResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,7 +51,7 @@ class Value(_message.Message):
     def __init__(self, json: _Optional[str] = ..., raw: _Optional[bytes] = ..., buffers: _Optional[_Iterable[bytes]] = ..., encoding: _Optional[str] = ...) -> None: ...
 
 class RemoteException(_message.Message):
-    __slots__ = ("kind", "type", "module", "message", "traceback", "args", "exit_code", "signal", "tool", "call_id", "worker")
+    __slots__ = ("kind", "type", "module", "message", "traceback", "args", "exit_code", "signal", "tool", "call_id", "worker", "map_index")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class RemoteException(_message.Message):
     TOOL_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
+    MAP_INDEX_FIELD_NUMBER: _ClassVar[int]
     kind: ErrorKind
     type: str
     module: str
@@ -74,4 +75,5 @@ class RemoteException(_message.Message):
     tool: str
     call_id: int
     worker: int
-    def __init__(self, kind: _Optional[_Union[ErrorKind, str]] = ..., type: _Optional[str] = ..., module: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., args: _Optional[_Union[Value, _Mapping]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[str] = ..., tool: _Optional[str] = ..., call_id: _Optional[int] = ..., worker: _Optional[int] = ...) -> None: ...
+    map_index: int
+    def __init__(self, kind: _Optional[_Union[ErrorKind, str]] = ..., type: _Optional[str] = ..., module: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., args: _Optional[_Union[Value, _Mapping]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[str] = ..., tool: _Optional[str] = ..., call_id: _Optional[int] = ..., worker: _Optional[int] = ..., map_index: _Optional[int] = ...) -> None: ...
