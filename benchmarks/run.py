@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default="", help="comma-separated scenarios, e.g. s1,s5 (default: all)")
     p.add_argument("--peers", default=",".join(ALL_PEERS),
                    help=f"comma-separated peers to run ({','.join(ALL_PEERS)}), or 'none'")
+    p.add_argument("--no-remote", action="store_true",
+                   help="skip Kernelpit's remote (gRPC) client and bridge rows")
     p.add_argument("--workers", type=int, default=2, help="workers per pool (default 2)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"),
                    help="directory for the JSON result (default benchmarks/results)")
@@ -97,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     worker_environment()
     started = time.time()
     before = cleanup.snapshot()
-    ctx = Context(quick=args.quick, repeats=args.repeats, peers=peers, workers=args.workers, log=_log)
+    ctx = Context(quick=args.quick, repeats=args.repeats, peers=peers, workers=args.workers, log=_log,
+                  with_remote=not args.no_remote)
     load_start = os.getloadavg()
     results: dict[str, Any] = {}
     try:

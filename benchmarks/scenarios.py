@@ -28,8 +28,9 @@ class Context:
     """Settings of the run, and the shared 2-worker pool and peers (started lazily, once)."""
 
     def __init__(self, *, quick: bool, repeats: int | None, peers: set[str], workers: int = 2,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, with_remote: bool = True) -> None:
         self.quick = quick
+        self.with_remote = with_remote
         self._repeats = repeats
         self.peers = peers
         self.workers = workers
@@ -50,6 +51,31 @@ class Context:
             import kernelpit
             self._kp = kernelpit.Pool(**kp.pool_settings(self.workers))
         return self._kp
+
+    # -- Kernelpit remote ------------------------------------------------------------------
+    def remote(self) -> tuple[Any, Any, str | None]:
+        """(bridge, blocking client) of the shared bridge process, or (None, None, why not)."""
+        if "remote" in self._shared:
+            bridge = self._shared["remote"]
+            return bridge, self._shared["remote-client"], None
+        if "remote" in self._unavailable:
+            return None, None, self._unavailable["remote"]
+        why = kp.remote_unavailable() or (None if self.with_remote else "disabled with --no-remote")
+        if why:
+            self._unavailable["remote"] = why
+            return None, None, why
+        bridge = kp.RemoteBridge(self.workers)
+        try:
+            self.log("  starting kernelpit serve (bridge process) ...")
+            bridge.start()
+            client = bridge.connect()
+        except Exception as exc:  # noqa: BLE001
+            bridge.stop()
+            self._unavailable["remote"] = f"bridge failed to start: {type(exc).__name__}: {exc}"
+            return None, None, self._unavailable["remote"]
+        self._shared["remote"] = bridge
+        self._shared["remote-client"] = client
+        return bridge, client, None
 
     # -- peers ---------------------------------------------------------------------
     def peer(self, name: str) -> tuple[Any, str | None]:
@@ -79,6 +105,12 @@ class Context:
         if self._kp is not None:
             self._kp.close()
             self._kp = None
+        client = self._shared.pop("remote-client", None)
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
         for obj in self._shared.values():
             obj.stop()
         self._shared.clear()
@@ -99,6 +131,18 @@ def _ms(xs: list[float]) -> list[float]:
     return [x * 1e3 for x in xs]
 
 
+def _remote_rows(ctx: Context, rows: list[dict[str, Any]], system: str, case: str, unit: str,
+                 better: str, measure: Callable[[Any, Any], dict[str, Any]]) -> None:
+    bridge, client, why = ctx.remote()
+    if client is None:
+        rows.append(skipped(system, why or "", case=case, unit=unit, better=better))
+        return
+    try:
+        rows.append(measure(bridge, client))
+    except Exception as exc:  # noqa: BLE001
+        rows.append(failed(system, exc, case=case, unit=unit, better=better))
+
+
 def _peer_rows(ctx: Context, rows: list[dict[str, Any]], name: str, system: str, case: str,
                unit: str, better: str, measure: Callable[[Any], dict[str, Any]]) -> None:
     peer, why = ctx.peer(name)
@@ -115,7 +159,7 @@ def _peer_rows(ctx: Context, rows: list[dict[str, Any]], name: str, system: str,
 def s1_latency(ctx: Context) -> dict[str, Any]:
     """No-op call latency, one caller."""
     reps = ctx.repeats(3, 5)
-    n = ctx.size(300, 2000)
+    n = ctx.size(200, 2000)
     warm = 50
     rows: list[dict[str, Any]] = []
     unit, better = "ms", "lower"
@@ -126,9 +170,14 @@ def s1_latency(ctx: Context) -> dict[str, Any]:
         xs += _timed_loop(lambda: pool.call("noop"), n, warm)
     rows.append(row("kernelpit-embedded", unit=unit, better=better, samples=_ms(xs)))
 
-    why = kp.remote_unavailable()
-    rows.append(skipped("kernelpit-remote", why, unit=unit) if why else
-                skipped("kernelpit-remote", "remote harness not wired", unit=unit))
+    def remote_measure(bridge: Any, client: Any) -> dict[str, Any]:
+        ys: list[float] = []
+        for _ in range(reps):
+            ys += _timed_loop(lambda: client.call("noop"), n, warm)
+        return row("kernelpit-remote", unit=unit, better=better, samples=_ms(ys),
+                   api="kernelpit.connect(...).call over gRPC to a `kernelpit serve` process")
+    _remote_rows(ctx, rows, "kernelpit-remote", "", unit, better, remote_measure)
+    why = ctx.remote()[2]
 
     def ipp_measure(peer: IppPeer) -> dict[str, Any]:
         view = peer.view
@@ -172,8 +221,8 @@ def s1_latency(ctx: Context) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 def s2_throughput(ctx: Context) -> dict[str, Any]:
     """No-op throughput with 32 concurrent callers."""
-    reps = ctx.repeats(3, 5)
-    total = ctx.size(2000, 10000)
+    reps = ctx.repeats(2, 5)
+    total = ctx.size(1024, 8192)
     callers = 32
     per = total // callers
     total = per * callers
@@ -215,8 +264,38 @@ def s2_throughput(ctx: Context) -> dict[str, Any]:
     rows.append(row("kernelpit-embedded-threads", unit=unit, better=better, samples=rates,
                     kind="per-repeat", api="32 threads, kernelpit.Pool.call"))
 
-    why = kp.remote_unavailable()
-    rows.append(skipped("kernelpit-remote", why or "remote harness not wired", unit=unit, better=better))
+    def remote_aio(bridge: Any, client: Any) -> dict[str, Any]:
+        async def go() -> list[float]:
+            rates = []
+            async with bridge.connect_async() as rpool:
+                async def caller(k: int) -> None:
+                    for _ in range(k):
+                        await rpool.call("noop")
+                await asyncio.gather(*(caller(5) for _ in range(callers)))
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    await asyncio.gather(*(caller(per) for _ in range(callers)))
+                    rates.append(total / (time.perf_counter() - t0))
+            return rates
+        return row("kernelpit-remote-aio", unit=unit, better=better, samples=asyncio.run(go()),
+                   kind="per-repeat", api="32 asyncio tasks, kernelpit.aio.connect().call")
+    _remote_rows(ctx, rows, "kernelpit-remote-aio", "", unit, better, remote_aio)
+
+    def remote_threads(bridge: Any, client: Any) -> dict[str, Any]:
+        rates = []
+        with ThreadPoolExecutor(callers) as ex:
+            def caller(k: int) -> None:
+                for _ in range(k):
+                    client.call("noop")
+            list(ex.map(caller, [5] * callers))
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                list(ex.map(caller, [per] * callers))
+                rates.append(total / (time.perf_counter() - t0))
+        return row("kernelpit-remote-threads", unit=unit, better=better, samples=rates,
+                   kind="per-repeat", api="32 threads, one kernelpit.connect() client")
+    _remote_rows(ctx, rows, "kernelpit-remote-threads", "", unit, better, remote_threads)
+    why = ctx.remote()[2]
 
     def ipp_measure(peer: IppPeer) -> dict[str, Any]:
         view = peer.view
@@ -249,13 +328,15 @@ def s2_throughput(ctx: Context) -> dict[str, Any]:
     add_ratios(rows)
     best_emb = max((r for r in rows if r["system"].startswith("kernelpit-embedded") and r["status"] == "ok"),
                    key=lambda r: r["median"], default=None)
-    rem, ipp = find(rows, "kernelpit-remote"), find(rows, "ipyparallel")
+    rem = max((r for r in rows if r["system"].startswith("kernelpit-remote") and r["status"] == "ok"),
+              key=lambda r: r["median"], default=None)
+    ipp = find(rows, "ipyparallel")
     targets = [
         target("S2.embedded_rate", "embedded >= 2,000 calls/s (best of aio/threads)",
                best_emb and best_emb["median"], 2000, ">="),
         target("S2.embedded_vs_ipp", "embedded >= 4x ipyparallel",
                (best_emb["median"] / ipp["median"]) if best_emb and ipp else None, 4.0, ">="),
-        target("S2.remote_rate", "remote >= 2,000 calls/s", rem and rem["median"], 2000, ">=",
+        target("S2.remote_rate", "remote >= 2,000 calls/s (best of aio/threads)", rem and rem["median"], 2000, ">=",
                why_unknown=why or "remote not measured"),
         target("S2.remote_vs_ipp", "remote >= 4x ipyparallel",
                (rem["median"] / ipp["median"]) if rem and ipp else None, 4.0, ">=",
@@ -278,19 +359,28 @@ def s3_map(ctx: Context) -> dict[str, Any]:
     chunk = kp.chunksize_for(n, ctx.workers)
 
     import kernelpit
-    # pool.map submits every item at once; the default wait queue (10,000) cannot hold 20,000
-    with kernelpit.Pool(**kp.pool_settings(ctx.workers, queue_size=max(10_000, 2 * n))) as pool:
-        opts = kp.map_options(pool.map, n, ctx.workers)
-        pool.map("inc", items[:200], **opts)
+
+    def kp_map(handle: Any, system: str, api: str) -> dict[str, Any]:
+        opts = kp.map_options(handle.map, n, ctx.workers)
+        handle.map("inc", items[:200], **opts)
         out = []
         for _ in range(reps):
             t0 = time.perf_counter()
-            res = pool.map("inc", items, **opts)
+            res = handle.map("inc", items, **opts)
             out.append(n / (time.perf_counter() - t0))
             assert res == expect
-        rows.append(row("kernelpit-embedded", unit=unit, better=better, samples=out, kind="per-repeat",
-                        api=f"Pool.map({'chunksize=%d' % opts['chunksize'] if opts else 'one call per item'})",
-                        batched=bool(opts)))
+        how = f"chunksize={opts['chunksize']}" if opts else "one call per item"
+        return row(system, unit=unit, better=better, samples=out, kind="per-repeat",
+                   api=f"{api}.map(..., {how})", batched=bool(opts))
+
+    if kp.map_options(kernelpit.Pool.map, n, ctx.workers):
+        rows.append(kp_map(ctx.pool(), "kernelpit-embedded", "Pool"))
+    else:
+        # the unbatched map submits every item at once: the default wait queue (10,000) is too small
+        with kernelpit.Pool(**kp.pool_settings(ctx.workers, queue_size=max(10_000, 2 * n))) as pool:
+            rows.append(kp_map(pool, "kernelpit-embedded", "Pool"))
+    _remote_rows(ctx, rows, "kernelpit-remote", "", unit, better,
+                 lambda bridge, client: kp_map(client, "kernelpit-remote", "connect()"))
 
     def ipp_measure(peer: IppPeer) -> dict[str, Any]:
         view = peer.view
@@ -306,16 +396,18 @@ def s3_map(ctx: Context) -> dict[str, Any]:
     _peer_rows(ctx, rows, "ipyparallel", "ipyparallel", "", unit, better, ipp_measure)
 
     def dask_measure(peer: DaskPeer) -> dict[str, Any]:
+        # one scheduler task per item runs at a few hundred items/s here: fewer items, fewer repeats
+        dn = min(n, ctx.size(2_000, 20_000))
         client = peer.client
         client.gather(client.map(pf.inc, items[:200], pure=False))
         out = []
-        for _ in range(reps):
+        for _ in range(min(reps, 2)):
             t0 = time.perf_counter()
-            res = client.gather(client.map(pf.inc, items, pure=False))
-            out.append(n / (time.perf_counter() - t0))
-            assert res == expect
+            res = client.gather(client.map(pf.inc, items[:dn], pure=False))
+            out.append(dn / (time.perf_counter() - t0))
+            assert res == expect[:dn]
         return row("dask", unit=unit, better=better, samples=out, kind="per-repeat",
-                   api="Client.map + gather (one task per item)")
+                   api=f"Client.map + gather (one task per item), {dn:,} items")
     _peer_rows(ctx, rows, "dask", "dask", "", unit, better, dask_measure)
 
     add_ratios(rows)
@@ -330,7 +422,7 @@ def s3_map(ctx: Context) -> dict[str, Any]:
 def s4_start(ctx: Context) -> dict[str, Any]:
     """Start N workers to ready."""
     reps = ctx.repeats(1, 3)
-    sizes = [1, 2, 4, 8]
+    sizes = ctx.size([2, 4], [1, 2, 4, 8])
     unit, better = "s", "lower"
     rows: list[dict[str, Any]] = []
     import kernelpit
@@ -378,72 +470,89 @@ def s4_start(ctx: Context) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+def _crash_once(handle: Any, n: int) -> tuple[float, float, str]:
+    """Kill -9 the worker running a call; (ms to the caller's error, ms to n ready workers, error type)."""
+    got: dict[str, Any] = {}
+
+    def victim() -> None:
+        try:
+            handle.call("spin", seconds=60)
+        except BaseException as exc:  # noqa: BLE001
+            got["t"] = time.perf_counter()
+            got["exc"] = exc
+    th = threading.Thread(target=victim, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 10
+    busy = None
+    while busy is None and time.monotonic() < deadline:
+        busy = next((w for w in handle.workers() if w.state == "busy" and w.pid), None)
+        time.sleep(0.002)
+    if busy is None:
+        raise RuntimeError("no worker became busy")
+    time.sleep(0.05)  # let it really be inside the tool
+    t_kill = time.perf_counter()
+    os.kill(busy.pid, signal.SIGKILL)
+    th.join(timeout=30)
+    if "t" not in got:
+        raise RuntimeError("the caller got no error within 30 s")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready = [w for w in handle.workers() if w.state in ("idle", "busy") and w.pid != busy.pid]
+        if len(ready) >= n:
+            t_full = time.perf_counter()
+            break
+        time.sleep(0.002)
+    else:
+        raise RuntimeError("pool not back to full within 60 s")
+    return (got["t"] - t_kill) * 1e3, (t_full - t_kill) * 1e3, type(got["exc"]).__name__
+
+
 def s5_crash(ctx: Context) -> dict[str, Any]:
     """kill -9 a busy worker: time to the caller's error, and to N ready workers again."""
     import kernelpit
     reps = ctx.repeats(3, 5)
     n = ctx.workers
-    err_ms: list[float] = []
-    full_ms: list[float] = []
-    errors: list[str] = []
-    with kernelpit.Pool(**kp.pool_settings(n)) as pool:
-        for _ in range(reps):
-            got: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
 
-            def victim() -> None:
-                try:
-                    pool.call("spin", seconds=60)
-                except BaseException as exc:  # noqa: BLE001
-                    got["t"] = time.perf_counter()
-                    got["exc"] = exc
-            th = threading.Thread(target=victim, daemon=True)
-            th.start()
-            deadline = time.monotonic() + 10
-            busy = None
-            while busy is None and time.monotonic() < deadline:
-                busy = next((w for w in pool.workers() if w.state == "busy" and w.pid), None)
-                time.sleep(0.002)
-            if busy is None:
-                errors.append("no worker became busy")
-                break
-            time.sleep(0.05)  # let it really be inside the tool
-            t_kill = time.perf_counter()
-            os.kill(busy.pid, signal.SIGKILL)
-            th.join(timeout=30)
-            if "t" not in got:
-                errors.append("the caller got no error within 30 s")
-                break
-            errors.append(type(got["exc"]).__name__)
-            err_ms.append((got["t"] - t_kill) * 1e3)
-            t_full = None
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                ws = pool.workers()
-                ready = [w for w in ws if w.state in ("idle", "busy") and w.pid != busy.pid]
-                if len(ready) >= n:
-                    t_full = time.perf_counter()
-                    break
-                time.sleep(0.002)
-            if t_full is None:
-                errors.append("pool not back to full within 60 s")
-                break
-            full_ms.append((t_full - t_kill) * 1e3)
-            time.sleep(0.2)
-    rows = [row("kernelpit-embedded", case="caller gets error", unit="ms", better="lower",
-                samples=err_ms, kind="per-repeat", exceptions=sorted(set(errors))),
-            row("kernelpit-embedded", case="pool back to N ready", unit="ms", better="lower",
-                samples=full_ms, kind="per-repeat"),
-            skipped("ipyparallel", "not comparable: engine death is noticed by heartbeat, "
-                    "not measured here", case="caller gets error", unit="ms"),
-            skipped("dask", "not comparable: Dask reschedules the task on another worker "
-                    "instead of failing it", case="caller gets error", unit="ms")]
-    e, f = rows[0], rows[1]
+    def measure(handle: Any, system: str) -> None:
+        err_ms, full_ms, kinds = [], [], set()
+        try:
+            for _ in range(reps):
+                e, f, k = _crash_once(handle, n)
+                err_ms.append(e)
+                full_ms.append(f)
+                kinds.add(k)
+                time.sleep(0.2)
+        except Exception as exc:  # noqa: BLE001
+            rows.append(failed(system, exc, case="caller gets error", unit="ms"))
+        rows.append(row(system, case="caller gets error", unit="ms", better="lower",
+                        samples=err_ms, kind="per-repeat", exceptions=sorted(kinds)))
+        rows.append(row(system, case="pool back to N ready", unit="ms", better="lower",
+                        samples=full_ms, kind="per-repeat"))
+
+    with kernelpit.Pool(**kp.pool_settings(n)) as pool:
+        measure(pool, "kernelpit-embedded")
+    bridge, client, why = ctx.remote()
+    if client is None:
+        rows.append(skipped("kernelpit-remote", why or "", case="caller gets error", unit="ms"))
+    else:
+        measure(client, "kernelpit-remote")
+    rows += [skipped("ipyparallel", "not comparable: engine death is noticed by heartbeat, "
+                     "not measured here", case="caller gets error", unit="ms"),
+             skipped("dask", "not comparable: Dask reschedules the task on another worker "
+                     "instead of failing it", case="caller gets error", unit="ms")]
+    e, f = find(rows, "kernelpit-embedded", "caller gets error"), find(rows, "kernelpit-embedded", "pool back to N ready")
+    re_, rf = find(rows, "kernelpit-remote", "caller gets error"), find(rows, "kernelpit-remote", "pool back to N ready")
     targets = [
-        target("S5.error", "caller error <= 100 ms", e.get("median") if e["status"] == "ok" else None, 100, "<="),
-        target("S5.full", "pool back to N ready <= 1 s", f.get("median") if f["status"] == "ok" else None, 1000, "<="),
+        target("S5.error", "caller error <= 100 ms (embedded)", e and e["median"], 100, "<="),
+        target("S5.full", "pool back to N ready <= 1 s (embedded)", f and f["median"], 1000, "<="),
+        target("S5.remote_error", "caller error <= 100 ms (remote)", re_ and re_["median"], 100, "<=",
+               why_unknown=why or "remote not measured"),
+        target("S5.remote_full", "pool back to N ready <= 1 s (remote)", rf and rf["median"], 1000, "<=",
+               why_unknown=why or "remote not measured"),
     ]
     return {"title": "crash recovery (kill -9 a busy worker)", "rows": rows, "targets": targets,
-            "params": {"repeats": reps, "workers": n, "exceptions_seen": errors}}
+            "params": {"repeats": reps, "workers": n}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,8 +610,23 @@ def s6_stream(ctx: Context) -> dict[str, Any]:
                         samples=al))
     except Exception as exc:  # noqa: BLE001
         rows.append(failed("kernelpit-embedded-aio", exc, case="events/s"))
-    why = kp.remote_unavailable() or "remote harness not wired"
-    rows.append(skipped("kernelpit-remote", why, case="events/s", unit="events/s", better="higher"))
+    def remote_stream(bridge: Any, client: Any) -> dict[str, Any]:
+        rates, lats = [], []
+        for r in range(reps + 1):
+            lat = []
+            t0 = time.perf_counter()
+            for ev in client.stream("progress_ts", n=n):
+                if ev.kind == "progress":
+                    lat.append((time.time() - float(ev.message)) * 1e3)
+            if r:
+                assert len(lat) == n, len(lat)
+                rates.append(n / (time.perf_counter() - t0))
+                lats.extend(lat)
+        rows.append(row("kernelpit-remote", case="events/s", unit="events/s", better="higher",
+                        samples=rates, kind="per-repeat", api="kernelpit.connect().stream"))
+        return row("kernelpit-remote", case="delivery latency", unit="ms", better="lower",
+                   samples=lats)
+    _remote_rows(ctx, rows, "kernelpit-remote", "delivery latency", "ms", "lower", remote_stream)
     for name in ("ipyparallel", "dask"):
         rows.append(skipped(name, "no per-call progress event stream to compare", case="events/s",
                             unit="events/s", better="higher"))
@@ -513,12 +637,16 @@ def s6_stream(ctx: Context) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 def s7_payload(ctx: Context) -> dict[str, Any]:
     """Results of 1 MB / 100 MB / 1 GB, bytes and a numeric table, tool -> caller; GB/s."""
-    sizes = ctx.size([MB, 100 * MB], [MB, 100 * MB, GB])
+    sizes = {"bytes": ctx.size([MB, 100 * MB], [MB, 100 * MB, GB]),
+             # a table of Python floats costs ~32 bytes of objects per 8-byte value on each side,
+             # plus its JSON text: 1 GB of it needs 10-15 GB of RAM and minutes per transfer
+             "table": ctx.size([MB, 10 * MB], [MB, 100 * MB])}
     rows: list[dict[str, Any]] = []
     unit, better = "GB/s", "higher"
 
     def reps_for(size: int, kind: str) -> int:
-        base = {MB: ctx.repeats(5, 20), 100 * MB: ctx.repeats(2, 5), GB: ctx.repeats(1, 2)}[size]
+        base = {MB: ctx.repeats(5, 20), 10 * MB: ctx.repeats(2, 3), 100 * MB: ctx.repeats(2, 5),
+                GB: ctx.repeats(1, 2)}[size]
         if kind == "table" and size >= 100 * MB:
             base = min(base, ctx.repeats(1, 2))
         return max(1, base)
@@ -539,8 +667,13 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
         return out
 
     pool = ctx.pool()
+    if not ctx.quick:
+        rows.append(skipped("all", "1 GB numeric table not run: as lists of Python floats it needs "
+                            "10-15 GB of RAM across worker, bridge and caller, and minutes per "
+                            "transfer; measured up to 100 MB", case="table 1,000 MB", unit=unit,
+                            better=better))
     for kind in ("bytes", "table"):
-        for size in sizes:
+        for size in sizes[kind]:
             case = f"{kind} {size // MB:,} MB"
             reps = reps_for(size, kind)
             tool = f"payload_{kind}"
@@ -559,8 +692,14 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
                                 samples=xs, kind="per-repeat", api="Session.call"))
             except Exception as exc:  # noqa: BLE001
                 rows.append(failed("kernelpit-embedded", exc, case=case, unit=unit, better=better))
-            rows.append(skipped("kernelpit-remote", kp.remote_unavailable() or "remote harness not wired",
-                                case=case, unit=unit, better=better))
+            def remote_measure(bridge: Any, client: Any) -> dict[str, Any]:
+                ctx.log(f"  payload {case}: kernelpit remote")
+                with client.session() as s:
+                    xs = measure(lambda: s.call(tool, nbytes=size), check, size, reps)
+                    s.call("drop_payloads")
+                return row("kernelpit-remote", case=case, unit=unit, better=better, samples=xs,
+                           kind="per-repeat", api="connect().session().call over gRPC")
+            _remote_rows(ctx, rows, "kernelpit-remote", case, unit, better, remote_measure)
             fn = getattr(pf, tool)
 
             def ipp_measure(peer: IppPeer) -> dict[str, Any]:
@@ -585,7 +724,8 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
             gc.collect()
     add_ratios(rows)
     return {"title": "payload tool -> caller (baseline before Arrow)", "rows": rows, "targets": [],
-            "params": {"sizes": sizes, "table": "dict of 4 columns, lists of float64"}}
+            "params": {"sizes": sizes, "table": "dict of 4 columns, lists of Python floats",
+                       "pinned": "each system serves the warm-up and the timed calls from one worker"}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,6 +756,14 @@ def s8_memory(ctx: Context) -> dict[str, Any]:
                         better="lower", samples=[x / MB for x in probe["workers_after"]],
                         kind="per-repeat"))
     import psutil
+    if kp.remote_unavailable() or not ctx.with_remote:
+        rows.append(skipped("kernelpit-remote", kp.remote_unavailable() or "disabled with --no-remote",
+                            case="bridge idle", unit="MB"))
+    else:
+        try:
+            rows += _bridge_memory(ctx)
+        except Exception as exc:  # noqa: BLE001
+            rows.append(failed("kernelpit-remote", exc, case="bridge idle", unit="MB"))
 
     def rss(pids: list[int]) -> list[float]:
         out = []
@@ -632,6 +780,66 @@ def s8_memory(ctx: Context) -> dict[str, Any]:
         _peer_rows(ctx, rows, name, name, "per worker idle", "MB", "lower", m)
     add_ratios(rows)
     return {"title": "memory (RSS)", "rows": rows, "targets": [], "params": {"probe": probe}}
+
+
+def _bridge_memory(ctx: Context) -> list[dict[str, Any]]:
+    """RSS of a fresh ``kernelpit serve`` process: idle, and peaks under remote load."""
+    import psutil
+    bridge = kp.RemoteBridge(ctx.workers)
+    bridge.start()
+    proc = psutil.Process(bridge.pid)
+    out: dict[str, float] = {}
+
+    class Peak:
+        def __enter__(self) -> "Peak":
+            self.peak = proc.memory_info().rss
+            self.stop = threading.Event()
+            self.t = threading.Thread(target=self.run, daemon=True)
+            self.t.start()
+            return self
+
+        def run(self) -> None:
+            while not self.stop.is_set():
+                self.peak = max(self.peak, proc.memory_info().rss)
+                time.sleep(0.005)
+
+        def __exit__(self, *exc: Any) -> None:
+            self.stop.set()
+            self.t.join()
+    try:
+        with bridge.connect() as client:
+            for _ in range(200):
+                client.call("noop")
+            time.sleep(0.5)
+            out["bridge idle"] = proc.memory_info().rss
+            workers_idle = [w.rss for w in client.workers()]
+
+            def caller(k: int) -> None:
+                for _ in range(k):
+                    client.call("noop")
+            with Peak() as p, ThreadPoolExecutor(32) as ex:
+                list(ex.map(caller, [100] * 32))
+            out["bridge peak, 32 callers"] = p.peak
+            with Peak() as p:
+                for _ in client.stream("progress_ts", n=10_000):
+                    pass
+            out["bridge peak, 10k-event stream"] = p.peak
+            with client.session() as sess:
+                sess.call("payload_bytes", nbytes=100 * MB)
+                with Peak() as p:
+                    v = sess.call("payload_bytes", nbytes=100 * MB)
+                    del v
+                sess.call("drop_payloads")
+            out["bridge peak, 100 MB result"] = p.peak
+            time.sleep(0.3)
+            out["bridge after"] = proc.memory_info().rss
+    finally:
+        bridge.stop()
+    rows = [row("kernelpit-remote", case=case, unit="MB", better="lower", samples=[v / MB],
+                kind="per-repeat", api="RSS of the `kernelpit serve` process") for case, v in out.items()]
+    rows.append(row("kernelpit-remote", case="per worker idle", unit="MB", better="lower",
+                    samples=[x / MB for x in workers_idle], kind="per-repeat"))
+    return rows
 
 
 SCENARIOS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {

@@ -1,0 +1,92 @@
+"""Workloads of the scenarios whose targets are missed, alone, for a profiler.
+
+    py-spy record -o out.txt --format raw -r 500 -- python -m benchmarks.profile_targets map
+    python -m benchmarks.profile_targets start4
+    python -m benchmarks.profile_targets stream
+
+``map``: Pool.map of 20,000 tiny items (scenario 3).  ``start4``: kernelpit.Pool(workers=4)
+(scenario 4), with a timeline of the start from the pool's log when available.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import kernelpit
+
+from . import kp
+
+
+def run_map(n: int = 20_000) -> None:
+    with kernelpit.Pool(**kp.pool_settings(2, queue_size=2 * n)) as pool:
+        items = list(range(n))
+        opts = kp.map_options(pool.map, n, 2)
+        pool.map("inc", items[:200], **opts)
+        t0 = time.perf_counter()
+        pool.map("inc", items, **opts)
+        dt = time.perf_counter() - t0
+        print(f"map {n} items: {dt:.2f} s = {n / dt:,.0f} items/s ({opts or 'one call per item'})")
+        for k in (1000, 2000, 5000, 10_000):
+            t0 = time.perf_counter()
+            pool.map("inc", items[:k], **opts)
+            dt = time.perf_counter() - t0
+            print(f"map {k} items: {k / dt:,.0f} items/s")
+
+
+def _timeline() -> dict:
+    """Timestamp each worker's start phases by wrapping pool internals (profiling only)."""
+    from kernelpit.pool import worker as wmod
+    marks: dict = {}
+    orig_launch, orig_msg, orig_start = wmod.launch, wmod.Worker.on_message, wmod.Worker.start
+
+    async def launch(*a, **kw):
+        marks.setdefault("launch_begin", []).append(time.perf_counter())
+        km = await orig_launch(*a, **kw)
+        marks.setdefault("launched", []).append(time.perf_counter())
+        return km
+
+    def on_message(self, msg):
+        if msg.get("op") == "hello":
+            marks.setdefault("hello", []).append(time.perf_counter())
+        return orig_msg(self, msg)
+
+    async def start(self):
+        await orig_start(self)
+        marks.setdefault("ready", []).append(time.perf_counter())
+
+    wmod.launch, wmod.Worker.on_message, wmod.Worker.start = launch, on_message, start
+    return marks
+
+
+def run_start(n: int = 4, reps: int = 3) -> None:
+    marks = _timeline()
+    for _ in range(reps):
+        marks.clear()
+        t0 = time.perf_counter()
+        pool = kernelpit.Pool(**kp.pool_settings(n))
+        dt = time.perf_counter() - t0
+        pool.close()
+        print(f"start {n} workers: {dt:.3f} s")
+        for phase in ("launch_begin", "launched", "hello", "ready"):
+            print(f"   {phase:<13}" + " ".join(f"{x - t0:6.3f}" for x in sorted(marks.get(phase, []))))
+
+
+def run_stream(n: int = 10_000) -> None:
+    with kernelpit.Pool(**kp.pool_settings(2)) as pool:
+        for _ in range(3):
+            t0 = time.perf_counter()
+            lat = []
+            for ev in pool.stream("progress_ts", n=n):
+                if ev.kind == "progress":
+                    lat.append(time.time() - float(ev.message))
+            dt = time.perf_counter() - t0
+            lat.sort()
+            print(f"stream {n}: {n / dt:,.0f} events/s, latency p50 {lat[len(lat) // 2] * 1e3:.1f} ms "
+                  f"p99 {lat[int(len(lat) * .99)] * 1e3:.1f} ms")
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "map"
+    args = [int(a) for a in sys.argv[2:]]
+    {"map": run_map, "start4": run_start, "stream": run_stream}[what](*args)
