@@ -86,7 +86,70 @@ def run_stream(n: int = 10_000) -> None:
                   f"p99 {lat[int(len(lat) * .99)] * 1e3:.1f} ms")
 
 
+def _cpu_split(bridge_pid: int):
+    """CPU seconds used by this process (client), the bridge, and the bridge's workers."""
+    import psutil
+    me, br = psutil.Process(), psutil.Process(bridge_pid)
+
+    def now() -> dict:
+        kids = br.children(recursive=True)
+        t = lambda p: sum(p.cpu_times()[:2])  # noqa: E731
+        return {"client": t(me), "bridge": t(br), "workers": sum(t(k) for k in kids)}
+    return now
+
+
+def run_remote(callers: int = 32, seconds: int = 6, use_aio: int = 0) -> None:
+    """S2 over gRPC: ``callers`` threads (or asyncio tasks) on one client of a bridge process."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    bridge = kp.RemoteBridge(2)
+    bridge.start()
+    cpu = _cpu_split(bridge.pid)
+    before, t_start = cpu(), time.perf_counter()
+    try:
+        _run_remote(bridge, callers, seconds, use_aio)
+        after, wall = cpu(), time.perf_counter() - t_start
+        print("CPU seconds during the load (wall %.1f s, 2 cores = %.1f CPU-s available): %s" % (
+            wall, 2 * wall, {k: round(after[k] - before[k], 2) for k in after}))
+    finally:
+        bridge.stop()
+
+
+def _run_remote(bridge, callers: int, seconds: int, use_aio: int) -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    if True:
+        if use_aio:
+            async def go() -> None:
+                async with bridge.connect_async() as c:
+                    count = 0
+                    end = time.monotonic() + seconds
+
+                    async def caller() -> None:
+                        nonlocal count
+                        while time.monotonic() < end:
+                            await c.call("noop")
+                            count += 1
+                    t0 = time.perf_counter()
+                    await asyncio.gather(*(caller() for _ in range(callers)))
+                    print(f"remote aio {callers} tasks: {count / (time.perf_counter() - t0):,.0f} calls/s")
+            asyncio.run(go())
+            return
+        with bridge.connect() as c:
+            counts = [0] * callers
+            end = time.monotonic() + seconds
+
+            def caller(i: int) -> None:
+                while time.monotonic() < end:
+                    c.call("noop")
+                    counts[i] += 1
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(callers) as ex:
+                list(ex.map(caller, range(callers)))
+            print(f"remote {callers} threads: {sum(counts) / (time.perf_counter() - t0):,.0f} calls/s")
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "map"
     args = [int(a) for a in sys.argv[2:]]
-    {"map": run_map, "start4": run_start, "stream": run_stream}[what](*args)
+    {"map": run_map, "start4": run_start, "stream": run_stream, "remote": run_remote}[what](*args)
