@@ -18,6 +18,7 @@ import traceback
 
 
 def main() -> None:
+    __import__("kernelpit.kernels.lifeline", fromlist=["start"]).start()  # dies with the controller
     from ipykernel.kernelapp import IPKernelApp
 
     app = IPKernelApp.instance()

@@ -18,6 +18,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from ..config import PoolConfig
 from ..exceptions import StartError
+from .registry import controller_identity, default_path as registry_path
 
 AGENT_MODULE = "kernelpit.kernels"
 THREAD_LIMIT_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -79,6 +80,11 @@ def worker_env(config: PoolConfig, worker_id: int, endpoint: str, run_id: str) -
         "KERNELPIT_RUN_ID": run_id,
         "KERNELPIT_POOL": config.name,
     })
+    # -- orphan-proof process management (registry.py, reaper.py, kernels/lifeline.py) --
+    controller_pid, controller_start = controller_identity()
+    env.update({"KERNELPIT_CONTROLLER_PID": str(controller_pid),
+                "KERNELPIT_CONTROLLER_START": repr(controller_start),
+                "KERNELPIT_REGISTRY": str(registry_path())})
     return env
 
 

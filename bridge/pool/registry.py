@@ -1,0 +1,297 @@
+"""The run registry: which kernels which controller started, on disk, so that a later start finds them.
+
+``<jupyter runtime dir>/kernelpit/registry.sqlite`` (stdlib ``sqlite3``, WAL mode,
+short transactions, a busy timeout: several controllers of one user share it).
+
+Every start of a pool is a *run* (``PoolManager.run_id``); the controller is the
+process that owns it, identified by pid *and* create time, so that a reused pid is
+not mistaken for it. Each kernel is recorded in two phases::
+
+    reserve(run, worker)                 before the launch: state 'reserved'
+    activate(run, worker, pid)           after it: pid, pgid, create time, state 'active'
+    gone(run, worker)                    stopped or exited: state 'gone'
+    close_run(run)                       the pool closed: its rows are deleted
+
+A row whose controller is gone (dead, or its pid now names another process) is
+what the reaper (``reaper.py``) acts on. Nothing here ever kills anything.
+
+The pool reaches the registry through the module functions (``open_run``,
+``reserve``, ``activate``, ``gone``, ``close_run``), keyed by run id: a registry
+problem (read-only runtime dir, a locked file) is logged once and never fails a
+pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from jupyter_core.paths import jupyter_runtime_dir
+
+log = logging.getLogger("kernelpit")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id           TEXT PRIMARY KEY,
+    controller_pid   INTEGER NOT NULL,
+    controller_start REAL NOT NULL,
+    started          REAL NOT NULL,
+    closed           REAL
+);
+CREATE TABLE IF NOT EXISTS kernels (
+    run_id           TEXT NOT NULL,
+    worker_id        INTEGER NOT NULL,
+    state            TEXT NOT NULL,          -- reserved, active, gone
+    controller_pid   INTEGER NOT NULL,
+    controller_start REAL NOT NULL,
+    pid              INTEGER,
+    pgid             INTEGER,
+    create_time      REAL,
+    reserved         REAL NOT NULL,
+    activated        REAL,
+    ended            REAL,
+    PRIMARY KEY (run_id, worker_id)
+);
+"""
+
+
+def default_path() -> Path:
+    """``<jupyter runtime dir>/kernelpit/registry.sqlite`` (honours ``JUPYTER_RUNTIME_DIR``)."""
+    return Path(jupyter_runtime_dir()) / "kernelpit" / "registry.sqlite"
+
+
+_identity: tuple[int, float] | None = None
+
+
+def controller_identity() -> tuple[int, float]:
+    """This process's (pid, create time), as the kernels' ``KERNELPIT_CONTROLLER_*`` carry it."""
+    global _identity
+    pid = os.getpid()
+    if _identity is None or _identity[0] != pid:  # recomputed after a fork
+        _identity = (pid, psutil.Process(pid).create_time())
+    return _identity
+
+
+def process_alive(pid: int | None, create_time: float | None) -> bool:
+    """True when ``pid`` runs and is the process that started at ``create_time`` (not a zombie)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 1.0:
+            return False  # the pid was reused
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@dataclass
+class KernelRow:
+    run_id: str
+    worker_id: int
+    state: str
+    controller_pid: int
+    controller_start: float
+    pid: int | None
+    pgid: int | None
+    create_time: float | None
+    reserved: float
+    activated: float | None
+    ended: float | None
+    run_closed: float | None = None
+
+    @property
+    def controller_alive(self) -> bool:
+        return process_alive(self.controller_pid, self.controller_start)
+
+
+@dataclass
+class RunRow:
+    run_id: str
+    controller_pid: int
+    controller_start: float
+    started: float
+    closed: float | None
+
+    @property
+    def controller_alive(self) -> bool:
+        return process_alive(self.controller_pid, self.controller_start)
+
+
+class RunRegistry:
+    """One SQLite file shared by every controller of this user (same runtime dir)."""
+
+    def __init__(self, path: str | Path | None = None, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path) if path is not None else default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        with self._tx() as db:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    # -- plumbing ----------------------------------------------------------------------
+    class _Tx:
+        def __init__(self, reg: "RunRegistry") -> None:
+            self.reg = reg
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.reg._lock.acquire()
+            try:
+                self.reg._db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.reg._lock.release()
+                raise
+            return self.reg._db
+
+        def __exit__(self, exc_type: Any, *rest: Any) -> None:
+            try:
+                self.reg._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            finally:
+                self.reg._lock.release()
+
+    def _tx(self) -> "RunRegistry._Tx":
+        """A short write transaction (BEGIN IMMEDIATE: the busy timeout applies at once)."""
+        return RunRegistry._Tx(self)
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- writes ------------------------------------------------------------------------
+    def open_run(self, run_id: str) -> None:
+        pid, start = controller_identity()
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, NULL)",
+                       (run_id, pid, start, time.time()))
+
+    def reserve(self, run_id: str, worker_id: int) -> None:
+        """Phase one, before the launch: this controller is about to start this worker."""
+        pid, start = controller_identity()
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO kernels (run_id, worker_id, state, controller_pid, "
+                       "controller_start, reserved) VALUES (?, ?, 'reserved', ?, ?, ?)",
+                       (run_id, worker_id, pid, start, time.time()))
+
+    def activate(self, run_id: str, worker_id: int, pid: int) -> None:
+        """Phase two, after the launch: the kernel's pid, process group and create time."""
+        try:
+            pgid: int | None = os.getpgid(pid)
+        except OSError:
+            pgid = None
+        try:
+            created: float | None = psutil.Process(pid).create_time()
+        except psutil.Error:
+            created = None
+        with self._tx() as db:
+            db.execute("UPDATE kernels SET state = 'active', pid = ?, pgid = ?, create_time = ?, "
+                       "activated = ? WHERE run_id = ? AND worker_id = ?",
+                       (pid, pgid, created, time.time(), run_id, worker_id))
+
+    def gone(self, run_id: str, worker_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE kernels SET state = 'gone', ended = ? WHERE run_id = ? AND "
+                       "worker_id = ? AND state != 'gone'", (time.time(), run_id, worker_id))
+
+    def close_run(self, run_id: str) -> None:
+        """The pool closed: forget the rows of kernels that are gone; keep any that are not."""
+        with self._tx() as db:
+            db.execute("DELETE FROM kernels WHERE run_id = ? AND state = 'gone'", (run_id,))
+            left = db.execute("SELECT COUNT(*) FROM kernels WHERE run_id = ?", (run_id,)).fetchone()[0]
+            if left:
+                db.execute("UPDATE runs SET closed = ? WHERE run_id = ?", (time.time(), run_id))
+            else:
+                db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+
+    def forget(self, run_ids: list[str]) -> None:
+        """Delete every row of these runs (the reaper calls it once their kernels are gone)."""
+        if not run_ids:
+            return
+        with self._tx() as db:
+            for run_id in run_ids:
+                db.execute("DELETE FROM kernels WHERE run_id = ?", (run_id,))
+                db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+
+    # -- reads -------------------------------------------------------------------------
+    def runs(self) -> list[RunRow]:
+        return [RunRow(*r) for r in self._query(
+            "SELECT run_id, controller_pid, controller_start, started, closed FROM runs")]
+
+    def kernels(self, run_id: str | None = None) -> list[KernelRow]:
+        sql = ("SELECT k.run_id, k.worker_id, k.state, k.controller_pid, k.controller_start, k.pid, "
+               "k.pgid, k.create_time, k.reserved, k.activated, k.ended, r.closed FROM kernels k "
+               "LEFT JOIN runs r ON r.run_id = k.run_id")
+        if run_id is not None:
+            return [KernelRow(*r) for r in self._query(sql + " WHERE k.run_id = ? ORDER BY "
+                                                       "k.worker_id", (run_id,))]
+        return [KernelRow(*r) for r in self._query(sql + " ORDER BY k.run_id, k.worker_id")]
+
+
+# -- the pool's hooks: one registry per run, failures logged and ignored ---------------------
+
+_open: dict[str, RunRegistry] = {}
+_warned = False
+
+
+def _guard(what: str, fn: Any, *args: Any) -> Any:
+    global _warned
+    try:
+        return fn(*args)
+    except (sqlite3.Error, OSError) as exc:
+        if not _warned:
+            _warned = True
+            log.warning("kernelpit: the run registry could not %s (%s: %s); orphaned kernels of "
+                        "this run may not be found by a later start. See `kernelpit doctor`.",
+                        what, type(exc).__name__, exc)
+        return None
+
+
+def open_run(run_id: str) -> RunRegistry | None:
+    """Open the registry for a pool start and record the run; None when that failed (logged)."""
+    reg = _guard("be opened", RunRegistry)
+    if reg is None:
+        return None
+    _guard("record the run", reg.open_run, run_id)
+    _open[run_id] = reg
+    return reg
+
+
+def reserve(run_id: str, worker_id: int) -> None:
+    reg = _open.get(run_id)
+    if reg is not None:
+        _guard("reserve a kernel", reg.reserve, run_id, worker_id)
+
+
+def activate(run_id: str, worker_id: int, pid: int | None) -> None:
+    reg = _open.get(run_id)
+    if reg is not None and pid:
+        _guard("record a kernel", reg.activate, run_id, worker_id, pid)
+
+
+def gone(run_id: str, worker_id: int) -> None:
+    reg = _open.get(run_id)
+    if reg is not None:
+        _guard("record a kernel's end", reg.gone, run_id, worker_id)
+
+
+def close_run(run_id: str) -> None:
+    reg = _open.pop(run_id, None)
+    if reg is not None:
+        _guard("close the run", reg.close_run, run_id)
+        _guard("be closed", reg.close)
