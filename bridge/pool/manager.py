@@ -23,6 +23,7 @@ from ..kernels.schema import check_arguments
 from .call import Call, CallOptions
 from .channel import Channel
 from .group import WorkerGroup
+from . import reaper, registry as run_registry
 from .sessions import SessionTable
 from .worker import Worker, describe_exit
 
@@ -50,6 +51,8 @@ class PoolManager:
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
+        # -- orphan-proof process management: record this run, end what dead runs left --
+        await asyncio.to_thread(reaper.reap_on_start, run_registry.open_run(self.run_id))
         self._run_dir = Path(tempfile.mkdtemp(prefix=f"kernelpit-{self.run_id}-"))
         self._channel = Channel(self._on_message)
         slots = asyncio.Semaphore(8)
@@ -77,6 +80,7 @@ class PoolManager:
             for call in list(group.queue._calls):
                 call.fail(PoolClosed("the pool was closed while this call was waiting"))
         await asyncio.gather(*(g.stop() for g in self.groups.values()), return_exceptions=True)
+        run_registry.close_run(self.run_id)  # orphan registry: this run's kernels are gone
         if self._channel is not None:
             self._channel.close()
         if self._run_dir is not None:

@@ -23,6 +23,7 @@ from . import deathwatch
 from .call import Call
 from .channel import Channel
 from .kernel import launch, worker_env
+from . import registry as run_registry
 
 _ping_ids = itertools.count(1)
 
@@ -94,6 +95,7 @@ class Worker:
         """Launch the kernel and wait until it has answered the readiness check."""
         cfg = self.config
         env = worker_env(cfg, self.id, self._channel.endpoint, self._run_id)
+        run_registry.reserve(self._run_id, self.id)  # orphan registry, phase 1: before the launch
         with open(self.log_path, "ab") as log:
             try:
                 self.km = await launch(self._spec, env, cfg.cwd, log, self._connection_file())
@@ -101,6 +103,7 @@ class Worker:
                 raise StartError(f"worker {self.id} of pool '{cfg.name}' could not be launched: "
                                  f"{type(exc).__name__}: {exc}") from exc
         self.pid = self.km.provisioner.pid  # type: ignore[union-attr]
+        run_registry.activate(self._run_id, self.id, self.pid)  # phase 2: pid, pgid, create time
         self.connection_file = self.km.connection_file
         self._unwatch = deathwatch.watch(self.pid, self._exited)
         try:
@@ -148,6 +151,7 @@ class Worker:
                 self.returncode = proc.poll()
         was = self._state
         self._state = "dead"
+        run_registry.gone(self._run_id, self.id)  # orphan registry: the kernel exited
         if not self._exit.done():
             self._exit.set_result(None)
         if not self._hello.done():
@@ -175,6 +179,7 @@ class Worker:
                     await self.km.shutdown_kernel(now=True)
                 else:
                     self.km.cleanup_resources()
+        run_registry.gone(self._run_id, self.id)  # orphan registry: the kernel was stopped
         self._state = "dead"
 
     async def kill(self) -> None:
