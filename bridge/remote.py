@@ -19,6 +19,7 @@ introspection and control RPCs, over a ``grpc.aio`` channel.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, AsyncIterator, Iterator
 
 import grpc
@@ -29,6 +30,7 @@ from .exceptions import BridgeNotFound
 from .info import SessionInfo, ToolInfo, WorkerInfo
 from .pool.call import CallOptions
 from .service import auth, convert, discovery, errors
+from .service.multiplex import CallMultiplexer, reply_value
 from .service.values import from_value
 from .service.watch import WatchEvent
 from .sync import Handle, Portal
@@ -73,6 +75,8 @@ class RemoteBackend:
         self.stub = pb_grpc.BridgeStub(self.channel)
         self._sync_channel: grpc.Channel | None = None
         self._blocking: Any = None
+        self._mux = CallMultiplexer(self.stub, self.metadata, address)
+        self.solo = threading.Lock()  # held by the one blocking call on the fast path
 
     def call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
                       options: CallOptions) -> Any:
@@ -100,8 +104,9 @@ class RemoteBackend:
 
     # -- the Backend protocol ----------------------------------------------------------
     async def call(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions) -> Any:
-        reply = await self._rpc(self.stub.Call, convert.call_request(tool, args, kwargs, options))
-        return from_value(reply.result, "result") if reply.HasField("result") else None
+        # Over the multiplexed stream: no per-RPC cost, so many callers in flight scale.
+        reply = await self._mux.call(convert.call_request(tool, args, kwargs, options))
+        return reply_value(reply)
 
     async def stream(self, tool: str, args: Any, kwargs: dict[str, Any],
                      options: CallOptions) -> AsyncIterator[Event]:
@@ -182,6 +187,7 @@ class RemoteBackend:
         await self._rpc(self.stub.Shutdown, pb.ShutdownRequest(grace=grace))
 
     async def close(self) -> None:
+        await self._mux.close()
         if self._sync_channel is not None:
             self._sync_channel.close()
         await self.channel.close()
@@ -295,22 +301,42 @@ class Connecting:
 
 
 class ClientPortal(Portal):
-    """A Portal that runs unary tool calls right on the calling thread.
+    """A Portal that runs a lone tool call right on the calling thread.
 
-    A blocking gRPC call needs no event loop, so ``call`` skips the hand-off to
-    the loop thread (the biggest share of a no-op call's latency); every
-    other operation, and every call of a caller not over a remote backend,
-    goes through the loop as usual.  The calling logic stays in
-    :class:`RemoteBackend`.
+    A blocking gRPC call needs no event loop, so when no other thread is in a
+    call, ``call`` skips the hand-off to the loop thread (the biggest share of
+    a no-op call's latency).  Calls made while another is in flight go through
+    the loop and share the multiplexed stream, which scales with many threads.
+    The calling logic stays in :class:`RemoteBackend`.
     """
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(fn, "__func__", None) is AsyncCaller.call:
             caller: AsyncCaller = fn.__self__
             backend = caller._backend
-            if isinstance(backend, RemoteBackend):
-                return backend.call_blocking(args[0], args[1:], kwargs, caller._options)
+            if isinstance(backend, RemoteBackend) and backend.solo.acquire(blocking=False):
+                try:
+                    return backend.call_blocking(args[0], args[1:], kwargs, caller._options)
+                finally:
+                    backend.solo.release()
         return super().call(fn, *args, **kwargs)
+
+    def stop(self) -> None:
+        """Keep the loop: it is shared by every blocking client of this process (gRPC's
+        asyncio layer stays bound to one loop, and a closed one would break it)."""
+
+
+_shared: ClientPortal | None = None
+_shared_lock = threading.Lock()
+
+
+def client_portal() -> ClientPortal:
+    """The one loop thread that drives every blocking client in this process."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = ClientPortal("kernelpit-client")
+        return _shared
 
 
 class Client(Handle):
@@ -320,12 +346,8 @@ class Client(Handle):
 
     def __init__(self, address: str | None = None, token: str | None = None, *,
                  timeout: float = 5.0) -> None:
-        portal = ClientPortal("kernelpit-client")
-        try:
-            target = portal.call(connect_async, address, token, timeout=timeout)
-        except BaseException:
-            portal.stop()
-            raise
+        portal = client_portal()
+        target = portal.call(connect_async, address, token, timeout=timeout)
         super().__init__(portal, target)
 
     @property

@@ -417,3 +417,21 @@ def test_map_failures_name_the_item(client, stub, auth):
     req = pb.MapRequest(tool="add", items=values_pb2.Value(json='[1, 2]'))
     err = rpc_error(stub.Map, req, metadata=auth)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "array of arrays" in err.details()
+
+
+def test_cancelling_an_async_call_interrupts_the_tool(client):
+    worker = client.workers()[0].id
+
+    async def main():
+        async with kernelpit.aio.connect() as pool:
+            task = asyncio.ensure_future(pool.options(worker=worker).call("spin", seconds=60))
+            while not any(w.id == worker and w.state == "busy" for w in await pool.workers()):
+                await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            while not any(w.id == worker and w.state == "idle" for w in await pool.workers()):
+                await asyncio.sleep(0.02)
+            assert await pool.options(worker=worker).call("add", 1, 2) == 3
+
+    asyncio.run(asyncio.wait_for(main(), 20))

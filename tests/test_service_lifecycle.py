@@ -7,11 +7,12 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 import kernelpit
-from conftest import kernel_processes
+from conftest import kernel_processes, wait_until
 
 DEMO = "kernelpit.kernels.demo"
 
@@ -158,10 +159,20 @@ def test_sigterm_drains_in_flight_calls_and_stops_every_kernel(tmp_path):
         caller = threading.Thread(target=run)
         caller.start()
         assert started.wait(10)
+        assert client.map("add", [1, 2], [3, 4]) == [4, 6]
+        # A call while another blocking call is in flight goes over the multiplexed stream,
+        # which then stays open (idle) until the client closes.
+        other = threading.Thread(target=client.call, args=("train", 1, 0.3))
+        other.start()
+        wait_until(lambda: all(w.state == "busy" for w in client.workers()))
+        assert client.call("add", 1, 2) == 3
+        other.join()
+        t0 = time.monotonic()
         s.proc.send_signal(signal.SIGTERM)
         caller.join(30)
         assert events[-1].kind == "result" and events[-1].value["epochs"] == 4
         assert s.proc.wait(30) == 0
+        assert time.monotonic() - t0 < 10  # open idle streams do not hold up the drain (grace 20)
         assert kernel_processes(run_id) == []
         assert not s.discovery_file.exists()
         assert any("stopped" in line for line in s.log)

@@ -20,6 +20,7 @@ from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
 from . import convert, errors
 from .values import to_value
+from .multiplex import serve_calls
 from .pump import EventPump
 from .watch import Watcher
 
@@ -69,6 +70,15 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         except Exception as exc:
             await abort(context, exc)
             raise  # unreachable: abort raises
+
+    async def Calls(self, requests: AsyncIterator[pb.CallBatch],
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReplyBatch]:
+        async for batch in serve_calls(requests, self._run, self._closing):
+            yield batch
+
+    async def _run(self, request: pb.CallRequest) -> Any:
+        args, kwargs, options = convert.call_from_request(request)
+        return await self._manager.call(request.tool, args, kwargs, options)
 
     @handles_errors
     async def Map(self, request: pb.MapRequest, context: Any) -> pb.MapResponse:

@@ -51,6 +51,38 @@ class CallResponse(_message.Message):
     result: _values_pb2.Value
     def __init__(self, result: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
 
+class CallBatch(_message.Message):
+    __slots__ = ("calls", "cancel")
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[TaggedCall]
+    cancel: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, calls: _Optional[_Iterable[_Union[TaggedCall, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TaggedCall(_message.Message):
+    __slots__ = ("id", "request")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    request: CallRequest
+    def __init__(self, id: _Optional[int] = ..., request: _Optional[_Union[CallRequest, _Mapping]] = ...) -> None: ...
+
+class ReplyBatch(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[Reply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[Reply, _Mapping]]] = ...) -> None: ...
+
+class Reply(_message.Message):
+    __slots__ = ("id", "result", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    result: _values_pb2.Value
+    error: _values_pb2.RemoteException
+    def __init__(self, id: _Optional[int] = ..., result: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[_values_pb2.RemoteException, _Mapping]] = ...) -> None: ...
+
 class MapRequest(_message.Message):
     __slots__ = ("tool", "items", "options", "chunksize")
     TOOL_FIELD_NUMBER: _ClassVar[int]

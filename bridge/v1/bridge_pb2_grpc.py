@@ -49,6 +49,11 @@ class BridgeStub:
                 request_serializer=kernelpit_dot_v1_dot_bridge__pb2.MapRequest.SerializeToString,
                 response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.MapResponse.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/kernelpit.v1.Bridge/Calls',
+                request_serializer=kernelpit_dot_v1_dot_bridge__pb2.CallBatch.SerializeToString,
+                response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.ReplyBatch.FromString,
+                _registered_method=True)
         self.ListTools = channel.unary_unary(
                 '/kernelpit.v1.Bridge/ListTools',
                 request_serializer=kernelpit_dot_v1_dot_bridge__pb2.ListToolsRequest.SerializeToString,
@@ -134,6 +139,16 @@ class BridgeServicer:
         """Run a tool once per item, tool(*item), in chunks across the pool (many small
         calls for the price of few messages); results in item order.  The first failing
         item's error fails the RPC, its RemoteException.map_index names the item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Calls(self, request_iterator, context):
+        """Many calls multiplexed over one stream, for clients with many calls in flight:
+        each request carries calls tagged with a client-chosen id (and ids to cancel);
+        replies come back tagged, in completion order, several per message when ready
+        together.  Saves the per-RPC cost of Call.  Ending the stream cancels its calls.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -234,6 +249,11 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.Map,
                     request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.MapRequest.FromString,
                     response_serializer=kernelpit_dot_v1_dot_bridge__pb2.MapResponse.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.CallBatch.FromString,
+                    response_serializer=kernelpit_dot_v1_dot_bridge__pb2.ReplyBatch.SerializeToString,
             ),
             'ListTools': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTools,
@@ -377,6 +397,33 @@ class Bridge:
             '/kernelpit.v1.Bridge/Map',
             kernelpit_dot_v1_dot_bridge__pb2.MapRequest.SerializeToString,
             kernelpit_dot_v1_dot_bridge__pb2.MapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/kernelpit.v1.Bridge/Calls',
+            kernelpit_dot_v1_dot_bridge__pb2.CallBatch.SerializeToString,
+            kernelpit_dot_v1_dot_bridge__pb2.ReplyBatch.FromString,
             options,
             channel_credentials,
             insecure,
