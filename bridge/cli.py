@@ -8,6 +8,7 @@
     kernelpit call train epochs=3                     # run a tool, with live progress
     kernelpit stop                                    # stop the running bridge
     kernelpit demo                                    # a tour with the bundled demo adapter
+    kernelpit doctor [--fix]                          # environment checks, orphaned kernels
 """
 
 from __future__ import annotations
@@ -409,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seconds", type=float, default=0.3, help="seconds per epoch")
     p.set_defaults(func=cmd_demo)
+
+    from .doctor import add_parser as add_doctor  # `kernelpit doctor`: bridge/doctor.py
+    add_doctor(sub)
     return parser
 
 
@@ -426,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kernelpit {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print(f"kernelpit {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
 

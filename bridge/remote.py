@@ -26,7 +26,7 @@ import grpc
 
 from .caller import AsyncCaller
 from .events import Event
-from .exceptions import BridgeNotFound
+from .exceptions import BridgeError, BridgeNotFound, DeadlineExceeded, Unauthenticated
 from .info import SessionInfo, ToolInfo, WorkerInfo
 from .pool.call import CallOptions
 from .service import auth, convert, discovery, errors
@@ -200,21 +200,28 @@ class AsyncClient(AsyncCaller):
 
     def __init__(self, backend: RemoteBackend) -> None:
         super().__init__(backend)
+        self.info: pb.ServerInfo | None = None
 
     @property
     def address(self) -> str:
         return self._backend.address
 
+    @property
+    def run_id(self) -> str:
+        """The bridge's pool run id (as ``Pool.run_id``)."""
+        return self.info.run_id if self.info is not None else ""
+
     async def check(self, timeout: float = 5.0) -> pb.ServerInfo:
         """Ask the bridge who it is; raises BridgeNotFound when nothing answers."""
         try:
-            return await self._backend.server_info(timeout)
-        except errors.kx.BridgeError as exc:
-            if isinstance(exc, errors.kx.Unauthenticated):
+            self.info = await self._backend.server_info(timeout)
+            return self.info
+        except BridgeError as exc:
+            if isinstance(exc, Unauthenticated):
                 raise
             raise BridgeNotFound(f"no Kernelpit bridge answers at {self.address} ({exc}). "
                                  f"{HOW_TO_START}") from None
-        except errors.kx.DeadlineExceeded:
+        except DeadlineExceeded:
             raise BridgeNotFound(f"no Kernelpit bridge answered at {self.address} within "
                                  f"{timeout:g} s. {HOW_TO_START}") from None
 
@@ -353,6 +360,10 @@ class Client(Handle):
     @property
     def address(self) -> str:
         return self._async.address
+
+    @property
+    def run_id(self) -> str:
+        return self._async.run_id
 
     def describe(self, name: str, pool: str | None = None) -> ToolInfo:
         return self._portal.call(self._async.describe, name, pool)

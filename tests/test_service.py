@@ -366,6 +366,7 @@ def test_server_info(bridge, client):
     info = client.server_info()
     assert info.address == bridge.address and info.version == kernelpit.__version__
     assert list(info.pools) == ["default", "demo"] and info.run_id == bridge.manager.run_id
+    assert client.run_id == bridge.manager.run_id
 
 
 # -- the asyncio client ----------------------------------------------------------------------
