@@ -436,3 +436,30 @@ def test_cancelling_an_async_call_interrupts_the_tool(client):
             assert await pool.options(worker=worker).call("add", 1, 2) == 3
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_calls_stream_replies_by_id_and_survives_failing_calls(client, stub, auth):
+    def call(tool, kwargs_json=None, **fields):
+        req = pb.CallRequest(tool=tool, **fields)
+        if kwargs_json is not None:
+            req.kwargs.CopyFrom(values_pb2.Value(json=kwargs_json))
+        return req
+
+    batch = pb.CallBatch(calls=[
+        pb.TaggedCall(id=1, request=call("add", '{"a": 1, "b": 2}')),
+        pb.TaggedCall(id=2, request=call("nosuch")),
+        pb.TaggedCall(id=3, request=call("add", '{"a": 1,')),
+        pb.TaggedCall(id=4, request=call("raise_key", '{"key": "k"}')),
+        pb.TaggedCall(id=5, request=call("c_sleep_uninterruptible", '{"seconds": 0}')),
+    ])
+    replies = {}
+    for reply_batch in stub.Calls(iter([batch]), metadata=auth):
+        for r in reply_batch.replies:
+            replies[r.id] = r
+    assert set(replies) == {1, 2, 3, 4, 5}
+    assert replies[1].result.json == "3"
+    assert replies[2].error.kind == values_pb2.ERROR_KIND_NOT_FOUND
+    assert replies[3].error.kind == values_pb2.ERROR_KIND_INVALID_ARGUMENTS
+    assert (replies[4].error.kind, replies[4].error.type) == (values_pb2.ERROR_KIND_TOOL, "KeyError")
+    assert replies[5].WhichOneof("outcome") == "result" and not replies[5].result.json
+    still_serving(client)
