@@ -78,8 +78,10 @@ class Scan:
     orphans: list[Orphan] = field(default_factory=list)
     processes: int = 0         # processes looked at
     marked: int = 0            # processes carrying a run-id marker (any run)
-    undetermined: list[int] = field(default_factory=list)  # marked, controller unknown: left alone
+    undetermined: list[int] = field(default_factory=list)  # marked, no controller known, parent
+    #                                                        gone (an older version's?): left alone
     dead_runs: list[str] = field(default_factory=list)     # registry runs with nothing left alive
+    runs_seen: set[str] = field(default_factory=set)       # run ids of every marked process seen
     seconds: float = 0.0
 
 
@@ -165,7 +167,9 @@ def find_orphans(registry: RunRegistry | None = None, *, everywhere: bool = Fals
             dead[run.run_id] = "its pool was closed"
     marked, scan.processes = _marked_processes()
     scan.marked = len(marked)
+    scan.runs_seen = {env.get("KERNELPIT_RUN_ID", "") for _, env in marked}
     seen: dict[int, Orphan] = {}
+    controllers: dict[tuple[int, float | None], bool] = {}  # one check per controller
     for pid, env in marked:
         run_id = env.get("KERNELPIT_RUN_ID", "")
         reason = dead.get(run_id)
@@ -173,17 +177,22 @@ def find_orphans(registry: RunRegistry | None = None, *, everywhere: bool = Fals
             if run_id in runs:
                 continue  # its controller is alive
             if not everywhere and registry is not None and env.get("KERNELPIT_REGISTRY") \
+                    and env["KERNELPIT_REGISTRY"] != str(registry.path) \
                     and not _same_path(env["KERNELPIT_REGISTRY"], registry.path):
                 continue  # another runtime dir's kernel
             cpid = env.get("KERNELPIT_CONTROLLER_PID", "")
             if not cpid.isdigit():
-                scan.undetermined.append(pid)
+                if _ppid(pid) in (0, 1):  # reparented to init: probably an orphan of an old version
+                    scan.undetermined.append(pid)
                 continue
             try:
                 cstart: float | None = float(env.get("KERNELPIT_CONTROLLER_START", ""))
             except ValueError:
                 cstart = None
-            if process_alive(int(cpid), cstart):
+            key = (int(cpid), cstart)
+            if key not in controllers:
+                controllers[key] = process_alive(*key)
+            if controllers[key]:
                 continue
             reason = f"its controller pid {cpid} is gone"
         orphan = _describe(pid, run_id, env.get("KERNELPIT_WORKER"),
@@ -209,6 +218,13 @@ def find_orphans(registry: RunRegistry | None = None, *, everywhere: bool = Fals
     scan.orphans = sorted(seen.values(), key=lambda o: (o.run_id, o.pid))
     scan.seconds = time.perf_counter() - t0
     return scan
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
+        return None
 
 
 def _int(text: str | None) -> int | None:
@@ -369,7 +385,12 @@ def reap_orphans(registry: RunRegistry | None = None, *, grace: float = 3.0,
                  everywhere: bool = False) -> Reaped:
     """Find and end what earlier runs left behind; forget their registry rows. Logs what it did."""
     scan = find_orphans(registry, everywhere=everywhere)
-    result = reap(scan, grace)
+    return cleanup(registry, reap(scan, grace))
+
+
+def cleanup(registry: RunRegistry | None, result: Reaped) -> Reaped:
+    """After ``reap``: forget the registry rows and connection files of runs now over; log."""
+    scan = result.scan
     over = set(scan.dead_runs) | {o.run_id for o in scan.orphans}
     if result.survivors:
         over -= {o.run_id for o in scan.orphans if o.pid in result.survivors}
