@@ -59,6 +59,38 @@ def _timeline() -> dict:
     return marks
 
 
+def run_maploop(n: int = 20_000, loops: int = 40) -> None:
+    """The batched map only, repeated, so a profile is not dominated by start-up."""
+    with kernelpit.Pool(**kp.pool_settings(2, queue_size=2 * n)) as pool:
+        items = list(range(n))
+        opts = kp.map_options(pool.map, n, 2)
+        pool.map("inc", items, **opts)
+        t0 = time.perf_counter()
+        for _ in range(loops):
+            pool.map("inc", items, **opts)
+        dt = time.perf_counter() - t0
+        print(f"map {n} items x {loops}: {n * loops / dt:,.0f} items/s ({opts})")
+
+
+def run_ipp_map(n: int = 20_000, loops: int = 40) -> None:
+    from .peers import IppPeer
+    from . import peerfuncs as pf
+    peer = IppPeer(2)
+    peer.start()
+    try:
+        view = peer.view
+        chunk = kp.chunksize_for(n, 2)
+        items = list(range(n))
+        view.map_sync(pf.inc, items, chunksize=chunk)
+        t0 = time.perf_counter()
+        for _ in range(loops):
+            view.map_sync(pf.inc, items, chunksize=chunk)
+        dt = time.perf_counter() - t0
+        print(f"ipyparallel map_sync {n} items x {loops}: {n * loops / dt:,.0f} items/s (chunksize={chunk})")
+    finally:
+        peer.stop()
+
+
 def run_start(n: int = 4, reps: int = 3) -> None:
     marks = _timeline()
     for _ in range(reps):
@@ -152,4 +184,5 @@ def _run_remote(bridge, callers: int, seconds: int, use_aio: int) -> None:
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "map"
     args = [int(a) for a in sys.argv[2:]]
-    {"map": run_map, "start4": run_start, "stream": run_stream, "remote": run_remote}[what](*args)
+    {"map": run_map, "start4": run_start, "stream": run_stream, "remote": run_remote,
+     "maploop": run_maploop, "ippmap": run_ipp_map}[what](*args)

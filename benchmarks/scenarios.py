@@ -158,7 +158,7 @@ def _peer_rows(ctx: Context, rows: list[dict[str, Any]], name: str, system: str,
 # ---------------------------------------------------------------------------------------------
 def s1_latency(ctx: Context) -> dict[str, Any]:
     """No-op call latency, one caller."""
-    reps = ctx.repeats(3, 5)
+    reps = ctx.repeats(2, 5)
     n = ctx.size(200, 2000)
     warm = 50
     rows: list[dict[str, Any]] = []
@@ -422,7 +422,7 @@ def s3_map(ctx: Context) -> dict[str, Any]:
 def s4_start(ctx: Context) -> dict[str, Any]:
     """Start N workers to ready."""
     reps = ctx.repeats(1, 3)
-    sizes = ctx.size([2, 4], [1, 2, 4, 8])
+    sizes = ctx.size([4], [1, 2, 4, 8])
     unit, better = "s", "lower"
     rows: list[dict[str, Any]] = []
     import kernelpit
@@ -510,7 +510,7 @@ def _crash_once(handle: Any, n: int) -> tuple[float, float, str]:
 def s5_crash(ctx: Context) -> dict[str, Any]:
     """kill -9 a busy worker: time to the caller's error, and to N ready workers again."""
     import kernelpit
-    reps = ctx.repeats(3, 5)
+    reps = ctx.repeats(2, 5)
     n = ctx.workers
     rows: list[dict[str, Any]] = []
 
@@ -645,7 +645,7 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
     unit, better = "GB/s", "higher"
 
     def reps_for(size: int, kind: str) -> int:
-        base = {MB: ctx.repeats(5, 20), 10 * MB: ctx.repeats(2, 3), 100 * MB: ctx.repeats(2, 5),
+        base = {MB: ctx.repeats(3, 20), 10 * MB: ctx.repeats(1, 3), 100 * MB: ctx.repeats(1, 5),
                 GB: ctx.repeats(1, 2)}[size]
         if kind == "table" and size >= 100 * MB:
             base = min(base, ctx.repeats(1, 2))
