@@ -21,7 +21,7 @@ from .events import Display, Error, Event, Partial, Progress, Queued, Result, St
 from .exceptions import (BridgeError, BridgeNotFound, CallError, Cancelled, DeadlineExceeded,
                          InvalidArguments, KernelpitError, NotFound, PoolClosed, QueueFull,
                          RemoteError, RemoteTraceback, SessionLost, SessionNotFound, StartError,
-                         ToolNotFound, Unauthenticated, WorkerCrashed, WorkerNotFound)
+                         ToolNotFound, ToolTainted, Unauthenticated, WorkerCrashed, WorkerNotFound)
 from .info import SessionInfo, ToolInfo, WorkerInfo
 from .pool.call import CallOptions
 from .sync import Caller, Pool, Session
@@ -52,5 +52,5 @@ __all__ = [
     "KernelpitError", "StartError", "PoolClosed", "BridgeError", "BridgeNotFound",
     "Unauthenticated", "CallError", "NotFound", "ToolNotFound", "SessionNotFound",
     "WorkerNotFound", "InvalidArguments", "QueueFull", "DeadlineExceeded", "Cancelled",
-    "WorkerCrashed", "SessionLost", "RemoteError", "RemoteTraceback",
+    "WorkerCrashed", "ToolTainted", "SessionLost", "RemoteError", "RemoteTraceback",
 ]

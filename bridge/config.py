@@ -41,6 +41,12 @@ class PoolConfig:
     max_memory    recycle a worker above this RSS (bytes or "2GB")
     spares        pre-started kernels kept ready to replace crashed or recycled workers
     thread_limits cap OMP/OpenBLAS/MKL/NumExpr threads to 1 in workers (env overrides win)
+    retries       times an idempotent call is retried on a fresh worker after a crash
+    retry_backoff seconds before the first retry (doubles each time)
+    health_interval  seconds between health checks (heartbeat, ping, RSS, age)
+    health_timeout   seconds without an answer before a worker is unhealthy and replaced
+    taint_threshold  crashes of workers running one tool, within taint_window seconds,
+                     that quarantine the tool for taint_period seconds
     """
 
     name: str = "default"
@@ -60,6 +66,13 @@ class PoolConfig:
     max_memory: int | str | None = None
     spares: int = 0
     thread_limits: bool = True
+    retries: int = 2
+    retry_backoff: float = 0.1
+    health_interval: float = 1.0
+    health_timeout: float = 10.0
+    taint_threshold: int = 3
+    taint_window: float = 60.0
+    taint_period: float = 60.0
 
     def __post_init__(self) -> None:
         if isinstance(self.adapters, str):
@@ -79,6 +92,12 @@ class PoolConfig:
         if self.spares < 0:
             raise ValueError(f"spares must be >= 0, got {self.spares!r}")
         self.max_memory = parse_size(self.max_memory)
+        for name in ("max_calls", "max_age", "max_memory"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive (or None to disable), got {value!r}")
+        if self.health_interval <= 0 or self.health_timeout <= 0:
+            raise ValueError("health_interval and health_timeout must be positive")
         self.env = {str(k): str(v) for k, v in self.env.items()}
         self.path = [str(p) for p in self.path]
 

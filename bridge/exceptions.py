@@ -17,7 +17,8 @@
         ├── QueueFull         the wait queue is at its bound
         ├── DeadlineExceeded  the per-call deadline passed (also a TimeoutError)
         ├── Cancelled         the call was cancelled
-        ├── WorkerCrashed     the worker died while running the call
+        ├── WorkerCrashed     the worker died while running the call (.reason says how)
+        │   └── ToolTainted   the tool crashed several workers; it is quarantined for a while
         ├── SessionLost       the worker holding the session died; its state is gone
         └── RemoteError       the tool raised an exception of a non-builtin type
 
@@ -133,10 +134,16 @@ class WorkerCrashed(CallError):
     kind = "worker_crashed"
 
     def __init__(self, message: str = "", *, exit_code: int | None = None,
-                 signal: str | None = None, **kw: Any) -> None:
+                 signal: str | None = None, reason: str | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.exit_code = exit_code
         self.signal = signal
+        #: segfault, abort, oom, killed, terminated, signal, exit; None when unknown
+        self.reason = reason
+
+
+class ToolTainted(WorkerCrashed):
+    """The tool crashed several workers in a short window; it is refused for a while."""
 
 
 class SessionLost(CallError):
@@ -188,7 +195,7 @@ _BY_NAME: dict[str, type[KernelpitError]] = {
     cls.__name__: cls for cls in (StartError, PoolClosed, BridgeError, BridgeNotFound,
                                   Unauthenticated, ToolNotFound, SessionNotFound,
                                   WorkerNotFound, InvalidArguments, QueueFull,
-                                  DeadlineExceeded, Cancelled, WorkerCrashed, SessionLost)
+                                  DeadlineExceeded, Cancelled, WorkerCrashed, ToolTainted, SessionLost)
 }
 
 
@@ -227,9 +234,9 @@ def _rebuild(err: dict[str, Any], kind: str, type_name: str, module: str, messag
     cls = _BY_NAME.get(type_name) if module == "kernelpit" else None
     if cls is None or not issubclass(cls, CallError):
         cls = _BY_KIND.get(kind, RemoteError)
-    if cls is WorkerCrashed:
-        return WorkerCrashed(message, exit_code=err.get("exit_code"), signal=err.get("signal"),
-                             **where)
+    if issubclass(cls, WorkerCrashed):
+        return cls(message, exit_code=err.get("exit_code"), signal=err.get("signal"),
+                   reason=err.get("reason"), **where)
     if cls is RemoteError:
         return RemoteError(message, remote_type=type_name, remote_module=module, **where)
     if issubclass(cls, CallError):
@@ -247,7 +254,7 @@ def to_payload(exc: BaseException) -> dict[str, Any]:
                    "message": str(exc), "args": None,
                    "traceback": getattr(exc, "remote_traceback", "")}
         if isinstance(exc, WorkerCrashed):
-            payload.update(exit_code=exc.exit_code, signal=exc.signal)
+            payload.update(exit_code=exc.exit_code, signal=exc.signal, reason=exc.reason)
         return payload
     return {"kind": "tool", "type": type(exc).__qualname__, "module": type(exc).__module__,
             "message": str(exc), "args": None,

@@ -39,8 +39,9 @@ class WorkerInfo:
     sessions: int = 0
     recycles: int = 0
     recycle_reason: str | None = None
-    last_heartbeat: float | None = None
+    last_heartbeat: float | None = None  # seconds since the epoch of the last heartbeat reply
     recycle_in: dict[str, float] = field(default_factory=dict)
+    spare: bool = False
 
     @property
     def attach_command(self) -> str:

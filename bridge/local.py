@@ -83,3 +83,7 @@ class AsyncPool(AsyncCaller):
     async def restart(self, worker_id: int) -> None:
         """Kill a worker now; a fresh one takes its place."""
         await self._manager.restart(worker_id)
+
+    async def recycle(self, worker_id: int) -> None:
+        """Replace a worker without downtime: its successor starts first, then it drains."""
+        await self._manager.recycle(worker_id)

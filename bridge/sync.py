@@ -187,6 +187,10 @@ class Handle(Caller):
         """Kill a worker now; a fresh one takes its place."""
         self._portal.call(self._async.restart, worker_id)
 
+    def recycle(self, worker_id: int) -> None:
+        """Replace a worker without downtime: its successor starts first, then it drains."""
+        self._portal.call(self._async.recycle, worker_id)
+
     def close(self) -> None:
         """Close and release everything.  Safe to call twice."""
         if self._closed:

@@ -133,7 +133,8 @@ def test_kill_9_mid_call_raises_worker_crashed_and_the_pool_refills(pool):
     killer.join()
     err = info.value
     assert err.worker == target.id and err.signal == "SIGKILL" and err.exit_code == -9
-    assert f"worker {target.id} was killed by SIGKILL while running sleep()" in str(err)
+    assert f"worker {target.id} was killed (SIGKILL) while running sleep()" in str(err)
+    assert err.reason == "killed"
     wait_until(lambda: full(pool))
     assert target.id not in {w.id for w in pool.workers()}
     assert pool.call("add", 1, 1) == 2

@@ -59,6 +59,7 @@ class Call:
     cancel_sent: bool = False
     attempts: int = 0
     batch: list[list[Any]] | None = None
+    idempotent: bool = False
 
     def __post_init__(self) -> None:
         loop = asyncio.get_running_loop()

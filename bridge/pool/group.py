@@ -1,4 +1,4 @@
-"""A named pool: its workers, its wait queue, and keeping it at full size."""
+"""A named pool: its workers, its wait queue, warm spares, recycling and replacement."""
 
 from __future__ import annotations
 
@@ -12,15 +12,23 @@ from ..config import PoolConfig
 from ..exceptions import StartError
 from .call import Call
 from .channel import Channel
+from .crash import TaintTracker
 from .dispatch import WaitQueue, pick
 from .kernel import worker_spec
 from .worker import Worker
 
 log = logging.getLogger("kernelpit")
 
+HARD_RECYCLE = ("memory", "manual", "unhealthy")
+
 
 class WorkerGroup:
-    """The workers of one :class:`PoolConfig`; replaces any that die while the pool is open."""
+    """The workers of one :class:`PoolConfig`, kept at full size while the pool is open.
+
+    Dead workers are replaced (a warm spare is promoted at once when there is
+    one); recycled workers are replaced *before* they stop taking work, then
+    drain their in-flight calls and stop.
+    """
 
     def __init__(self, config: PoolConfig, channel: Channel, run_dir: Path, run_id: str,
                  new_id: Callable[[], int], on_worker_exit: Callable[[Worker], None],
@@ -37,9 +45,12 @@ class WorkerGroup:
         self.workers: dict[int, Worker] = {}
         self.queue = WaitQueue(config.queue_size, config.name)
         self.tools: dict[str, dict[str, Any]] = {}
+        self.taints = TaintTracker(config.taint_threshold, config.taint_window,
+                                   config.taint_period)
         self.closing = False
-        self._replacing: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
+    # -- starting workers --------------------------------------------------------------------
     def _make_worker(self) -> Worker:
         return Worker(self._new_id(), self.config, self.spec, self._channel, self._run_dir,
                       self._run_id, self._on_worker_exit)
@@ -47,6 +58,11 @@ class WorkerGroup:
     async def _start_one(self, worker: Worker) -> None:
         async with self._start_slots:
             await worker.start()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
         """Start every worker concurrently; on any failure stop them all and raise StartError."""
@@ -64,7 +80,59 @@ class WorkerGroup:
                 raise StartError(f"{first}{more}") from None
             raise StartError(f"pool '{self.name}' failed to start: {type(first).__name__}: {first}") from first
         self.tools = {t["name"]: t for t in workers[0].tools}
+        for _ in range(self.config.spares):
+            self._spawn(self._add_spare())
 
+    async def _start_worker(self, spare: bool = False, attempts: int | None = None) -> Worker | None:
+        """Start a worker, retrying with backoff (forever unless ``attempts``); None if closing."""
+        delay, failures = 0.5, 0
+        while not self.closing:
+            worker = self._make_worker()
+            worker.spare = spare
+            self.workers[worker.id] = worker
+            try:
+                await self._start_one(worker)
+            except Exception as exc:  # noqa: BLE001
+                self.workers.pop(worker.id, None)
+                with contextlib.suppress(Exception):
+                    await worker.stop()
+                failures += 1
+                if attempts is not None and failures >= attempts:
+                    return None
+                log.warning("pool '%s': a new worker failed to start (%d in a row; retrying in "
+                            "%.1f s): %s", self.name, failures, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if self.closing:
+                await worker.stop()
+                self.workers.pop(worker.id, None)
+                return None
+            return worker
+        return None
+
+    async def _add_spare(self) -> None:
+        await self._start_worker(spare=True)
+
+    def _take_spare(self) -> Worker | None:
+        for w in self.workers.values():
+            if w.spare and w.state == "idle":
+                w.spare = False
+                self._spawn(self._add_spare())
+                return w
+        return None
+
+    async def _successor(self, old: Worker, reason: str | None) -> Worker | None:
+        """A ready worker to take ``old``'s place: a promoted spare, or a freshly started one."""
+        new = self._take_spare()
+        if new is None:
+            new = await self._start_worker()
+        if new is not None:
+            new.recycles = old.recycles + (1 if reason else 0)
+            new.recycle_reason = reason or old.recycle_reason
+        return new
+
+    # -- dispatch ----------------------------------------------------------------------------
     def submit(self, call: Call) -> int | None:
         """Start ``call`` on a free worker, or queue it; returns the queue position or None."""
         worker = pick(self.workers.values(), call)
@@ -81,41 +149,47 @@ class WorkerGroup:
                 return
             worker.begin(call)
 
+    # -- replacement and recycling -------------------------------------------------------------
     def remove(self, worker: Worker) -> None:
+        """``worker`` died: take it out and put a successor in its place."""
         self.workers.pop(worker.id, None)
         if not self.closing:
-            task = asyncio.ensure_future(self._replace())
-            self._replacing.add(task)
-            task.add_done_callback(self._replacing.discard)
+            self._spawn(self._replace(worker))
 
-    async def _replace(self, attempts: int = 5) -> None:
-        delay = 0.5
-        for attempt in range(1, attempts + 1):
-            worker = self._make_worker()
-            self.workers[worker.id] = worker
-            try:
-                await self._start_one(worker)
-            except Exception as exc:  # noqa: BLE001
-                self.workers.pop(worker.id, None)
-                with contextlib.suppress(Exception):
-                    await worker.stop()
-                if self.closing:
-                    return
-                log.warning("pool '%s': replacement worker failed to start (attempt %d/%d): %s",
-                            self.name, attempt, attempts, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)
-                continue
-            if self.closing:
-                await worker.stop()
-                self.workers.pop(worker.id, None)
-                return
-            self.pump(worker)
+    async def _replace(self, dead: Worker) -> None:
+        new = await self._successor(dead, None)
+        if new is not None:
+            self.pump(new)
+
+    def recycle(self, old: Worker, reason: str, on_switch: Callable[[], None]) -> None:
+        """Replace ``old`` without downtime: successor ready first, then ``old`` drains and stops."""
+        self._spawn(self._recycle(old, reason, on_switch))
+
+    async def _recycle(self, old: Worker, reason: str, on_switch: Callable[[], None]) -> None:
+        new = await self._successor(old, reason)
+        if new is None or old.state in ("stopping", "dead"):
+            if new is not None:
+                self.pump(new)
             return
+        log.info("pool '%s': recycling worker %d (%s); worker %d takes its place",
+                 self.name, old.id, reason, new.id)
+        old.set_state("recycling")
+        on_switch()
+        self.pump(new)
+        if not old.inflight:
+            await self.retire(old)
+
+    async def retire(self, worker: Worker) -> None:
+        """Stop a drained (recycled) worker; its successor is already serving."""
+        self.workers.pop(worker.id, None)
+        await worker.stop()
+
+    def retire_soon(self, worker: Worker) -> None:
+        self._spawn(self.retire(worker))
 
     async def stop(self) -> None:
         self.closing = True
-        for task in list(self._replacing):
+        for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*(w.stop() for w in list(self.workers.values())),
                              return_exceptions=True)

@@ -17,15 +17,17 @@ from typing import Any, AsyncIterator
 from .. import events as ev
 from ..config import PoolConfig
 from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, PoolClosed, SessionLost,
-                          ToolNotFound, WorkerCrashed, WorkerNotFound)
+                          ToolNotFound, ToolTainted, WorkerCrashed, WorkerNotFound)
 from ..info import SessionInfo, ToolInfo, WorkerInfo
 from ..kernels.schema import check_arguments
 from .call import Call, CallOptions
 from .channel import Channel
 from .group import WorkerGroup
 from . import reaper, registry as run_registry
+from .health import HealthMonitor
 from .sessions import SessionTable
-from .worker import Worker, describe_exit
+from .crash import classify, crash_message
+from .worker import Worker
 
 log = logging.getLogger("kernelpit")
 
@@ -46,6 +48,7 @@ class PoolManager:
         self._channel: Channel | None = None
         self._run_dir: Path | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._health: HealthMonitor | None = None
         self.closed = False
         self.started = False
 
@@ -66,6 +69,9 @@ class PoolManager:
             await self.close()
             raise
         self._reaper = asyncio.ensure_future(self._reap_sessions())
+        self._health = HealthMonitor(self._all_workers, self._recycle, self._mark_unhealthy,
+                                     min(c.health_interval for c in self.configs))
+        self._health.start()
         self.started = True
 
     async def close(self) -> None:
@@ -74,6 +80,8 @@ class PoolManager:
         self.closed = True
         if self._reaper is not None:
             self._reaper.cancel()
+        if self._health is not None:
+            self._health.stop()
         for call in list(self.calls.values()):
             call.fail(PoolClosed("the pool was closed while this call was running"))
         for group in self.groups.values():
@@ -100,21 +108,81 @@ class PoolManager:
     def _finished(self, call: Call) -> None:
         self.calls.pop(call.id, None)
         worker = call.worker
-        if worker is not None:
-            worker.end(call)
-            self.groups[worker.config.name].pump(worker)
+        if worker is None:
+            return
+        worker.end(call)
+        group = self.groups[worker.config.name]
+        if worker.state == "recycling":
+            if not worker.inflight:
+                group.retire_soon(worker)
+            return
+        cfg = worker.config
+        if cfg.max_calls and worker.calls >= cfg.max_calls:
+            self._recycle(worker, "max_calls")
+        elif cfg.max_memory and worker.sample(max_age=0.05) > cfg.max_memory:
+            self._recycle(worker, "memory")
+        group.pump(worker)
+
+    def _all_workers(self) -> list[Worker]:
+        return [w for g in self.groups.values() for w in g.workers.values()]
+
+    def _recycle(self, worker: Worker, reason: str) -> None:
+        """Replace ``worker`` without downtime (see WorkerGroup.recycle)."""
+        if worker.recycle_pending or not worker.serving or self.closed:
+            return
+        hard = reason in ("memory", "manual", "unhealthy")
+        if not hard and worker.sessions:
+            return  # ttl / max_calls wait until the sessions it holds are closed
+        worker.recycle_pending = reason
+        group = self.groups[worker.config.name]
+
+        def switch() -> None:
+            for session in self.sessions.on_worker(worker.id):
+                session.lost = f"worker {worker.id} holding it was recycled ({reason})"
+            for call in group.queue.drop_pinned(worker.id):
+                call.fail(SessionLost(f"session '{call.options.session}' is lost: worker "
+                                      f"{worker.id} holding it was recycled ({reason})",
+                                      tool=call.tool) if call.options.session else
+                          WorkerNotFound(f"worker {worker.id} was recycled ({reason}) before "
+                                         f"running {call.describe()}", tool=call.tool))
+
+        group.recycle(worker, reason, switch)
+
+    def _mark_unhealthy(self, worker: Worker, why: str) -> None:
+        """A worker that stopped answering: fail its calls, lose its sessions, kill it."""
+        if worker.state in ("unhealthy", "stopping", "dead"):
+            return
+        log.warning("worker %d of pool '%s' %s; replacing it", worker.id, worker.config.name, why)
+        worker.set_state("unhealthy")
+        worker.recycle_reason = "unhealthy"
+        for call in list(worker.inflight.values()):
+            call.fail(WorkerCrashed(f"worker {worker.id} {why} {worker.activity()}; it was "
+                                    "killed and replaced", tool=call.tool, call_id=call.id,
+                                    worker=worker.id))
+            self.calls.pop(call.id, None)
+        worker.inflight.clear()
+        worker.killed_by_pool = True
+        asyncio.ensure_future(worker.kill())
 
     def _on_worker_exit(self, worker: Worker) -> None:
-        how = describe_exit(worker.returncode)
+        """A worker process ended by itself (or by our kill): the crash barrier."""
+        death = worker.death or classify(worker.returncode, worker.rss, None)
+        how = death.describe()
         group = self.groups[worker.config.name]
         for call in list(worker.inflight.values()):
-            signame = how.removeprefix("was killed by ") if worker.returncode and worker.returncode < 0 else None
-            call.fail(WorkerCrashed(
-                f"worker {worker.id} {how} while running {call.describe()}"
-                f"{'; it was restarted because the cancelled tool did not stop' if call.cancel_sent else ''}",
-                exit_code=worker.returncode, signal=signame, tool=call.tool, call_id=call.id,
-                worker=worker.id))
             self.calls.pop(call.id, None)
+            if not worker.killed_by_pool and group.taints.record(call.tool):
+                log.warning("pool '%s': tool %s() crashed %d workers within %g s; it is "
+                            "quarantined for %g s", group.name, call.tool,
+                            group.taints.count(call.tool), group.taints.window, group.taints.period)
+            if self._retry(group, call):
+                continue
+            message = crash_message(worker.id, death, f"while running {call.describe()}")
+            if call.cancel_sent:
+                message += "; it was restarted because the cancelled tool did not stop"
+            call.fail(WorkerCrashed(message, exit_code=death.returncode, signal=death.signal,
+                                    reason=death.reason, tool=call.tool, call_id=call.id,
+                                    worker=worker.id))
         worker.inflight.clear()
         for session in self.sessions.on_worker(worker.id):
             session.lost = f"worker {worker.id} holding it {how}"
@@ -123,10 +191,53 @@ class PoolManager:
                                f"holding it {how}; its state is gone", tool=call.tool)
                    if call.options.session else
                    WorkerCrashed(f"worker {worker.id} {how} before running {call.describe()}",
-                                 exit_code=worker.returncode, tool=call.tool, worker=worker.id))
+                                 exit_code=worker.returncode, reason=death.reason, tool=call.tool,
+                                 worker=worker.id))
             call.fail(exc)
-        log.warning("worker %d of pool '%s' %s; starting a replacement", worker.id, group.name, how)
+        if worker.state != "recycling":
+            log.warning("worker %d of pool '%s' %s; starting a replacement", worker.id,
+                        group.name, how)
         group.remove(worker)
+
+    def _retry(self, group: WorkerGroup, call: Call) -> bool:
+        """Resubmit an idempotent call whose worker died; False when it may not be retried."""
+        cfg = group.config
+        if (not call.idempotent or call.pinned is not None or call.done
+                or call.attempts >= cfg.retries or self.closed):
+            return False
+        call.attempts += 1
+        call.worker = None
+        call.cancel_sent = False
+        self.calls[call.id] = call
+        delay = cfg.retry_backoff * 2 ** (call.attempts - 1)
+        log.info("retrying idempotent %s (attempt %d of %d) in %.2f s", call.describe(),
+                 call.attempts, cfg.retries, delay)
+        asyncio.get_running_loop().call_later(delay, self._resubmit, group, call)
+        return True
+
+    def _resubmit(self, group: WorkerGroup, call: Call) -> None:
+        if call.done:
+            self.calls.pop(call.id, None)
+            return
+        try:
+            self._check_taint(group, call.tool)
+            position = group.submit(call)
+        except Exception as exc:  # noqa: BLE001 - QueueFull, ToolTainted
+            self.calls.pop(call.id, None)
+            call.fail(exc)
+            return
+        if position is not None:
+            call.emit(ev.Queued(position=position))
+
+    @staticmethod
+    def _check_taint(group: WorkerGroup, tool: str) -> None:
+        left = group.taints.tainted(tool)
+        if left is not None:
+            raise ToolTainted(
+                f"tool {tool}() crashed {group.taints.count(tool)} workers of pool "
+                f"'{group.name}' within {group.taints.window:g} s, so it is quarantined for "
+                f"another {left:.0f} s instead of taking more workers down; fix the tool or "
+                "wait", tool=tool)
 
     # -- calls ---------------------------------------------------------------------
     def _worker(self, worker_id: int) -> Worker | None:
@@ -172,8 +283,10 @@ class PoolManager:
         problem = check_arguments(tool, desc["params"], args, kwargs)
         if problem:
             raise InvalidArguments(problem, tool=tool)
+        self._check_taint(group, tool)
+        idempotent = desc.get("idempotent") if options.idempotent is None else options.idempotent
         call = Call(tool, list(args), dict(kwargs), options, streaming=streaming,
-                    thread_safe=bool(desc.get("thread_safe")))
+                    thread_safe=bool(desc.get("thread_safe")), idempotent=bool(idempotent))
         if session is not None:
             call.pinned = session.worker
         elif options.worker is not None:
@@ -270,6 +383,7 @@ class PoolManager:
         chunks = []
         for start in range(0, len(items), chunksize):
             call = Call(tool, [], {}, first.options, thread_safe=first.thread_safe,
+                        idempotent=first.idempotent,
                         batch=[list(a) for a in items[start:start + chunksize]])
             call.pinned = first.pinned
             chunks.append((start, call))
@@ -350,7 +464,19 @@ class PoolManager:
         return out
 
     def workers(self) -> list[WorkerInfo]:
-        return [w.info() for g in self.groups.values() for w in g.workers.values()]
+        return [w.info(self._countdown(w)) for w in self._all_workers()]
+
+    @staticmethod
+    def _countdown(w: Worker) -> dict[str, float]:
+        """How far each configured recycle limit is: calls left, seconds left, bytes left."""
+        cfg, left = w.config, {}
+        if cfg.max_calls:
+            left["calls"] = float(max(0, cfg.max_calls - w.calls))
+        if cfg.max_age:
+            left["seconds"] = max(0.0, cfg.max_age - (time.time() - w.started_at))
+        if cfg.max_memory:
+            left["bytes"] = float(max(0, cfg.max_memory - w.rss))
+        return left
 
     def _require_worker(self, worker_id: int) -> Worker:
         worker = self._worker(worker_id)
@@ -363,5 +489,15 @@ class PoolManager:
         await self._require_worker(worker_id).interrupt()
 
     async def restart(self, worker_id: int) -> None:
-        """Kill a worker; the pool starts a fresh one in its place."""
-        await self._require_worker(worker_id).kill()
+        """Kill a worker now; the pool starts a fresh one in its place."""
+        worker = self._require_worker(worker_id)
+        worker.killed_by_pool = True
+        await worker.kill()
+
+    async def recycle(self, worker_id: int) -> None:
+        """Replace a worker without downtime: a successor first, then it drains and stops."""
+        worker = self._require_worker(worker_id)
+        if not worker.serving:
+            raise WorkerNotFound(f"worker {worker_id} is {worker.state}; only a serving worker "
+                                 "can be recycled")
+        self._recycle(worker, "manual")

@@ -22,6 +22,7 @@ from ..info import WorkerInfo
 from . import deathwatch
 from .call import Call
 from .channel import Channel
+from .crash import Death, classify, oom_kills
 from .kernel import launch, worker_env
 from . import registry as run_registry
 
@@ -69,17 +70,35 @@ class Worker:
         self._pongs: dict[int, asyncio.Future[None]] = {}
         self._unwatch: Callable[[], None] | None = None
         self._proc: psutil.Process | None = None
+        self.spare = False            # started and ready, but held back as a warm spare
+        self.rss = 0                  # bytes, kernel process plus its children, last sample
+        self.cpu = 0.0
+        self.sampled_at = 0.0
+        self.last_heartbeat: float | None = None
+        self.recycles = 0             # recycles in this worker slot's lineage
+        self.recycle_reason: str | None = None
+        self.death: Death | None = None
+        self.recycle_pending: str | None = None
+        self.killed_by_pool = False   # restarted or replaced by the pool, not a crash of the tool
+        self._oom_before = oom_kills()
+        self._hb: Any = None
 
     # -- state -----------------------------------------------------------------------
     @property
     def state(self) -> str:
+        """starting, idle, busy, recycling, unhealthy, stopping or dead."""
         if self._state == "ready":
-            return "busy" if self.inflight else "idle"
+            return "busy" if self.inflight and not self.spare else "idle"
         return self._state
+
+    def set_state(self, state: str) -> None:
+        """Move to ``recycling`` (drain: no new calls) or ``unhealthy``; ``ready`` to serve."""
+        if self._state not in ("stopping", "dead"):
+            self._state = state
 
     @property
     def serving(self) -> bool:
-        return self._state == "ready"
+        return self._state == "ready" and not self.spare
 
     def can_take(self, call: Call) -> bool:
         if not self.serving:
@@ -117,6 +136,7 @@ class Worker:
                              f"{hello['error']['message']}")
         self.tools = hello.get("tools", [])
         await self.ping(timeout=cfg.start_timeout)
+        self.sample()  # a first RSS figure, so even an early crash can say how big it was
         self._state = "ready"
 
     def _connection_file(self) -> str:
@@ -152,6 +172,10 @@ class Worker:
         was = self._state
         self._state = "dead"
         run_registry.gone(self._run_id, self.id)  # orphan registry: the kernel exited
+        self.death = classify(self.returncode, self.rss, self._oom_before)
+        if self._hb is not None:
+            self._hb.close(linger=0)
+            self._hb = None
         if not self._exit.done():
             self._exit.set_result(None)
         if not self._hello.done():
@@ -173,6 +197,9 @@ class Worker:
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
+        if self._hb is not None:
+            self._hb.close(linger=0)
+            self._hb = None
         if self.km is not None:
             with contextlib.suppress(Exception):
                 if self.km.has_kernel:
@@ -184,6 +211,7 @@ class Worker:
 
     async def kill(self) -> None:
         """Kill the kernel's process group now (a stuck worker, or a restart)."""
+        self.killed_by_pool = True
         if self.km is not None and self._state != "dead":
             with contextlib.suppress(Exception):
                 await self.km.provisioner.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
@@ -228,27 +256,64 @@ class Worker:
             return "(no log)"
         return "\n".join(text[-lines:]) or "(empty log)"
 
-    def info(self) -> WorkerInfo:
-        rss, cpu = 0, 0.0
-        if self.pid and self._state not in ("dead",):
-            try:
-                if self._proc is None or self._proc.pid != self.pid:
-                    self._proc = psutil.Process(self.pid)
-                with self._proc.oneshot():
-                    rss = self._proc.memory_info().rss
-                    cpu = self._proc.cpu_percent(None)
-                for child in self._proc.children(recursive=True):
-                    with contextlib.suppress(psutil.Error):
-                        rss += child.memory_info().rss
-            except psutil.Error:
-                pass
+    def sample(self, max_age: float = 0.0) -> int:
+        """Refresh RSS (kernel plus children) and CPU %, unless sampled within ``max_age`` s."""
+        now = time.monotonic()
+        if not self.pid or self._state == "dead" or now - self.sampled_at < max_age:
+            return self.rss
+        try:
+            if self._proc is None or self._proc.pid != self.pid:
+                self._proc = psutil.Process(self.pid)
+                self._proc.cpu_percent(None)
+            with self._proc.oneshot():
+                rss = self._proc.memory_info().rss
+                self.cpu = self._proc.cpu_percent(None)
+            for child in self._proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    rss += child.memory_info().rss
+            self.rss = rss
+        except psutil.Error:
+            pass
+        self.sampled_at = now
+        return self.rss
+
+    async def heartbeat(self, timeout: float) -> bool:
+        """Echo on the kernel's own heartbeat channel; True when it answered in time."""
+        import zmq
+        import zmq.asyncio
+
+        if self.km is None or self._state == "dead":
+            return False
+        if self._hb is None:
+            info = self.km.get_connection_info()
+            self._hb = zmq.asyncio.Context.instance().socket(zmq.REQ)
+            self._hb.setsockopt(zmq.LINGER, 0)
+            self._hb.connect(f"{info['transport']}://{info['ip']}:{info['hb_port']}")
+        try:
+            await self._hb.send(b"kernelpit")
+            await asyncio.wait_for(self._hb.recv(), timeout)
+        except (asyncio.TimeoutError, zmq.ZMQError):
+            if self._hb is not None:
+                self._hb.close(linger=0)  # a REQ socket without its reply is stuck: make a new one
+                self._hb = None
+            return False
+        self.last_heartbeat = time.time()
+        return True
+
+    def activity(self) -> str:
+        running = [c.describe() for c in self.inflight.values()]
+        return f"while running {', '.join(running)}" if running else "while idle"
+
+    def info(self, recycle_in: dict[str, float] | None = None) -> WorkerInfo:
+        self.sample(max_age=0.2)
         current = next(iter(self.inflight.values()), None)
         now = time.monotonic()
         return WorkerInfo(
             id=self.id, pool=self.config.name, state=self.state, pid=self.pid,
-            connection_file=self.connection_file, rss=rss, cpu=cpu, calls=self.calls,
+            connection_file=self.connection_file, rss=self.rss, cpu=self.cpu, calls=self.calls,
             uptime=time.time() - self.started_at,
             current_call=current.describe() if current else None,
             current_call_seconds=(now - current.started) if current and current.started else 0.0,
-            sessions=self.sessions)
+            sessions=self.sessions, recycles=self.recycles, recycle_reason=self.recycle_reason,
+            last_heartbeat=self.last_heartbeat, recycle_in=recycle_in or {}, spare=self.spare)
 

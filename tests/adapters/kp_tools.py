@@ -114,3 +114,57 @@ def not_serializable():
 def ts_sleep(seconds: float = 0.3) -> float:
     time.sleep(seconds)
     return seconds
+
+
+_HOARD = []
+
+
+@tool
+def leak(mb: int = 5) -> int:
+    """Keep ``mb`` more megabytes alive in this worker; return how many are held."""
+    _HOARD.append(bytearray(mb * 1_000_000))
+    return len(_HOARD) * mb
+
+
+@tool
+def crash_once(marker: str) -> str:
+    """Kill this worker the first time (creating ``marker``); succeed afterwards."""
+    import signal
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "ok"
+
+
+@tool(idempotent=True)
+def crash_once_idempotent(marker: str) -> str:
+    return crash_once(marker)
+
+
+@tool
+def segfault() -> None:
+    import ctypes
+    ctypes.string_at(0)
+
+
+@tool
+def abort() -> None:
+    os.abort()
+
+
+@tool
+def freeze() -> None:
+    """Stop this whole worker process (SIGSTOP): it answers nothing any more."""
+    import signal
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+@tool
+def wait_file(path: str, timeout: float = 60.0) -> str:
+    """Block until ``path`` exists (the test decides when this call ends)."""
+    end = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > end:
+            raise TimeoutError(f"{path} did not appear")
+        time.sleep(0.005)
+    return "released"
