@@ -19,9 +19,9 @@ from ..pool import PoolManager
 from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
 from . import convert, errors
-from .values import to_value
 from .multiplex import serve_calls
 from .pump import EventPump
+from .values import to_value
 from .watch import Watcher
 
 log = logging.getLogger("kernelpit.service")
