@@ -243,3 +243,15 @@ def test_map_raises_the_first_failing_item_with_its_index(pool):
         pool.map("add", [1, 2, "x"])
     with pytest.raises(kernelpit.InvalidArguments, match="generator, use stream"):
         pool.map("gen", [1, 2])
+
+
+def test_arguments_that_cannot_be_sent_are_invalid_and_leave_the_pool_serving(pool):
+    with pytest.raises(kernelpit.InvalidArguments, match=r"cannot be sent: type builtins.set"):
+        pool.call("echo", value={1, 2})
+    deep = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(kernelpit.InvalidArguments, match="RecursionError"):
+        pool.call("echo", value=deep)
+    assert all(w.state == "idle" for w in pool.workers())
+    assert pool.call("add", 1, 2) == 3

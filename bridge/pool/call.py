@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import events as ev
-from ..exceptions import from_payload
+from ..exceptions import InvalidArguments, from_payload
+from ..kernels.protocol import EncodeError, encode
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -62,10 +63,30 @@ class Call:
     idempotent: bool = False
 
     def __post_init__(self) -> None:
+        self.frames = self._encode()
         loop = asyncio.get_running_loop()
         self.future: asyncio.Future[Any] = loop.create_future()
         self.events: asyncio.Queue[ev.Event] | None = asyncio.Queue() if self.streaming else None
         self._timer: asyncio.TimerHandle | None = None
+
+    def _encode(self) -> list[bytes]:
+        """The request as wire frames, made once at submission so bad values fail early."""
+        msg: dict[str, Any] = {"op": "call", "id": self.id, "tool": self.tool}
+        if self.batch is not None:
+            msg["batch"] = self.batch
+        else:
+            msg["args"] = self.args
+            msg["kwargs"] = self.kwargs
+        if self.options.session:
+            msg["session"] = self.options.session
+        try:
+            return encode(msg)
+        except EncodeError as exc:
+            raise InvalidArguments(f"an argument of {self.tool}() cannot be sent: {exc}",
+                                   tool=self.tool) from None
+        except (ValueError, RecursionError) as exc:
+            raise InvalidArguments(f"an argument of {self.tool}() cannot be sent: "
+                                   f"{type(exc).__name__}: {exc}", tool=self.tool) from None
 
     @property
     def done(self) -> bool:

@@ -38,10 +38,14 @@ class Channel:
         self._loop.add_reader(self._sock.getsockopt(zmq.FD), self._drain)
         self._drain_scheduled = False
 
-    def send(self, worker_id: int, msg: dict[str, Any]) -> bool:
-        """Send to a worker's io thread; False when the worker is not connected."""
+    def send(self, worker_id: int, msg: dict[str, Any] | list[bytes]) -> bool:
+        """Send a message (or its encoded frames) to a worker's io thread.
+
+        Returns False when the worker is not connected (yet, or any more).
+        """
+        frames = msg if isinstance(msg, list) else encode(msg)
         try:
-            self._sock.send_multipart([str(worker_id).encode(), *encode(msg)], copy=False)
+            self._sock.send_multipart([str(worker_id).encode(), *frames], copy=False)
         except zmq.ZMQError:  # EHOSTUNREACH: not connected (yet, or any more)
             return False
         finally:

@@ -229,15 +229,7 @@ class Worker:
         call.worker = self
         call.started = time.monotonic()
         call.emit(Started(worker=self.id))
-        msg: dict[str, Any] = {"op": "call", "id": call.id, "tool": call.tool}
-        if call.batch is not None:
-            msg["batch"] = call.batch
-        else:
-            msg["args"] = call.args
-            msg["kwargs"] = call.kwargs
-        if call.options.session:
-            msg["session"] = call.options.session
-        self._channel.send(self.id, msg)
+        self._channel.send(self.id, call.frames)
 
     def end(self, call: Call) -> None:
         if self.inflight.pop(call.id, None) is not None:

@@ -71,6 +71,9 @@ def from_value(value: pb.Value, what: str = "value") -> Any:
         return json.loads(value.json, object_hook=hook)
     except json.JSONDecodeError as exc:
         raise BadValue(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadValue(f"{what} is nested too deeply to decode (JSON arrays/objects more "
+                       "than about 1,000 levels deep); flatten it") from None
     except (IndexError, TypeError) as exc:
         raise BadValue(f"{what} has a bytes marker {{\"$kp\": \"bytes\", \"i\": N}} with no "
                           f"matching buffer ({len(buffers)} buffer(s) sent): {exc}") from None
