@@ -2,11 +2,16 @@
 
 ::
 
-    PoolManager            (manager.py)  run id, the call channel, named pools, sessions, calls
+    PoolManager            (manager.py)  run id, the call channel, named pools, sessions, calls,
+    │                                    the crash barrier (classify, retry, taint)
+    ├── RunRegistry        (registry.py) kernels of every run on disk (SQLite), two-phase
+    ├── reaper.py                        ends kernels whose controller is gone (the process killer)
     ├── Channel            (channel.py)  one ZMQ ROUTER every worker agent connects to
     ├── SessionTable       (sessions.py) session -> worker affinity, idle expiry
-    └── WorkerGroup × N    (group.py)    one named pool: its workers, wait queue, replacement
+    ├── HealthMonitor      (health.py)   heartbeat + ping, RSS and age checks -> recycle/unhealthy
+    └── WorkerGroup × N    (group.py)    one named pool: workers, spares, recycling, replacement
         ├── WaitQueue      (dispatch.py) bounded FIFO of calls waiting for a worker
+        ├── TaintTracker   (crash.py)    tools that keep crashing workers are quarantined
         └── Worker × M     (worker.py)   one kernel: launch, readiness, state, in-flight calls
             ├── kernel.py                the kernelspec and AsyncKernelManager launch
             └── deathwatch.py            notices the kernel process exit at once (pidfd)
