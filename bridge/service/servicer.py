@@ -22,7 +22,7 @@ from . import convert, errors
 from .multiplex import serve_calls
 from .pump import EventPump
 from .values import to_value
-from .watch import Watcher
+from .watch import WatchHub
 
 log = logging.getLogger("kernelpit.service")
 
@@ -56,6 +56,8 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         self._closing = closing
         self._server_info = server_info
         self._shutdown = shutdown
+        self._watch = WatchHub(self._worker_states, manager.workers, manager.list_sessions,
+                               closing)
 
     # -- calls -----------------------------------------------------------------------
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallResponse:
@@ -164,12 +166,19 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         await self._manager.interrupt(request.id)
         return pb.WorkerResponse()
 
+    @handles_errors
+    async def RecycleWorker(self, request: pb.WorkerRequest, context: Any) -> pb.WorkerResponse:
+        await self._manager.recycle(request.id)
+        return pb.WorkerResponse()
+
     # -- watch -----------------------------------------------------------------------
     async def Watch(self, request: pb.WatchRequest,
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEvent]:
-        watcher = Watcher(self._manager.workers, self._manager.list_sessions, self._closing)
-        async for event in watcher.events(request.snapshot_interval):
+        async for event in self._watch.subscribe(request.snapshot_interval):
             yield convert.watch_to_proto(event)
+
+    def _worker_states(self) -> dict[int, str]:
+        return {w.id: w.state for g in self._manager.groups.values() for w in g.workers.values()}
 
     # -- the bridge ------------------------------------------------------------------
     async def GetServerInfo(self, request: Any, context: Any) -> pb.ServerInfo:

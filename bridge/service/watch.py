@@ -1,10 +1,10 @@
 """Pool state changes and periodic health snapshots, for the Watch RPC.
 
-:class:`Watcher` samples the pool's workers and sessions a few times a
-second and reports what changed (a worker's state, a worker appearing or
-going away, a session opened, closed or lost), plus a full snapshot first
-and then every ``interval`` seconds.  The dataclasses are what a remote
-client's ``watch()`` yields.
+:class:`WatchHub` samples the pool's workers and sessions ten times a second
+and reports what changed (a worker's state, a worker appearing or going
+away, a session opened, closed or lost) to every Watch stream, which also
+gets a full snapshot first and then every ``interval`` seconds.  The
+dataclasses are what a remote client's ``watch()`` yields.
 """
 
 from __future__ import annotations
@@ -54,44 +54,86 @@ class SessionChanged:
 WatchEvent = Snapshot | WorkerChanged | SessionChanged
 
 
-class Watcher:
-    def __init__(self, workers: Callable[[], list[WorkerInfo]],
+class WatchHub:
+    """One sampler shared by every Watch stream of the bridge.
+
+    Every ``POLL`` seconds it reads the workers' states (cheap attribute reads)
+    and the session table; only when a worker's state changed does it take a
+    full health sample (process RSS and CPU).  Changes go to every subscriber;
+    each subscriber also gets a full snapshot first and every ``interval`` s.
+    """
+
+    def __init__(self, states: Callable[[], dict[int, str]],
+                 workers: Callable[[], list[WorkerInfo]],
                  sessions: Callable[[], list[SessionInfo]], closing: asyncio.Event) -> None:
+        self._states = states
         self._workers = workers
         self._sessions = sessions
         self._closing = closing
+        self._subscribers: set[asyncio.Queue[WatchEvent | None]] = set()
+        self._sampler: asyncio.Task[None] | None = None
 
-    async def events(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
+    async def subscribe(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
+        """A snapshot, then changes as they are seen and a snapshot every ``interval`` s."""
         interval = max(POLL, interval or DEFAULT_INTERVAL)
+        queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
+        self._subscribers.add(queue)
+        if self._sampler is None or self._sampler.done():
+            self._sampler = asyncio.ensure_future(self._sample())
+        try:
+            yield Snapshot(self._workers(), self._sessions())
+            due = time.monotonic() + interval
+            while not self._closing.is_set():
+                try:
+                    event = await asyncio.wait_for(queue.get(), max(0.0, due - time.monotonic()))
+                except asyncio.TimeoutError:
+                    due = time.monotonic() + interval
+                    yield Snapshot(self._workers(), self._sessions())
+                    continue
+                if event is None:
+                    return
+                yield event
+        finally:
+            self._subscribers.discard(queue)
+            if not self._subscribers and self._sampler is not None:
+                self._sampler.cancel()
+                self._sampler = None
+
+    def _publish(self, event: WatchEvent | None) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+    async def _sample(self) -> None:
+        states = self._states()
         workers = {w.id: w for w in self._workers()}
         sessions = {s.id: s for s in self._sessions()}
-        yield Snapshot(list(workers.values()), list(sessions.values()))
-        next_snapshot = time.monotonic() + interval
-        while not self._closing.is_set():
+        while True:
             try:
                 await asyncio.wait_for(self._closing.wait(), POLL)
+                self._publish(None)
                 return
             except asyncio.TimeoutError:
                 pass
-            now_workers = {w.id: w for w in self._workers()}
+            now_states = self._states()
+            if now_states != states:
+                now_workers = {w.id: w for w in self._workers()}
+                for wid, state in now_states.items():
+                    if states.get(wid) != state and wid in now_workers:
+                        self._publish(WorkerChanged(now_workers[wid],
+                                                    previous_state=states.get(wid, "")))
+                for wid, state in states.items():
+                    if wid not in now_states and wid in workers:
+                        self._publish(WorkerChanged(workers[wid], previous_state=state,
+                                                    removed=True))
+                states, workers = now_states, now_workers
             now_sessions = {s.id: s for s in self._sessions()}
-            for wid, w in now_workers.items():
-                old = workers.get(wid)
-                if old is None or old.state != w.state:
-                    yield WorkerChanged(w, previous_state=old.state if old else "")
-            for wid, w in workers.items():
-                if wid not in now_workers:
-                    yield WorkerChanged(w, previous_state=w.state, removed=True)
-            for sid, s in now_sessions.items():
-                old_s = sessions.get(sid)
-                if old_s is None:
-                    yield SessionChanged(s, "opened")
-                elif s.lost and not old_s.lost:
-                    yield SessionChanged(s, "lost")
-            for sid, s in sessions.items():
+            for sid, session in now_sessions.items():
+                old = sessions.get(sid)
+                if old is None:
+                    self._publish(SessionChanged(session, "opened"))
+                elif session.lost and not old.lost:
+                    self._publish(SessionChanged(session, "lost"))
+            for sid, session in sessions.items():
                 if sid not in now_sessions:
-                    yield SessionChanged(s, "closed")
-            workers, sessions = now_workers, now_sessions
-            if time.monotonic() >= next_snapshot:
-                next_snapshot = time.monotonic() + interval
-                yield Snapshot(list(workers.values()), list(sessions.values()))
+                    self._publish(SessionChanged(session, "closed"))
+            sessions = now_sessions
