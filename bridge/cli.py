@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import sys
 import time
 from typing import Any, Iterable, Sequence, TextIO
@@ -364,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(PoolConfig fields) and an optional [bridge] table")
     p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 0: any free port)")
-    p.add_argument("--token", help="bearer token clients must send (default: a random one, "
-                   "written to the discovery file)")
+    p.add_argument("--token", default=os.environ.get("KERNELPIT_TOKEN"),
+                   help="bearer token clients must send (default: $KERNELPIT_TOKEN, else a "
+                   "random one; it is written to the discovery file)")
     p.add_argument("--no-auth", action="store_true",
                    help="DANGEROUS: accept calls without a token")
     p.add_argument("--grace", type=float, help="seconds in-flight calls may take to finish on "

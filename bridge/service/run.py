@@ -33,8 +33,11 @@ async def serve(configs: list[PoolConfig], *, out: TextIO = sys.stderr, **settin
             say(f"discovery file {bridge.discovery_path}")
         say("stop with Ctrl-C, SIGTERM or `kernelpit stop`")
         grace = await bridge.stop_requested()
-        say(f"stopping: no new calls; {bridge.calls_in_flight} call(s) in flight get up to "
-            f"{grace:g} s to finish")
+        for sig in stop_signals:  # a second signal stops now
+            loop.add_signal_handler(sig, bridge.abort_drain)
+        inflight = bridge.calls_in_flight
+        say(f"stopping: no new calls; {inflight} call(s) in flight get up to {grace:g} s to "
+            f"finish{' (Ctrl-C again to cancel them now)' if inflight else ''}")
         await bridge.stop(grace)
         say("stopped; every worker kernel is shut down")
     finally:

@@ -124,6 +124,11 @@ class Bridge:
         self._stop_grace = grace
         self._stop_requested.set()
 
+    def abort_drain(self) -> None:
+        """Cut a running drain short: cancel the calls still in flight now."""
+        if self._stopped and self._server is not None:
+            asyncio.ensure_future(self._server.stop(0))
+
     async def stop_requested(self) -> float:
         """Wait until a stop is requested; returns the grace period asked for."""
         await self._stop_requested.wait()
