@@ -189,3 +189,33 @@ def test_config_file_errors_are_explained(tmp_path):
                             env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
     assert result.returncode == 1
     assert "[pools.default]" in result.stderr and "workerz" in result.stderr
+
+
+def test_a_second_sigterm_cuts_the_drain_short(tmp_path):
+    s = Served(tmp_path, "--adapter", DEMO, "--workers", "1", "--grace", "60")
+    try:
+        run_id = s.info["run_id"]
+        client = s.connect()
+        outcome = []
+
+        def run():
+            try:
+                outcome.append(client.call("spin", seconds=60))
+            except Exception as exc:  # noqa: BLE001
+                outcome.append(exc)
+
+        caller = threading.Thread(target=run)
+        caller.start()
+        wait_until(lambda: client.workers()[0].state == "busy")
+        s.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: any("stopping" in line for line in s.log))
+        t0 = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(30) == 0
+        assert time.monotonic() - t0 < 15  # not the 60 s grace
+        caller.join(10)
+        assert isinstance(outcome[0], kernelpit.KernelpitError)
+        assert kernel_processes(run_id) == []
+        client.close()
+    finally:
+        s.stop()
