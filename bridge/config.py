@@ -47,6 +47,10 @@ class PoolConfig:
     health_timeout   seconds without an answer before a worker is unhealthy and replaced
     taint_threshold  crashes of workers running one tool, within taint_window seconds,
                      that quarantine the tool for taint_period seconds
+    shm_threshold    values (Arrow tables, arrays) at least this big go through shared memory
+                     by reference instead of inline (bytes or "1MB")
+    pickle           let objects of other types travel pickled (unpickling runs code: enable it
+                     only for code you trust)
     """
 
     name: str = "default"
@@ -73,6 +77,8 @@ class PoolConfig:
     taint_threshold: int = 3
     taint_window: float = 60.0
     taint_period: float = 60.0
+    shm_threshold: int | str = 1 << 20
+    pickle: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.adapters, str):
@@ -92,6 +98,7 @@ class PoolConfig:
         if self.spares < 0:
             raise ValueError(f"spares must be >= 0, got {self.spares!r}")
         self.max_memory = parse_size(self.max_memory)
+        self.shm_threshold = parse_size(self.shm_threshold)
         for name in ("max_calls", "max_age", "max_memory"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import inspect
+import json
 import queue
 import threading
 import traceback
@@ -28,6 +29,7 @@ from typing import Any
 import zmq
 
 from . import capture
+from .arrow import DecodeError, Transport
 from .protocol import EncodeError, decode, encode
 from .registry import ToolSpec
 
@@ -77,6 +79,7 @@ class Agent:
         self.concurrency = max(1, concurrency)
         self.on_stop = on_stop
         self.ctx = zmq.Context()
+        self.transport = Transport.from_env(prefix=f"w{worker_id}")
         self._jobs: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._running: dict[int, int] = {}  # call id -> executor thread ident
@@ -106,7 +109,17 @@ class Agent:
         sock = self._socket(self.worker_id)
         sock.send_multipart(encode(hello))
         while True:
-            msg = decode(sock.recv_multipart())
+            frames = sock.recv_multipart(copy=False)
+            try:
+                msg = decode([bytes(frames[0].buffer), *(f.buffer for f in frames[1:])],
+                             self.transport)
+            except DecodeError as exc:
+                header = json.loads(bytes(frames[0].buffer))
+                if header.get("op") == "call":
+                    err = RuntimeError(f"the arguments of {header.get('tool')}() could not be read: {exc}")
+                    sock.send_multipart(encode({"op": "ev", "id": header.get("id"), "k": "error",
+                                                "error": error_payload(err)}))
+                continue
             op = msg.get("op")
             if op == "call":
                 self._jobs.put(msg)
@@ -138,7 +151,7 @@ class Agent:
 
         def send(msg: dict[str, Any]) -> None:
             try:
-                frames = encode(msg)
+                frames = encode(msg, self.transport)
             except EncodeError as exc:
                 call_id = msg.get("id")
                 what = {"partial": "yielded", "result": "returned"}.get(msg.get("k", ""), "sent")

@@ -34,23 +34,36 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from . import arrow
+from .arrow import Transport
+
 MARKER = "$kp"
 
-SUPPORTED = "None, bool, int, float, str, bytes, list, tuple and dict with str keys"
+SUPPORTED = ("None, bool, int, float, str, bytes, list, tuple, dict with str keys, "
+             "pyarrow Table/RecordBatch, pandas DataFrame/Series and NumPy arrays")
+_INLINE = Transport()
 
 
 class EncodeError(TypeError):
     """A value that the wire format cannot carry."""
 
 
-def encode(msg: dict[str, Any]) -> list[bytes]:
-    """Turn a message into frames: one JSON header plus one frame per bytes value."""
-    buffers: list[bytes] = []
+def encode(msg: dict[str, Any], transport: Transport | None = None) -> list[Any]:
+    """Turn a message into frames: one JSON header plus one frame per binary value.
+
+    ``transport`` says where large Arrow values go (shared memory) and whether
+    pickle may carry other objects; without it everything is inline.
+    """
+    buffers: list[Any] = []
 
     def default(obj: Any) -> Any:
         if isinstance(obj, (bytes, bytearray, memoryview)):
             buffers.append(bytes(obj) if not isinstance(obj, bytes) else obj)
             return {MARKER: "bytes", "i": len(buffers) - 1}
+        if arrow.handles(obj):
+            return arrow.encode(obj, buffers, transport or _INLINE)
+        if transport is not None and transport.allow_pickle:
+            return arrow.encode_pickle(obj, buffers)
         raise EncodeError(
             f"type {type(obj).__module__}.{type(obj).__qualname__} cannot be sent; "
             f"supported types are {SUPPORTED}"
@@ -60,15 +73,26 @@ def encode(msg: dict[str, Any]) -> list[bytes]:
     return [header.encode(), *buffers]
 
 
-def decode(frames: list[bytes]) -> dict[str, Any]:
-    """Inverse of :func:`encode`."""
+def decode(frames: list[Any], transport: Transport | None = None) -> dict[str, Any]:
+    """Inverse of :func:`encode`; raises :class:`arrow.DecodeError` for unreadable values."""
     buffers = frames[1:]
-    if not buffers:
+    if not buffers and b'"$kp"' not in frames[0]:
         return json.loads(frames[0])
+    transport = transport or _INLINE
 
     def hook(obj: dict[str, Any]) -> Any:
-        if obj.get(MARKER) == "bytes" and len(obj) == 2:
-            return bytes(buffers[obj["i"]])
+        kind = obj.get(MARKER)
+        if kind is None:
+            return obj
+        try:
+            if kind == "bytes" and len(obj) == 2:
+                return bytes(buffers[obj["i"]])
+            if kind == "arrow":
+                return arrow.decode(obj, buffers, transport)
+            if kind == "pickle":
+                return arrow.decode_pickle(obj, buffers, transport)
+        except (IndexError, KeyError, TypeError) as exc:
+            raise arrow.DecodeError(f"a {kind} value refers to data that was not sent ({exc})") from None
         return obj
 
     return json.loads(frames[0], object_hook=hook)

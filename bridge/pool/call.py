@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import events as ev
 from ..exceptions import InvalidArguments, from_payload
+from ..kernels.arrow import Transport, reclaim
 from ..kernels.protocol import EncodeError, encode
 
 if TYPE_CHECKING:
@@ -27,6 +29,8 @@ class CallOptions:
     pool        the named pool to use (default: the one serving the tool)
     worker      pin the call to this worker id
     idempotent  safe to retry on a fresh worker after a crash (default: the tool's flag)
+    display     show the call live: a widget panel in a notebook, a progress bar in a terminal
+                (kernelpit.widgets; stays in this process, never sent to workers or the bridge)
     """
 
     deadline: float | None = None
@@ -34,6 +38,7 @@ class CallOptions:
     pool: str | None = None
     worker: int | None = None
     idempotent: bool | None = None
+    display: bool = False
 
     def merged(self, **changes: Any) -> "CallOptions":
         unknown = set(changes) - set(self.__dataclass_fields__)
@@ -61,6 +66,7 @@ class Call:
     attempts: int = 0
     batch: list[list[Any]] | None = None
     idempotent: bool = False
+    transport: Transport | None = None
 
     def __post_init__(self) -> None:
         self.frames = self._encode()
@@ -79,14 +85,24 @@ class Call:
             msg["kwargs"] = self.kwargs
         if self.options.session:
             msg["session"] = self.options.session
+        transport = self.transport
+        if transport is not None and transport.shm_dir:
+            transport = dataclasses.replace(transport, prefix=f"c{self.id}")
         try:
-            return encode(msg)
+            frames = encode(msg, transport)
         except EncodeError as exc:
             raise InvalidArguments(f"an argument of {self.tool}() cannot be sent: {exc}",
                                    tool=self.tool) from None
         except (ValueError, RecursionError) as exc:
             raise InvalidArguments(f"an argument of {self.tool}() cannot be sent: "
                                    f"{type(exc).__name__}: {exc}", tool=self.tool) from None
+        self.shared = b'"shm":' in frames[0]  # wrote shared-memory files (reclaimed at the end)
+        return frames
+
+    def reclaim(self) -> None:
+        """Remove this call's shared-memory argument files that no worker consumed."""
+        if self.shared and self.transport is not None:
+            reclaim(self.transport.shm_dir, f"c{self.id}")
 
     @property
     def done(self) -> bool:

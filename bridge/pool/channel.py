@@ -13,6 +13,7 @@ than a future per ``recv``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import tempfile
@@ -20,12 +21,25 @@ from typing import Any, Callable
 
 import zmq
 
+from ..kernels.arrow import DecodeError, Transport
 from ..kernels.protocol import decode, encode
 
 
+def _undecodable(header: bytes, exc: Exception) -> dict[str, Any]:
+    """An event whose value could not be read becomes that call's error."""
+    msg = json.loads(header)
+    if msg.get("op") != "ev":
+        return {"op": "ignored"}
+    return {"op": "ev", "id": msg.get("id"), "k": "error", "error": {
+        "kind": "tool", "type": "RuntimeError", "module": "builtins", "args": None,
+        "traceback": "", "message": f"the worker's {msg.get('k')} could not be read: {exc}"}}
+
+
 class Channel:
-    def __init__(self, on_message: Callable[[int, dict[str, Any]], None]) -> None:
+    def __init__(self, on_message: Callable[[int, dict[str, Any]], None],
+                 transport: Transport | None = None) -> None:
         self._on_message = on_message
+        self._transport = transport
         self._dir = tempfile.mkdtemp(prefix="kp-")
         os.chmod(self._dir, 0o700)
         self.endpoint = f"ipc://{self._dir}/calls"
@@ -63,10 +77,19 @@ class Channel:
             identity = frames[0].split(b".", 1)[0]
             try:
                 worker_id = int(identity)
-                msg = decode(frames[1:])
             except ValueError:
                 continue  # not one of ours
+            try:
+                msg = decode(frames[1:], self._transport)
+            except DecodeError as exc:
+                msg = _undecodable(frames[1], exc)
+            except ValueError:
+                continue  # not a message of ours
             self._on_message(worker_id, msg)
+
+    @property
+    def transport(self) -> Transport | None:
+        return self._transport
 
     def close(self) -> None:
         try:

@@ -12,6 +12,7 @@ from ..config import PoolConfig
 from ..exceptions import StartError
 from .call import Call
 from .channel import Channel
+from ..kernels.arrow import Transport
 from .crash import TaintTracker
 from .dispatch import WaitQueue, pick
 from .kernel import worker_spec
@@ -32,8 +33,9 @@ class WorkerGroup:
 
     def __init__(self, config: PoolConfig, channel: Channel, run_dir: Path, run_id: str,
                  new_id: Callable[[], int], on_worker_exit: Callable[[Worker], None],
-                 start_slots: asyncio.Semaphore) -> None:
+                 start_slots: asyncio.Semaphore, shm_dir: str | None = None) -> None:
         self.config = config
+        self.transport = Transport(shm_dir, int(config.shm_threshold), "host", config.pickle)
         self.name = config.name
         self.spec = worker_spec(config)
         self._channel = channel
@@ -53,7 +55,7 @@ class WorkerGroup:
     # -- starting workers --------------------------------------------------------------------
     def _make_worker(self) -> Worker:
         return Worker(self._new_id(), self.config, self.spec, self._channel, self._run_dir,
-                      self._run_id, self._on_worker_exit)
+                      self._run_id, self._on_worker_exit, self.transport)
 
     async def _start_one(self, worker: Worker) -> None:
         async with self._start_slots:

@@ -7,6 +7,7 @@ import contextlib
 import difflib
 import itertools
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -26,10 +27,21 @@ from .group import WorkerGroup
 from . import reaper, registry as run_registry
 from .health import HealthMonitor
 from .sessions import SessionTable
+from ..kernels.arrow import Transport, reclaim
 from .crash import classify, crash_message
 from .worker import Worker
 
 log = logging.getLogger("kernelpit")
+
+
+def shared_memory_dir(run_id: str) -> str | None:
+    """A private directory on tmpfs for by-reference values of this run (None: none usable)."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    if base is None:
+        return None
+    path = os.path.join(base, f"kernelpit-{run_id}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
 
 
 class PoolManager:
@@ -47,6 +59,7 @@ class PoolManager:
         self._ids = itertools.count(1)
         self._channel: Channel | None = None
         self._run_dir: Path | None = None
+        self.shm_dir: str | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._health: HealthMonitor | None = None
         self.closed = False
@@ -57,12 +70,14 @@ class PoolManager:
         # -- orphan-proof process management: record this run, end what dead runs left --
         await asyncio.to_thread(reaper.reap_on_start, run_registry.open_run(self.run_id))
         self._run_dir = Path(tempfile.mkdtemp(prefix=f"kernelpit-{self.run_id}-"))
-        self._channel = Channel(self._on_message)
+        self.shm_dir = shared_memory_dir(self.run_id)
+        self._channel = Channel(self._on_message, Transport(
+            self.shm_dir, allow_pickle=any(c.pickle for c in self.configs)))
         slots = asyncio.Semaphore(8)
         for cfg in self.configs:
             self.groups[cfg.name] = WorkerGroup(cfg, self._channel, self._run_dir, self.run_id,
                                                 lambda: next(self._ids), self._on_worker_exit,
-                                                slots)
+                                                slots, self.shm_dir)
         try:
             await asyncio.gather(*(g.start() for g in self.groups.values()))
         except BaseException:
@@ -93,6 +108,8 @@ class PoolManager:
             self._channel.close()
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
+        if self.shm_dir is not None:
+            shutil.rmtree(self.shm_dir, ignore_errors=True)
 
     # -- messages from workers -------------------------------------------------------------
     def _on_message(self, worker_id: int, msg: dict[str, Any]) -> None:
@@ -107,6 +124,8 @@ class PoolManager:
 
     def _finished(self, call: Call) -> None:
         self.calls.pop(call.id, None)
+        if call.shared:
+            call.reclaim()
         worker = call.worker
         if worker is None:
             return
@@ -169,8 +188,11 @@ class PoolManager:
         death = worker.death or classify(worker.returncode, worker.rss, None)
         how = death.describe()
         group = self.groups[worker.config.name]
+        reclaim(self.shm_dir, f"w{worker.id}")  # values it wrote that nobody received
         for call in list(worker.inflight.values()):
             self.calls.pop(call.id, None)
+            if call.shared:
+                call.reclaim()
             if not worker.killed_by_pool and group.taints.record(call.tool):
                 log.warning("pool '%s': tool %s() crashed %d workers within %g s; it is "
                             "quarantined for %g s", group.name, call.tool,
@@ -286,6 +308,7 @@ class PoolManager:
         self._check_taint(group, tool)
         idempotent = desc.get("idempotent") if options.idempotent is None else options.idempotent
         call = Call(tool, list(args), dict(kwargs), options, streaming=streaming,
+                    transport=group.transport,
                     thread_safe=bool(desc.get("thread_safe")), idempotent=bool(idempotent))
         if session is not None:
             call.pinned = session.worker
@@ -367,6 +390,7 @@ class PoolManager:
         if not items:
             return []
         group, first = self._prepare(tool, items[0], {}, options, streaming=False)
+        first.reclaim()  # only its options and flags are used; its request is never sent
         desc = group.tools[tool]
         if desc.get("streaming"):
             raise InvalidArguments(f"map() needs a tool that returns a value; {tool}() is a "
@@ -383,6 +407,7 @@ class PoolManager:
         chunks = []
         for start in range(0, len(items), chunksize):
             call = Call(tool, [], {}, first.options, thread_safe=first.thread_safe,
+                        transport=group.transport,
                         idempotent=first.idempotent,
                         batch=[list(a) for a in items[start:start + chunksize]])
             call.pinned = first.pinned

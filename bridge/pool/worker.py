@@ -23,6 +23,7 @@ from . import deathwatch
 from .call import Call
 from .channel import Channel
 from .crash import Death, classify, oom_kills
+from ..kernels.arrow import Transport
 from .kernel import launch, worker_env
 from . import registry as run_registry
 
@@ -45,8 +46,10 @@ class Worker:
     """A kernel serving tool calls.  ``state``: starting, idle, busy, stopping, dead."""
 
     def __init__(self, worker_id: int, config: PoolConfig, spec: KernelSpec, channel: Channel,
-                 run_dir: Path, run_id: str, on_exit: Callable[["Worker"], None]) -> None:
+                 run_dir: Path, run_id: str, on_exit: Callable[["Worker"], None],
+                 transport: Transport | None = None) -> None:
         self.id = worker_id
+        self.transport = transport
         self.config = config
         self._spec = spec
         self._channel = channel
@@ -114,6 +117,8 @@ class Worker:
         """Launch the kernel and wait until it has answered the readiness check."""
         cfg = self.config
         env = worker_env(cfg, self.id, self._channel.endpoint, self._run_id)
+        if self.transport is not None:
+            env.update(self.transport.env())
         run_registry.reserve(self._run_id, self.id)  # orphan registry, phase 1: before the launch
         with open(self.log_path, "ab") as log:
             try:

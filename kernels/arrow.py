@@ -1,0 +1,220 @@
+"""The Arrow data plane: tables, DataFrames and arrays travel as Arrow IPC.
+
+Values of these types are encoded here (everything else stays JSON, see
+:mod:`kernelpit.kernels.protocol`):
+
+=========================  ===============================  ==========================
+sent                       travels as                       arrives as
+=========================  ===============================  ==========================
+``pyarrow.Table``          IPC stream/file                  ``pyarrow.Table``
+``pyarrow.RecordBatch``    IPC stream/file                  ``pyarrow.RecordBatch``
+``pandas.DataFrame``       IPC, index and dtypes in schema  ``pandas.DataFrame``
+``pandas.Series``          IPC, one column                  ``pandas.Series``
+``numpy.ndarray`` numeric  Arrow tensor IPC                 ``numpy.ndarray`` (dtype, shape)
+``numpy.ndarray`` 1-D      one Arrow column                 ``numpy.ndarray``
+numpy scalars              JSON numbers                     ``int`` / ``float`` / ``bool``
+=========================  ===============================  ==========================
+
+A value smaller than the transport's ``threshold`` is an inline frame of the
+ZMQ message.  A larger one is written once as an Arrow IPC *file* into the
+run's shared-memory directory (``/dev/shm/kernelpit-<run id>``, mode 0700)
+and handed over by reference: the receiver memory-maps it and unlinks it at
+once, so its buffers point into the mapping (no copy) and nothing is left on
+disk once it is received.  Files a dead worker wrote but nobody received are
+removed by the pool; the whole directory goes when the pool closes.
+
+pyarrow is imported only when such a value is actually sent.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+MARKER = "$kp"
+ROOTS = ("pyarrow", "pandas", "numpy")
+
+
+@dataclass
+class Transport:
+    """How large values travel for one sender/receiver pair."""
+
+    shm_dir: str | None = None       # where by-reference files go; None: always inline
+    threshold: int = 1 << 20         # bytes; at or above: by reference
+    prefix: str = "host"             # file name prefix of this writer (workers: "w<id>")
+    allow_pickle: bool = False       # encode/decode other objects with pickle (runs code on load)
+
+    @classmethod
+    def from_env(cls, prefix: str) -> "Transport":
+        env = os.environ
+        shm_dir = env.get("KERNELPIT_SHM_DIR") or None
+        return cls(shm_dir=shm_dir, threshold=int(env.get("KERNELPIT_SHM_THRESHOLD", 1 << 20)),
+                   prefix=prefix, allow_pickle=env.get("KERNELPIT_PICKLE") == "1")
+
+    def env(self) -> dict[str, str]:
+        out = {"KERNELPIT_SHM_THRESHOLD": str(self.threshold),
+               "KERNELPIT_PICKLE": "1" if self.allow_pickle else "0"}
+        if self.shm_dir:
+            out["KERNELPIT_SHM_DIR"] = self.shm_dir
+        return out
+
+
+class DecodeError(ValueError):
+    """A received value could not be read back."""
+
+
+def handles(obj: Any) -> bool:
+    """True when ``obj`` is a value this module encodes (judged without importing anything)."""
+    return type(obj).__module__.partition(".")[0] in ROOTS
+
+
+def encode(obj: Any, buffers: list[Any], transport: Transport) -> Any:
+    """A JSON-able stand-in for ``obj``; its data goes into ``buffers`` or shared memory."""
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    import pyarrow as pa
+
+    kind, meta, payload = _to_arrow(obj, pa, np)
+    nbytes = payload.size * payload.type.bit_width // 8 if isinstance(payload, pa.Tensor) \
+        else payload.nbytes
+    marker: dict[str, Any] = {MARKER: "arrow", "t": kind, **meta}
+    if transport.shm_dir and nbytes >= transport.threshold:
+        path = os.path.join(transport.shm_dir, f"{transport.prefix}-{uuid.uuid4().hex}.arrow")
+        with pa.OSFile(path, "wb") as sink:
+            _write(pa, payload, sink, file_format=True)
+        marker["shm"] = os.path.basename(path)
+        marker["n"] = nbytes
+        return marker
+    sink = pa.BufferOutputStream()
+    _write(pa, payload, sink, file_format=False)
+    buffers.append(sink.getvalue())
+    marker["i"] = len(buffers) - 1
+    return marker
+
+
+def _to_arrow(obj: Any, pa: Any, np: Any) -> tuple[str, dict[str, Any], Any]:
+    if isinstance(obj, pa.Table):
+        return "table", {}, obj
+    if isinstance(obj, pa.RecordBatch):
+        return "batch", {}, pa.Table.from_batches([obj])
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind in "iuf" and obj.dtype.isnative:
+            return "tensor", {}, pa.Tensor.from_numpy(np.ascontiguousarray(obj))
+        if obj.ndim == 1:
+            return "column", {"dtype": obj.dtype.str}, pa.table({"values": pa.array(obj)})
+        raise _unsupported(obj, f"a {obj.ndim}-D array of dtype {obj.dtype}")
+    module = type(obj).__module__.partition(".")[0]
+    if module == "pandas":
+        import pandas as pd
+
+        if isinstance(obj, pd.DataFrame):
+            return "pandas", {}, pa.Table.from_pandas(obj, preserve_index=True)
+        if isinstance(obj, pd.Series):
+            name = obj.name
+            frame = obj.to_frame(name="__series__")
+            return "series", {"name": name if isinstance(name, (str, int, float)) else None}, \
+                pa.Table.from_pandas(frame, preserve_index=True)
+    raise _unsupported(obj, f"a {type(obj).__module__}.{type(obj).__qualname__}")
+
+
+def _unsupported(obj: Any, what: str) -> TypeError:
+    from .protocol import SUPPORTED, EncodeError
+
+    return EncodeError(f"{what} cannot be sent; supported types are {SUPPORTED}")
+
+
+def _write(pa: Any, payload: Any, sink: Any, *, file_format: bool) -> None:
+    if isinstance(payload, pa.Tensor):
+        pa.ipc.write_tensor(payload, sink)
+        return
+    opener = pa.ipc.new_file if file_format else pa.ipc.new_stream
+    with opener(sink, payload.schema) as writer:
+        writer.write_table(payload)
+
+
+def decode(marker: dict[str, Any], buffers: list[Any], transport: Transport) -> Any:
+    """Inverse of :func:`encode` (mapping and unlinking a shared-memory file)."""
+    import pyarrow as pa
+
+    kind = marker.get("t")
+    if "shm" in marker:
+        source = _map_shared(pa, marker["shm"], transport)
+        tensor_reader, table_reader = pa.ipc.read_tensor, lambda s: pa.ipc.open_file(s).read_all()
+    else:
+        try:
+            source = pa.BufferReader(pa.py_buffer(buffers[marker["i"]]))
+        except (KeyError, IndexError, TypeError):
+            raise DecodeError("an arrow value refers to a buffer that was not sent") from None
+        tensor_reader, table_reader = pa.ipc.read_tensor, lambda s: pa.ipc.open_stream(s).read_all()
+    try:
+        if kind == "tensor":
+            return tensor_reader(source).to_numpy()
+        table = table_reader(source)
+    except pa.ArrowInvalid as exc:
+        raise DecodeError(f"a received arrow value is corrupt: {exc}") from None
+    if kind == "table":
+        return table
+    if kind == "batch":
+        return table.combine_chunks().to_batches()[0] if table.num_rows else \
+            pa.RecordBatch.from_pylist([], schema=table.schema)
+    if kind == "column":
+        import numpy as np
+
+        return table.column(0).to_numpy(zero_copy_only=False).astype(np.dtype(marker["dtype"]),
+                                                                     copy=False)
+    if kind == "pandas":
+        return table.to_pandas()
+    if kind == "series":
+        series = table.to_pandas()["__series__"]
+        series.name = marker.get("name")
+        return series
+    raise DecodeError(f"unknown arrow value kind {kind!r}")
+
+
+def _map_shared(pa: Any, name: str, transport: Transport) -> Any:
+    """Memory-map a by-reference file from this run's directory, then unlink it."""
+    if not transport.shm_dir or os.path.basename(name) != name or not name.endswith(".arrow"):
+        raise DecodeError(f"refusing a shared-memory reference {name!r}: not a file of this run")
+    path = os.path.join(transport.shm_dir, name)
+    try:
+        mapped = pa.memory_map(path, "r")
+    except (FileNotFoundError, OSError) as exc:
+        raise DecodeError(f"a shared-memory value is gone ({exc}); its sender may have died") from None
+    os.unlink(path)
+    return mapped
+
+
+def reclaim(shm_dir: str | None, prefix: str) -> int:
+    """Remove files ``prefix`` wrote that nobody received (its writer died); returns the count."""
+    if not shm_dir:
+        return 0
+    removed = 0
+    try:
+        names = os.listdir(shm_dir)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if name.startswith(prefix + "-"):
+            try:
+                os.unlink(os.path.join(shm_dir, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def encode_pickle(obj: Any, buffers: list[Any]) -> dict[str, Any]:
+    buffers.append(pickle.dumps(obj, protocol=5))
+    return {MARKER: "pickle", "i": len(buffers) - 1}
+
+
+def decode_pickle(marker: dict[str, Any], buffers: list[Any], transport: Transport) -> Any:
+    if not transport.allow_pickle:
+        raise DecodeError("received a pickled value but pickle is not enabled here; "
+                          "enable it with Pool(pickle=True) on both sides (it runs code on load)")
+    return pickle.loads(buffers[marker["i"]])

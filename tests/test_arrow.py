@@ -1,0 +1,134 @@
+"""The Arrow data plane in the embedded pool: types, shared memory, no leaks."""
+
+import datetime
+import fractions
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import kernelpit
+from conftest import ADAPTERS
+
+
+@pytest.fixture(scope="module")
+def pool():
+    # a low threshold sends everything but tiny values through shared memory
+    with kernelpit.Pool(adapters=["kp_arrow"], workers=1, path=[ADAPTERS], shm_threshold=2000) as p:
+        yield p
+
+
+def shm_files(pool):
+    d = f"/dev/shm/kernelpit-{pool.run_id}"
+    return os.listdir(d) if os.path.isdir(d) else []
+
+
+TABLES = {
+    "empty": pa.table({"a": pa.array([], pa.int64())}),
+    "nullable": pa.table({"a": [1, None, 3], "s": ["x", None, "z"]}),
+    "nested": pa.table({"l": [[1, 2], [], None], "st": [{"x": 1, "y": "a"}, None, {"x": 3, "y": None}]}),
+    "dictionary": pa.table({"c": pa.array(["a", "b", "a"]).dictionary_encode()}),
+    "timezone": pa.table({"t": pa.array([datetime.datetime(2024, 1, 1, 12)] * 3,
+                                        pa.timestamp("us", tz="Asia/Tokyo"))}),
+    "large": pa.table({"x": np.arange(100_000, dtype=np.float64), "y": np.arange(100_000)}),
+}
+
+
+@pytest.mark.parametrize("name", list(TABLES))
+def test_tables_round_trip(pool, name):
+    table = TABLES[name]
+    out = pool.call("echo", table)
+    assert isinstance(out, pa.Table) and out.equals(table) and out.schema == table.schema
+
+
+def test_record_batches_round_trip(pool):
+    batch = pa.record_batch({"a": [1, 2], "b": ["x", None]})
+    out = pool.call("echo", batch)
+    assert isinstance(out, pa.RecordBatch) and out.equals(batch)
+
+
+FRAMES = {
+    "empty": pd.DataFrame({"a": pd.Series([], dtype="float64")}),
+    "mixed": pd.DataFrame({"a": [1.5, None, 3.0], "b": pd.Categorical(["x", "y", "x"]),
+                           "t": pd.date_range("2024-03-01", periods=3, tz="Europe/Paris"),
+                           "n": pd.array([1, None, 3], dtype="Int64")},
+                          index=pd.Index(["r1", "r2", "r3"], name="row")),
+    "large": pd.DataFrame({"x": np.random.default_rng(0).random(50_000)}),
+}
+
+
+@pytest.mark.parametrize("name", list(FRAMES))
+def test_dataframes_keep_dtypes_and_index(pool, name):
+    frame = FRAMES[name]
+    out = pool.call("echo", frame)
+    pd.testing.assert_frame_equal(out, frame)
+    assert pool.call("frame_info", frame)["type"] == "DataFrame"  # the tool got a DataFrame too
+
+
+def test_series_and_numpy_arrays_keep_type_dtype_and_shape(pool):
+    series = pd.Series([1.5, None], name="price")
+    pd.testing.assert_series_equal(pool.call("echo", series), series)
+    for arr in (np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.zeros((0, 3)),
+                np.linspace(0, 1, 100_000), np.array(["a", "bc"]), np.array([True, False]),
+                np.array(["2024-01-01", "NaT"], dtype="datetime64[ms]")):
+        out = pool.call("echo", arr)
+        assert isinstance(out, np.ndarray) and out.dtype == arr.dtype and out.shape == arr.shape
+        np.testing.assert_array_equal(out, arr)
+    assert pool.call("echo", np.float32(2.5)) == 2.5 and pool.call("echo", np.int64(7)) == 7
+
+
+def test_values_nest_inside_ordinary_structures(pool):
+    table = TABLES["nullable"]
+    out = pool.call("echo", {"t": table, "a": [np.arange(3), b"raw"], "n": 1})
+    assert out["t"].equals(table) and list(out["a"][0]) == [0, 1, 2] and out["a"][1] == b"raw"
+
+
+def test_large_values_go_by_reference_and_leave_no_file(pool):
+    assert pool.call("echo", TABLES["large"]).equals(TABLES["large"])
+    assert shm_files(pool) == []
+
+
+def test_a_generator_of_record_batches_streams_batches(pool):
+    events = list(pool.stream("batches", 3, rows=5))
+    parts = [e.value for e in events if e.kind == "partial"]
+    assert [type(p) for p in parts] == [pa.RecordBatch] * 3
+    assert pa.Table.from_batches(parts).column("i").to_pylist() == list(range(15))
+    assert events[-1].value == 3
+
+
+def test_a_worker_crashing_mid_transfer_leaves_no_shared_memory(pool):
+    with pytest.raises(kernelpit.WorkerCrashed):
+        pool.call("die_after_writing", 100_000)
+    assert shm_files(pool) == []
+    assert pool.options(deadline=60).call("echo", 1) == 1
+
+
+def test_unsupported_objects_name_the_type_and_pickle_is_opt_in(pool):
+    with pytest.raises(kernelpit.InvalidArguments,
+                       match=r"type fractions.Fraction cannot be sent; supported types are .*pandas DataFrame"):
+        pool.call("echo", fractions.Fraction(1, 3))
+    with kernelpit.Pool(adapters=["kp_arrow"], workers=1, path=[ADAPTERS], pickle=True) as p:
+        assert p.call("echo", fractions.Fraction(1, 3)) == fractions.Fraction(1, 3)
+
+
+def test_the_shared_memory_directory_goes_with_the_pool():
+    with kernelpit.Pool(adapters=["kp_arrow"], workers=1, path=[ADAPTERS]) as p:
+        d = f"/dev/shm/kernelpit-{p.run_id}"
+        assert os.path.isdir(d) and oct(os.stat(d).st_mode & 0o777) == "0o700"
+    assert not os.path.exists(d)
+
+
+def test_a_gigabyte_table_both_ways_without_copies_in_the_worker():
+    rows = 1 << 27  # 128 Mi float64 = 1 GiB
+    with kernelpit.Pool(adapters=["kp_arrow"], workers=1, path=[ADAPTERS]) as p:
+        out = p.call("numeric_table", rows, 1)
+        assert out.num_rows == rows and out.nbytes == rows * 8
+        assert out.column(0)[rows - 1].as_py() == rows - 1
+        del out
+        before = p.call("rss")
+        info = p.call("describe", pa.table({"x": np.ones(rows)}))
+        assert info == {"rows": rows, "type": "Table", "rss": info["rss"]}
+        assert info["rss"] - before < 100_000_000  # the worker mapped it, it did not copy 1 GiB
+        assert os.listdir(f"/dev/shm/kernelpit-{p.run_id}") == []
