@@ -8,7 +8,7 @@ from typing import Any
 import psutil
 
 PATTERNS = ("ipyparallel", "ipengine", "ipcontroller", "ipcluster", "distributed", "dask",
-            "kernelpit.kernels", "ipykernel")
+            "kernelpit.kernels", "kernelpit serve", "ipykernel")
 
 
 def _matches(proc: psutil.Process) -> str | None:
@@ -29,7 +29,8 @@ def reap(before: set[int], started: float, wait: float = 8.0) -> list[dict[str, 
     me = psutil.Process()
 
     def ours() -> list[psutil.Process]:
-        found = {p.pid: p for p in me.children(recursive=True) if _matches(p)}
+        # every descendant is ours (Dask's spawned workers run "python -c from multiprocessing...")
+        found = {p.pid: p for p in me.children(recursive=True)}
         # orphans: started during the run, re-parented to init (e.g. engines of a dead controller)
         for p in psutil.process_iter(["ppid", "create_time"]):
             try:

@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     peers = set() if args.peers.strip() == "none" else {
         p.strip() for p in args.peers.split(",") if p.strip()}
     worker_environment()
+    import signal
+
+    def _terminate(signum: int, frame: Any) -> None:  # SIGTERM: still stop every peer
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, _terminate)
     started = time.time()
     before = cleanup.snapshot()
     ctx = Context(quick=args.quick, repeats=args.repeats, peers=peers, workers=args.workers, log=_log,

@@ -1,0 +1,55 @@
+"""Keep the benchmark suite from rotting: run a small subset once, check the JSON it writes.
+
+Never a timed assertion: the numbers are not checked, only that every scenario
+ran and reported rows and targets in the expected shape.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = {"s1": "s1_latency", "s5": "s5_crash", "s6": "s6_stream"}
+
+
+@pytest.mark.timeout(120)
+def test_quick_subset_writes_json(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--repeats", "1",
+         "--only", ",".join(SCENARIOS), "--peers", "jupyter_client", "--no-remote",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1, files
+    doc = json.loads(files[0].read_text())
+
+    assert set(doc["scenarios"]) == set(SCENARIOS.values())
+    meta = doc["meta"]
+    assert meta["mode"] == "quick"
+    assert meta["machine"]["nproc"] and meta["machine"]["python"]
+    assert meta["leftover_processes"] == []
+    for key, sc in doc["scenarios"].items():
+        assert "error" not in sc, (key, sc.get("traceback"))
+        assert sc["rows"], key
+        for r in sc["rows"]:
+            assert r["status"] in ("ok", "skipped", "error"), r
+            if r["status"] != "ok":
+                assert r["reason"], r
+        for t in sc["targets"]:
+            assert t["met"] in (True, False, None), t
+
+    systems = {(r["system"], r["status"]) for r in doc["scenarios"]["s1_latency"]["rows"]}
+    assert ("kernelpit-embedded", "ok") in systems
+    assert ("jupyter_client", "ok") in systems
+    assert ("kernelpit-remote", "skipped") in systems  # --no-remote: reported, not faked
+    assert ("ipyparallel", "skipped") in systems and ("dask", "skipped") in systems
+    assert {t["id"] for t in doc["scenarios"]["s1_latency"]["targets"]} >= {"S1.embedded_p50"}
+    assert {t["id"] for t in doc["scenarios"]["s5_crash"]["targets"]} >= {"S5.error", "S5.full"}
+    assert "kernelpit-embedded" in {r["system"] for r in doc["scenarios"]["s6_stream"]["rows"]}
+    assert "Kp/peer" in proc.stdout and "TARGETS" in proc.stdout
