@@ -139,6 +139,7 @@ class CallMultiplexer:
         try:
             while True:
                 await wake.wait()
+                await asyncio.sleep(0)  # let calls submitted in the same moment join the batch
                 wake.clear()
                 if self._outbox or self._cancels:
                     batch = pb.CallBatch(calls=self._outbox, cancel=self._cancels)
