@@ -44,7 +44,7 @@ from pathlib import Path
 
 import psutil
 
-from .registry import RunRegistry, process_alive
+from .registry import RunRegistry, default_path, process_alive
 
 log = logging.getLogger("kernelpit")
 
@@ -159,6 +159,7 @@ def find_orphans(registry: RunRegistry | None = None, *, everywhere: bool = Fals
     t0 = time.perf_counter()
     scan = Scan()
     runs = {r.run_id: r for r in registry.runs()} if registry is not None else {}
+    scope = registry.path if registry is not None else default_path()
     dead: dict[str, str] = {}      # run id -> why its kernels are orphans
     for run in runs.values():
         if not run.controller_alive:
@@ -176,9 +177,9 @@ def find_orphans(registry: RunRegistry | None = None, *, everywhere: bool = Fals
         if reason is None:
             if run_id in runs:
                 continue  # its controller is alive
-            if not everywhere and registry is not None and env.get("KERNELPIT_REGISTRY") \
-                    and env["KERNELPIT_REGISTRY"] != str(registry.path) \
-                    and not _same_path(env["KERNELPIT_REGISTRY"], registry.path):
+            if not everywhere and env.get("KERNELPIT_REGISTRY") \
+                    and env["KERNELPIT_REGISTRY"] != str(scope) \
+                    and not _same_path(env["KERNELPIT_REGISTRY"], scope):
                 continue  # another runtime dir's kernel
             cpid = env.get("KERNELPIT_CONTROLLER_PID", "")
             if not cpid.isdigit():
