@@ -85,9 +85,13 @@ class Bridge:
             raise
         self.started = time.time()
         if self.discovery_path is not None:
-            discovery_module.write(self.address, self.token, self.discovery_path,
-                                   version=__version__, run_id=self.manager.run_id,
-                                   pools=list(self.manager.groups))
+            try:
+                discovery_module.write(self.address, self.token, self.discovery_path,
+                                       version=__version__, run_id=self.manager.run_id,
+                                       pools=list(self.manager.groups))
+            except BaseException:
+                await self.stop(0)
+                raise
         return self
 
     async def _serve(self) -> None:
