@@ -60,7 +60,8 @@ async def serve_calls(requests: AsyncIterator[pb.CallBatch], run: Runner,
                 for tagged in batch.calls:
                     if closing.is_set():
                         replies.put_nowait(pb.Reply(id=tagged.id, error=errors.to_proto(
-                            PoolClosed("the bridge is shutting down; no new calls"))))
+                            PoolClosed("the bridge is shutting down and takes no new calls; retry "
+                                   "once a bridge is running again"))))
                     else:
                         tasks[tagged.id] = asyncio.ensure_future(one(tagged.id, tagged.request))
         finally:
@@ -153,7 +154,9 @@ class CallMultiplexer:
             while True:
                 batch = await rpc.read()
                 if batch is grpc.aio.EOF:
-                    raise BridgeError(f"the bridge at {self._address} ended the call stream")
+                    raise BridgeError(f"the bridge at {self._address} ended the call stream (it is "
+                                      "stopping?); calls in flight on it are lost, retry them "
+                                      "once a bridge is running again")
                 for reply in batch.replies:
                     fut = self._pending.pop(reply.id, None)
                     if fut is not None and not fut.done():
