@@ -167,6 +167,9 @@ class RemoteBackend:
     async def restart(self, worker_id: int) -> None:
         await self._rpc(self.stub.RestartWorker, pb.WorkerRequest(id=worker_id))
 
+    async def recycle(self, worker_id: int) -> None:
+        await self._rpc(self.stub.RecycleWorker, pb.WorkerRequest(id=worker_id))
+
     async def watch(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
         rpc = self.stub.Watch(pb.WatchRequest(snapshot_interval=interval), metadata=self.metadata)
         err = None
@@ -251,6 +254,10 @@ class AsyncClient(AsyncCaller):
     async def restart(self, worker_id: int) -> None:
         """Kill a worker now; a fresh one takes its place."""
         await self._backend.restart(worker_id)
+
+    async def recycle(self, worker_id: int) -> None:
+        """Replace a worker without downtime: its successor starts first, then it drains."""
+        await self._backend.recycle(worker_id)
 
     def watch(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
         """Pool state changes (Snapshot, WorkerChanged, SessionChanged) as they happen."""

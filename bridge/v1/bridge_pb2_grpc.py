@@ -99,6 +99,11 @@ class BridgeStub:
                 request_serializer=kernelpit_dot_v1_dot_bridge__pb2.WorkerRequest.SerializeToString,
                 response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.WorkerResponse.FromString,
                 _registered_method=True)
+        self.RecycleWorker = channel.unary_unary(
+                '/kernelpit.v1.Bridge/RecycleWorker',
+                request_serializer=kernelpit_dot_v1_dot_bridge__pb2.WorkerRequest.SerializeToString,
+                response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.WorkerResponse.FromString,
+                _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/kernelpit.v1.Bridge/Watch',
                 request_serializer=kernelpit_dot_v1_dot_bridge__pb2.WatchRequest.SerializeToString,
@@ -210,6 +215,14 @@ class BridgeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecycleWorker(self, request, context):
+        """Replace a worker without downtime: its successor starts first, then it drains
+        (finishes its calls) and stops.  Only a serving worker can be recycled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Watch(self, request, context):
         """Pool state changes (workers and sessions) as they happen, and a full
         health snapshot first and then every snapshot_interval seconds.
@@ -297,6 +310,11 @@ def add_BridgeServicer_to_server(servicer, server):
             ),
             'InterruptWorker': grpc.unary_unary_rpc_method_handler(
                     servicer.InterruptWorker,
+                    request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.WorkerRequest.FromString,
+                    response_serializer=kernelpit_dot_v1_dot_bridge__pb2.WorkerResponse.SerializeToString,
+            ),
+            'RecycleWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecycleWorker,
                     request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.WorkerRequest.FromString,
                     response_serializer=kernelpit_dot_v1_dot_bridge__pb2.WorkerResponse.SerializeToString,
             ),
@@ -665,6 +683,33 @@ class Bridge:
             request,
             target,
             '/kernelpit.v1.Bridge/InterruptWorker',
+            kernelpit_dot_v1_dot_bridge__pb2.WorkerRequest.SerializeToString,
+            kernelpit_dot_v1_dot_bridge__pb2.WorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecycleWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kernelpit.v1.Bridge/RecycleWorker',
             kernelpit_dot_v1_dot_bridge__pb2.WorkerRequest.SerializeToString,
             kernelpit_dot_v1_dot_bridge__pb2.WorkerResponse.FromString,
             options,
