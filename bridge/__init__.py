@@ -13,7 +13,7 @@
 :func:`kernelpit.kernels.tool`.  Every exception is in :mod:`kernelpit.exceptions`.
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import aio, events
 from .config import PoolConfig, parse_size
@@ -42,6 +42,17 @@ def connect(address: str | None = None, token: str | None = None, *,
     """
     from .remote import connect as _connect
     return _connect(address, token, timeout=timeout)
+
+
+def load_ipython_extension(ip: Any) -> None:
+    """``%load_ext kernelpit``: the ``%kp`` magics and panels (:mod:`kernelpit.widgets`)."""
+    from .widgets import load_ipython_extension as load
+    load(ip)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    from .widgets import unload_ipython_extension as unload
+    unload(ip)
 
 
 __all__ = [

@@ -96,15 +96,23 @@ class Caller:
         self._async = caller
 
     def options(self, **options: Any) -> "Caller":
-        """A caller with call options set: ``deadline``, ``session``, ``pool``, ``worker``, ``idempotent``."""
+        """A caller with call options set: ``deadline``, ``session``, ``pool``, ``worker``,
+        ``idempotent``, ``display`` (show the call live: a panel in a notebook, a text bar in a
+        terminal)."""
         return Caller(self._portal, self._async.options(**options))
 
     def call(self, tool: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run ``tool`` and return its result; Ctrl-C cancels it."""
+        if self._async._options.display:
+            from .widgets.stream import display_call
+            return display_call(self, tool, args, kwargs)
         return self._portal.call(self._async.call, tool, *args, **kwargs)
 
     def stream(self, tool: str, /, *args: Any, **kwargs: Any) -> Iterator[Event]:
         """Run ``tool`` and iterate over its events; leaving the loop early cancels it."""
+        if self._async._options.display:
+            from .widgets.stream import display_stream
+            return display_stream(self, tool, args, kwargs)
         return self._portal.iterate(self._async.stream(tool, *args, **kwargs))
 
     def map(self, tool: str, /, *iterables: Iterable[Any], chunksize: int | None = None) -> list[Any]:

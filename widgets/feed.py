@@ -1,0 +1,204 @@
+"""Live data for the panels, on background threads, throttled; never on the notebook's thread.
+
+:class:`LiveState` follows a pool: it runs the client's ``watch()`` stream on
+the client's own event loop (so it can be cancelled from any thread), keeps
+the latest workers and sessions, and calls ``render`` at most ``max_rate``
+times a second from one background thread.  When the stream fails (the bridge
+went away) it renders ``connected=False`` and tries again every second until
+the bridge is back.  An embedded ``kernelpit.Pool`` (no ``watch``) is polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+from .connection import Connector
+
+_END = object()
+
+
+def run_async_iter(caller: Any, agen_factory: Callable[[], Any], out: "queue.SimpleQueue[Any]",
+                   end: Any = _END) -> "asyncio.Future[Any]":
+    """Iterate ``agen_factory()`` on ``caller``'s event loop, putting items in ``out``.
+
+    The last item is ``end`` (normal end) or the exception.  The returned
+    concurrent future cancels the iteration (and so the RPC) when cancelled.
+    """
+    async def pump() -> None:
+        try:
+            async for item in agen_factory():
+                out.put(item)
+        except asyncio.CancelledError:
+            out.put(end)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            out.put(exc)
+            return
+        out.put(end)
+
+    return asyncio.run_coroutine_threadsafe(pump(), caller._portal.loop)
+
+
+class LiveState:
+    """The pool's workers and sessions, kept current from the watch stream."""
+
+    def __init__(self, connector: Connector, render: Callable[["LiveState"], None], *,
+                 interval: float = 1.0, max_rate: float = 10.0) -> None:
+        self.connector = connector
+        self.render_cb = render
+        self.interval = interval
+        self.min_gap = 1.0 / max_rate
+        self.workers: dict[int, Any] = {}
+        self.sessions: dict[str, Any] = {}
+        self.connected = False
+        self.error = ""
+        self.address = ""
+        self.updated = 0.0
+        self.renders = 0
+        self._calls_hist: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._fut: Any = None
+        self._thread = threading.Thread(target=self._run, name="kernelpit-panel", daemon=True)
+
+    def start(self) -> "LiveState":
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._q.put(_END)
+        fut = self._fut
+        if fut is not None:
+            fut.cancel()
+
+    # -- derived figures ------------------------------------------------------------------
+    def calls_per_second(self) -> float:
+        hist = self._calls_hist
+        if len(hist) < 2:
+            return 0.0
+        (t0, c0), (t1, c1) = hist[0], hist[-1]
+        return max(0.0, (c1 - c0) / (t1 - t0)) if t1 > t0 else 0.0
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for w in self.workers.values():
+            if getattr(w, "spare", False):
+                out["spare"] = out.get("spare", 0) + 1
+                continue
+            out[w.state] = out.get(w.state, 0) + 1
+        return out
+
+    # -- the background thread ------------------------------------------------------------
+    def _apply(self, item: Any) -> None:
+        kind = getattr(item, "kind", "")
+        if kind == "snapshot":
+            self.workers = {w.id: w for w in item.workers}
+            self.sessions = {s.id: s for s in item.sessions}
+        elif kind == "worker_changed":
+            if item.removed:
+                self.workers.pop(item.worker.id, None)
+            else:
+                self.workers[item.worker.id] = item.worker
+        elif kind == "session_changed":
+            if item.change == "closed":
+                self.sessions.pop(item.session.id, None)
+            else:
+                self.sessions[item.session.id] = item.session
+        self.connected = True
+        self.error = ""
+        self.updated = time.time()
+        now = time.monotonic()
+        total = sum(w.calls for w in self.workers.values())
+        self._calls_hist.append((now, total))
+        while self._calls_hist and now - self._calls_hist[0][0] > 5.0:
+            self._calls_hist.pop(0)
+        if any(c < self._calls_hist[0][1] for _, c in self._calls_hist):
+            self._calls_hist = [(now, total)]  # a worker was replaced: its count restarted
+
+    def _connect(self) -> Any:
+        client = self.connector.get(timeout=2.0)
+        self.address = getattr(client, "address", "") or "embedded pool"
+        if hasattr(client, "watch"):
+            self._fut = run_async_iter(client, lambda: client._async.watch(self.interval), self._q)
+        else:
+            self._fut = run_async_iter(client, lambda: _poll(client._async, self.interval), self._q)
+        return client
+
+    def _run(self) -> None:
+        last_render = 0.0
+        dirty = False  # nothing to draw until the first snapshot (or a failure) arrives
+        client = None
+        while not self._stop.is_set():
+            if client is None:
+                try:
+                    client = self._connect()
+                except Exception as exc:  # noqa: BLE001 - shown in the panel
+                    self.connected, self.error = False, str(exc)
+                    self._render()
+                    self._stop.wait(1.0)
+                    continue
+            wait = max(0.0, last_render + self.min_gap - time.monotonic()) if dirty else 1.0
+            try:
+                item = self._q.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            while item is not None:
+                if item is _END or isinstance(item, BaseException):
+                    if self._stop.is_set():
+                        return
+                    self.connector.invalidate(client)
+                    client = None
+                    self.connected = False
+                    self.error = ("the bridge went away" if item is _END
+                                  else f"{type(item).__name__}: {item}")
+                    dirty = True
+                    break
+                self._apply(item)
+                dirty = True
+                try:
+                    item = self._q.get_nowait()
+                except queue.Empty:
+                    item = None
+            now = time.monotonic()
+            if dirty and now - last_render >= self.min_gap:
+                last_render = now
+                dirty = False
+                self._render()
+            elif not dirty and now - last_render >= 1.0:
+                last_render = now
+                self._render()  # ages and countdowns move on between events
+            if client is None and not self._stop.is_set():
+                self._render()
+                self._stop.wait(1.0)
+
+    def _render(self) -> None:
+        if self._stop.is_set():
+            return
+        self.renders += 1
+        try:
+            self.render_cb(self)
+        except Exception:  # a closed widget or a frontend gone: never kill the thread
+            pass
+
+
+class _Snapshot:
+    kind = "snapshot"
+
+    def __init__(self, workers: list[Any], sessions: list[Any]) -> None:
+        self.workers, self.sessions = workers, sessions
+
+
+async def _poll(pool: Any, interval: float) -> Any:
+    """``watch()`` for an embedded pool: a snapshot every ``interval`` seconds."""
+    while True:
+        yield _Snapshot(await pool.workers(), await pool.sessions())
+        await asyncio.sleep(max(0.2, interval))
