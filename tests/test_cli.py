@@ -130,7 +130,8 @@ def test_demo_runs_the_tour_and_shuts_down(tmp_path):
     r = subprocess.run([sys.executable, "-m", "kernelpit", "demo", "--workers", "1",
                         "--epochs", "2", "--seconds", "0.01"], capture_output=True, text=True,
                        timeout=120, env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
-    assert r.returncode == 0, r.stderr
-    assert "epoch 2/2" in r.stdout and "result: " in r.stdout
-    assert "WORKER" in r.stdout and "idle" in r.stdout
-    assert "shutting down" in r.stderr and "done" in r.stderr
+    out = f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    assert r.returncode == 0, out
+    assert "epoch 2/2" in r.stdout and "result: " in r.stdout, out
+    assert "WORKER" in r.stdout and "default" in r.stdout, out
+    assert "shutting down" in r.stderr and "done" in r.stderr, out
