@@ -127,6 +127,18 @@ def test_kill_9_of_the_controller_its_kernels_and_their_children_exit_by_themsel
         c.cleanup()
 
 
+def test_a_script_that_ends_without_atexit_leaves_no_kernel():
+    script = textwrap.dedent(f"""
+        import os, kernelpit
+        pool = kernelpit.Pool(adapters=[{DEMO!r}], workers=2)
+        print(pool.run_id, flush=True)
+        os._exit(0)  # no atexit, no close: only the lifeline is left
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    wait_until(lambda: kernel_processes(out.stdout.strip()) == [], timeout=10)
+
+
 @pytest.mark.parametrize("kind", ["script", "serve"])
 def test_without_the_lifeline_the_next_start_reaps_what_a_killed_controller_left(kind, spawn_dir):
     c = Controller(kind, spawn_dir, lifeline=False)
