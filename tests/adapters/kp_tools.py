@@ -154,9 +154,13 @@ def abort() -> None:
 
 @tool
 def freeze() -> None:
-    """Stop this whole worker process (SIGSTOP): it answers nothing any more."""
+    """Stop this whole worker process (SIGSTOP): it answers nothing any more.
+
+    Stops again should anything continue it, so the worker stays frozen.
+    """
     import signal
-    os.kill(os.getpid(), signal.SIGSTOP)
+    while True:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 @tool
