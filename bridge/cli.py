@@ -183,6 +183,9 @@ def connect_from(args: argparse.Namespace) -> Any:
     return connect(args.address, args.token)
 
 
+POOL_FLAGS = ("concurrency", "max_calls", "max_age", "max_memory", "spares", "shm_threshold")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .config import PoolConfig
     from .service import config as config_file
@@ -199,11 +202,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if any(c.name == args.pool for c in configs):
             raise UsageError(f"pool '{args.pool}' is both in --config and given with --adapter; "
                              "rename one with --pool NAME")
-        configs.insert(0, PoolConfig(name=args.pool, adapters=args.adapter,
-                                     workers=args.workers or 2, path=args.path or []))
-    elif args.workers or args.path:
-        raise UsageError("--workers/--path apply to the pool given with --adapter; set "
-                         "workers/path in the [pools.NAME] tables of the config file instead")
+        extra = {k: v for k in POOL_FLAGS if (v := getattr(args, k)) is not None}
+        try:
+            configs.insert(0, PoolConfig(name=args.pool, adapters=args.adapter,
+                                         workers=args.workers or 2, path=args.path or [],
+                                         **extra))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    elif args.workers or args.path or any(getattr(args, k) is not None for k in POOL_FLAGS):
+        raise UsageError("--workers/--path and the pool settings apply to the pool given with "
+                         "--adapter; set them in the [pools.NAME] tables of the config file "
+                         "instead")
     auth = settings.pop("auth", True) and not args.no_auth
     if not auth:
         print("kernelpit: WARNING: authentication is OFF (--no-auth): anyone who can reach the "
@@ -361,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", default="default", help="name of the --adapter pool (default: default)")
     p.add_argument("--path", action="append", metavar="DIR",
                    help="directory put on the workers' sys.path (repeatable)")
+    p.add_argument("--concurrency", type=int, help="threads per worker for thread-safe tools")
+    p.add_argument("--max-calls", type=int, help="recycle a worker after this many calls")
+    p.add_argument("--max-age", type=float, help="recycle a worker after this many seconds")
+    p.add_argument("--max-memory", help="recycle a worker above this RSS, e.g. 2GB")
+    p.add_argument("--spares", type=int, help="warm spare kernels kept ready (default 0)")
+    p.add_argument("--shm-threshold", help="values this big or bigger go through shared "
+                   "memory, e.g. 1MB (default)")
     p.add_argument("--config", metavar="FILE", help="TOML file with [pools.NAME] tables "
                    "(PoolConfig fields) and an optional [bridge] table")
     p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")

@@ -135,3 +135,25 @@ def test_demo_runs_the_tour_and_shuts_down(tmp_path):
     assert "epoch 2/2" in r.stdout and "result: " in r.stdout, out
     assert "WORKER" in r.stdout and "default" in r.stdout, out
     assert "shutting down" in r.stderr and "done" in r.stderr, out
+
+
+def test_serve_applies_pool_settings_from_flags(tmp_path):
+    s = Served(tmp_path, "--adapter", "kernelpit.kernels.demo", "--workers", "1",
+               "--max-calls", "50", "--max-age", "3600", "--max-memory", "2GB")
+    try:
+        status = json.loads(s.cli("status", "--json").stdout)
+        [worker] = status["workers"]
+        assert worker["recycle_in"]["calls"] == 50
+        assert 3500 < worker["recycle_in"]["seconds"] <= 3600
+        assert 0 < worker["recycle_in"]["bytes"] < 2e9
+    finally:
+        s.stop()
+
+
+def test_serve_rejects_a_bad_setting_saying_what_to_write(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "kernelpit", "serve", "--adapter",
+                        "kernelpit.kernels.demo", "--max-memory", "lots"],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
+    assert r.returncode != 0
+    assert "cannot read 'lots' as a size; write bytes or e.g. '512MB'" in r.stderr
