@@ -15,7 +15,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-from . import aio, events
+from . import events
 from .config import PoolConfig, parse_size
 from .events import Display, Error, Event, Partial, Progress, Queued, Result, Started, Stderr, Stdout
 from .exceptions import (BridgeError, BridgeNotFound, CallError, Cancelled, DeadlineExceeded,
@@ -23,11 +23,31 @@ from .exceptions import (BridgeError, BridgeNotFound, CallError, Cancelled, Dead
                          RemoteError, RemoteTraceback, SessionLost, SessionNotFound, StartError,
                          ToolNotFound, ToolTainted, Unauthenticated, WorkerCrashed, WorkerNotFound)
 from .info import SessionInfo, ToolInfo, WorkerInfo
-from .pool.call import CallOptions
-from .sync import Caller, Pool, Session
 
 if TYPE_CHECKING:
-    from . import remote as _remote
+    from . import aio, remote as _remote
+    from .pool.call import CallOptions
+    from .sync import Caller, Pool, Session
+
+# The pool machinery (jupyter_client, psutil, the manager) loads on first use: every worker
+# kernel imports this package for kernelpit.kernels, and must not pay for the control plane.
+_LAZY = {"Pool": ".sync", "Session": ".sync", "Caller": ".sync", "CallOptions": ".pool.call",
+         "aio": ".aio"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(_LAZY[name], __name__)
+        value = module if name == "aio" else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kernelpit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __version__ = "0.1.0"
 
