@@ -58,6 +58,9 @@ def worker_spec(config: PoolConfig) -> KernelSpec:
     else:
         python = config.python or sys.executable
         argv = [python, "-m", AGENT_MODULE, "-f", "{connection_file}"]
+    # Workers keep no IPython history on disk: it costs start time, and many kernels sharing
+    # ~/.ipython's history.sqlite contend for its lock.
+    argv.append("--HistoryManager.hist_file=:memory:")
     return KernelSpec(argv=argv, env=env, display_name=f"Kernelpit worker ({config.name})",
                       language="python", interrupt_mode="signal")
 
