@@ -37,6 +37,21 @@ def spin(seconds: float = 30.0) -> int:
     return n
 
 
+def _make_spin(i: int):
+    def spin_n(seconds: float = 30.0) -> int:
+        return spin(seconds)
+    spin_n.__name__ = spin_n.__qualname__ = f"spin{i}"
+    spin_n.__doc__ = f"spin() under another name: crash repeat {i} of scenario 5."
+    return tool(name=f"spin{i}")(spin_n)
+
+
+# The pool quarantines a tool that crashed 3 workers within a minute; scenario 5 kills a
+# worker on purpose in every repeat, so each repeat uses its own tool name.
+for _i in range(10):
+    globals()[f"spin{_i}"] = _make_spin(_i)
+del _i
+
+
 @tool
 def progress_ts(n: int = 10_000) -> int:
     """Emit ``n`` progress events, each carrying the worker's ``time.time()`` as its message."""

@@ -19,6 +19,14 @@ def _matches(proc: psutil.Process) -> str | None:
     return cmd if any(p in cmd for p in PATTERNS) else None
 
 
+def _own_helper(proc: psutil.Process) -> bool:
+    """multiprocessing's resource tracker: it belongs to this process and exits with it."""
+    try:
+        return "multiprocessing.resource_tracker" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return True
+
+
 def snapshot() -> set[int]:
     """Pids of matching processes that existed before the suite started (not ours to reap)."""
     return {p.pid for p in psutil.process_iter() if _matches(p)}
@@ -30,7 +38,7 @@ def reap(before: set[int], started: float, wait: float = 8.0) -> list[dict[str, 
 
     def ours() -> list[psutil.Process]:
         # every descendant is ours (Dask's spawned workers run "python -c from multiprocessing...")
-        found = {p.pid: p for p in me.children(recursive=True)}
+        found = {p.pid: p for p in me.children(recursive=True) if not _own_helper(p)}
         # orphans: started during the run, re-parented to init (e.g. engines of a dead controller)
         for p in psutil.process_iter(["ppid", "create_time"]):
             try:

@@ -472,13 +472,13 @@ def s4_start(ctx: Context) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-def _crash_once(handle: Any, n: int) -> tuple[float, float, str]:
+def _crash_once(handle: Any, n: int, tool: str = "spin") -> tuple[float, float, str]:
     """Kill -9 the worker running a call; (ms to the caller's error, ms to n ready workers, error type)."""
     got: dict[str, Any] = {}
 
     def victim() -> None:
         try:
-            handle.call("spin", seconds=60)
+            handle.call(tool, seconds=60)
         except BaseException as exc:  # noqa: BLE001
             got["t"] = time.perf_counter()
             got["exc"] = exc
@@ -527,10 +527,11 @@ def s5_crash(ctx: Context) -> dict[str, Any]:
     def measure(handle: Any, system: str, spares: bool = False) -> None:
         err_ms, full_ms, kinds = [], [], set()
         try:
-            for _ in range(reps):
+            for r in range(reps):
                 if spares:
                     spare_ready(handle)
-                e, f, k = _crash_once(handle, n)
+                # a fresh tool name per repeat: the pool quarantines a tool after 3 crashes a minute
+                e, f, k = _crash_once(handle, n, f"spin{r % 10}")
                 err_ms.append(e)
                 full_ms.append(f)
                 kinds.add(k)
