@@ -30,18 +30,22 @@ from .exceptions import BridgeError, BridgeNotFound, DeadlineExceeded, Unauthent
 from .info import SessionInfo, ToolInfo, WorkerInfo
 from .pool.call import CallOptions
 from .service import auth, convert, discovery, errors
+from .service.blobs import chunk_size, framed, unframe
 from .service.multiplex import CallMultiplexer, reply_value
-from .service.values import from_value
+from .service.values import PLAIN, Codec, blob_refs
 from .service.watch import WatchEvent
 from .sync import Handle, Portal
 from .v1 import bridge_pb2 as pb
 from .v1 import bridge_pb2_grpc as pb_grpc
+from .v1 import values_pb2 as values_pb
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),
     ("grpc.enable_retries", 0),
 ]
+READ_BLOB = "/kernelpit.v1.Bridge/ReadBlob"
+WRITE_BLOB = "/kernelpit.v1.Bridge/WriteBlob"
 HOW_TO_START = ("Start one with `kernelpit serve --adapter MODULE` (e.g. --adapter "
                 "kernelpit.kernels.demo), or pass connect(address=..., token=...)")
 
@@ -77,22 +81,94 @@ class RemoteBackend:
         self._blocking: Any = None
         self._mux = CallMultiplexer(self.stub, self.metadata, address)
         self.solo = threading.Lock()  # held by the one blocking call on the fast path
+        self.limit = chunk_size(None)  # inline Arrow bytes per message and upload chunk size
+        self._read_blob = self.channel.unary_stream(
+            READ_BLOB, request_serializer=pb.ReadBlobRequest.SerializeToString,
+            response_deserializer=unframe)
+        self._write_blob = self.channel.stream_unary(
+            WRITE_BLOB, request_serializer=None, response_deserializer=values_pb.BlobRef.FromString)
+
+    # -- blobs: Arrow data too large for one message ------------------------------------
+    def _uploads(self) -> "_Uploads":
+        return _Uploads(self.limit)
+
+    async def _upload(self, uploads: "_Uploads", *values: Any) -> None:
+        for key, segments, _ in uploads.items:
+            try:
+                ref = await self._write_blob(framed(segments, self.limit), metadata=self.metadata)
+            except grpc.aio.AioRpcError as exc:
+                err = errors.from_rpc_error(exc, self.address)
+                raise err from None
+            uploads.ids[key] = ref.id
+        uploads.patch(*values)
+
+    async def _incoming(self, *values: Any) -> Codec:
+        """A codec that decodes ``values``, with the blobs they reference read in."""
+        refs = [r for v in values for r in blob_refs(v)]
+        if not refs:
+            return PLAIN
+        got = {}
+        for ref in refs:
+            buf, fill = _receiver(ref.size)
+            try:
+                async for data in self._read_blob(pb.ReadBlobRequest(id=ref.id),
+                                                  metadata=self.metadata):
+                    fill(data)
+            except grpc.aio.AioRpcError as exc:
+                err = errors.from_rpc_error(exc, self.address)
+                raise err from None
+            got[ref.id] = _complete(buf, fill, ref)
+        return Codec(fetch=lambda blob_id, size: got[blob_id])
+
+    def _sync_stubs(self) -> None:
+        if self._sync_channel is None:
+            self._sync_channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        if self._blocking is None:
+            self._blocking = pb_grpc.BridgeStub(self._sync_channel).Call
+            self._blocking_read = self._sync_channel.unary_stream(
+                READ_BLOB, request_serializer=pb.ReadBlobRequest.SerializeToString,
+                response_deserializer=unframe)
+            self._blocking_write = self._sync_channel.stream_unary(
+                WRITE_BLOB, request_serializer=None,
+                response_deserializer=values_pb.BlobRef.FromString)
+
+    def _upload_blocking(self, uploads: "_Uploads", *values: Any) -> None:
+        for key, segments, _ in uploads.items:
+            ref = self._blocking_write(framed(segments, self.limit), metadata=self.metadata)
+            uploads.ids[key] = ref.id
+        uploads.patch(*values)
+
+    def _incoming_blocking(self, *values: Any) -> Codec:
+        refs = [r for v in values for r in blob_refs(v)]
+        if not refs:
+            return PLAIN
+        got = {}
+        for ref in refs:
+            buf, fill = _receiver(ref.size)
+            for data in self._blocking_read(pb.ReadBlobRequest(id=ref.id), metadata=self.metadata):
+                fill(data)
+            got[ref.id] = _complete(buf, fill, ref)
+        return Codec(fetch=lambda blob_id, size: got[blob_id])
 
     def call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
                       options: CallOptions) -> Any:
         """:meth:`call` for a thread without an event loop: one blocking gRPC call, no hop."""
-        if self._blocking is None:
-            self._sync_channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-            self._blocking = pb_grpc.BridgeStub(self._sync_channel).Call
+        self._sync_stubs()
         try:
+            uploads = self._uploads()
+            request = convert.call_request(tool, args, kwargs, options, uploads.codec)
+            if uploads.items:
+                self._upload_blocking(uploads, request.args, request.kwargs)
             # Blocking, not .future(): ~0.15 ms less per call.  Ctrl-C still works (gRPC checks
             # for signals while it waits) and tears the RPC down, which cancels the call.
-            reply = self._blocking(convert.call_request(tool, args, kwargs, options),
-                                   metadata=self.metadata)
+            reply = self._blocking(request, metadata=self.metadata)
+            if not reply.HasField("result"):
+                return None
+            codec = self._incoming_blocking(reply.result)
         except grpc.RpcError as exc:
             err = errors.from_rpc_error(exc, self.address)  # type: ignore[arg-type]
         else:
-            return from_value(reply.result, "result") if reply.HasField("result") else None
+            return codec.decode(reply.result, "result")
         raise err
 
     async def _rpc(self, method: Any, request: Any, timeout: float | None = None) -> Any:
@@ -105,18 +181,31 @@ class RemoteBackend:
     # -- the Backend protocol ----------------------------------------------------------
     async def call(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions) -> Any:
         # Over the multiplexed stream: no per-RPC cost, so many callers in flight scale.
-        reply = await self._mux.call(convert.call_request(tool, args, kwargs, options))
+        uploads = self._uploads()
+        request = convert.call_request(tool, args, kwargs, options, uploads.codec)
+        if uploads.items:
+            await self._upload(uploads, request.args, request.kwargs)
+        reply = await self._mux.call(request)
+        if reply.WhichOneof("outcome") != "error" and reply.result.blobs:
+            return reply_value(reply, await self._incoming(reply.result))
         return reply_value(reply)
 
     async def stream(self, tool: str, args: Any, kwargs: dict[str, Any],
                      options: CallOptions) -> AsyncIterator[Event]:
-        rpc = self.stub.CallStream(convert.call_request(tool, args, kwargs, options),
-                                   metadata=self.metadata)
+        uploads = self._uploads()
+        request = convert.call_request(tool, args, kwargs, options, uploads.codec)
+        if uploads.items:
+            await self._upload(uploads, request.args, request.kwargs)
+        rpc = self.stub.CallStream(request, metadata=self.metadata)
         err = None
         try:
             async for batch in rpc:
                 for m in batch.events:
-                    yield convert.event_from_proto(m)
+                    kind = m.WhichOneof("kind")
+                    codec = PLAIN
+                    if kind in ("partial", "result") and getattr(m, kind).blobs:
+                        codec = await self._incoming(getattr(m, kind))
+                    yield convert.event_from_proto(m, codec)
         except grpc.aio.AioRpcError as exc:
             err = errors.from_rpc_error(exc, self.address)
         finally:
@@ -126,9 +215,13 @@ class RemoteBackend:
 
     async def map(self, tool: str, items: list[tuple[Any, ...]], options: CallOptions,
                   chunksize: int | None = None) -> list[Any]:
-        req = convert.map_request(tool, items, options, chunksize)
+        uploads = self._uploads()
+        req = convert.map_request(tool, items, options, chunksize, uploads.codec)
+        if uploads.items:
+            await self._upload(uploads, req.items)
         reply = await self._rpc(self.stub.Map, req)
-        return from_value(reply.results, "results") or []
+        codec = await self._incoming(reply.results)
+        return codec.decode(reply.results, "results") or []
 
     async def open_session(self, pool: str | None, ttl: float | None, metadata: dict[str, str],
                            session_id: str | None = None) -> SessionInfo:
@@ -184,7 +277,11 @@ class RemoteBackend:
             raise err
 
     async def server_info(self, timeout: float | None = None) -> pb.ServerInfo:
-        return await self._rpc(self.stub.GetServerInfo, pb.ServerInfoRequest(), timeout)
+        info = await self._rpc(self.stub.GetServerInfo, pb.ServerInfoRequest(), timeout)
+        # Arrow data beyond this per message goes as blobs, in chunks the bridge accepts
+        # (a bridge that does not say: chunks that fit gRPC's default 4 MB limit).
+        self.limit = chunk_size(info.max_message_size or 4 * 10**6)
+        return info
 
     async def shutdown(self, grace: float | None = None) -> None:
         await self._rpc(self.stub.Shutdown, pb.ShutdownRequest(grace=grace))
@@ -194,6 +291,52 @@ class RemoteBackend:
         if self._sync_channel is not None:
             self._sync_channel.close()
         await self.channel.close()
+
+
+class _Uploads:
+    """Arrow data of one request that goes as blobs: parked while encoding, uploaded, patched in."""
+
+    def __init__(self, limit: int) -> None:
+        self.items: list[tuple[str, list[Any], int]] = []
+        self.ids: dict[str, str] = {}
+        self.codec = Codec(park=self.park, limit=limit)
+
+    def park(self, segments: list[Any], size: int) -> str:
+        key = f"upload-{len(self.items)}"
+        self.items.append((key, segments, size))
+        return key
+
+    def patch(self, *values: Any) -> None:
+        for value in values:
+            for ref in value.blobs:
+                if ref.id in self.ids:
+                    ref.id = self.ids[ref.id]
+
+
+def _receiver(size: int) -> tuple[Any, Any]:
+    """(buffer, fill): an aligned Arrow buffer of ``size`` bytes and a function that appends
+    a chunk to it; tables decoded from it point into it (one copy, from the messages)."""
+    import pyarrow as pa
+
+    buf = pa.allocate_buffer(size)
+    view = memoryview(buf).cast("B")
+    pos = [0]
+
+    def fill(data: memoryview) -> None:
+        n = len(data)
+        if pos[0] + n > size:
+            raise BridgeError(f"the bridge sent more than the {size} bytes announced for a blob")
+        view[pos[0]:pos[0] + n] = data
+        pos[0] += n
+
+    fill.pos = pos  # type: ignore[attr-defined]
+    return buf, fill
+
+
+def _complete(buf: Any, fill: Any, ref: Any) -> Any:
+    if fill.pos[0] != ref.size:
+        raise BridgeError(f"blob {ref.id} ended after {fill.pos[0]} of {ref.size} bytes")
+    return buf
 
 
 class AsyncClient(AsyncCaller):

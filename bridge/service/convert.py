@@ -15,7 +15,7 @@ from ..info import SessionInfo, ToolInfo, WorkerInfo
 from ..pool.call import CallOptions
 from ..v1 import bridge_pb2 as pb
 from . import errors, watch
-from .values import BadValue, from_value, to_value
+from .values import PLAIN, BadValue, Codec, from_value, to_value
 
 # -- call requests ---------------------------------------------------------------------------
 
@@ -44,19 +44,27 @@ def options_from_proto(o: pb.CallOptions) -> CallOptions:
         idempotent=o.idempotent if o.HasField("idempotent") else None)
 
 
-def call_request(tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions) -> pb.CallRequest:
+def call_request(tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions,
+                 codec: Codec = PLAIN) -> pb.CallRequest:
     req = pb.CallRequest(tool=tool, options=options_to_proto(options))
     if args:
-        req.args.CopyFrom(to_value(list(args)))
+        req.args.CopyFrom(codec.encode(list(args)))
     if kwargs:
-        req.kwargs.CopyFrom(to_value(kwargs))
+        req.kwargs.CopyFrom(codec.encode(kwargs))
     return req
 
 
-def call_from_request(req: pb.CallRequest) -> tuple[list[Any], dict[str, Any], CallOptions]:
+def call_from_request(req: pb.CallRequest, codec: Codec = PLAIN
+                      ) -> tuple[list[Any], dict[str, Any], CallOptions]:
     """(args, kwargs, options) of a request; malformed ones raise BadValue (INVALID_ARGUMENT)."""
-    args = from_value(req.args, "args") if req.HasField("args") else []
-    kwargs = from_value(req.kwargs, "kwargs") if req.HasField("kwargs") else {}
+    args, kwargs, failure = [], {}, None
+    try:
+        args = codec.decode(req.args, "args") if req.HasField("args") else []
+    except BadValue as exc:
+        failure = exc  # decode kwargs anyway: the blobs they reference are used up either way
+    kwargs = codec.decode(req.kwargs, "kwargs") if req.HasField("kwargs") else {}
+    if failure is not None:
+        raise failure
     if args is None:
         args = []
     if kwargs is None:
@@ -69,14 +77,15 @@ def call_from_request(req: pb.CallRequest) -> tuple[list[Any], dict[str, Any], C
 
 
 def map_request(tool: str, items: list[tuple[Any, ...]], options: CallOptions,
-                chunksize: int | None) -> pb.MapRequest:
-    return pb.MapRequest(tool=tool, items=to_value([list(i) for i in items]),
+                chunksize: int | None, codec: Codec = PLAIN) -> pb.MapRequest:
+    return pb.MapRequest(tool=tool, items=codec.encode([list(i) for i in items]),
                          options=options_to_proto(options), chunksize=chunksize)
 
 
-def map_from_request(req: pb.MapRequest) -> tuple[list[tuple[Any, ...]], CallOptions, int | None]:
+def map_from_request(req: pb.MapRequest, codec: Codec = PLAIN
+                     ) -> tuple[list[tuple[Any, ...]], CallOptions, int | None]:
     """(items, options, chunksize) of a Map request; malformed ones raise BadValue."""
-    items = from_value(req.items, "items")
+    items = codec.decode(req.items, "items")
     if items is None:
         items = []
     if not isinstance(items, list) or not all(isinstance(i, list) for i in items):
@@ -88,7 +97,7 @@ def map_from_request(req: pb.MapRequest) -> tuple[list[tuple[Any, ...]], CallOpt
 
 # -- events ----------------------------------------------------------------------------------
 
-def event_to_proto(e: ev.Event) -> pb.Event:
+def event_to_proto(e: ev.Event, codec: Codec = PLAIN) -> pb.Event:
     out = pb.Event(call_id=e.call_id, time=e.time)
     kind = e.kind
     if kind == "progress":
@@ -102,10 +111,10 @@ def event_to_proto(e: ev.Event) -> pb.Event:
     elif kind == "stderr":
         out.stderr.text = e.text  # type: ignore[attr-defined]
     elif kind == "partial":
-        out.partial.CopyFrom(to_value(e.value))  # type: ignore[attr-defined]
+        out.partial.CopyFrom(codec.encode(e.value))  # type: ignore[attr-defined]
         out.partial.SetInParent()
     elif kind == "result":
-        out.result.CopyFrom(to_value(e.value))  # type: ignore[attr-defined]
+        out.result.CopyFrom(codec.encode(e.value))  # type: ignore[attr-defined]
         out.result.SetInParent()
     elif kind == "error":
         out.error.CopyFrom(errors.to_proto(e.error))  # type: ignore[attr-defined]
@@ -122,7 +131,7 @@ def event_to_proto(e: ev.Event) -> pb.Event:
     return out
 
 
-def event_from_proto(m: pb.Event) -> ev.Event:
+def event_from_proto(m: pb.Event, codec: Codec = PLAIN) -> ev.Event:
     kind = m.WhichOneof("kind")
     base = dict(call_id=m.call_id, time=m.time)
     if kind == "progress":
@@ -134,9 +143,9 @@ def event_from_proto(m: pb.Event) -> ev.Event:
     if kind == "stderr":
         return ev.Stderr(text=m.stderr.text, **base)
     if kind == "partial":
-        return ev.Partial(value=from_value(m.partial), **base)
+        return ev.Partial(value=codec.decode(m.partial, "partial"), **base)
     if kind == "result":
-        return ev.Result(value=from_value(m.result), **base)
+        return ev.Result(value=codec.decode(m.result, "result"), **base)
     if kind == "error":
         return ev.Error(error=errors.from_proto(m.error), **base)
     if kind == "queued":

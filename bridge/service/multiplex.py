@@ -18,7 +18,7 @@ import grpc
 from ..exceptions import BridgeError, PoolClosed
 from ..v1 import bridge_pb2 as pb
 from . import errors
-from .values import from_value, to_value
+from .values import PLAIN, Codec
 
 # -- the bridge's end --------------------------------------------------------------------------
 
@@ -26,7 +26,7 @@ Runner = Callable[[pb.CallRequest], Awaitable[Any]]
 
 
 async def serve_calls(requests: AsyncIterator[pb.CallBatch], run: Runner,
-                      closing: asyncio.Event) -> AsyncIterator[pb.ReplyBatch]:
+                      closing: asyncio.Event, codec: Codec = PLAIN) -> AsyncIterator[pb.ReplyBatch]:
     """Run every call that arrives on ``requests``; yield their replies as they finish.
 
     Once ``closing`` is set (the bridge is stopping) new calls are refused, and the
@@ -40,7 +40,7 @@ async def serve_calls(requests: AsyncIterator[pb.CallBatch], run: Runner,
         try:
             value = await run(request)
             if value is not None:
-                reply.result.CopyFrom(to_value(value))
+                reply.result.CopyFrom(codec.encode(value))
             reply.result.SetInParent()
         except asyncio.CancelledError:
             return  # cancelled by the client (or the stream ended): no reply wanted
@@ -187,8 +187,8 @@ class CallMultiplexer:
             rpc.cancel()
 
 
-def reply_value(reply: pb.Reply) -> Any:
+def reply_value(reply: pb.Reply, codec: Codec = PLAIN) -> Any:
     """The result of a reply, or raise its error."""
     if reply.WhichOneof("outcome") == "error":
         raise errors.from_proto(reply.error)
-    return from_value(reply.result, "result")
+    return codec.decode(reply.result, "result")

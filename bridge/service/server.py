@@ -26,8 +26,10 @@ from ..config import PoolConfig, parse_size
 from ..pool import PoolManager
 from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
+from ..v1 import values_pb2 as values_pb
 from . import auth as auth_module
 from . import discovery as discovery_module
+from .blobs import DEFAULT_TTL, BlobStore, unframe
 from .servicer import BridgeServicer
 
 log = logging.getLogger("kernelpit.service")
@@ -49,7 +51,8 @@ class Bridge:
     def __init__(self, configs: list[PoolConfig], *, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None, auth: bool = True, grace: float = DEFAULT_GRACE,
                  max_message_size: int | str = DEFAULT_MAX_MESSAGE,
-                 discovery: Path | str | bool | None = None) -> None:
+                 discovery: Path | str | bool | None = None,
+                 blob_ttl: float = DEFAULT_TTL) -> None:
         self.manager = PoolManager(configs)
         self.host = host
         self.port = port
@@ -59,6 +62,8 @@ class Bridge:
         self.discovery_path: Path | None = (None if discovery is False else
                                             discovery_module.default_path()
                                             if discovery in (None, True) else Path(discovery))
+        self.blob_ttl = blob_ttl
+        self.blobs: BlobStore | None = None  # large values waiting to be read or used
         self.address = ""
         self.started = 0.0
         self._server: grpc.aio.Server | None = None
@@ -101,8 +106,11 @@ class Bridge:
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
         ])
-        servicer = BridgeServicer(self.manager, self._closing, self._info, self.request_stop)
-        pb_grpc.add_BridgeServicer_to_server(servicer, server)
+        self.blobs = BlobStore(self.manager.shm_dir, self.blob_ttl)
+        self.blobs.start()
+        servicer = BridgeServicer(self.manager, self._closing, self._info, self.request_stop,
+                                  self.blobs, self.max_message_size)
+        add_servicer(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -121,7 +129,8 @@ class Bridge:
     def _info(self) -> pb.ServerInfo:
         return pb.ServerInfo(version=__version__, run_id=self.manager.run_id, pid=os.getpid(),
                              pools=list(self.manager.groups), started=self.started,
-                             address=self.address)
+                             address=self.address, max_message_size=self.max_message_size,
+                             blob_ttl=self.blob_ttl)
 
     def request_stop(self, grace: float | None = None) -> None:
         """Ask :meth:`wait` to stop the bridge (the Shutdown RPC and signals call this)."""
@@ -159,6 +168,8 @@ class Bridge:
             if self._server is not None:
                 await self._server.stop(grace)
         finally:
+            if self.blobs is not None:
+                self.blobs.close()
             await self.manager.close()
             if self.discovery_path is not None:
                 discovery_module.remove(self.discovery_path)
@@ -169,3 +180,32 @@ class Bridge:
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop(0)
 
+
+
+def add_servicer(servicer: BridgeServicer, server: grpc.aio.Server) -> None:
+    """Register the Bridge handlers, with blob chunks framed by hand.
+
+    The generated registration serializes every BlobChunk with protobuf (two
+    extra copies of each chunk); ReadBlob instead yields serialized chunks and
+    WriteBlob gets each chunk's data as a memoryview of the received message.
+    """
+    class Capture:
+        handlers: dict[str, Any] = {}
+
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, name: str, handlers: dict[str, Any]) -> None:
+            self.handlers = dict(handlers)
+
+    capture = Capture()
+    pb_grpc.add_BridgeServicer_to_server(servicer, capture)
+    handlers = capture.handlers
+    handlers["ReadBlob"] = grpc.unary_stream_rpc_method_handler(
+        servicer.ReadBlob, request_deserializer=pb.ReadBlobRequest.FromString,
+        response_serializer=None)
+    handlers["WriteBlob"] = grpc.stream_unary_rpc_method_handler(
+        servicer.WriteBlob, request_deserializer=unframe,
+        response_serializer=values_pb.BlobRef.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)

@@ -18,10 +18,12 @@ from ..exceptions import KernelpitError, ToolNotFound
 from ..pool import PoolManager
 from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
+from ..v1 import values_pb2 as values_pb
 from . import convert, errors
+from .blobs import BlobError, BlobStore, chunk_size
 from .multiplex import serve_calls
 from .pump import EventPump
-from .values import to_value
+from .values import Codec
 from .watch import WatchHub
 
 log = logging.getLogger("kernelpit.service")
@@ -51,8 +53,15 @@ def handles_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
 class BridgeServicer(pb_grpc.BridgeServicer):
     def __init__(self, manager: PoolManager, closing: asyncio.Event,
                  server_info: Callable[[], pb.ServerInfo],
-                 shutdown: Callable[[float | None], None]) -> None:
+                 shutdown: Callable[[float | None], None], blobs: BlobStore | None = None,
+                 max_message_size: int | None = None) -> None:
         self._manager = manager
+        # Arrow data beyond one chunk travels as blobs (ReadBlob/WriteBlob), so no message
+        # is bigger than about max_message_size / 2 however large the value.
+        self.blobs = blobs if blobs is not None else BlobStore(manager.shm_dir)
+        self._limit = chunk_size(max_message_size)
+        self._results = Codec(park=self.blobs.put, limit=self._limit)
+        self._requests = Codec(fetch=self.blobs.take, untrusted=True)
         self._closing = closing
         self._server_info = server_info
         self._shutdown = shutdown
@@ -62,11 +71,11 @@ class BridgeServicer(pb_grpc.BridgeServicer):
     # -- calls -----------------------------------------------------------------------
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallResponse:
         try:
-            args, kwargs, options = convert.call_from_request(request)
+            args, kwargs, options = convert.call_from_request(request, self._requests)
             value = await self._manager.call(request.tool, args, kwargs, options)
             if value is None:
                 return pb.CallResponse()
-            return pb.CallResponse(result=to_value(value))
+            return pb.CallResponse(result=self._results.encode(value))
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -75,25 +84,30 @@ class BridgeServicer(pb_grpc.BridgeServicer):
 
     async def Calls(self, requests: AsyncIterator[pb.CallBatch],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReplyBatch]:
-        async for batch in serve_calls(requests, self._run, self._closing):
+        async for batch in serve_calls(requests, self._run, self._closing, self._results):
             yield batch
 
     async def _run(self, request: pb.CallRequest) -> Any:
-        args, kwargs, options = convert.call_from_request(request)
+        args, kwargs, options = convert.call_from_request(request, self._requests)
         return await self._manager.call(request.tool, args, kwargs, options)
 
     @handles_errors
     async def Map(self, request: pb.MapRequest, context: Any) -> pb.MapResponse:
-        items, options, chunksize = convert.map_from_request(request)
+        items, options, chunksize = convert.map_from_request(request, self._requests)
         results = await self._manager.map(request.tool, items, options, chunksize)
-        return pb.MapResponse(results=to_value(results))
+        return pb.MapResponse(results=self._results.encode(results))
 
     async def CallStream(self, request: pb.CallRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EventBatch]:
         try:
-            args, kwargs, options = convert.call_from_request(request)
+            args, kwargs, options = convert.call_from_request(request, self._requests)
         except Exception as exc:
             await abort(context, exc)
+        # Blobs of this stream's partials and result; freed if the stream is cut short.
+        owner = object()
+        codec = Codec(park=lambda segments, size: self.blobs.put(segments, size, owner),
+                      limit=self._limit)
+        complete = False
         # Events that pile up while a batch is being written go out together in the next.
         # Leaving this generator early (client gone, RPC cancelled) cancels the pump, which
         # closes the core's stream: that cancels the call and interrupts the tool.
@@ -102,13 +116,41 @@ class BridgeServicer(pb_grpc.BridgeServicer):
             while True:
                 batch, failure = await pump.next_batch()
                 if batch:
-                    yield pb.EventBatch(events=[convert.event_to_proto(e) for e in batch])
+                    yield pb.EventBatch(events=[convert.event_to_proto(e, codec) for e in batch])
                 if failure is not None:
+                    complete = True
                     await abort(context, failure)
                 if pump.finished:
+                    complete = True
                     return
         finally:
             pump.close()
+            if not complete:
+                self.blobs.release(owner)
+
+    # -- blobs -----------------------------------------------------------------------
+    # Registered with hand-made framing (see server.add_servicer): ReadBlob yields
+    # serialized BlobChunks, WriteBlob receives each chunk's data as a memoryview.
+    async def ReadBlob(self, request: pb.ReadBlobRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        chunks = self.blobs.read(request.id)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except BlobError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        finally:
+            await chunks.aclose()  # a read cut short (client gone) frees the blob now
+
+    async def WriteBlob(self, requests: AsyncIterator[memoryview],
+                        context: grpc.aio.ServicerContext) -> values_pb.BlobRef:
+        try:
+            blob_id, size = await self.blobs.write(requests)
+        except OSError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"the bridge cannot store the upload: {exc}")
+            raise  # unreachable
+        return values_pb.BlobRef(id=blob_id, size=size)
 
     # -- tools -----------------------------------------------------------------------
     @handles_errors

@@ -1,38 +1,92 @@
 """Python values <-> ``kernelpit.v1.Value``: JSON text plus binary buffers, or raw bytes.
 
 The JSON uses the core's wire convention (:mod:`kernelpit.kernels.protocol`):
-``bytes`` nested anywhere inside a structure travel in ``Value.buffers`` and
-are replaced by the marker ``{"$kp": "bytes", "i": N}``.  A value that is a
-byte string as a whole travels in ``Value.raw``.  An unset Value is ``None``.
+binary data nested anywhere inside a structure travels in ``Value.buffers``
+and is replaced by a marker: ``{"$kp": "bytes", "i": N}`` for ``bytes``,
+``{"$kp": "arrow", "t": KIND, ..., "i": N}`` for pyarrow Tables and
+RecordBatches, pandas DataFrames and Series and NumPy arrays, whose buffer
+is an Arrow IPC stream (a tensor IPC message for NumPy arrays of numbers) —
+exactly what :func:`kernelpit.kernels.arrow.encode` makes for an inline
+value, so both sides read them back with :func:`kernelpit.kernels.arrow.decode`.
+A value that is a byte string as a whole travels in ``Value.raw``.  An unset
+Value is ``None``.
+
+Arrow data that would make the message too big is not put in it: ``park``
+(the bridge's blob store, or the client's upload list) takes the IPC stream
+as a list of segments pointing into the value's own buffers, and the Value
+carries a ``BlobRef`` in ``blobs[N]`` instead (see values.proto).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
+from ..kernels import arrow
 from ..kernels.protocol import MARKER, SUPPORTED
 from ..v1 import values_pb2 as pb
 
 _EMPTY = pb.Value()
+_NO_SHM = arrow.Transport()  # never maps files: a received "shm" reference is refused
+
+#: (segments, size) -> blob id: keeps a large buffer apart from the message
+Park = Callable[[list[Any], int], str]
+#: (blob id, size) -> the buffer (a pyarrow Buffer or bytes)
+Fetch = Callable[[str, int], Any]
 
 
 class BadValue(ValueError):
     """A value that cannot be sent, or a received Value that cannot be read."""
 
 
-def to_value(obj: Any) -> pb.Value:
-    """Encode a Python value (None, bool, int, float, str, bytes, list, tuple, dict)."""
+class _Segments:
+    """A write-only file that keeps what it is given (Arrow's IPC writer hands it the
+    body buffers of a table as they are: the segments point into the table, no copy)."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.parts: list[Any] = []
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        n = data.size if hasattr(data, "size") and not isinstance(data, memoryview) \
+            else memoryview(data).nbytes
+        if n:
+            self.parts.append(data)
+            self.size += n
+        return n
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20) -> pb.Value:
+    """Encode a Python value (JSON types, bytes, Arrow tables, DataFrames, arrays).
+
+    With ``park``, Arrow buffers beyond ``limit`` bytes in total go to ``park`` and the
+    Value references them in ``blobs``; without it everything is inline.
+    """
     if obj is None:
         return _EMPTY
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return pb.Value(raw=bytes(obj))
-    buffers: list[bytes] = []
+    buffers: list[Any] = []
+    refs: dict[int, pb.BlobRef] = {}
+    room = [limit]
 
     def default(o: Any) -> Any:
         if isinstance(o, (bytes, bytearray, memoryview)):
             buffers.append(bytes(o))
             return {MARKER: "bytes", "i": len(buffers) - 1}
+        if arrow.handles(o):
+            return _encode_arrow(o, buffers, refs, park, room)
         raise BadValue(f"a value of type {type(o).__module__}.{type(o).__qualname__} cannot be "
                           f"sent to or from a bridge; supported types are {SUPPORTED}")
 
@@ -42,11 +96,59 @@ def to_value(obj: Any) -> pb.Value:
         if isinstance(exc, BadValue):
             raise
         raise BadValue(f"cannot encode value: {exc}") from None
-    return pb.Value(json=text, buffers=buffers) if buffers else pb.Value(json=text)
+    if not buffers:
+        return pb.Value(json=text)
+    value = pb.Value(json=text, buffers=buffers)
+    if refs:
+        value.blobs.extend(refs.get(i, _NO_REF) for i in range(len(buffers)))
+    return value
 
 
-def from_value(value: pb.Value, what: str = "value") -> Any:
-    """Decode a Value; a malformed one raises ValueError naming ``what`` it was."""
+_NO_REF = pb.BlobRef()
+
+
+def _encode_arrow(o: Any, buffers: list[Any], refs: dict[int, pb.BlobRef], park: Park | None,
+                  room: list[int]) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    import pyarrow as pa
+
+    kind, meta, payload = arrow._to_arrow(o, pa, np)
+    estimate = payload.size * payload.type.bit_width // 8 if isinstance(payload, pa.Tensor) \
+        else payload.nbytes
+    marker: dict[str, Any] = {MARKER: "arrow", "t": kind, **meta, "i": len(buffers)}
+    if park is None or estimate < room[0]:
+        sink = pa.BufferOutputStream()
+        arrow._write(pa, payload, sink, file_format=False)
+        data = sink.getvalue()
+        if park is None or data.size <= room[0]:
+            room[0] -= data.size
+            buffers.append(data.to_pybytes())
+            return marker
+        parts, size = [data], data.size
+    else:
+        segments = _Segments()
+        arrow._write(pa, payload, pa.PythonFile(segments, mode="w"), file_format=False)
+        parts, size = segments.parts, segments.size
+    refs[len(buffers)] = pb.BlobRef(id=park(parts, size), size=size)
+    buffers.append(b"")
+    return marker
+
+
+def blob_refs(value: pb.Value) -> list[pb.BlobRef]:
+    """The blobs a Value references (to fetch before :func:`from_value`)."""
+    return [r for r in value.blobs if r.id]
+
+
+def from_value(value: pb.Value, what: str = "value", blobs: Fetch | None = None,
+               untrusted: bool = False) -> Any:
+    """Decode a Value; a malformed one raises BadValue naming ``what`` it was.
+
+    ``blobs`` gives the data of the blobs it references.  ``untrusted``: the value
+    came from a client, so Arrow data is validated in full before it is used.
+    """
     kind = value.WhichOneof("kind")
     if kind is None:
         return None
@@ -58,14 +160,19 @@ def from_value(value: pb.Value, what: str = "value") -> Any:
     if value.encoding not in ("", "json"):
         raise BadValue(f"{what}: a json value with encoding '{value.encoding}'; "
                           "leave encoding empty or set it to 'json'")
-    buffers = value.buffers
+    buffers: Any = value.buffers
+    if value.blobs:
+        buffers = _resolve(value, what, blobs)
     try:
         if not buffers and MARKER not in value.json:
             return json.loads(value.json)
 
         def hook(obj: dict[str, Any]) -> Any:
-            if obj.get(MARKER) == "bytes" and len(obj) == 2:
+            kind = obj.get(MARKER)
+            if kind == "bytes" and len(obj) == 2:
                 return bytes(buffers[obj["i"]])
+            if kind == "arrow":
+                return _decode_arrow(obj, buffers, what, untrusted)
             return obj
 
         return json.loads(value.json, object_hook=hook)
@@ -77,3 +184,67 @@ def from_value(value: pb.Value, what: str = "value") -> Any:
     except (IndexError, TypeError) as exc:
         raise BadValue(f"{what} has a bytes marker {{\"$kp\": \"bytes\", \"i\": N}} with no "
                           f"matching buffer ({len(buffers)} buffer(s) sent): {exc}") from None
+
+
+def _resolve(value: pb.Value, what: str, blobs: Fetch | None) -> list[Any]:
+    """The buffers with every referenced blob's data in place (each blob is used up here)."""
+    refs = list(value.blobs)
+    if len(refs) != len(value.buffers):
+        raise BadValue(f"{what} has {len(refs)} blob reference(s) for {len(value.buffers)} "
+                       "buffer(s); blobs must be empty or as long as buffers")
+    buffers: list[Any] = list(value.buffers)
+    failure = None
+    for i, ref in enumerate(refs):
+        if not ref.id:
+            continue
+        if blobs is None:
+            failure = failure or f"{what} references blob '{ref.id}' but none can be read here"
+            continue
+        try:
+            buffers[i] = blobs(ref.id, ref.size)
+        except LookupError as exc:  # keep going: every referenced blob is used up either way
+            failure = failure or f"{what}: {exc}"
+    if failure:
+        raise BadValue(failure)
+    return buffers
+
+
+def _decode_arrow(marker: dict[str, Any], buffers: Any, what: str, untrusted: bool) -> Any:
+    import pyarrow as pa
+
+    if "shm" in marker:
+        raise BadValue(f"{what} refers to a shared-memory file; over gRPC Arrow data travels in "
+                       "buffers or blobs")
+    i = marker.get("i")
+    if not isinstance(i, int) or not 0 <= i < len(buffers):
+        raise BadValue(f"{what} has an arrow marker {{\"$kp\": \"arrow\", ..., \"i\": N}} with "
+                       f"no matching buffer ({len(buffers)} buffer(s) sent)")
+    try:
+        if untrusted and marker.get("t") != "tensor":
+            # a crafted IPC stream could point outside its buffers: check before anyone reads it
+            pa.ipc.open_stream(pa.py_buffer(buffers[i])).read_all().validate(full=True)
+        return arrow.decode(marker, buffers, _NO_SHM)
+    except Exception as exc:  # noqa: BLE001 - whatever pyarrow raises, the value is malformed
+        raise BadValue(f"{what} holds a malformed Arrow value ({type(exc).__name__}: {exc}); "
+                       "its buffer must be an Arrow IPC stream (a tensor IPC message for "
+                       "\"t\": \"tensor\")") from None
+
+
+class Codec:
+    """How one end encodes and decodes Values: where large buffers go and come from."""
+
+    def __init__(self, park: Park | None = None, limit: int = 4 << 20, fetch: Fetch | None = None,
+                 untrusted: bool = False) -> None:
+        self.park = park
+        self.limit = limit
+        self.fetch = fetch
+        self.untrusted = untrusted
+
+    def encode(self, obj: Any) -> pb.Value:
+        return to_value(obj, self.park, self.limit)
+
+    def decode(self, value: pb.Value, what: str = "value") -> Any:
+        return from_value(value, what, self.fetch, self.untrusted)
+
+
+PLAIN = Codec()

@@ -83,6 +83,18 @@ class Reply(_message.Message):
     error: _values_pb2.RemoteException
     def __init__(self, id: _Optional[int] = ..., result: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[_values_pb2.RemoteException, _Mapping]] = ...) -> None: ...
 
+class ReadBlobRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class BlobChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
 class MapRequest(_message.Message):
     __slots__ = ("tool", "items", "options", "chunksize")
     TOOL_FIELD_NUMBER: _ClassVar[int]
@@ -397,20 +409,24 @@ class ServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "run_id", "pid", "pools", "started", "address")
+    __slots__ = ("version", "run_id", "pid", "pools", "started", "address", "max_message_size", "blob_ttl")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BLOB_TTL_FIELD_NUMBER: _ClassVar[int]
     version: str
     run_id: str
     pid: int
     pools: _containers.RepeatedScalarFieldContainer[str]
     started: float
     address: str
-    def __init__(self, version: _Optional[str] = ..., run_id: _Optional[str] = ..., pid: _Optional[int] = ..., pools: _Optional[_Iterable[str]] = ..., started: _Optional[float] = ..., address: _Optional[str] = ...) -> None: ...
+    max_message_size: int
+    blob_ttl: float
+    def __init__(self, version: _Optional[str] = ..., run_id: _Optional[str] = ..., pid: _Optional[int] = ..., pools: _Optional[_Iterable[str]] = ..., started: _Optional[float] = ..., address: _Optional[str] = ..., max_message_size: _Optional[int] = ..., blob_ttl: _Optional[float] = ...) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ("grace",)

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from kernelpit.v1 import bridge_pb2 as kernelpit_dot_v1_dot_bridge__pb2
+from kernelpit.v1 import values_pb2 as kernelpit_dot_v1_dot_values__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -53,6 +54,16 @@ class BridgeStub:
                 '/kernelpit.v1.Bridge/Calls',
                 request_serializer=kernelpit_dot_v1_dot_bridge__pb2.CallBatch.SerializeToString,
                 response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.ReplyBatch.FromString,
+                _registered_method=True)
+        self.ReadBlob = channel.unary_stream(
+                '/kernelpit.v1.Bridge/ReadBlob',
+                request_serializer=kernelpit_dot_v1_dot_bridge__pb2.ReadBlobRequest.SerializeToString,
+                response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.BlobChunk.FromString,
+                _registered_method=True)
+        self.WriteBlob = channel.stream_unary(
+                '/kernelpit.v1.Bridge/WriteBlob',
+                request_serializer=kernelpit_dot_v1_dot_bridge__pb2.BlobChunk.SerializeToString,
+                response_deserializer=kernelpit_dot_v1_dot_values__pb2.BlobRef.FromString,
                 _registered_method=True)
         self.ListTools = channel.unary_unary(
                 '/kernelpit.v1.Bridge/ListTools',
@@ -154,6 +165,28 @@ class BridgeServicer:
         each request carries calls tagged with a client-chosen id (and ids to cancel);
         replies come back tagged, in completion order, several per message when ready
         together.  Saves the per-RPC cost of Call.  Ending the stream cancels its calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadBlob(self, request, context):
+        """Large values (Arrow tables, arrays) travel beside the messages that refer to
+        them, so no message exceeds the size limits (see Value.blobs).
+        Read a blob a reply referenced, as chunks of at most 4 MiB, in order.  A blob
+        can be read once: it is freed when read to the end, when the read is
+        cancelled, when the stream that made it is cancelled, or when nobody read it
+        within the bridge's blob TTL (then NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteBlob(self, request_iterator, context):
+        """Upload a buffer for an argument, as chunks each smaller than the bridge's
+        max_message_size (ServerInfo); returns the BlobRef to put in Value.blobs.
+        A blob is used by the one request that references it (freed then), or
+        freed after the TTL.  An upload cut short leaves nothing behind.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -267,6 +300,16 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.Calls,
                     request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.CallBatch.FromString,
                     response_serializer=kernelpit_dot_v1_dot_bridge__pb2.ReplyBatch.SerializeToString,
+            ),
+            'ReadBlob': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadBlob,
+                    request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.ReadBlobRequest.FromString,
+                    response_serializer=kernelpit_dot_v1_dot_bridge__pb2.BlobChunk.SerializeToString,
+            ),
+            'WriteBlob': grpc.stream_unary_rpc_method_handler(
+                    servicer.WriteBlob,
+                    request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.BlobChunk.FromString,
+                    response_serializer=kernelpit_dot_v1_dot_values__pb2.BlobRef.SerializeToString,
             ),
             'ListTools': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTools,
@@ -442,6 +485,60 @@ class Bridge:
             '/kernelpit.v1.Bridge/Calls',
             kernelpit_dot_v1_dot_bridge__pb2.CallBatch.SerializeToString,
             kernelpit_dot_v1_dot_bridge__pb2.ReplyBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kernelpit.v1.Bridge/ReadBlob',
+            kernelpit_dot_v1_dot_bridge__pb2.ReadBlobRequest.SerializeToString,
+            kernelpit_dot_v1_dot_bridge__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteBlob(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/kernelpit.v1.Bridge/WriteBlob',
+            kernelpit_dot_v1_dot_bridge__pb2.BlobChunk.SerializeToString,
+            kernelpit_dot_v1_dot_values__pb2.BlobRef.FromString,
             options,
             channel_credentials,
             insecure,

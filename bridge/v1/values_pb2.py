@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19kernelpit/v1/values.proto\x12\x0ckernelpit.v1\"Q\n\x05Value\x12\x0e\n\x04json\x18\x01 \x01(\tH\x00\x12\r\n\x03raw\x18\x02 \x01(\x0cH\x00\x12\x0f\n\x07\x62uffers\x18\x03 \x03(\x0c\x12\x10\n\x08\x65ncoding\x18\x04 \x01(\tB\x06\n\x04kind\"\xb8\x02\n\x0fRemoteException\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.kernelpit.v1.ErrorKind\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06module\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x11\n\ttraceback\x18\x05 \x01(\t\x12!\n\x04\x61rgs\x18\x06 \x01(\x0b\x32\x13.kernelpit.v1.Value\x12\x16\n\texit_code\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06signal\x18\x08 \x01(\t\x12\x0c\n\x04tool\x18\t \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\n \x01(\x04\x12\x13\n\x06worker\x18\x0b \x01(\x03H\x01\x88\x01\x01\x12\x16\n\tmap_index\x18\x0c \x01(\x03H\x02\x88\x01\x01\x42\x0c\n\n_exit_codeB\t\n\x07_workerB\x0c\n\n_map_index*\x84\x03\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45RROR_KIND_TOOL\x10\x01\x12\x1d\n\x19\x45RROR_KIND_WORKER_CRASHED\x10\x02\x12\x1b\n\x17\x45RROR_KIND_SESSION_LOST\x10\x03\x12\x17\n\x13\x45RROR_KIND_DEADLINE\x10\x04\x12\x18\n\x14\x45RROR_KIND_CANCELLED\x10\x05\x12\x19\n\x15\x45RROR_KIND_QUEUE_FULL\x10\x06\x12 \n\x1c\x45RROR_KIND_INVALID_ARGUMENTS\x10\x07\x12\x18\n\x14\x45RROR_KIND_NOT_FOUND\x10\x08\x12\x1a\n\x16\x45RROR_KIND_UNAVAILABLE\x10\t\x12\x1e\n\x1a\x45RROR_KIND_UNAUTHENTICATED\x10\n\x12\x15\n\x11\x45RROR_KIND_CLOSED\x10\x0b\x12\x14\n\x10\x45RROR_KIND_START\x10\x0c\x12\x17\n\x13\x45RROR_KIND_INTERNAL\x10\rBBP\x01Z>github.com/kernelpit/kernelpit/gen/go/kernelpit/v1;kernelpitv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19kernelpit/v1/values.proto\x12\x0ckernelpit.v1\"w\n\x05Value\x12\x0e\n\x04json\x18\x01 \x01(\tH\x00\x12\r\n\x03raw\x18\x02 \x01(\x0cH\x00\x12\x0f\n\x07\x62uffers\x18\x03 \x03(\x0c\x12\x10\n\x08\x65ncoding\x18\x04 \x01(\t\x12$\n\x05\x62lobs\x18\x05 \x03(\x0b\x32\x15.kernelpit.v1.BlobRefB\x06\n\x04kind\"#\n\x07\x42lobRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\xb8\x02\n\x0fRemoteException\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.kernelpit.v1.ErrorKind\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06module\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x11\n\ttraceback\x18\x05 \x01(\t\x12!\n\x04\x61rgs\x18\x06 \x01(\x0b\x32\x13.kernelpit.v1.Value\x12\x16\n\texit_code\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06signal\x18\x08 \x01(\t\x12\x0c\n\x04tool\x18\t \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\n \x01(\x04\x12\x13\n\x06worker\x18\x0b \x01(\x03H\x01\x88\x01\x01\x12\x16\n\tmap_index\x18\x0c \x01(\x03H\x02\x88\x01\x01\x42\x0c\n\n_exit_codeB\t\n\x07_workerB\x0c\n\n_map_index*\x84\x03\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45RROR_KIND_TOOL\x10\x01\x12\x1d\n\x19\x45RROR_KIND_WORKER_CRASHED\x10\x02\x12\x1b\n\x17\x45RROR_KIND_SESSION_LOST\x10\x03\x12\x17\n\x13\x45RROR_KIND_DEADLINE\x10\x04\x12\x18\n\x14\x45RROR_KIND_CANCELLED\x10\x05\x12\x19\n\x15\x45RROR_KIND_QUEUE_FULL\x10\x06\x12 \n\x1c\x45RROR_KIND_INVALID_ARGUMENTS\x10\x07\x12\x18\n\x14\x45RROR_KIND_NOT_FOUND\x10\x08\x12\x1a\n\x16\x45RROR_KIND_UNAVAILABLE\x10\t\x12\x1e\n\x1a\x45RROR_KIND_UNAUTHENTICATED\x10\n\x12\x15\n\x11\x45RROR_KIND_CLOSED\x10\x0b\x12\x14\n\x10\x45RROR_KIND_START\x10\x0c\x12\x17\n\x13\x45RROR_KIND_INTERNAL\x10\rBBP\x01Z>github.com/kernelpit/kernelpit/gen/go/kernelpit/v1;kernelpitv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,10 +32,12 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kernelpit.v1.values_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001Z>github.com/kernelpit/kernelpit/gen/go/kernelpit/v1;kernelpitv1'
-  _globals['_ERRORKIND']._serialized_start=442
-  _globals['_ERRORKIND']._serialized_end=830
+  _globals['_ERRORKIND']._serialized_start=517
+  _globals['_ERRORKIND']._serialized_end=905
   _globals['_VALUE']._serialized_start=43
-  _globals['_VALUE']._serialized_end=124
-  _globals['_REMOTEEXCEPTION']._serialized_start=127
-  _globals['_REMOTEEXCEPTION']._serialized_end=439
+  _globals['_VALUE']._serialized_end=162
+  _globals['_BLOBREF']._serialized_start=164
+  _globals['_BLOBREF']._serialized_end=199
+  _globals['_REMOTEEXCEPTION']._serialized_start=202
+  _globals['_REMOTEEXCEPTION']._serialized_end=514
 # @@protoc_insertion_point(module_scope)

@@ -39,16 +39,26 @@ ERROR_KIND_START: ErrorKind
 ERROR_KIND_INTERNAL: ErrorKind
 
 class Value(_message.Message):
-    __slots__ = ("json", "raw", "buffers", "encoding")
+    __slots__ = ("json", "raw", "buffers", "encoding", "blobs")
     JSON_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
     BUFFERS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
     json: str
     raw: bytes
     buffers: _containers.RepeatedScalarFieldContainer[bytes]
     encoding: str
-    def __init__(self, json: _Optional[str] = ..., raw: _Optional[bytes] = ..., buffers: _Optional[_Iterable[bytes]] = ..., encoding: _Optional[str] = ...) -> None: ...
+    blobs: _containers.RepeatedCompositeFieldContainer[BlobRef]
+    def __init__(self, json: _Optional[str] = ..., raw: _Optional[bytes] = ..., buffers: _Optional[_Iterable[bytes]] = ..., encoding: _Optional[str] = ..., blobs: _Optional[_Iterable[_Union[BlobRef, _Mapping]]] = ...) -> None: ...
+
+class BlobRef(_message.Message):
+    __slots__ = ("id", "size")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    size: int
+    def __init__(self, id: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class RemoteException(_message.Message):
     __slots__ = ("kind", "type", "module", "message", "traceback", "args", "exit_code", "signal", "tool", "call_id", "worker", "map_index")
