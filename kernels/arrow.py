@@ -62,6 +62,14 @@ class Transport:
         return out
 
 
+SHM_BASE = "/dev/shm"
+
+
+def shared_dir(run_id: str) -> str:
+    """The shared-memory directory of a run (created by the pool, removed when it closes)."""
+    return os.path.join(SHM_BASE, f"kernelpit-{run_id}")
+
+
 class DecodeError(ValueError):
     """A received value could not be read back."""
 

@@ -152,12 +152,14 @@ def test_without_the_lifeline_the_next_start_reaps_what_a_killed_controller_left
         assert {r.pid for r in rows} == {p.pid for p in c.kernels}
         runtime = default_path().parent.parent
         assert list(runtime.glob(f"kernel-kernelpit-{c.run_id}-*.json"))
+        assert os.path.isdir(f"/dev/shm/kernelpit-{c.run_id}")  # its shared-memory directory
         # the next start of any pool (same runtime dir) ends them before its workers launch
         with kernelpit.Pool(adapters=[DEMO], workers=1) as pool:
             assert alive(c.everything) == []
             assert kernel_processes(c.run_id) == []
             assert RunRegistry().kernels(c.run_id) == []
             assert not list(runtime.glob(f"kernel-kernelpit-{c.run_id}-*.json"))
+            assert not os.path.exists(f"/dev/shm/kernelpit-{c.run_id}")
             assert pool.call("add", 1, 2) == 3
     finally:
         c.cleanup()

@@ -27,7 +27,7 @@ from .group import WorkerGroup
 from . import reaper, registry as run_registry
 from .health import HealthMonitor
 from .sessions import SessionTable
-from ..kernels.arrow import Transport, reclaim
+from ..kernels.arrow import SHM_BASE, Transport, reclaim, shared_dir
 from .crash import classify, crash_message
 from .worker import Worker
 
@@ -36,10 +36,9 @@ log = logging.getLogger("kernelpit")
 
 def shared_memory_dir(run_id: str) -> str | None:
     """A private directory on tmpfs for by-reference values of this run (None: none usable)."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    if base is None:
+    if not (os.path.isdir(SHM_BASE) and os.access(SHM_BASE, os.W_OK)):
         return None
-    path = os.path.join(base, f"kernelpit-{run_id}")
+    path = shared_dir(run_id)
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 

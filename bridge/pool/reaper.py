@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import select
 import signal
 import sys
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import psutil
 
+from ..kernels.arrow import shared_dir
 from .registry import RunRegistry, default_path, process_alive
 
 log = logging.getLogger("kernelpit")
@@ -382,6 +384,17 @@ def _remove_connection_files(registry: RunRegistry | None, run_ids: set[str]) ->
     return removed
 
 
+def _remove_shared_memory(run_ids: set[str]) -> list[str]:
+    """The shared-memory directories (Arrow values in transit) of runs that are now over."""
+    removed = []
+    for run_id in run_ids:
+        path = shared_dir(run_id)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def reap_orphans(registry: RunRegistry | None = None, *, grace: float = 3.0,
                  everywhere: bool = False) -> Reaped:
     """Find and end what earlier runs left behind; forget their registry rows. Logs what it did."""
@@ -397,7 +410,7 @@ def cleanup(registry: RunRegistry | None, result: Reaped) -> Reaped:
         over -= {o.run_id for o in scan.orphans if o.pid in result.survivors}
     if registry is not None:
         registry.forget(sorted(over & {r.run_id for r in registry.runs()}))
-    result.removed_files = _remove_connection_files(registry, over)
+    result.removed_files = _remove_connection_files(registry, over) + _remove_shared_memory(over)
     if scan.orphans:
         log.warning("kernelpit: ended %d process(es) left by earlier runs whose controller is "
                     "gone (runs %s): %d after SIGTERM, %d needed SIGKILL%s", len(
