@@ -30,7 +30,7 @@ from .exceptions import BridgeError, BridgeNotFound, DeadlineExceeded, Unauthent
 from .info import SessionInfo, ToolInfo, WorkerInfo
 from .pool.call import CallOptions
 from .service import auth, convert, discovery, errors
-from .service.blobs import chunk_size, framed, unframe
+from .service.blobs import BLOB_SIZE_KEY, chunk_size, framed, unframe
 from .service.multiplex import CallMultiplexer, reply_value
 from .service.values import PLAIN, Codec, blob_refs
 from .service.watch import WatchEvent
@@ -89,13 +89,17 @@ class RemoteBackend:
             WRITE_BLOB, request_serializer=None, response_deserializer=values_pb.BlobRef.FromString)
 
     # -- blobs: Arrow data too large for one message ------------------------------------
+    def _sized(self, size: int) -> Any:
+        return (*self.metadata, (BLOB_SIZE_KEY, str(size)))
+
     def _uploads(self) -> "_Uploads":
         return _Uploads(self.limit)
 
     async def _upload(self, uploads: "_Uploads", *values: Any) -> None:
-        for key, segments, _ in uploads.items:
+        for key, segments, size in uploads.items:
             try:
-                ref = await self._write_blob(framed(segments, self.limit), metadata=self.metadata)
+                ref = await self._write_blob(framed(segments, self.limit),
+                                             metadata=self._sized(size))
             except grpc.aio.AioRpcError as exc:
                 err = errors.from_rpc_error(exc, self.address)
                 raise err from None
@@ -133,8 +137,8 @@ class RemoteBackend:
                 response_deserializer=values_pb.BlobRef.FromString)
 
     def _upload_blocking(self, uploads: "_Uploads", *values: Any) -> None:
-        for key, segments, _ in uploads.items:
-            ref = self._blocking_write(framed(segments, self.limit), metadata=self.metadata)
+        for key, segments, size in uploads.items:
+            ref = self._blocking_write(framed(segments, self.limit), metadata=self._sized(size))
             uploads.ids[key] = ref.id
         uploads.patch(*values)
 

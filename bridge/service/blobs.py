@@ -31,8 +31,10 @@ from typing import Any, AsyncIterator, Iterable, Iterator
 # 4 MiB: measured on this 2-core box (loopback, Python grpc on both ends), 256 KiB chunks
 # move ~0.4 GB/s, 1 MiB ~0.6-0.9, 4 MiB ~0.8-1.2, 8 MiB no better; the per-message cost
 # of Python gRPC (~0.3 ms) dominates below 1 MiB.
-CHUNK = 4 << 20
+CHUNK = (4 << 20) - (4 << 10)  # fits gRPC's default 4 MiB receive limit with its framing
 DEFAULT_TTL = 60.0
+#: call metadata of WriteBlob: the upload's size in bytes (optional; a shorter upload is refused)
+BLOB_SIZE_KEY = "kernelpit-blob-size"
 
 
 def chunk_size(max_message: int | None) -> int:

@@ -20,7 +20,7 @@ from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
 from ..v1 import values_pb2 as values_pb
 from . import convert, errors
-from .blobs import BlobError, BlobStore, chunk_size
+from .blobs import BLOB_SIZE_KEY, BlobError, BlobStore, chunk_size
 from .multiplex import serve_calls
 from .pump import EventPump
 from .values import Codec
@@ -150,6 +150,12 @@ class BridgeServicer(pb_grpc.BridgeServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"the bridge cannot store the upload: {exc}")
             raise  # unreachable
+        # A client that goes away mid-upload may look like one that finished: check.
+        expected = dict(context.invocation_metadata() or ()).get(BLOB_SIZE_KEY)
+        if context.cancelled() or (expected is not None and expected != str(size)):
+            self.blobs.drop([blob_id])
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the upload ended after {size} bytes of {expected or 'unknown'}")
         return values_pb.BlobRef(id=blob_id, size=size)
 
     # -- tools -----------------------------------------------------------------------
