@@ -9,7 +9,8 @@
     pump.py        batching of a call's events for CallStream
     watch.py       the Watch RPC's shared sampler and the events remote clients get
     convert.py     core objects <-> kernelpit.v1 messages
-    values.py      Python values <-> kernelpit.v1.Value (JSON + binary buffers, raw bytes)
+    values.py      Python values <-> kernelpit.v1.Value (JSON + binary buffers: bytes, Arrow IPC)
+    blobs.py       large values beside the messages: the blob store, ReadBlob/WriteBlob chunks
     errors.py      exceptions <-> gRPC status codes and RemoteException (the one mapping)
     auth.py        the bearer-token interceptor
     discovery.py   the discovery file in the Jupyter runtime dir

@@ -7,6 +7,7 @@
     port = 0
     grace = 30               # seconds in-flight calls may take to finish on shutdown
     max_message_size = "64MB"
+    blob_ttl = 60            # seconds an unread large result (or unused upload) is kept
 
     [pools.default]          # one table per named pool: the fields of PoolConfig
     adapters = ["mytools"]
@@ -31,7 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-BRIDGE_KEYS = {"host", "port", "grace", "max_message_size", "auth"}
+BRIDGE_KEYS = {"host", "port", "grace", "max_message_size", "auth", "blob_ttl"}
 
 
 class ConfigError(ValueError):
