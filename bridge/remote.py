@@ -285,6 +285,7 @@ class RemoteBackend:
         # Arrow data beyond this per message goes as blobs, in chunks the bridge accepts
         # (a bridge that does not say: chunks that fit gRPC's default 4 MB limit).
         self.limit = chunk_size(info.max_message_size or 4 * 10**6)
+        self._mux.max_batch_bytes = self.limit
         return info
 
     async def shutdown(self, grace: float | None = None) -> None:

@@ -151,7 +151,8 @@ def test_values_nest_inside_ordinary_structures(client):
 
 
 def test_a_generator_of_record_batches_streams_batches(client):
-    for rows in (5, 1_000_000):  # small batches inline, 8 MB ones as blobs
+    # small batches inline, 3 MB ones inline but never several in one message, 8 MB ones as blobs
+    for rows in (5, 400_000, 1_000_000):
         events = list(client.stream("batches", 3, rows=rows))
         parts = [e.value for e in events if e.kind == "partial"]
         assert [type(p) for p in parts] == [pa.RecordBatch] * 3
@@ -178,6 +179,10 @@ def test_async_client_moves_arrow_values(bridge):
             assert (await pool.map("echo", [BIG]))[0].equals(BIG)
             together = await asyncio.gather(*(pool.call("echo", BIG.slice(i)) for i in range(3)))
             assert [t.num_rows for t in together] == [2_000_000 - i for i in range(3)]
+            # 3 MB each, inline: one call batch of them all would pass the 8 MB limit
+            mid = BIG.slice(0, 190_000)
+            together = await asyncio.gather(*(pool.call("echo", mid) for _ in range(6)))
+            assert all(t.equals(mid) for t in together)
     asyncio.run(main())
 
 

@@ -20,6 +20,24 @@ from ..v1 import bridge_pb2 as pb
 from . import errors
 from .values import PLAIN, Codec
 
+def split(messages: list[Any], limit: int) -> list[list[Any]]:
+    """Consecutive groups of ``messages`` of at most ``limit`` serialized bytes each (a
+    message bigger than that alone makes a group), so no batch exceeds a message limit."""
+    groups: list[list[Any]] = []
+    group: list[Any] = []
+    size = 0
+    for m in messages:
+        n = m.ByteSize()
+        if group and size + n > limit:
+            groups.append(group)
+            group, size = [], 0
+        group.append(m)
+        size += n
+    if group:
+        groups.append(group)
+    return groups
+
+
 # -- the bridge's end --------------------------------------------------------------------------
 
 Runner = Callable[[pb.CallRequest], Awaitable[Any]]
@@ -86,8 +104,8 @@ async def serve_calls(requests: AsyncIterator[pb.CallBatch], run: Runner,
                 if replies.empty():
                     break
                 item = replies.get_nowait()
-            if batch:
-                yield pb.ReplyBatch(replies=batch)
+            for part in split(batch, codec.limit):
+                yield pb.ReplyBatch(replies=part)
     finally:
         reader.cancel()
         stopper.cancel()
@@ -111,6 +129,7 @@ class CallMultiplexer:
         self._wake: asyncio.Event | None = None
         self._rpc: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.max_batch_bytes = 1 << 20  # a batch above this is split (the bridge's limit / 2)
 
     async def call(self, request: pb.CallRequest) -> pb.Reply:
         if self._rpc is None:
@@ -143,9 +162,11 @@ class CallMultiplexer:
                 await asyncio.sleep(0)  # let calls submitted in the same moment join the batch
                 wake.clear()
                 if self._outbox or self._cancels:
-                    batch = pb.CallBatch(calls=self._outbox, cancel=self._cancels)
+                    calls, cancels = self._outbox, self._cancels
                     self._outbox, self._cancels = [], []
-                    await rpc.write(batch)
+                    parts = split(calls, self.max_batch_bytes) or [[]]
+                    for i, part in enumerate(parts):
+                        await rpc.write(pb.CallBatch(calls=part, cancel=cancels if i == 0 else ()))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             self._failed(rpc, exc)
 

@@ -21,7 +21,7 @@ from ..v1 import bridge_pb2_grpc as pb_grpc
 from ..v1 import values_pb2 as values_pb
 from . import convert, errors
 from .blobs import BLOB_SIZE_KEY, BlobError, BlobStore, chunk_size
-from .multiplex import serve_calls
+from .multiplex import serve_calls, split
 from .pump import EventPump
 from .values import Codec
 from .watch import WatchHub
@@ -115,8 +115,9 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         try:
             while True:
                 batch, failure = await pump.next_batch()
-                if batch:
-                    yield pb.EventBatch(events=[convert.event_to_proto(e, codec) for e in batch])
+                # several partials of up to a chunk each: never one message above the limit
+                for part in split([convert.event_to_proto(e, codec) for e in batch], self._limit):
+                    yield pb.EventBatch(events=part)
                 if failure is not None:
                     complete = True
                     await abort(context, failure)
