@@ -325,3 +325,11 @@ def test_a_worker_crash_mid_transfer_leaves_nothing(client):
     with pytest.raises(kernelpit.WorkerCrashed):
         client.options(deadline=120).call("die_holding", BIG)  # an uploaded argument in hand
     assert client.options(deadline=120).call("echo", BIG).equals(BIG)
+
+
+def test_an_upload_that_cannot_fit_is_refused_up_front(client, stub, auth):
+    with pytest.raises(grpc.RpcError) as info:
+        stub.WriteBlob(iter([pb.BlobChunk(data=b"x")]), metadata=(*auth, (BLOB_SIZE_KEY, str(10**15))))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not fit" in info.value.details()
+    assert client.call("echo", BIG).equals(BIG)

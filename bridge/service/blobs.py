@@ -186,20 +186,35 @@ class BlobStore:
             self._free(blob.id)
 
     # -- uploads ---------------------------------------------------------------------------
-    async def write(self, chunks: AsyncIterator[Any]) -> tuple[str, int]:
-        """Store an upload as it arrives; returns (id, size).  Cut short: nothing is kept."""
+    async def write(self, chunks: AsyncIterator[Any], expected: int | None = None) -> tuple[str, int]:
+        """Store an upload as it arrives; returns (id, size).  Cut short: nothing is kept.
+
+        An upload announced as ``expected`` bytes that would not fit in the directory's
+        file system (tmpfs: memory) is refused before anything is written (OSError).
+        """
+        if expected is not None:
+            free = shutil.disk_usage(self.directory).free
+            if expected > free - (64 << 20):
+                raise OSError(f"an upload of {expected} bytes does not fit in {self.directory} "
+                              f"({free} bytes free)")
         blob_id = uuid.uuid4().hex
         path = os.path.join(self.directory, f"blob-{blob_id}.arrow")
         size = 0
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        loop = asyncio.get_running_loop()
+        writing: asyncio.Future[None] | None = None
         try:
+            # each chunk is written on a thread while the next one is received
             async for data in chunks:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                    size += n
+                if writing is not None:
+                    await writing
+                writing = loop.run_in_executor(None, _write_all, fd, data)
+                size += len(data)
+            if writing is not None:
+                await writing
         except BaseException:
+            if writing is not None:
+                await asyncio.wait([writing])
             os.close(fd)
             _unlink(path)
             raise
@@ -253,6 +268,12 @@ class BlobStore:
             return [n for n in os.listdir(self.directory) if n.startswith("blob-")]
         except FileNotFoundError:
             return []
+
+
+def _write_all(fd: int, data: Any) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _unlink(path: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 
-from ..exceptions import KernelpitError, ToolNotFound
+from ..exceptions import InvalidArguments, KernelpitError, ToolNotFound
 from ..pool import PoolManager
 from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
@@ -145,15 +145,20 @@ class BridgeServicer(pb_grpc.BridgeServicer):
 
     async def WriteBlob(self, requests: AsyncIterator[memoryview],
                         context: grpc.aio.ServicerContext) -> values_pb.BlobRef:
+        expected = dict(context.invocation_metadata() or ()).get(BLOB_SIZE_KEY)
         try:
-            blob_id, size = await self.blobs.write(requests)
-        except OSError as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"the bridge cannot store the upload: {exc}")
+            announced = int(expected) if expected is not None else None
+        except ValueError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"{BLOB_SIZE_KEY} must be a number of bytes, got {expected!r}")
+            raise  # unreachable
+        try:
+            blob_id, size = await self.blobs.write(requests, announced)
+        except OSError as exc:  # no room: the client is told why (INVALID_ARGUMENT)
+            await abort(context, InvalidArguments(f"the bridge cannot store the upload: {exc}"))
             raise  # unreachable
         # A client that goes away mid-upload may look like one that finished: check.
-        expected = dict(context.invocation_metadata() or ()).get(BLOB_SIZE_KEY)
-        if context.cancelled() or (expected is not None and expected != str(size)):
+        if context.cancelled() or (announced is not None and announced != size):
             self.blobs.drop([blob_id])
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"the upload ended after {size} bytes of {expected or 'unknown'}")
