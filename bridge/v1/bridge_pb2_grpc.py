@@ -185,8 +185,10 @@ class BridgeServicer:
     def WriteBlob(self, request_iterator, context):
         """Upload a buffer for an argument, as chunks each smaller than the bridge's
         max_message_size (ServerInfo); returns the BlobRef to put in Value.blobs.
-        A blob is used by the one request that references it (freed then), or
-        freed after the TTL.  An upload cut short leaves nothing behind.
+        Send the call metadata "kernelpit-blob-size: <bytes>" to have an upload
+        that ends short refused, and one that cannot fit refused before it starts
+        (INVALID_ARGUMENT).  A blob is used by the one request that references it
+        (freed then), or freed after the TTL.  An upload cut short leaves nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
