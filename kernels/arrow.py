@@ -87,25 +87,26 @@ def encode(obj: Any, buffers: list[Any], transport: Transport) -> Any:
         return obj.item()
     import pyarrow as pa
 
-    kind, meta, payload = _to_arrow(obj, pa, np)
+    kind, meta, payload = to_arrow(obj, pa, np)
     nbytes = payload.size * payload.type.bit_width // 8 if isinstance(payload, pa.Tensor) \
         else payload.nbytes
     marker: dict[str, Any] = {MARKER: "arrow", "t": kind, **meta}
     if transport.shm_dir and nbytes >= transport.threshold:
         path = os.path.join(transport.shm_dir, f"{transport.prefix}-{uuid.uuid4().hex}.arrow")
         with pa.OSFile(path, "wb") as sink:
-            _write(pa, payload, sink, file_format=True)
+            write_ipc(pa, payload, sink, file_format=True)
         marker["shm"] = os.path.basename(path)
         marker["n"] = nbytes
         return marker
     sink = pa.BufferOutputStream()
-    _write(pa, payload, sink, file_format=False)
+    write_ipc(pa, payload, sink, file_format=False)
     buffers.append(sink.getvalue())
     marker["i"] = len(buffers) - 1
     return marker
 
 
-def _to_arrow(obj: Any, pa: Any, np: Any) -> tuple[str, dict[str, Any], Any]:
+def to_arrow(obj: Any, pa: Any, np: Any) -> tuple[str, dict[str, Any], Any]:
+    """``(kind, marker fields, pyarrow Table or Tensor)`` for a value this module carries."""
     if isinstance(obj, pa.Table):
         return "table", {}, obj
     if isinstance(obj, pa.RecordBatch):
@@ -121,12 +122,12 @@ def _to_arrow(obj: Any, pa: Any, np: Any) -> tuple[str, dict[str, Any], Any]:
         import pandas as pd
 
         if isinstance(obj, pd.DataFrame):
-            return "pandas", {}, pa.Table.from_pandas(obj, preserve_index=True)
+            return "pandas", {}, pa.Table.from_pandas(obj, preserve_index=None)
         if isinstance(obj, pd.Series):
             name = obj.name
             frame = obj.to_frame(name="__series__")
             return "series", {"name": name if isinstance(name, (str, int, float)) else None}, \
-                pa.Table.from_pandas(frame, preserve_index=True)
+                pa.Table.from_pandas(frame, preserve_index=None)
     raise _unsupported(obj, f"a {type(obj).__module__}.{type(obj).__qualname__}")
 
 
@@ -136,7 +137,8 @@ def _unsupported(obj: Any, what: str) -> TypeError:
     return EncodeError(f"{what} cannot be sent; supported types are {SUPPORTED}")
 
 
-def _write(pa: Any, payload: Any, sink: Any, *, file_format: bool) -> None:
+def write_ipc(pa: Any, payload: Any, sink: Any, *, file_format: bool) -> None:
+    """Write a Table (IPC stream, or file when ``file_format``) or a Tensor to ``sink``."""
     if isinstance(payload, pa.Tensor):
         pa.ipc.write_tensor(payload, sink)
         return

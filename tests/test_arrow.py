@@ -67,6 +67,12 @@ def test_dataframes_keep_dtypes_and_index(pool, name):
     assert pool.call("frame_info", frame)["type"] == "DataFrame"  # the tool got a DataFrame too
 
 
+def test_a_range_index_stays_a_range_index(pool):
+    frame = pd.DataFrame({"x": [1, 2, 3]}, index=pd.RangeIndex(10, 40, 10))
+    out = pool.call("echo", frame)
+    assert isinstance(out.index, pd.RangeIndex) and out.index.equals(frame.index)
+
+
 def test_series_and_numpy_arrays_keep_type_dtype_and_shape(pool):
     series = pd.Series([1.5, None], name="price")
     pd.testing.assert_series_equal(pool.call("echo", series), series)

@@ -115,13 +115,13 @@ def _encode_arrow(o: Any, buffers: list[Any], refs: dict[int, pb.BlobRef], park:
         return o.item()
     import pyarrow as pa
 
-    kind, meta, payload = arrow._to_arrow(o, pa, np)
+    kind, meta, payload = arrow.to_arrow(o, pa, np)
     estimate = payload.size * payload.type.bit_width // 8 if isinstance(payload, pa.Tensor) \
         else payload.nbytes
     marker: dict[str, Any] = {MARKER: "arrow", "t": kind, **meta, "i": len(buffers)}
     if park is None or estimate < room[0]:
         sink = pa.BufferOutputStream()
-        arrow._write(pa, payload, sink, file_format=False)
+        arrow.write_ipc(pa, payload, sink, file_format=False)
         data = sink.getvalue()
         if park is None or data.size <= room[0]:
             room[0] -= data.size
@@ -130,7 +130,7 @@ def _encode_arrow(o: Any, buffers: list[Any], refs: dict[int, pb.BlobRef], park:
         parts, size = [data], data.size
     else:
         segments = _Segments()
-        arrow._write(pa, payload, pa.PythonFile(segments, mode="w"), file_format=False)
+        arrow.write_ipc(pa, payload, pa.PythonFile(segments, mode="w"), file_format=False)
         parts, size = segments.parts, segments.size
     refs[len(buffers)] = pb.BlobRef(id=park(parts, size), size=size)
     buffers.append(b"")
