@@ -92,3 +92,40 @@ def render(doc: dict[str, Any]) -> str:
         out.append("")
         out.append("No peer or worker process outlived the run (checked with psutil).")
     return "\n".join(out)
+
+
+def machine_lines(doc: dict[str, Any]) -> list[str]:
+    meta = doc["meta"]
+    m = meta["machine"]
+    pk = m.get("packages", {})
+    ver = ", ".join(f"{k} {v}" for k, v in pk.items() if v)
+    mem = f"{m['memory_bytes'] / 2**30:.0f} GiB RAM, " if m.get("memory_bytes") else ""
+    return [
+        f"- Run finished {meta['date']} ({meta['mode']} mode, {meta['duration_s'] / 60:.0f} min), host `{m['host']}`, "
+        f"git `{m.get('git_commit', '')}`{' with uncommitted core changes' if m.get('core_dirty') else ''}",
+        f"- CPU: {m['nproc']} × {m['cpu']}; {mem}{m['platform']}",
+        f"- Python {m['python']} ({m['implementation']})",
+        f"- Packages: {ver}",
+        f"- Load average (1/5/15 min) at start {' '.join(f'{x:.2f}' for x in meta['loadavg_start'])}, "
+        f"at end {' '.join(f'{x:.2f}' for x in meta['loadavg_end'])}",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.report RESULT.json``: print a result file's table again."""
+    import json
+    import sys
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print("usage: python -m benchmarks.report RESULT.json", file=sys.stderr)
+        return 2
+    with open(args[0]) as f:
+        doc = json.load(f)
+    print(render(doc))
+    print()
+    print("\n".join(machine_lines(doc)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
