@@ -102,7 +102,11 @@ def machine_lines(doc: dict[str, Any]) -> list[str]:
     mem = f"{m['memory_bytes'] / 2**30:.0f} GiB RAM, " if m.get("memory_bytes") else ""
     return [
         f"- Run finished {meta['date']} ({meta['mode']} mode, {meta['duration_s'] / 60:.0f} min), host `{m['host']}`, "
-        f"git `{m.get('git_commit', '')}`{' with uncommitted core changes' if m.get('core_dirty') else ''}",
+        + (f"git `{m['git_commit_at_start']}`"
+           f"{' with uncommitted core changes' if m.get('core_dirty_at_start') else ''} at start, "
+           if "git_commit_at_start" in m else "")
+        + f"git `{m.get('git_commit', '')}`{' with uncommitted core changes' if m.get('core_dirty') else ''}"
+        + (" at end" if "git_commit_at_start" in m else ""),
         f"- CPU: {m['nproc']} × {m['cpu']}; {mem}{m['platform']}",
         f"- Python {m['python']} ({m['implementation']})",
         f"- Packages: {ver}",

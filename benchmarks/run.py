@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, _terminate)
     started = time.time()
+    info_start = machine()  # the tree under test when the run began (the core may change during it)
     before = cleanup.snapshot()
     ctx = Context(quick=args.quick, repeats=args.repeats, peers=peers, workers=args.workers, log=_log,
                   with_remote=not args.no_remote)
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         leftovers = cleanup.reap(before, started)
     now = dt.datetime.now(dt.timezone.utc)
     info = machine()
+    info["git_commit_at_start"] = info_start["git_commit"]
+    info["core_dirty_at_start"] = info_start["core_dirty"]
     doc = {
         "meta": {"date": now.isoformat(timespec="seconds"), "mode": "quick" if args.quick else "full",
                  "repeats_override": args.repeats, "workers": args.workers,
