@@ -12,6 +12,7 @@ Without ``KERNELPIT_ENDPOINT`` it is a plain ipykernel.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import traceback
@@ -58,6 +59,10 @@ def _start_agent(app, endpoint: str) -> None:
 
     agent = Agent(endpoint, os.environ.get("KERNELPIT_WORKER", "w0"), tools,
                   int(os.environ.get("KERNELPIT_CONCURRENCY", "1")), on_stop=stop)
+    # Everything imported so far (IPython, ipykernel, the adapters) lives as long as the kernel:
+    # move it out of the collector's sight, so a full collection triggered by a tool's
+    # allocations scans only the tool's objects (tens of ms less, now and then, per call).
+    gc.freeze()
     agent.start(hello)
     app.kernelpit_agent = agent
 

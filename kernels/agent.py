@@ -219,15 +219,16 @@ class Agent:
     def _invoke_batch(spec: ToolSpec, batch: list[list[Any]]) -> list[Any]:
         """Run a plain (non-streaming) tool once per argument list: one message for many calls."""
         func = spec.func
-        results = []
-        for index, args in enumerate(batch):
-            try:
-                results.append(func(*args))
-            except CallCancelled:
-                raise
-            except BaseException as exc:
-                exc.kernelpit_batch_index = index  # type: ignore[attr-defined]
-                raise
+        results: list[Any] = []
+        append = results.append
+        try:
+            for args in batch:
+                append(func(*args))
+        except CallCancelled:
+            raise
+        except BaseException as exc:
+            exc.kernelpit_batch_index = len(results)  # type: ignore[attr-defined]
+            raise
         return results
 
     @staticmethod

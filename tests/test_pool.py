@@ -255,3 +255,12 @@ def test_arguments_that_cannot_be_sent_are_invalid_and_leave_the_pool_serving(po
         pool.call("echo", value=deep)
     assert all(w.state == "idle" for w in pool.workers())
     assert pool.call("add", 1, 2) == 3
+
+
+def test_map_checks_every_item_even_on_the_fast_path(pool):
+    items = list(range(5000)) + [True] + list(range(10))  # a bool is not an int
+    with pytest.raises(kernelpit.InvalidArguments, match=r"item 5000: parameter 'a' of add\(\) must be int, got bool"):
+        pool.map("add", items)
+    with pytest.raises(kernelpit.InvalidArguments, match=r"item 0: add\(\) takes 2 positional"):
+        pool.map("add", [1, 2], [1, 2], [3, 4])  # three columns for two parameters
+    assert pool.map("add", [1, 2], [10, 20]) == [11, 22]

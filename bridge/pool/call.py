@@ -64,7 +64,7 @@ class Call:
     started: float | None = None
     cancel_sent: bool = False
     attempts: int = 0
-    batch: list[list[Any]] | None = None
+    batch: list[tuple[Any, ...]] | list[list[Any]] | None = None
     idempotent: bool = False
     transport: Transport | None = None
 

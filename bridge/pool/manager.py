@@ -20,7 +20,7 @@ from ..config import PoolConfig
 from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, PoolClosed, SessionLost,
                           ToolNotFound, ToolTainted, WorkerCrashed, WorkerNotFound)
 from ..info import SessionInfo, ToolInfo, WorkerInfo
-from ..kernels.schema import check_arguments
+from ..kernels.schema import check_arguments, check_items
 from .call import Call, CallOptions
 from .channel import Channel
 from .group import WorkerGroup
@@ -388,16 +388,18 @@ class PoolManager:
         """
         if not items:
             return []
-        group, first = self._prepare(tool, items[0], {}, options, streaming=False)
+        try:
+            group, first = self._prepare(tool, items[0], {}, options, streaming=False)
+        except InvalidArguments as exc:
+            raise InvalidArguments(f"item 0: {exc.message}", tool=tool) from None
         first.reclaim()  # only its options and flags are used; its request is never sent
         desc = group.tools[tool]
         if desc.get("streaming"):
             raise InvalidArguments(f"map() needs a tool that returns a value; {tool}() is a "
                                    "generator, use stream() for it", tool=tool)
-        for index, item in enumerate(items[1:], 1):
-            problem = check_arguments(tool, desc["params"], item, {})
-            if problem:
-                raise InvalidArguments(f"item {index}: {problem}", tool=tool)
+        bad = check_items(tool, desc["params"], items)
+        if bad is not None:
+            raise InvalidArguments(f"item {bad[0]}: {bad[1]}", tool=tool)
         if chunksize is None:
             slots = max(1, sum(w.config.concurrency for w in group.workers.values()))
             chunksize = max(1, min(2000, -(-len(items) // (slots * 4))))
@@ -408,7 +410,7 @@ class PoolManager:
             call = Call(tool, [], {}, first.options, thread_safe=first.thread_safe,
                         transport=group.transport,
                         idempotent=first.idempotent,
-                        batch=[list(a) for a in items[start:start + chunksize]])
+                        batch=items[start:start + chunksize])
             call.pinned = first.pinned
             chunks.append((start, call))
         try:

@@ -108,6 +108,9 @@ class Worker:
             return False
         if not self.inflight:
             return True
+        if call.batch is not None and len(self.inflight) <= self.config.concurrency and all(
+                c.batch is not None for c in self.inflight.values()):
+            return True  # map chunks: one more queued in the worker hides the round trip
         if len(self.inflight) >= self.config.concurrency or not call.thread_safe:
             return False
         return all(c.thread_safe for c in self.inflight.values())
