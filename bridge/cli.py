@@ -277,6 +277,24 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+WORKER_ACTIONS = {
+    "recycle": ("recycling worker {id}: its successor starts first, then it drains and stops",
+                "replace a worker without downtime (successor first, then it drains)"),
+    "restart": ("restarted worker {id}: it was killed and a fresh one takes its place",
+                "kill a worker now; a fresh one takes its place"),
+    "interrupt": ("interrupted worker {id}: its running calls were cancelled",
+                  "cancel a worker's running calls and SIGINT its kernel"),
+}
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    with connect_from(args) as client:
+        getattr(client, args.command)(args.worker)
+    print("kernelpit: " + WORKER_ACTIONS[args.command][0].format(id=args.worker),
+          file=sys.stderr)
+    return 0
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     with connect_from(args) as client:
         info = client.server_info()
@@ -417,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker", type=int, help="run on this worker id")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_call)
+
+    for action, (_, text) in WORKER_ACTIONS.items():
+        p = sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        client_options(p)
+        p.add_argument("worker", type=int, help="worker id (see `kernelpit status`)")
+        p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("stop", help="stop the running bridge (drains in-flight calls)")
     client_options(p)
