@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ADAPTERS
+from conftest import ADAPTERS, wait_until
 from test_service_lifecycle import Served
 
 
@@ -118,6 +118,25 @@ def test_jupyter_subcommand_works():
     assert r.returncode == 0 and "serve" in r.stdout and "demo" in r.stdout
 
 
+def test_recycle_restart_and_interrupt_a_worker_by_id(served):
+    def ids():
+        return {w["id"] for w in json.loads(served.cli("status", "--json").stdout)["workers"]}
+
+    before = ids()
+    worker = min(before)
+    r = served.cli("interrupt", str(worker))
+    assert r.returncode == 0 and f"interrupted worker {worker}" in r.stderr
+    r = served.cli("recycle", str(worker))
+    assert r.returncode == 0 and f"recycling worker {worker}" in r.stderr
+    r = served.cli("restart", "999")
+    assert r.returncode != 0 and "no worker 999" in r.stderr
+    with served.connect() as client:
+        wait_until(lambda: worker not in {w.id for w in client.workers()} and len(
+            [w for w in client.workers() if w.state == "idle"]) == len(before), timeout=60)
+        recycled = [w for w in client.workers() if w.recycle_reason == "manual"]
+        assert recycled and recycled[0].recycles == 1
+
+
 def test_stop_drains_and_stops_the_bridge(served):
     r = served.cli("stop")
     assert r.returncode == 0, r.stderr
@@ -157,23 +176,3 @@ def test_serve_rejects_a_bad_setting_saying_what_to_write(tmp_path):
                        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
     assert r.returncode != 0
     assert "cannot read 'lots' as a size; write bytes or e.g. '512MB'" in r.stderr
-
-
-def test_recycle_restart_and_interrupt_a_worker_by_id(served):
-    def ids():
-        return {w["id"] for w in json.loads(served.cli("status", "--json").stdout)["workers"]}
-
-    before = ids()
-    worker = min(before)
-    r = served.cli("interrupt", str(worker))
-    assert r.returncode == 0 and f"interrupted worker {worker}" in r.stderr
-    r = served.cli("recycle", str(worker))
-    assert r.returncode == 0 and f"recycling worker {worker}" in r.stderr
-    r = served.cli("restart", "999")
-    assert r.returncode != 0 and "no worker 999" in r.stderr
-    with served.connect() as client:
-        from conftest import wait_until
-        wait_until(lambda: worker not in {w.id for w in client.workers()} and len(
-            [w for w in client.workers() if w.state == "idle"]) == len(before), timeout=60)
-        recycled = [w for w in client.workers() if w.recycle_reason == "manual"]
-        assert recycled and recycled[0].recycles == 1
