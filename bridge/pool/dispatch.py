@@ -47,6 +47,8 @@ class WaitQueue:
 
     def take_for(self, worker: Worker) -> Call | None:
         """Remove and return the first waiting call that ``worker`` can run now."""
+        if worker.saturated():
+            return None
         for call in self._calls:
             if (call.pinned is None or call.pinned == worker.id) and worker.can_take(call):
                 self._calls.remove(call)

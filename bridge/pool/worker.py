@@ -103,6 +103,18 @@ class Worker:
     def serving(self) -> bool:
         return self._state == "ready" and not self.spare
 
+    def saturated(self) -> bool:
+        """True when no waiting call of any kind could start here now (skip the queue scan)."""
+        if not self.serving:
+            return True
+        if not self.inflight:
+            return False
+        running = self.inflight.values()
+        batches = all(c.batch is not None for c in running)
+        if len(self.inflight) >= self.config.concurrency:
+            return not batches or len(self.inflight) > self.config.concurrency
+        return not (batches or all(c.thread_safe for c in running))
+
     def can_take(self, call: Call) -> bool:
         if not self.serving:
             return False
