@@ -25,7 +25,7 @@ from . import fmt
 from .connection import Connector
 from .feed import LiveState
 
-CELL = {"id": "42px", "pool": "70px", "state": "84px", "pid": "64px", "uptime": "64px",
+CELL = {"id": "62px", "pool": "70px", "state": "84px", "pid": "64px", "uptime": "64px",
         "calls": "52px", "current": "150px", "rss": "78px", "cpu": "52px", "heartbeat": "78px",
         "recycle": "170px"}
 HEADERS = {"id": "worker", "pool": "pool", "state": "state", "pid": "pid", "uptime": "uptime",
@@ -174,7 +174,7 @@ class _WorkerRow(W.HBox):
                                 ("restart", "refresh", "Restart: kill it, start a fresh one"),
                                 ("recycle", "recycle", "Recycle: successor first, then drain")):
             b = W.Button(description=name, icon=icon, tooltip=tip,
-                         layout=W.Layout(width="92px", height="26px"))
+                         layout=W.Layout(width="112px", height="26px"))
             b.add_class(f"kp-{name}")
             b.on_click(lambda _b, n=name: panel._act(
                 f"{n} worker {worker_id}", lambda c, wid, n=n: getattr(c, n)(wid), worker_id))

@@ -232,6 +232,7 @@ class StreamPanel:
                     + (f"<pre style='font-size:85%'>{html.escape(tb)}</pre>" if tb else ""))
             if v.state in ("done", "failed", "cancelled"):
                 self.cancel_button.disabled = True
+                self.cancel_button.layout.display = "none"
 
     def cancel(self) -> None:
         """Cancel the call: the tool is interrupted, the panel says cancelled."""
