@@ -73,6 +73,12 @@ def payload_table(nbytes: int) -> dict:
 
 
 @tool(thread_safe=True)
+def payload_arrow(nbytes: int):
+    """A pyarrow Table of ~``nbytes`` of float64 data (travels as Arrow IPC, by reference)."""
+    return payloads.make_arrow(nbytes)
+
+
+@tool(thread_safe=True)
 def drop_payloads() -> int:
     """Free the payload cache of this worker."""
     return payloads.clear()

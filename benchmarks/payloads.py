@@ -32,6 +32,23 @@ def make_table(nbytes: int) -> dict:
     return _cache[key]  # type: ignore[return-value]
 
 
+def make_arrow(nbytes: int):
+    """A ``pyarrow.Table`` of 4 float64 columns holding ``nbytes`` of data (built from NumPy)."""
+    key = ("arrow", nbytes)
+    if key not in _cache:
+        import numpy as np
+        import pyarrow as pa
+        _cache.clear()
+        rows = max(1, nbytes // (8 * COLUMNS))
+        _cache[key] = pa.table({f"c{j}": np.arange(rows, dtype=np.float64) * 0.5 + j
+                                for j in range(COLUMNS)})
+    return _cache[key]
+
+
+def arrow_nbytes(table) -> int:
+    return table.num_rows * 8 * COLUMNS if hasattr(table, "num_rows") else -1
+
+
 def clear() -> int:
     n = len(_cache)
     _cache.clear()

@@ -41,6 +41,10 @@ def payload_table(nbytes: int) -> dict:
     return payloads.make_table(nbytes)
 
 
+def payload_arrow(nbytes: int):
+    return payloads.make_arrow(nbytes)
+
+
 def drop_payloads() -> int:
     return payloads.clear()
 
