@@ -43,11 +43,17 @@ USAGE = ("%kp SUBCOMMAND [options]   (%kp SUBCOMMAND -h for its options)\n\n"
          + "\n\n%%kp [--session NAME] [--worker ID]: run the cell in a worker kernel")
 
 
+def usage(parser: MagicArgumentParser) -> str:
+    """``usage: %kp call [-h] ...`` (IPython formats it as a reST block; keep the text)."""
+    text = parser.format_usage().split("::", 1)[-1].strip()
+    return "usage: " + " ".join(text.split())
+
+
 def _parsers() -> dict[str, MagicArgumentParser]:
     p: dict[str, MagicArgumentParser] = {}
 
     def parser(name: str) -> MagicArgumentParser:
-        p[name] = MagicArgumentParser(prog=f"%kp {name}", description=SUBCOMMANDS[name],
+        p[name] = MagicArgumentParser(prog=f"kp {name}", description=SUBCOMMANDS[name],
                                       add_help=True)
         return p[name]
 
@@ -98,7 +104,7 @@ def _parsers() -> dict[str, MagicArgumentParser]:
     return p
 
 
-CELL_PARSER = MagicArgumentParser(prog="%%kp", description="run the cell in a worker kernel")
+CELL_PARSER = MagicArgumentParser(prog="%kp", description="run the cell in a worker kernel")
 CELL_PARSER.add_argument("--session", default=None,
                          help=f"the session whose worker runs it (default: {DEFAULT_SESSION})")
 CELL_PARSER.add_argument("--worker", type=int, default=None, help="run it on this worker id")
@@ -135,7 +141,11 @@ class KernelpitMagics(Magics):
             return fn(self.client(), *args, **kwargs)
 
     def _parse(self, name: str, argv: list[str]) -> Any:
-        return self.parsers[name].parse_intermixed_args(argv)
+        parser = self.parsers[name]
+        try:
+            return parser.parse_intermixed_args(argv)
+        except UsageError as exc:  # IPython's message, plus the usage line
+            raise UsageError(f"{exc}\n{usage(parser)}") from None
 
     def unload(self) -> None:
         for panel in self.panels:
@@ -273,7 +283,7 @@ class KernelpitMagics(Magics):
         try:
             kwargs = parse_assignments(args.arguments)
         except CliUsage as exc:
-            raise UsageError(f"{exc}\n{self.parsers['call'].format_usage()}") from None
+            raise UsageError(f"{exc}\n{usage(self.parsers['call'])}") from None
         options: dict[str, Any] = {}
         if args.deadline is not None:
             options["deadline"] = args.deadline
@@ -352,9 +362,10 @@ class KernelpitMagics(Magics):
             args = CELL_PARSER.parse_args(shlex.split(line))
         except SystemExit:
             return None
+        except UsageError as exc:
+            raise UsageError(f"{exc}\n{usage(CELL_PARSER)}") from None
         if args.session is not None and args.worker is not None:
-            raise UsageError("give --session or --worker, not both\n"
-                             + CELL_PARSER.format_usage())
+            raise UsageError("give --session or --worker, not both\n" + usage(CELL_PARSER))
         shell, session = self._shell_for(args.session, args.worker)
         if session is not None:  # kp_session: the same dict the session's tools see
             shell.execute("import kernelpit.kernels.agent as __kp_agent\n"
