@@ -2,8 +2,9 @@
 
 Runs quickstart.ipynb with "Run All", then checks the rendered DOM: the
 worker-health panel has one row per worker, each idle, and the progress bars
-of the streamed calls reached 100%.  Screenshots of the panels are saved in
-docs/images/ (what docs/notebook.md and the README show).
+of the streamed calls reached 100%.  Screenshots of the panels go to
+docs/images/ (what docs/notebook.md and the README show) when
+KERNELPIT_UPDATE_SCREENSHOTS=1 or they are missing, else to the test's tmp dir.
 
 Needs Debian's ``chromium`` (``.ci/run`` installs it; Playwright's own browser
 download is not used).  Skipped, saying why, only when that binary is missing.
@@ -35,6 +36,16 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 pytestmark = [pytest.mark.timeout(600), pytest.mark.skipif(
     CHROMIUM is None, reason="no `chromium` binary on PATH: it could not be installed here "
     "(.ci/run runs `apt-get install -y chromium`; without apt the browser test cannot run)")]
+
+
+def shot_path(name: str, tmp: Path) -> Path:
+    """docs/images/NAME when it is missing or KERNELPIT_UPDATE_SCREENSHOTS=1 (refresh them after
+    changing the panels), else the test's tmp dir (so a test run leaves the tree clean)."""
+    target = IMAGES / name
+    if os.environ.get("KERNELPIT_UPDATE_SCREENSHOTS") == "1" or not target.exists():
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        return target
+    return tmp / name
 
 
 def free_port() -> int:
@@ -229,14 +240,14 @@ def test_quickstart_renders_live_panels_in_jupyterlab(lab, browser):
     assert "0.07776" in outcome
     assert "epoch 5/5: loss=0.0778" in page.inner_text(".jp-Notebook")  # live tool output
 
-    IMAGES.mkdir(parents=True, exist_ok=True)
+    tmp = lab.root.parent
     train = [s for s in streams if "train()" in s.inner_text()][0]
     train.scroll_into_view_if_needed()
-    train.screenshot(path=str(IMAGES / "stream-panel.png"))
+    train.screenshot(path=str(shot_path("stream-panel.png", tmp)))
     health = page.query_selector(".kp-health")
     health.scroll_into_view_if_needed()
-    health.screenshot(path=str(IMAGES / "health-panel.png"))
-    page.screenshot(path=str(IMAGES / "quickstart-jupyterlab.png"))
+    health.screenshot(path=str(shot_path("health-panel.png", tmp)))
+    page.screenshot(path=str(shot_path("quickstart-jupyterlab.png", tmp)))
     print(f"\nquickstart.ipynb in JupyterLab: run all + panels rendered in {took:.1f} s")
     page.close()
 
@@ -251,5 +262,5 @@ def test_sessions_panel_renders(lab, browser):
     assert "model" in text and "owner=alice" in text and "scratch" in text
     panel = page.query_selector(".kp-sessions")
     panel.scroll_into_view_if_needed()
-    panel.screenshot(path=str(IMAGES / "sessions-panel.png"))
+    panel.screenshot(path=str(shot_path("sessions-panel.png", lab.root.parent)))
     page.close()
