@@ -12,6 +12,7 @@ download is not used).  Skipped, saying why, only when that binary is missing.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -182,24 +183,34 @@ def run_all(page, lab: Lab, name: str, done_selector: str, timeout: float = 240)
                            timeout=120_000)  # the notebook has finished loading
     page.click(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputArea-editor")
     page.keyboard.press("Escape")  # command mode, focus on the notebook
-    started = "() => [...window.jupyterapp.shell.currentWidget.node" \
-              ".querySelectorAll('.jp-CodeCell .jp-InputPrompt')].some(p => /\\[[\\d*]+\\]/.test(p.textContent))"
-    for attempt in range(8):
-        # not awaited: the command's promise ends only when every cell has run
-        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-        try:
-            page.wait_for_function(started, timeout=10_000)
+    # Prompts of the notebook's code cells: "[ ]" not run, "[*]" queued/running, "[3]" ran.
+    prompts = ("() => [...window.jupyterapp.shell.currentWidget.node"
+               ".querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent)")
+    end = time.monotonic() + timeout
+    stalled_since = None
+    # A Run All issued while JupyterLab is still connecting the kernel can run only part of
+    # the notebook, or nothing: issue it again when the notebook stalls with cells not run.
+    # (Not awaited: the command's promise ends only when every cell has run.)
+    run_all_js = "() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }"
+    page.evaluate(run_all_js)
+    while True:
+        state = page.evaluate(prompts)
+        if state and all(re.fullmatch(r"\[\d+\]:?", p.strip()) for p in state):
             break
-        except Exception:
-            page.screenshot(path=str(lab.root.parent / f"not-started-{attempt}.png"))
-    else:
-        raise AssertionError(f"Run All did not start {name}; see {lab.root.parent}/*.png")
-    page.wait_for_selector(done_selector, timeout=timeout * 1000)
-    # every code cell ran: no "[*]" or empty prompt left
-    page.wait_for_function(
-        "() => [...window.jupyterapp.shell.currentWidget.node"
-        ".querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
-        ".every(p => /\\[\\d+\\]/.test(p.textContent))", timeout=timeout * 1000)
+        busy = any("*" in p for p in state)
+        if busy:
+            stalled_since = None
+        elif stalled_since is None:
+            stalled_since = time.monotonic()
+        elif time.monotonic() - stalled_since > 5:
+            page.evaluate(run_all_js)
+            stalled_since = None
+        if time.monotonic() > end:
+            page.screenshot(path=str(lab.root.parent / "not-done.png"), full_page=True)
+            raise AssertionError(f"{name} did not finish running (prompts {state}); see "
+                                 f"{lab.root.parent}/not-done.png")
+        time.sleep(0.25)
+    page.wait_for_selector(done_selector, timeout=30_000)
 
 
 def test_quickstart_renders_live_panels_in_jupyterlab(lab, browser):

@@ -20,6 +20,8 @@ from nbclient import NotebookClient
 
 from conftest import kernel_processes, wait_until
 
+pytestmark = pytest.mark.timeout(600)  # a notebook starts kernels and a bridge: slow on a busy box
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
