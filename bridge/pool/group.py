@@ -129,9 +129,9 @@ class WorkerGroup:
         new = self._take_spare()
         if new is None:
             new = await self._start_worker()
-        if new is not None:
-            new.recycles = old.recycles + (1 if reason else 0)
-            new.recycle_reason = reason or old.recycle_reason
+        if new is not None:  # a recycle counts in the slot's lineage; a crash replacement starts clean
+            new.recycles = old.recycles + 1 if reason else old.recycles
+            new.recycle_reason = reason
         return new
 
     # -- dispatch ----------------------------------------------------------------------------
@@ -159,7 +159,7 @@ class WorkerGroup:
             self._spawn(self._replace(worker))
 
     async def _replace(self, dead: Worker) -> None:
-        new = await self._successor(dead, None)
+        new = await self._successor(dead, dead.replace_reason)
         if new is not None:
             self.pump(new)
 

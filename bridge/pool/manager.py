@@ -172,7 +172,7 @@ class PoolManager:
             return
         log.warning("worker %d of pool '%s' %s; replacing it", worker.id, worker.config.name, why)
         worker.set_state("unhealthy")
-        worker.recycle_reason = "unhealthy"
+        worker.replace_reason = "unhealthy"
         for call in list(worker.inflight.values()):
             call.fail(WorkerCrashed(f"worker {worker.id} {why} {worker.activity()}; it was "
                                     "killed and replaced", tool=call.tool, call_id=call.id,

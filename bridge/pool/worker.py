@@ -82,6 +82,7 @@ class Worker:
         self.recycle_reason: str | None = None
         self.death: Death | None = None
         self.recycle_pending: str | None = None
+        self.replace_reason: str | None = None  # "unhealthy": its successor counts as a recycle
         self.killed_by_pool = False   # restarted or replaced by the pool, not a crash of the tool
         self._oom_before = oom_kills()
         self._hb: Any = None
