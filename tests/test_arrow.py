@@ -1,6 +1,5 @@
 """The Arrow data plane in the embedded pool: types, shared memory, no leaks."""
 
-import datetime
 import fractions
 import os
 
@@ -10,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 import kernelpit
+import arrow_cases
 from conftest import ADAPTERS
 
 
@@ -26,12 +26,7 @@ def shm_files(pool):
 
 
 TABLES = {
-    "empty": pa.table({"a": pa.array([], pa.int64())}),
-    "nullable": pa.table({"a": [1, None, 3], "s": ["x", None, "z"]}),
-    "nested": pa.table({"l": [[1, 2], [], None], "st": [{"x": 1, "y": "a"}, None, {"x": 3, "y": None}]}),
-    "dictionary": pa.table({"c": pa.array(["a", "b", "a"]).dictionary_encode()}),
-    "timezone": pa.table({"t": pa.array([datetime.datetime(2024, 1, 1, 12)] * 3,
-                                        pa.timestamp("us", tz="Asia/Tokyo"))}),
+    **arrow_cases.TABLES,
     "large": pa.table({"x": np.arange(100_000, dtype=np.float64), "y": np.arange(100_000)}),
 }
 
@@ -50,11 +45,7 @@ def test_record_batches_round_trip(pool):
 
 
 FRAMES = {
-    "empty": pd.DataFrame({"a": pd.Series([], dtype="float64")}),
-    "mixed": pd.DataFrame({"a": [1.5, None, 3.0], "b": pd.Categorical(["x", "y", "x"]),
-                           "t": pd.date_range("2024-03-01", periods=3, tz="Europe/Paris"),
-                           "n": pd.array([1, None, 3], dtype="Int64")},
-                          index=pd.Index(["r1", "r2", "r3"], name="row")),
+    **arrow_cases.FRAMES,
     "large": pd.DataFrame({"x": np.random.default_rng(0).random(50_000)}),
 }
 

@@ -6,7 +6,6 @@ through in chunks: no single gRPC message exceeded the limit when they do.
 """
 
 import asyncio
-import datetime
 import os
 
 import grpc
@@ -18,6 +17,7 @@ import pytest
 import kernelpit
 import kernelpit.aio
 import kernelpit.remote
+import arrow_cases
 from conftest import ADAPTERS, wait_until
 from kernelpit.config import PoolConfig
 from kernelpit.service.blobs import BLOB_SIZE_KEY
@@ -81,12 +81,7 @@ def nothing_left_behind(bridge):
 BIG = pa.table({"x": np.arange(2_000_000, dtype=np.float64), "y": np.arange(2_000_000)})  # 32 MB
 
 TABLES = {
-    "empty": pa.table({"a": pa.array([], pa.int64())}),
-    "nullable": pa.table({"a": [1, None, 3], "s": ["x", None, "z"]}),
-    "nested": pa.table({"l": [[1, 2], [], None], "st": [{"x": 1, "y": "a"}, None, {"x": 3, "y": None}]}),
-    "dictionary": pa.table({"c": pa.array(["a", "b", "a"]).dictionary_encode()}),
-    "timezone": pa.table({"t": pa.array([datetime.datetime(2024, 1, 1, 12)] * 3,
-                                        pa.timestamp("us", tz="Asia/Tokyo"))}),
+    **arrow_cases.TABLES,
     "big": BIG,
 }
 
@@ -105,11 +100,7 @@ def test_record_batches_round_trip(client):
 
 
 FRAMES = {
-    "empty": pd.DataFrame({"a": pd.Series([], dtype="float64")}),
-    "mixed": pd.DataFrame({"a": [1.5, None, 3.0], "b": pd.Categorical(["x", "y", "x"]),
-                           "t": pd.date_range("2024-03-01", periods=3, tz="Europe/Paris"),
-                           "n": pd.array([1, None, 3], dtype="Int64")},
-                          index=pd.Index(["r1", "r2", "r3"], name="row")),
+    **arrow_cases.FRAMES,
     "big": pd.DataFrame({"x": np.random.default_rng(0).random(1_000_000),
                          "c": pd.Categorical(np.resize(["u", "v", "w"], 1_000_000))},
                         index=pd.RangeIndex(5, 1_000_005, name="i")),
@@ -124,8 +115,7 @@ def test_dataframes_keep_dtypes_and_index(client, name):
         pd.testing.assert_frame_equal(out, frame)
     else:  # as strict, without assert_frame_equal's slow categorical path
         assert out.equals(frame) and list(out.dtypes) == list(frame.dtypes)
-        # the core sends a RangeIndex as a column (preserve_index=True): an equal Index comes back
-        pd.testing.assert_index_equal(out.index, frame.index, exact="equiv")
+        pd.testing.assert_index_equal(out.index, frame.index, exact=True)  # still a RangeIndex
     assert client.call("frame_info", frame)["type"] == "DataFrame"  # the tool got a DataFrame too
 
 
