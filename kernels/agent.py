@@ -143,7 +143,11 @@ class Agent:
             if thread_id is not None:
                 _set_async_exc(thread_id, CallCancelled)
             else:
+                # not taken yet (or already finished: then the entry is never looked up again)
                 self._cancelled_early.add(call_id)
+                if len(self._cancelled_early) > 10_000:  # drop the oldest half of such strays
+                    keep = sorted(self._cancelled_early)[5_000:]
+                    self._cancelled_early = set(keep)
 
     # -- executor threads --------------------------------------------------------------
     def _executor(self, index: int) -> None:
