@@ -27,7 +27,7 @@ class Backend(Protocol):
 
     async def close_session(self, session_id: str) -> SessionInfo: ...
 
-    async def map(self, tool: str, items: list[tuple[Any, ...]], options: CallOptions,
+    async def map(self, tool: str, columns: list[list[Any]], options: CallOptions,
                   chunksize: int | None) -> list[Any]: ...
 
 
@@ -67,7 +67,7 @@ class AsyncCaller:
         cost little more than one call each chunk.  The first failing item's
         exception is raised, with ``.map_index`` naming the item.
         """
-        return await self._backend.map(tool, list(zip(*iterables)), self._options, chunksize)
+        return await self._backend.map(tool, _columns(iterables), self._options, chunksize)
 
     def session(self, *, ttl: float | None = None, metadata: dict[str, str] | None = None,
                 pool: str | None = None, id: str | None = None) -> "AsyncSession":
@@ -129,3 +129,12 @@ class AsyncSession(AsyncCaller):
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
+
+
+def _columns(iterables: tuple[Iterable[Any], ...]) -> list[list[Any]]:
+    """The argument columns of ``map``, cut to the shortest iterable as ``zip`` does."""
+    if not iterables:
+        raise TypeError("map() needs at least one iterable of arguments after the tool name")
+    columns = [list(it) for it in iterables]
+    n = min(map(len, columns))
+    return [c if len(c) == n else c[:n] for c in columns]

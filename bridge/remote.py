@@ -217,12 +217,12 @@ class RemoteBackend:
         if err is not None:
             raise err
 
-    async def map(self, tool: str, items: list[tuple[Any, ...]], options: CallOptions,
+    async def map(self, tool: str, columns: list[list[Any]], options: CallOptions,
                   chunksize: int | None = None) -> list[Any]:
         uploads = self._uploads()
-        req = convert.map_request(tool, items, options, chunksize, uploads.codec)
+        req = convert.map_request(tool, columns, options, chunksize, uploads.codec)
         if uploads.items:
-            await self._upload(uploads, req.items)
+            await self._upload(uploads, req.columns)
         reply = await self._rpc(self.stub.Map, req)
         codec = await self._incoming(reply.results)
         return codec.decode(reply.results, "results") or []

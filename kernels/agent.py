@@ -30,7 +30,7 @@ import zmq
 
 from . import capture
 from .arrow import DecodeError, Transport
-from .protocol import EncodeError, decode, encode
+from .protocol import EncodeError, decode, encode, packed
 from .registry import ToolSpec
 
 
@@ -192,8 +192,8 @@ class Agent:
         try:
             capture.set_current(call)
             try:
-                if "batch" in job:
-                    value = self._invoke_batch(spec, job["batch"])
+                if "cols" in job:
+                    value = self._invoke_batch(spec, job["cols"])
                 else:
                     value = self._invoke(spec, call, job.get("args") or [], job.get("kwargs") or {})
             except CallCancelled:
@@ -220,20 +220,20 @@ class Agent:
         call.emit(kind, **outcome)
 
     @staticmethod
-    def _invoke_batch(spec: ToolSpec, batch: list[list[Any]]) -> list[Any]:
-        """Run a plain (non-streaming) tool once per argument list: one message for many calls."""
-        func = spec.func
+    def _invoke_batch(spec: ToolSpec, columns: list[Any]) -> list[Any] | Any:
+        """Run a plain (non-streaming) tool once per row of argument columns: one message
+        for many calls.  Results go back as a typed array when they are all ints or floats."""
         results: list[Any] = []
         append = results.append
         try:
-            for args in batch:
-                append(func(*args))
+            for value in map(spec.func, *columns):
+                append(value)
         except CallCancelled:
             raise
         except BaseException as exc:
             exc.kernelpit_batch_index = len(results)  # type: ignore[attr-defined]
             raise
-        return results
+        return packed(results)
 
     @staticmethod
     def _invoke(spec: ToolSpec, call: capture.CallContext, args: list[Any],

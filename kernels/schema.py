@@ -208,41 +208,37 @@ def _exact_types(schema: dict[str, Any]) -> frozenset[type] | None | bool:
     return _EXACT[schema["type"]]
 
 
-def check_items(tool: str, params: list[dict[str, Any]],
-                items: list[tuple[Any, ...]]) -> tuple[int, str] | None:
-    """Check many positional argument tuples for ``map``: ``(index, message)`` of the first
-    that does not fit, or None.
+def check_columns(tool: str, params: list[dict[str, Any]],
+                  columns: list[list[Any]]) -> tuple[int, str] | None:
+    """Check ``map``'s argument columns (column i: the i-th positional argument of every
+    call, all of one length): ``(index, message)`` of the first call that does not fit, or None.
 
     Columns of simple types are checked with one set of types per column (a few tens of
-    nanoseconds an item); anything else, or any doubt, takes the exact per-item check, which
-    also finds the item and words the message.
+    nanoseconds an item); anything else, or any doubt, takes the exact per-call check, which
+    also finds the call and words the message.
     """
-    if _columns_fit(params, items):
+    if _columns_fit(params, columns):
         return None
-    for index, item in enumerate(items):
+    for index, item in enumerate(zip(*columns)):
         problem = check_arguments(tool, params, item, {})
         if problem:
             return index, problem
     return None
 
 
-def _columns_fit(params: list[dict[str, Any]], items: list[tuple[Any, ...]]) -> bool:
+def _columns_fit(params: list[dict[str, Any]], columns: list[list[Any]]) -> bool:
     positional = [p for p in params if p["kind"] in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")]
     if any(p["required"] for p in params if p["kind"] == "KEYWORD_ONLY"):
         return False
     if any(p["kind"] == "VAR_POSITIONAL" for p in params):
         return False
-    lengths = set(map(len, items))
-    shortest, longest = min(lengths), max(lengths)
     required = sum(1 for p in positional if p["required"])
-    if shortest < required or longest > len(positional):
+    if not required <= len(columns) <= len(positional):
         return False
-    for i, p in enumerate(positional[:longest]):
+    for p, column in zip(positional, columns):
         allowed = _exact_types(p["schema"])
         if allowed is None:
             continue
-        if allowed is False or i >= shortest:
-            return False
-        if not {type(item[i]) for item in items} <= allowed:
+        if allowed is False or not set(map(type, column)) <= allowed:
             return False
     return True

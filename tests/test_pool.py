@@ -1,11 +1,13 @@
 """The embedded pool, against real kernels: calls, streams, sessions, errors, lifecycle."""
 
+import math
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+from array import array
 
 import pytest
 from jupyter_client import BlockingKernelClient
@@ -233,6 +235,23 @@ def test_map_runs_every_item_in_order_across_workers(pool):
     assert pool.map("add", range(n), range(n)) == [2 * i for i in range(n)]
     assert pool.map("add", range(10), range(10), chunksize=3) == [2 * i for i in range(10)]
     assert pool.map("add", []) == []
+
+
+def test_map_gives_back_every_value_with_its_type(pool):
+    # plain ints and floats travel as typed arrays; anything else stays JSON
+    floats = [0.1, -0.0, float("inf"), 1e308, 5e-324]
+    out = pool.map("same", floats)
+    assert out == floats and all(type(v) is float for v in out) and math.copysign(1, out[1]) == -1
+    assert math.isnan(pool.map("same", [float("nan")])[0])
+    for values in ([True, False], [1, 2.5, None], [2**70, 1], [-2**63, 2**63 - 1], ["a", "b"],
+                   [[1], (2,)], [7] * 3):
+        out = pool.map("same", values, chunksize=2)
+        assert out == [list(v) if isinstance(v, tuple) else v for v in values]
+        assert [type(v) for v in out] == [list if t is tuple else t for t in map(type, values)]
+    assert pool.map("add", range(5), [10, 20, 30]) == [10, 21, 32]  # cut to the shortest, as zip
+    with pytest.raises(TypeError, match="at least one iterable"):
+        pool.map("add")
+    assert pool.call("same", array("h", [1, -2])) == array("h", [1, -2])
 
 
 def test_map_raises_the_first_failing_item_with_its_index(pool):

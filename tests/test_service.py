@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+from array import array
 import time
 
 import grpc
@@ -418,6 +419,25 @@ def test_map_failures_name_the_item(client, stub, auth):
     req = pb.MapRequest(tool="add", items=values_pb2.Value(json='[1, 2]'))
     err = rpc_error(stub.Map, req, metadata=auth)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "array of arrays" in err.details()
+
+
+def test_map_takes_items_or_columns_and_says_what_is_wrong_with_either(client, stub, auth):
+    def rpc_map(**fields):
+        req = pb.MapRequest(tool="add", **{k: values_pb2.Value(json=v) for k, v in fields.items()})
+        return stub.Map(req, metadata=auth)
+
+    assert rpc_map(items="[[1, 2], [3, 4]]").results.json == "[3,7]"
+    assert rpc_map(columns="[[1, 3], [2, 4]]").results.json == "[3,7]"
+    for fields, message in [
+            ({"items": "[[1], [2, 3]]"}, "item 1 has 2, item 0 has 1"),
+            ({"items": "[[], []]"}, "at least one argument"),
+            ({"columns": "[[1, 2], [3]]"}, "same length"),
+            ({"columns": "[1, 2]"}, "array of arrays"),
+            ({"items": "[[1]]", "columns": "[[1]]"}, "not both")]:
+        err = rpc_error(rpc_map, **fields)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.details(), fields
+    assert client.call("same", array("d", [0.5])) == [0.5]  # an array.array is a JSON array here
+    assert client.map("add", [1, 2], [10, 20]) == [11, 22]
 
 
 def test_cancelling_an_async_call_interrupts_the_tool(client):

@@ -64,7 +64,7 @@ class Call:
     started: float | None = None
     cancel_sent: bool = False
     attempts: int = 0
-    batch: list[tuple[Any, ...]] | list[list[Any]] | None = None
+    columns: list[Any] | None = None  # a map chunk: the i-th argument of every call in column i
     idempotent: bool = False
     transport: Transport | None = None
 
@@ -78,8 +78,8 @@ class Call:
     def _encode(self) -> list[bytes]:
         """The request as wire frames, made once at submission so bad values fail early."""
         msg: dict[str, Any] = {"op": "call", "id": self.id, "tool": self.tool}
-        if self.batch is not None:
-            msg["batch"] = self.batch
+        if self.columns is not None:
+            msg["cols"] = self.columns
         else:
             msg["args"] = self.args
             msg["kwargs"] = self.kwargs
@@ -163,6 +163,6 @@ class Call:
             self._timer = None
 
     def describe(self) -> str:
-        if self.batch is not None:
-            return f"{self.tool}() over a batch of {len(self.batch)}"
+        if self.columns is not None:
+            return f"{self.tool}() over a batch of {len(self.columns[0])}"
         return f"{self.tool}()"

@@ -20,7 +20,8 @@ from ..config import PoolConfig
 from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, PoolClosed, SessionLost,
                           ToolNotFound, ToolTainted, WorkerCrashed, WorkerNotFound)
 from ..info import SessionInfo, ToolInfo, WorkerInfo
-from ..kernels.schema import check_arguments, check_items
+from ..kernels.protocol import packed
+from ..kernels.schema import check_arguments, check_columns
 from .call import Call, CallOptions
 from .channel import Channel
 from .group import WorkerGroup
@@ -379,17 +380,21 @@ class PoolManager:
             if not call.done:
                 self.cancel(call)
 
-    async def map(self, tool: str, items: list[tuple[Any, ...]], options: CallOptions,
+    async def map(self, tool: str, columns: list[list[Any]], options: CallOptions,
                   chunksize: int | None = None) -> list[Any]:
-        """Run ``tool(*item)`` for every item, in chunks of ``chunksize`` per worker message.
+        """Run ``tool(*row)`` for every row of the argument ``columns`` (column i holds the
+        i-th argument of every call; all of one length), in chunks of ``chunksize`` rows per
+        worker message.
 
-        Results come back in item order; the first failing item's exception is
-        raised (with ``.map_index`` set) once every chunk has finished.
+        Results come back in row order; the first failing row's exception is raised (with
+        ``.map_index`` set) once every chunk has finished.
         """
-        if not items:
+        n = len(columns[0]) if columns else 0
+        if n == 0:
             return []
         try:
-            group, first = self._prepare(tool, items[0], {}, options, streaming=False)
+            group, first = self._prepare(tool, [c[0] for c in columns], {}, options,
+                                         streaming=False)
         except InvalidArguments as exc:
             raise InvalidArguments(f"item 0: {exc.message}", tool=tool) from None
         first.reclaim()  # only its options and flags are used; its request is never sent
@@ -397,20 +402,20 @@ class PoolManager:
         if desc.get("streaming"):
             raise InvalidArguments(f"map() needs a tool that returns a value; {tool}() is a "
                                    "generator, use stream() for it", tool=tool)
-        bad = check_items(tool, desc["params"], items)
+        bad = check_columns(tool, desc["params"], columns)
         if bad is not None:
             raise InvalidArguments(f"item {bad[0]}: {bad[1]}", tool=tool)
         if chunksize is None:
             slots = max(1, sum(w.config.concurrency for w in group.workers.values()))
-            chunksize = max(1, min(2000, -(-len(items) // (slots * 4))))
+            chunksize = max(1, min(2000, -(-n // (slots * 4))))
         elif chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, got {chunksize}")
+        columns = [packed(c) for c in columns]
         chunks = []
-        for start in range(0, len(items), chunksize):
+        for start in range(0, n, chunksize):
             call = Call(tool, [], {}, first.options, thread_safe=first.thread_safe,
-                        transport=group.transport,
-                        idempotent=first.idempotent,
-                        batch=items[start:start + chunksize])
+                        transport=group.transport, idempotent=first.idempotent,
+                        columns=[c[start:start + chunksize] for c in columns])
             call.pinned = first.pinned
             chunks.append((start, call))
         try:

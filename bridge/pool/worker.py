@@ -111,7 +111,7 @@ class Worker:
         if not self.inflight:
             return False
         running = self.inflight.values()
-        batches = all(c.batch is not None for c in running)
+        batches = all(c.columns is not None for c in running)
         if len(self.inflight) >= self.config.concurrency:
             return not batches or len(self.inflight) > self.config.concurrency
         return not (batches or all(c.thread_safe for c in running))
@@ -121,8 +121,8 @@ class Worker:
             return False
         if not self.inflight:
             return True
-        if call.batch is not None and len(self.inflight) <= self.config.concurrency and all(
-                c.batch is not None for c in self.inflight.values()):
+        if call.columns is not None and len(self.inflight) <= self.config.concurrency and all(
+                c.columns is not None for c in self.inflight.values()):
             return True  # map chunks: one more queued in the worker hides the round trip
         if len(self.inflight) >= self.config.concurrency or not call.thread_safe:
             return False

@@ -76,23 +76,47 @@ def call_from_request(req: pb.CallRequest, codec: Codec = PLAIN
     return args, kwargs, options_from_proto(req.options)
 
 
-def map_request(tool: str, items: list[tuple[Any, ...]], options: CallOptions,
+def map_request(tool: str, columns: list[list[Any]], options: CallOptions,
                 chunksize: int | None, codec: Codec = PLAIN) -> pb.MapRequest:
-    return pb.MapRequest(tool=tool, items=codec.encode([list(i) for i in items]),
+    return pb.MapRequest(tool=tool, columns=codec.encode(columns),
                          options=options_to_proto(options), chunksize=chunksize)
 
 
 def map_from_request(req: pb.MapRequest, codec: Codec = PLAIN
-                     ) -> tuple[list[tuple[Any, ...]], CallOptions, int | None]:
-    """(items, options, chunksize) of a Map request; malformed ones raise BadValue."""
+                     ) -> tuple[list[list[Any]], CallOptions, int | None]:
+    """(argument columns, options, chunksize) of a Map request; malformed ones raise BadValue."""
+    chunksize = req.chunksize if req.HasField("chunksize") else None
+    options = options_from_proto(req.options)
+    if req.HasField("columns"):
+        if req.HasField("items"):
+            raise BadValue("set either items or columns of a Map request, not both")
+        columns = codec.decode(req.columns, "columns")
+        if columns is None:
+            return [], options, chunksize
+        if not isinstance(columns, list) or not all(isinstance(c, list) for c in columns):
+            raise BadValue("columns must be a JSON array of arrays (column i: the i-th "
+                           "positional argument of every call)")
+        if len({len(c) for c in columns}) > 1:
+            raise BadValue("columns must all have the same length (one entry per call); got "
+                           f"lengths {[len(c) for c in columns]}")
+        return columns, options, chunksize
     items = codec.decode(req.items, "items")
     if items is None:
-        items = []
+        return [], options, chunksize
     if not isinstance(items, list) or not all(isinstance(i, list) for i in items):
         raise BadValue("items must be a JSON array of arrays (the positional arguments of "
                        "each call)")
-    chunksize = req.chunksize if req.HasField("chunksize") else None
-    return [tuple(i) for i in items], options_from_proto(req.options), chunksize
+    if not items:
+        return [], options, chunksize
+    width = len(items[0])
+    for index, item in enumerate(items):
+        if len(item) != width:
+            raise BadValue(f"every item of a map must have the same number of arguments: item "
+                           f"{index} has {len(item)}, item 0 has {width}")
+    if width == 0:
+        raise BadValue("map items need at least one argument each; run a tool without "
+                       "arguments with Call")
+    return [list(c) for c in zip(*items)], options, chunksize
 
 
 # -- events ----------------------------------------------------------------------------------

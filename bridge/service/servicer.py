@@ -93,8 +93,8 @@ class BridgeServicer(pb_grpc.BridgeServicer):
 
     @handles_errors
     async def Map(self, request: pb.MapRequest, context: Any) -> pb.MapResponse:
-        items, options, chunksize = convert.map_from_request(request, self._requests)
-        results = await self._manager.map(request.tool, items, options, chunksize)
+        columns, options, chunksize = convert.map_from_request(request, self._requests)
+        results = await self._manager.map(request.tool, columns, options, chunksize)
         return pb.MapResponse(results=self._results.encode(results))
 
     async def CallStream(self, request: pb.CallRequest,

@@ -20,6 +20,7 @@ carries a ``BlobRef`` in ``blobs[N]`` instead (see values.proto).
 from __future__ import annotations
 
 import json
+from array import array
 from typing import Any, Callable
 
 from ..kernels import arrow
@@ -87,6 +88,8 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20) -> pb.Val
             return {MARKER: "bytes", "i": len(buffers) - 1}
         if arrow.handles(o):
             return _encode_arrow(o, buffers, refs, park, room)
+        if isinstance(o, array):
+            return o.tolist()
         raise BadValue(f"a value of type {type(o).__module__}.{type(o).__qualname__} cannot be "
                           f"sent to or from a bridge; supported types are {SUPPORTED}")
 

@@ -96,16 +96,18 @@ class BlobChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class MapRequest(_message.Message):
-    __slots__ = ("tool", "items", "options", "chunksize")
+    __slots__ = ("tool", "items", "columns", "options", "chunksize")
     TOOL_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CHUNKSIZE_FIELD_NUMBER: _ClassVar[int]
     tool: str
     items: _values_pb2.Value
+    columns: _values_pb2.Value
     options: CallOptions
     chunksize: int
-    def __init__(self, tool: _Optional[str] = ..., items: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., options: _Optional[_Union[CallOptions, _Mapping]] = ..., chunksize: _Optional[int] = ...) -> None: ...
+    def __init__(self, tool: _Optional[str] = ..., items: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., columns: _Optional[_Union[_values_pb2.Value, _Mapping]] = ..., options: _Optional[_Union[CallOptions, _Mapping]] = ..., chunksize: _Optional[int] = ...) -> None: ...
 
 class MapResponse(_message.Message):
     __slots__ = ("results",)

@@ -26,6 +26,12 @@ def echo_value(value=None, *, blob: bytes = b""):
 
 
 @tool
+def same(value=None):
+    """Return its argument itself."""
+    return value
+
+
+@tool
 def steps(n: int = 5):
     """Progress, stdout, stderr, then a result."""
     for i in range(n):
