@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-from benchmarks import cleanup  # noqa: E402
+from benchmarks import cleanup, quiet  # noqa: E402
 from benchmarks.peers import ROOT, worker_environment  # noqa: E402
 from benchmarks.report import render  # noqa: E402
 from benchmarks.scenarios import SCENARIOS, Context  # noqa: E402
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in only:
             name, fn = SCENARIOS[key]
             _log(f"[{time.time() - started:6.1f}s] {name} ...")
+            ctx.settle(name)
             t0 = time.perf_counter()
             try:
                 res = fn(ctx)
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                  "repeats_override": args.repeats, "workers": args.workers,
                  "scenarios": list(results), "peers": sorted(peers),
                  "duration_s": time.time() - started, "loadavg_start": load_start,
-                 "loadavg_end": os.getloadavg(), "leftover_processes": leftovers, "machine": info},
+                 "loadavg_end": os.getloadavg(), "leftover_processes": leftovers, "machine": info,
+                 "settle": {"quiet_percent": quiet.QUIET_PERCENT, "waits": ctx.settles}},
         "scenarios": results,
     }
     out_dir = Path(args.out)

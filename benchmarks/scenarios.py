@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from . import kp, payloads, peerfuncs as pf
+from . import kp, payloads, peerfuncs as pf, quiet
 from .peers import DaskPeer, IppPeer, RawKernel
 from .stats import add_ratios, failed, find, row, skipped, target
 
@@ -38,6 +38,15 @@ class Context:
         self._kp: Any = None
         self._shared: dict[str, Any] = {}
         self._unavailable: dict[str, str] = {}
+        self.settles: list[dict[str, Any]] = []
+
+    def settle(self, before: str) -> None:
+        """Wait for a quiet machine before measuring ``before`` (see benchmarks/quiet.py)."""
+        seen = quiet.settle()
+        self.settles.append({"before": before, **seen})
+        if not seen["quiet"]:
+            self.log(f"  machine still busy ({seen['cpu_percent']:.0f}% CPU) after "
+                     f"{seen['waited_s']:.1f} s; measuring {before} anyway")
 
     def repeats(self, quick: int, full: int) -> int:
         return self._repeats if self._repeats is not None else (quick if self.quick else full)
@@ -137,6 +146,7 @@ def _remote_rows(ctx: Context, rows: list[dict[str, Any]], system: str, case: st
     if client is None:
         rows.append(skipped(system, why or "", case=case, unit=unit, better=better))
         return
+    ctx.settle(f"{system} {case}".strip())
     try:
         rows.append(measure(bridge, client))
     except Exception as exc:  # noqa: BLE001
@@ -149,6 +159,7 @@ def _peer_rows(ctx: Context, rows: list[dict[str, Any]], name: str, system: str,
     if peer is None:
         rows.append(skipped(system, why or "", case=case, unit=unit, better=better))
         return
+    ctx.settle(f"{system} {case}".strip())
     try:
         rows.append(measure(peer))
     except Exception as exc:  # noqa: BLE001
