@@ -81,14 +81,14 @@ class RemoteBackend:
         self._blocking: Any = None
         self._mux = CallMultiplexer(self.stub, self.metadata, address)
         self.solo = threading.Lock()  # held by the one blocking call on the fast path
-        self.limit = chunk_size(None)  # inline Arrow bytes per message and upload chunk size
+        self.limit = chunk_size(None)  # inline binary data per message and upload chunk size
         self._read_blob = self.channel.unary_stream(
             READ_BLOB, request_serializer=pb.ReadBlobRequest.SerializeToString,
             response_deserializer=unframe)
         self._write_blob = self.channel.stream_unary(
             WRITE_BLOB, request_serializer=None, response_deserializer=values_pb.BlobRef.FromString)
 
-    # -- blobs: Arrow data too large for one message ------------------------------------
+    # -- blobs: bytes and Arrow data too large for one message ------------------------------------
     def _sized(self, size: int) -> Any:
         return (*self.metadata, (BLOB_SIZE_KEY, str(size)))
 
@@ -319,11 +319,15 @@ class _Uploads:
 
 
 def _receiver(size: int) -> tuple[Any, Any]:
-    """(buffer, fill): an aligned Arrow buffer of ``size`` bytes and a function that appends
-    a chunk to it; tables decoded from it point into it (one copy, from the messages)."""
-    import pyarrow as pa
-
-    buf = pa.allocate_buffer(size)
+    """(buffer, fill): an aligned Arrow buffer of ``size`` bytes (a bytearray without
+    pyarrow: the blob is then plain bytes) and a function that appends a chunk to it;
+    tables decoded from it point into it (one copy, from the messages)."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        buf: Any = bytearray(size)
+    else:
+        buf = pa.allocate_buffer(size)
     view = memoryview(buf).cast("B")
     pos = [0]
 

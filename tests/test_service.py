@@ -169,7 +169,8 @@ def test_malformed_values_are_invalid_argument(client, stub, auth, field, value,
 def test_oversize_message_is_refused_and_the_bridge_keeps_serving(client, stub, auth):
     big = b"\x00" * (MAX_MESSAGE + 1000)
     with pytest.raises(kernelpit.InvalidArguments, match="max-message-size"):
-        client.call("echo", blob=big)
+        client.call("echo", value="x" * (MAX_MESSAGE + 1000))  # text cannot go in chunks
+    assert client.call("echo", blob=big)["blob"] == big  # bytes can: uploaded and read as blobs
     req = pb.CallRequest(tool="echo", kwargs=values_pb2.Value(json="{}", buffers=[big]))
     assert rpc_error(stub.Call, req, metadata=auth).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     still_serving(client)

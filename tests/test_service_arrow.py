@@ -6,6 +6,7 @@ through in chunks: no single gRPC message exceeded the limit when they do.
 """
 
 import asyncio
+import hashlib
 import os
 
 import grpc
@@ -195,6 +196,20 @@ def test_a_gigabyte_argument_uploads_in_chunks(client):
     rows = 1 << 27
     table = pa.table({"x": np.ones(rows)})
     assert client.call("checksum", table) == {"rows": rows, "sum": float(rows), "type": "Table"}
+
+
+def test_bytes_larger_than_a_message_go_in_chunks_both_ways(client, bridge):
+    size = 3 * LIMIT + 7
+    data = os.urandom(size)
+    assert client.call("digest", data) == {"size": size, "sha256": hashlib.sha256(data).hexdigest()}
+    out = client.call("pattern", size)
+    assert type(out) is bytes and out == (bytes(range(251)) * (size // 251 + 1))[:size]
+    assert client.call("echo", {"a": data, "b": [b"small"]}) == {"a": data, "b": [b"small"]}
+
+    async def main():
+        async with kernelpit.aio.connect(bridge.address, bridge.token) as pool:
+            assert await pool.call("pattern", size) == out
+    asyncio.run(main())
 
 
 # -- malformed input, cut transfers, crashes --------------------------------------------------

@@ -1,12 +1,12 @@
 """Large buffers beside the messages: the bridge's blob store and the chunk framing.
 
-A value whose Arrow data would make a message too big travels as a *blob*
+A value whose bytes or Arrow data would make a message too big travels as a *blob*
 (see ``Value.blobs`` in values.proto): the message carries its id and size,
 the data goes as a stream of chunks of at most :data:`CHUNK` bytes
 (``ReadBlob`` for results, ``WriteBlob`` for arguments).
 
-Result blobs hold the IPC stream as a list of segments that point into the
-value's own Arrow buffers (no copy: a table that came from a worker by
+Result blobs hold the data as a list of segments that point into the
+value's own buffers (the bytes object, or an Arrow IPC stream's buffers) (no copy: a table that came from a worker by
 shared memory is streamed straight from its memory map).  Uploaded blobs are
 written to a file in the run's shared-memory directory as they arrive; the
 request that references one maps the file and unlinks it at once, so the
@@ -223,9 +223,8 @@ class BlobStore:
         return blob_id, size
 
     def take(self, blob_id: str, size: int | None = None) -> Any:
-        """Use an upload: memory-map it (a pyarrow Buffer over the mapping) and forget the file."""
-        import pyarrow as pa
-
+        """Use an upload: memory-map it (a pyarrow Buffer over the mapping; without pyarrow,
+        the blob can only be bytes and is read in) and forget the file."""
         blob = self._blobs.pop(blob_id, None)
         if blob is None or blob.path is None:
             if blob is not None:
@@ -235,6 +234,11 @@ class BlobStore:
         try:
             if size is not None and size != blob.size:
                 raise BlobError(f"blob '{blob_id}' has {blob.size} bytes, the value says {size}")
+            try:
+                import pyarrow as pa
+            except ImportError:
+                with open(blob.path, "rb") as f:
+                    return f.read()
             if blob.size == 0:
                 return pa.py_buffer(b"")
             with pa.memory_map(blob.path, "r") as mapped:

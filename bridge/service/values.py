@@ -11,10 +11,12 @@ value, so both sides read them back with :func:`kernelpit.kernels.arrow.decode`.
 A value that is a byte string as a whole travels in ``Value.raw``.  An unset
 Value is ``None``.
 
-Arrow data that would make the message too big is not put in it: ``park``
-(the bridge's blob store, or the client's upload list) takes the IPC stream
-as a list of segments pointing into the value's own buffers, and the Value
-carries a ``BlobRef`` in ``blobs[N]`` instead (see values.proto).
+Binary data that would make the message too big is not put in it: ``park``
+(the bridge's blob store, or the client's upload list) takes the bytes, or an
+Arrow value's IPC stream as a list of segments pointing into its own buffers,
+and the Value carries a ``BlobRef`` in ``blobs[N]`` instead (see
+values.proto).  A large byte string as a whole then travels as a bytes
+marker in ``json`` rather than in ``raw``.
 """
 
 from __future__ import annotations
@@ -76,15 +78,22 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20) -> pb.Val
     """
     if obj is None:
         return _EMPTY
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return pb.Value(raw=bytes(obj))
+    if isinstance(obj, (bytes, bytearray, memoryview)) and (
+            park is None or memoryview(obj).nbytes <= limit):
+        return pb.Value(raw=bytes(obj))  # larger ones: a bytes marker whose data is a blob
     buffers: list[Any] = []
     refs: dict[int, pb.BlobRef] = {}
     room = [limit]
 
     def default(o: Any) -> Any:
         if isinstance(o, (bytes, bytearray, memoryview)):
-            buffers.append(bytes(o))
+            n = memoryview(o).nbytes
+            if park is not None and n > room[0]:
+                refs[len(buffers)] = pb.BlobRef(id=park([o], n), size=n)
+                buffers.append(b"")
+            else:
+                room[0] -= n
+                buffers.append(bytes(o))
             return {MARKER: "bytes", "i": len(buffers) - 1}
         if arrow.handles(o):
             return _encode_arrow(o, buffers, refs, park, room)
