@@ -30,7 +30,7 @@ import zmq
 
 from . import capture
 from .arrow import DecodeError, Transport
-from .protocol import EncodeError, decode, encode, packed
+from .protocol import EncodeError, decode, encode
 from .registry import ToolSpec
 
 
@@ -220,9 +220,9 @@ class Agent:
         call.emit(kind, **outcome)
 
     @staticmethod
-    def _invoke_batch(spec: ToolSpec, columns: list[Any]) -> list[Any] | Any:
+    def _invoke_batch(spec: ToolSpec, columns: list[Any]) -> list[Any]:
         """Run a plain (non-streaming) tool once per row of argument columns: one message
-        for many calls.  Results go back as a typed array when they are all ints or floats."""
+        for many calls."""
         results: list[Any] = []
         append = results.append
         try:
@@ -233,7 +233,7 @@ class Agent:
         except BaseException as exc:
             exc.kernelpit_batch_index = len(results)  # type: ignore[attr-defined]
             raise
-        return packed(results)
+        return results
 
     @staticmethod
     def _invoke(spec: ToolSpec, call: capture.CallContext, args: list[Any],

@@ -6,9 +6,12 @@ header refers to.  ``bytes`` values anywhere inside a message travel as
 their own frame, never as base64, and are replaced in the JSON by a marker
 ``{"$kp": "bytes", "i": N}`` (N = index among the buffers).  An
 ``array.array`` travels the same way as ``{"$kp": "array", "t": "q", "i": N}``
-(``t`` is its typecode): :func:`packed` turns a list of plain ints or floats
-into one, so the columns and results of a ``map`` chunk cost a memcpy, not a
-JSON number per item.
+(``t`` is its typecode), and so does a list of at least ``MIN_PACKED`` plain
+ints (int64) or plain floats, as ``{"$kp": "list", "t": "d", "i": N}``, read
+back as a list: the columns and results of a ``map`` chunk or a dict of
+numeric columns cost a memcpy, not a JSON number per item.  Lists inside
+dicts and lists are found too, except inside big containers that are not
+lists of lists (records, large mappings), which are left to JSON as they are.
 
 Host -> worker ops::
 
@@ -51,17 +54,50 @@ _INLINE = Transport()
 _TYPECODES = {int: "q", float: "d"}
 
 
-def packed(values: list[Any]) -> list[Any] | array:
-    """``values`` as a typed array when all are plain ints (that fit in 64 bits) or all plain
-    floats; otherwise ``values`` itself.  Iterating the array gives back equal values."""
-    kinds = set(map(type, values))
-    code = _TYPECODES.get(kinds.pop()) if len(kinds) == 1 else None
-    if code is not None:
-        try:
-            return array(code, values)
-        except OverflowError:
-            pass
-    return values
+MIN_PACKED = 64  # shorter lists stay JSON text: there a frame costs more than it saves
+_CONTAINERS = (list, tuple, dict)
+
+
+class PackedList(array):
+    """A list of plain ints or floats on its way as one binary frame; decoded as a list."""
+
+
+def _packed(values: Any) -> Any:
+    """``values`` (a list or tuple) as a :class:`PackedList` when it is long and all plain ints
+    (that fit in 64 bits) or all plain floats; else with its nested lists packed."""
+    if len(values) >= MIN_PACKED:
+        kinds = set(map(type, values))
+        if len(kinds) == 1:
+            code = _TYPECODES.get(next(iter(kinds)))
+            if code is not None:
+                try:
+                    return PackedList(code, values)
+                except OverflowError:
+                    return values
+        if not kinds <= {list, tuple}:
+            return values  # a long list of records or mixed values: left to JSON as it is
+    return _packed_inside(values)
+
+
+def _packed_inside(obj: Any) -> Any:
+    """``obj`` (a container) with the long numeric lists inside it packed; containers on the
+    way are copied only where something changed."""
+    if type(obj) is dict and len(obj) >= MIN_PACKED:
+        return obj  # a big mapping: not searched (its values are rarely long numeric lists)
+    out = None
+    for key, value in obj.items() if type(obj) is dict else enumerate(obj):
+        kind = type(value)
+        if kind is list or kind is tuple:
+            new = _packed(value)
+        elif kind is dict:
+            new = _packed_inside(value)
+        else:
+            continue
+        if new is not value:
+            if out is None:
+                out = dict(obj) if type(obj) is dict else list(obj)
+            out[key] = new
+    return obj if out is None else out
 
 
 class EncodeError(TypeError):
@@ -81,8 +117,9 @@ def encode(msg: dict[str, Any], transport: Transport | None = None) -> list[Any]
             buffers.append(bytes(obj) if not isinstance(obj, bytes) else obj)
             return {MARKER: "bytes", "i": len(buffers) - 1}
         if isinstance(obj, array):
-            buffers.append(obj)
-            return {MARKER: "array", "t": obj.typecode, "i": len(buffers) - 1}
+            buffers.append(memoryview(obj).cast("B"))
+            kind = "list" if type(obj) is PackedList else "array"
+            return {MARKER: kind, "t": obj.typecode, "i": len(buffers) - 1}
         if arrow.handles(obj):
             return arrow.encode(obj, buffers, transport or _INLINE)
         if transport is not None and transport.allow_pickle:
@@ -92,7 +129,8 @@ def encode(msg: dict[str, Any], transport: Transport | None = None) -> list[Any]
             f"supported types are {SUPPORTED}"
         )
 
-    header = json.dumps(msg, default=default, separators=(",", ":"), ensure_ascii=False)
+    header = json.dumps(_packed_inside(msg), default=default, separators=(",", ":"),
+                        ensure_ascii=False)
     return [header.encode(), *buffers]
 
 
@@ -110,10 +148,10 @@ def decode(frames: list[Any], transport: Transport | None = None) -> dict[str, A
         try:
             if kind == "bytes" and len(obj) == 2:
                 return bytes(buffers[obj["i"]])
-            if kind == "array" and len(obj) == 3:
+            if kind in ("array", "list") and len(obj) == 3:
                 values = array(obj["t"])
                 values.frombytes(buffers[obj["i"]])
-                return values
+                return values if kind == "array" else values.tolist()
             if kind == "arrow":
                 return arrow.decode(obj, buffers, transport)
             if kind == "pickle":

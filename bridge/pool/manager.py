@@ -20,7 +20,6 @@ from ..config import PoolConfig
 from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, PoolClosed, SessionLost,
                           ToolNotFound, ToolTainted, WorkerCrashed, WorkerNotFound)
 from ..info import SessionInfo, ToolInfo, WorkerInfo
-from ..kernels.protocol import packed
 from ..kernels.schema import check_arguments, check_columns
 from .call import Call, CallOptions
 from .channel import Channel
@@ -410,7 +409,6 @@ class PoolManager:
             chunksize = max(1, min(2000, -(-n // (slots * 4))))
         elif chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, got {chunksize}")
-        columns = [packed(c) for c in columns]
         chunks = []
         for start in range(0, n, chunksize):
             call = Call(tool, [], {}, first.options, thread_safe=first.thread_safe,
