@@ -49,7 +49,7 @@ def skipped(system: str, reason: str, *, case: str = "", unit: str = "", better:
 
 def failed(system: str, exc: BaseException, *, case: str = "", unit: str = "",
            better: str = "lower") -> dict[str, Any]:
-    return skipped(system, f"{type(exc).__name__}: {exc}".strip()[:300], case=case, unit=unit,
+    return skipped(system, f"{type(exc).__name__}: {exc}".strip(), case=case, unit=unit,
                    better=better, status="error")
 
 

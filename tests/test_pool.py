@@ -1,8 +1,10 @@
 """The embedded pool, against real kernels: calls, streams, sessions, errors, lifecycle."""
 
+import json
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -112,6 +114,17 @@ def test_cells_run_in_a_worker_see_the_state_tools_see(pool):
     finally:
         client.stop_channels()
     assert pool.options(worker=worker.id).call("bump") == 3  # and the tool sees the cell's world
+
+
+def test_worker_kernels_listen_on_private_unix_sockets_not_tcp_ports(pool):
+    # no port can be taken by another process between choosing it and binding it
+    for worker in pool.workers():
+        with open(worker.connection_file) as f:
+            info = json.load(f)
+        assert info["transport"] == "ipc" and os.path.isabs(info["ip"])
+        assert os.stat(os.path.dirname(info["ip"])).st_mode & 0o077 == 0  # the run's 0700 dir
+        for channel in ("shell", "iopub", "stdin", "control", "hb"):
+            assert stat.S_ISSOCK(os.stat(f"{info['ip']}-{info[channel + '_port']}").st_mode)
 
 
 # -- errors ----------------------------------------------------------------------------------

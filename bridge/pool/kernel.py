@@ -91,11 +91,38 @@ def worker_env(config: PoolConfig, worker_id: int, endpoint: str, run_id: str) -
     return env
 
 
+# A unix socket path must fit in sockaddr_un.sun_path (108 bytes on Linux, 104 on macOS).
+_MAX_IPC_PATH = 100
+
+
+def channel_addresses(socket_prefix: str) -> dict[str, str]:
+    """How a worker kernel's own channels (shell, iopub, stdin, control, heartbeat) listen.
+
+    On ``ipc://`` sockets under ``socket_prefix`` (in the run's private directory) when the
+    platform has them and the path fits: no TCP port is chosen, so nothing else on the
+    machine can take a kernel's port between jupyter_client picking it and the kernel
+    binding it (a race that made one of 8 kernels starting together fail with "Address
+    already in use" while other services opened ports).  Otherwise loopback TCP.
+    """
+    if os.name == "posix" and len(socket_prefix) + 8 <= _MAX_IPC_PATH:
+        return {"transport": "ipc", "ip": socket_prefix}
+    return {"transport": "tcp", "ip": "127.0.0.1"}
+
+
+def channel_url(info: dict[str, object], channel: str) -> str:
+    """The ZMQ address of one of a kernel's channels, from its connection info."""
+    port = info[f"{channel}_port"]
+    if info["transport"] == "tcp":
+        return f"tcp://{info['ip']}:{port}"
+    return f"{info['transport']}://{info['ip']}-{port}"
+
+
 async def launch(spec: KernelSpec, env: dict[str, str], cwd: str | None, log: IO[bytes],
-                 connection_file: str) -> AsyncKernelManager:
+                 connection_file: str, socket_prefix: str) -> AsyncKernelManager:
     """Start one kernel process; returns its manager (readiness is the caller's business)."""
     km = AsyncKernelManager(kernel_name="kernelpit-worker", kernel_spec_manager=_OneSpec(spec),
-                            connection_file=connection_file)
+                            connection_file=connection_file,
+                            **channel_addresses(socket_prefix))
     km.shutdown_wait_time = 1.0
     await km.start_kernel(env=env, cwd=cwd or os.getcwd(), stdout=log, stderr=log)
     return km

@@ -24,7 +24,7 @@ from .call import Call
 from .channel import Channel
 from .crash import Death, classify, oom_kills
 from ..kernels.arrow import Transport
-from .kernel import launch, worker_env
+from .kernel import channel_url, launch, worker_env
 from . import registry as run_registry
 
 _ping_ids = itertools.count(1)
@@ -138,7 +138,8 @@ class Worker:
         run_registry.reserve(self._run_id, self.id)  # orphan registry, phase 1: before the launch
         with open(self.log_path, "ab") as log:
             try:
-                self.km = await launch(self._spec, env, cfg.cwd, log, self._connection_file())
+                self.km = await launch(self._spec, env, cfg.cwd, log, self._connection_file(),
+                                       str(self._run_dir / f"kernel-{self.id}"))
             except Exception as exc:
                 raise StartError(f"worker {self.id} of pool '{cfg.name}' could not be launched: "
                                  f"{type(exc).__name__}: {exc}") from exc
@@ -301,7 +302,7 @@ class Worker:
             info = self.km.get_connection_info()
             self._hb = zmq.asyncio.Context.instance().socket(zmq.REQ)
             self._hb.setsockopt(zmq.LINGER, 0)
-            self._hb.connect(f"{info['transport']}://{info['ip']}:{info['hb_port']}")
+            self._hb.connect(channel_url(info, "hb"))
         try:
             await self._hb.send(b"kernelpit")
             await asyncio.wait_for(self._hb.recv(), timeout)
