@@ -165,6 +165,33 @@ def test_without_the_lifeline_the_next_start_reaps_what_a_killed_controller_left
         c.cleanup()
 
 
+def test_a_start_removes_the_shared_memory_of_any_dead_run_and_keeps_live_ones(tmp_path):
+    # a run recorded in another runtime dir's registry is unknown here: its owner file says
+    # whose it is
+    gone = psutil.Popen(["sleep", "30"])
+    gone_identity = (gone.pid, gone.create_time())
+    gone.kill()
+    gone.wait()
+    runs = {}
+    for name, (pid, start) in {"dead": gone_identity, "live": controller_identity()}.items():
+        path = f"/dev/shm/kernelpit-test{name}{os.getpid()}"
+        os.makedirs(path)
+        Path(path, "w1-0.arrow").write_bytes(b"x" * 1000)
+        Path(path + reaper.OWNER_SUFFIX).write_text(f"{pid} {start!r}\n")
+        runs[name] = path
+    try:
+        with kernelpit.Pool(adapters=[DEMO], workers=1) as pool:
+            own = f"/dev/shm/kernelpit-{pool.run_id}"
+            assert os.path.isdir(own) and os.path.exists(own + reaper.OWNER_SUFFIX)
+            assert not os.path.exists(runs["dead"])
+            assert not os.path.exists(runs["dead"] + reaper.OWNER_SUFFIX)
+            assert os.path.exists(Path(runs["live"], "w1-0.arrow"))
+        assert not os.path.exists(own) and not os.path.exists(own + reaper.OWNER_SUFFIX)
+    finally:
+        for path in runs.values():
+            reaper.remove_shared_dir(path)
+
+
 def test_a_tools_subprocess_dies_with_its_kernel_on_kill_and_on_close(spawn_dir):
     with kernelpit.Pool(adapters=[DEMO, "kp_spawn"], workers=1, path=[spawn_dir]) as pool:
         kernel = pool.workers()[0]

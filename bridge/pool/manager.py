@@ -40,6 +40,7 @@ def shared_memory_dir(run_id: str) -> str | None:
         return None
     path = shared_dir(run_id)
     os.makedirs(path, mode=0o700, exist_ok=True)
+    reaper.mark_owner(path)
     return path
 
 
@@ -108,7 +109,7 @@ class PoolManager:
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         if self.shm_dir is not None:
-            shutil.rmtree(self.shm_dir, ignore_errors=True)
+            reaper.remove_shared_dir(self.shm_dir)
 
     # -- messages from workers -------------------------------------------------------------
     def _on_message(self, worker_id: int, msg: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ process plus one SQLite query; see docs/reliability.md for the measured figure.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import shutil
@@ -45,8 +46,8 @@ from pathlib import Path
 
 import psutil
 
-from ..kernels.arrow import shared_dir
-from .registry import RunRegistry, default_path, process_alive
+from ..kernels.arrow import SHM_BASE, shared_dir
+from .registry import RunRegistry, controller_identity, default_path, process_alive
 
 log = logging.getLogger("kernelpit")
 
@@ -384,13 +385,42 @@ def _remove_connection_files(registry: RunRegistry | None, run_ids: set[str]) ->
     return removed
 
 
+OWNER_SUFFIX = ".owner"
+
+
+def mark_owner(path: str) -> None:
+    """Write beside a run's shared-memory directory which process owns it (pid and start
+    time), so a later start removes it once that process is gone, whichever registry (runtime
+    directory) the run used."""
+    pid, start = controller_identity()
+    fd = os.open(path + OWNER_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{pid} {start!r}\n")
+
+
+def remove_shared_dir(path: str) -> None:
+    """Remove a run's shared-memory directory and its owner file."""
+    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.unlink(path + OWNER_SUFFIX)
+
+
 def _remove_shared_memory(run_ids: set[str]) -> list[str]:
-    """The shared-memory directories (Arrow values in transit) of runs that are now over."""
+    """The shared-memory directories (Arrow values in transit) of runs that are now over:
+    those of ``run_ids``, and any whose owner file names a process that is gone."""
+    paths = {shared_dir(run_id) for run_id in run_ids}
+    for marker in glob.glob(os.path.join(SHM_BASE, "kernelpit-*" + OWNER_SUFFIX)):
+        try:
+            with open(marker) as f:
+                pid, start = f.read().split()
+            if not process_alive(int(pid), float(start)):
+                paths.add(marker[:-len(OWNER_SUFFIX)])
+        except (OSError, ValueError):  # another user's (unreadable), or being written
+            continue
     removed = []
-    for run_id in run_ids:
-        path = shared_dir(run_id)
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
+    for path in sorted(paths):
+        if os.path.isdir(path) or os.path.exists(path + OWNER_SUFFIX):
+            remove_shared_dir(path)
             removed.append(path)
     return removed
 
