@@ -10,7 +10,7 @@ Adapter modules import from here::
             progress(i + 1, epochs, f"epoch {i + 1}")
         return 0.93
 
-Everything in this package imports only the standard library and pyzmq, so
+Everything in this package imports only the standard library, so
 importing an adapter outside a kernel (for unit tests of the tool itself)
 costs nothing and ``progress`` is a no-op there.
 """

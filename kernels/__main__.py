@@ -2,7 +2,7 @@
 
 The pool passes its settings in the environment:
 
-``KERNELPIT_ENDPOINT``   the pool's ZMQ ROUTER address
+``KERNELPIT_ENDPOINT``   the pool's call channel (``unix://<path>``)
 ``KERNELPIT_WORKER``     this worker's id
 ``KERNELPIT_ADAPTERS``   comma-separated adapter modules to import
 ``KERNELPIT_CONCURRENCY`` executor threads (default 1)

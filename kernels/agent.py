@@ -3,11 +3,12 @@
 The kernel stays a full Jupyter kernel (shell, iopub, control, heartbeat on
 its main thread).  Beside it the agent runs:
 
-* an **io thread** owning a ZMQ DEALER connected to the pool's ROUTER.  It
-  receives calls, cancels, pings and stop requests; it never runs user code.
-* **executor threads** (``concurrency`` of them) that run tools.  Each owns
-  its own DEALER to the pool, so events and results go straight back without
-  another thread hop.
+* an **io thread** with its own connection to the pool's call channel (a Unix
+  socket, :mod:`.wire`).  It receives calls, cancels, pings and stop requests;
+  it never runs user code.
+* **executor threads** (``concurrency`` of them) that run tools.  Each has its
+  own connection to the channel, so events and results go straight back
+  without another thread hop.
 
 Cancel raises :class:`CallCancelled` inside the executor thread running the
 call (``PyThreadState_SetAsyncExc``), which stops Python code at its next
@@ -22,13 +23,12 @@ import ctypes
 import inspect
 import json
 import queue
+import socket
 import threading
 import traceback
 from typing import Any
 
-import zmq
-
-from . import capture
+from . import capture, wire
 from .arrow import DecodeError, Transport
 from .protocol import EncodeError, decode, encode
 from .registry import ToolSpec
@@ -78,7 +78,6 @@ class Agent:
         self.tools = tools
         self.concurrency = max(1, concurrency)
         self.on_stop = on_stop
-        self.ctx = zmq.Context()
         self.transport = Transport.from_env(prefix=f"w{worker_id}")
         self._jobs: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -97,29 +96,25 @@ class Agent:
             t.start()
             self._threads.append(t)
 
-    def _socket(self, identity: str) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, identity.encode())
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.connect(self.endpoint)
-        return sock
+    def _socket(self, identity: str) -> socket.socket:
+        path = self.endpoint.removeprefix("unix://")
+        return wire.connect(path, identity)
 
     # -- io thread -----------------------------------------------------------------
     def _io_loop(self, hello: dict[str, Any]) -> None:
         sock = self._socket(self.worker_id)
-        sock.send_multipart(encode(hello))
-        while True:
-            frames = sock.recv_multipart(copy=False)
+        wire.send(sock, encode(hello))
+
+        def handle(frames: list[Any]) -> bool:
             try:
-                msg = decode([bytes(frames[0].buffer), *(f.buffer for f in frames[1:])],
-                             self.transport)
+                msg = decode(frames, self.transport)
             except DecodeError as exc:
-                header = json.loads(bytes(frames[0].buffer))
+                header = json.loads(frames[0])
                 if header.get("op") == "call":
                     err = RuntimeError(f"the arguments of {header.get('tool')}() could not be read: {exc}")
-                    sock.send_multipart(encode({"op": "ev", "id": header.get("id"), "k": "error",
-                                                "error": error_payload(err)}))
-                continue
+                    wire.send(sock, encode({"op": "ev", "id": header.get("id"), "k": "error",
+                                            "error": error_payload(err)}))
+                return True
             op = msg.get("op")
             if op == "call":
                 self._jobs.put(msg)
@@ -128,14 +123,22 @@ class Agent:
             elif op == "forget":
                 _session_states.pop(msg.get("session"), None)
             elif op == "ping":
-                sock.send_multipart(encode({"op": "pong", "id": msg.get("id")}))
+                wire.send(sock, encode({"op": "pong", "id": msg.get("id")}))
             elif op == "stop":
-                for _ in range(self.concurrency):
-                    self._jobs.put(None)
-                sock.close(linger=1000)
-                if self.on_stop is not None:
-                    self.on_stop()
-                return
+                stopped.set()
+                return False
+            return True
+
+        # Until a stop, or until the pool closes the channel (then the lifeline ends the kernel).
+        stopped = threading.Event()
+        try:
+            wire.receive_forever(sock, handle)
+        finally:
+            for _ in range(self.concurrency):
+                self._jobs.put(None)
+            sock.close()
+        if stopped.is_set() and self.on_stop is not None:
+            self.on_stop()
 
     def cancel(self, call_id: int) -> None:
         with self._lock:
@@ -162,12 +165,15 @@ class Agent:
                 err = TypeError(f"the tool {what} a value Kernelpit cannot send: {exc}")
                 frames = encode({"op": "ev", "id": call_id, "k": "error",
                                  "error": {**error_payload(err), "traceback": ""}})
-            sock.send_multipart(frames, copy=False)
+            try:
+                wire.send(sock, frames)
+            except OSError:
+                pass  # the pool is gone: nobody is left to tell (the lifeline ends the kernel)
 
         while True:
             job = self._jobs.get()
             if job is None:
-                sock.close(linger=1000)
+                sock.close()
                 return
             self._serve(job, send)
 

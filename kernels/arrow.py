@@ -16,7 +16,7 @@ numpy scalars              JSON numbers                     ``int`` / ``float`` 
 =========================  ===============================  ==========================
 
 A value smaller than the transport's ``threshold`` is an inline frame of the
-ZMQ message.  A larger one is written once as an Arrow IPC *file* into the
+message.  A larger one is written once as an Arrow IPC *file* into the
 run's shared-memory directory (``/dev/shm/kernelpit-<run id>``, mode 0700)
 and handed over by reference: the receiver memory-maps it and unlinks it at
 once, so its buffers point into the mapping (no copy) and nothing is left on

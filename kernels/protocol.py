@@ -1,8 +1,8 @@
 """The wire format between the pool and its worker kernels.
 
-Every message is a ZMQ multipart message: the first frame is a UTF-8 JSON
-object (the header), the following frames are raw binary buffers that the
-header refers to.  ``bytes`` values anywhere inside a message travel as
+Every message is a list of frames (:mod:`.wire` puts them on the socket): the
+first frame is a UTF-8 JSON object (the header), the following frames are raw
+binary buffers that the header refers to.  ``bytes`` values anywhere inside a message travel as
 their own frame, never as base64, and are replaced in the JSON by a marker
 ``{"$kp": "bytes", "i": N}`` (N = index among the buffers).  An
 ``array.array`` travels the same way as ``{"$kp": "array", "t": "q", "i": N}``

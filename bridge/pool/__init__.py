@@ -6,7 +6,7 @@
     │                                    the crash barrier (classify, retry, taint)
     ├── RunRegistry        (registry.py) kernels of every run on disk (SQLite), two-phase
     ├── reaper.py                        ends kernels whose controller is gone (the process killer)
-    ├── Channel            (channel.py)  one ZMQ ROUTER every worker agent connects to
+    ├── Channel            (channel.py)  one Unix socket every agent thread connects to
     ├── SessionTable       (sessions.py) session -> worker affinity, idle expiry
     ├── HealthMonitor      (health.py)   heartbeat + ping, RSS and age checks -> recycle/unhealthy
     └── WorkerGroup × N    (group.py)    one named pool: workers, spares, recycling, replacement

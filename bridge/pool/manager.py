@@ -71,7 +71,7 @@ class PoolManager:
         await asyncio.to_thread(reaper.reap_on_start, run_registry.open_run(self.run_id))
         self._run_dir = Path(tempfile.mkdtemp(prefix=f"kernelpit-{self.run_id}-"))
         self.shm_dir = shared_memory_dir(self.run_id)
-        self._channel = Channel(self._on_message, Transport(
+        self._channel = await Channel.open(self._on_message, Transport(
             self.shm_dir, allow_pickle=any(c.pickle for c in self.configs)))
         slots = asyncio.Semaphore(8)
         for cfg in self.configs:
