@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import inspect
 import json
 import queue
 import socket
@@ -82,6 +81,7 @@ class Agent:
         self._jobs: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._running: dict[int, int] = {}  # call id -> executor thread ident
+        self._interrupted: set[int] = set()  # threads a CallCancelled was raised in
         self._cancelled_early: set[int] = set()  # cancelled before an executor took them
         self._threads: list[threading.Thread] = []
 
@@ -145,6 +145,7 @@ class Agent:
             thread_id = self._running.get(call_id)
             if thread_id is not None:
                 _set_async_exc(thread_id, CallCancelled)
+                self._interrupted.add(thread_id)
             else:
                 # not taken yet (or already finished: then the entry is never looked up again)
                 self._cancelled_early.add(call_id)
@@ -166,7 +167,10 @@ class Agent:
                 frames = encode({"op": "ev", "id": call_id, "k": "error",
                                  "error": {**error_payload(err), "traceback": ""}})
             try:
-                wire.send(sock, frames)
+                # Under the lock cancel() takes to raise CallCancelled in this thread, so the
+                # exception never lands halfway through a message (that would garble the stream).
+                with self._lock:
+                    wire.send(sock, frames)
             except OSError:
                 pass  # the pool is gone: nobody is left to tell (the lifeline ends the kernel)
 
@@ -186,11 +190,12 @@ class Agent:
                                       "module": "kernelpit", "args": None, "traceback": "",
                                       "message": f"no tool named '{job['tool']}' (tools: {names})"})
             return
+        me = threading.get_ident()
         with self._lock:
             cancelled = call.id in self._cancelled_early
             self._cancelled_early.discard(call.id)
             if not cancelled:
-                self._running[call.id] = threading.get_ident()
+                self._running[call.id] = me
         if cancelled:
             call.emit("error", error=_cancelled(call.id, spec.name))
             return
@@ -216,7 +221,9 @@ class Agent:
             try:
                 with self._lock:
                     self._running.pop(call.id, None)
-                    _set_async_exc(threading.get_ident(), None)
+                    if me in self._interrupted:  # a cancel may still be pending: drop it
+                        self._interrupted.discard(me)
+                        _set_async_exc(me, None)
                 break
             except CallCancelled:
                 continue
@@ -245,16 +252,19 @@ class Agent:
     def _invoke(spec: ToolSpec, call: capture.CallContext, args: list[Any],
                 kwargs: dict[str, Any]) -> Any:
         func = spec.func
-        if inspect.isgeneratorfunction(func):
+        kind = spec.kind
+        if kind == "plain":
+            return func(*args, **kwargs)
+        if kind == "generator":
             gen = func(*args, **kwargs)
             try:
                 while True:
                     call.emit("partial", value=next(gen))
             except StopIteration as stop:
                 return stop.value
-        if inspect.iscoroutinefunction(func):
+        if kind == "coroutine":
             return asyncio.run(func(*args, **kwargs))
-        if inspect.isasyncgenfunction(func):
+        if kind == "asyncgen":
             async def drain() -> None:
                 async for item in func(*args, **kwargs):
                     call.emit("partial", value=item)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import sys
@@ -24,6 +25,14 @@ class ToolSpec:
     thread_safe: bool = False
     idempotent: bool = False
     description: dict[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def kind(self) -> str:
+        """How the agent runs it: "generator", "coroutine", "asyncgen" or "plain"."""
+        f = self.func
+        return ("generator" if inspect.isgeneratorfunction(f) else
+                "coroutine" if inspect.iscoroutinefunction(f) else
+                "asyncgen" if inspect.isasyncgenfunction(f) else "plain")
 
 
 def tool(func: Callable[..., Any] | None = None, *, name: str | None = None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -87,7 +86,8 @@ class Call:
             msg["session"] = self.options.session
         transport = self.transport
         if transport is not None and transport.shm_dir:
-            transport = dataclasses.replace(transport, prefix=f"c{self.id}")
+            transport = Transport(transport.shm_dir, transport.threshold, f"c{self.id}",
+                                  transport.allow_pickle)
         try:
             frames = encode(msg, transport)
         except EncodeError as exc:
@@ -114,16 +114,16 @@ class Call:
             self.events.put_nowait(event)
 
     def finish(self, value: Any) -> None:
+        self._cancel_timer()
         if self.future.done():
             return
-        self._cancel_timer()
         self.future.set_result(value)
         self.emit(ev.Result(value=value))
 
     def fail(self, exc: BaseException) -> None:
+        self._cancel_timer()
         if self.future.done():
             return
-        self._cancel_timer()
         self.future.set_exception(exc)
         self.future.exception()  # a stream consumer may never await it: mark as retrieved
         self.emit(ev.Error(error=exc))

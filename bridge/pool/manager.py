@@ -360,7 +360,9 @@ class PoolManager:
         group, call = self._prepare(tool, args, kwargs, options, streaming=False)
         self._submit(group, call)
         try:
-            return await asyncio.shield(call.future)
+            # Not shielded: a cancelled caller cancels call.future too, and then self.cancel
+            # stops the call (a shield would cost one more event-loop pass per call).
+            return await call.future
         except asyncio.CancelledError:
             self.cancel(call)
             raise
