@@ -75,7 +75,7 @@ class RemoteBridge:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kernelpit", "serve", "--adapter", ADAPTER,
              "--workers", str(self.workers), "--path", str(ROOT), "--host", "127.0.0.1",
-             "--port", str(port), "--token", self.token, "--no-discovery"],
+             "--port", str(port), f"--token={self.token}", "--no-discovery"],  # may start with "-"
             cwd=str(ROOT), stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:

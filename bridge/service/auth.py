@@ -14,7 +14,11 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    """A random token that never starts with "-" (so ``--token TOKEN`` parses on a command line)."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def metadata(token: str | None) -> tuple[tuple[str, str], ...]:
