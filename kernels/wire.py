@@ -18,8 +18,10 @@ This module is imported on both sides, so it depends on the standard library onl
 
 from __future__ import annotations
 
+import ctypes
 import socket
 import struct
+import sys
 from typing import Any, Callable
 
 _COUNT = struct.Struct("<I")
@@ -27,6 +29,40 @@ _SMALL = 64 * 1024  # frames up to this size are copied out of the shared read b
 _JOIN = 64 * 1024  # messages up to this size are sent as one joined buffer
 _MAX_IOV = 512  # buffers per sendmsg (IOV_MAX is 1024 on Linux)
 MAX_FRAMES = 1 << 20
+SOCKET_BUFFER = 4 << 20  # fewer, larger reads and writes for big frames (capped by the kernel)
+
+
+def tune(sock: socket.socket) -> None:
+    """Ask for socket buffers of :data:`SOCKET_BUFFER` bytes each way."""
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        except OSError:
+            pass
+
+
+def _fill_in_place(size: int) -> tuple[Any, memoryview]:
+    """A frame of ``size`` bytes and a writable view of it, to receive into.
+
+    On CPython the frame is a ``bytes`` object made uninitialized with
+    ``PyBytes_FromStringAndSize(NULL, size)`` (the C API's way to build a bytes
+    object in place) and filled before anyone else sees it: no zero-fill, and
+    decoding a ``bytes`` value costs no copy.  Elsewhere it is a ``bytearray``.
+    """
+    if _new_bytes is None:
+        frame = bytearray(size)
+        return frame, memoryview(frame)
+    frame = _new_bytes(None, size)
+    data = (ctypes.c_char * size).from_address(id(frame) + _BYTES_DATA)
+    return frame, memoryview(data).cast("B")
+
+
+_new_bytes: Any = None
+_BYTES_DATA = bytes.__basicsize__ - 1  # offset of ob_sval in PyBytesObject
+if sys.implementation.name == "cpython":
+    _new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+    _new_bytes.restype = ctypes.py_object
+    _new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
 
 
 class WireError(ValueError):
@@ -58,6 +94,7 @@ def send(sock: socket.socket, frames: list[Any]) -> None:
 def connect(path: str, identity: str) -> socket.socket:
     """A blocking connection to the channel at ``path``, introduced as ``identity``."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tune(sock)
     sock.connect(path)
     send(sock, [identity.encode()])
     return sock
@@ -68,7 +105,7 @@ class Reader:
 
     Fed like an :class:`asyncio.BufferedProtocol`: read into :meth:`buffer`,
     then call :meth:`advance` with the byte count; it returns the messages
-    completed (each a list of frames: ``bytes``, or ``bytearray`` for large ones).
+    completed (each a list of ``bytes`` frames; a ``bytearray`` for a large one off CPython).
     """
 
     def __init__(self, size: int = 256 * 1024) -> None:
@@ -77,12 +114,13 @@ class Reader:
         self._end = 0  # end of received bytes
         self._lengths: list[int] | None = None  # frame lengths of the message being read
         self._frames: list[Any] = []
-        self._big: bytearray | None = None  # a large frame being received in place
+        self._big: Any = None  # a large frame being received in place
+        self._big_view: memoryview | None = None  # writable view of it
         self._big_at = 0
 
     def buffer(self) -> memoryview:
-        if self._big is not None:
-            return memoryview(self._big)[self._big_at:]
+        if self._big_view is not None:
+            return self._big_view[self._big_at:]
         if self._end == len(self._buf):
             pending = self._end - self._start
             # never resized in place: the caller may still hold a view of the old buffer
@@ -92,12 +130,12 @@ class Reader:
         return memoryview(self._buf)[self._end:]
 
     def advance(self, n: int) -> list[list[Any]]:
-        if self._big is not None:
+        if self._big_view is not None:
             self._big_at += n
-            if self._big_at < len(self._big):
+            if self._big_at < len(self._big_view):
                 return []
             self._frames.append(self._big)
-            self._big = None
+            self._big = self._big_view = None
         else:
             self._end += n
         return self._parse()
@@ -127,9 +165,9 @@ class Reader:
                 self._start += size
                 continue
             if size > _SMALL:  # the rest of it goes straight into its own buffer
-                big = bytearray(size)
-                big[:avail] = buf[self._start:self._end]
-                self._big, self._big_at = big, avail
+                self._big, self._big_view = _fill_in_place(size)
+                self._big_view[:avail] = buf[self._start:self._end]
+                self._big_at = avail
                 self._start = self._end = 0
             break
         if self._start == self._end:

@@ -43,6 +43,7 @@ def test_a_large_message_crosses_a_real_socket():
     wire.receive_forever(right, lambda m: got.append(m) or False)
     sender.join()
     assert [bytes(f) for f in got[0]] == [b'{"op":"x"}', big, b"", big[:5]]
+    assert type(got[0][1]) is bytes  # received in place, handed over without a copy
 
 
 def test_bytes_that_are_not_a_message_are_refused():

@@ -110,6 +110,9 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            wire.tune(sock)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._reader.buffer()
