@@ -29,7 +29,7 @@ from benchmarks.report import render  # noqa: E402
 from benchmarks.scenarios import SCENARIOS, Context  # noqa: E402
 
 ALL_PEERS = ("ipyparallel", "dask", "jupyter_client")
-PACKAGES = ("kernelpit", "jupyter_client", "ipykernel", "pyzmq", "grpcio", "protobuf", "psutil",
+PACKAGES = ("kernelpit", "jupyter_client", "ipykernel", "ipython", "pyzmq", "grpcio", "protobuf", "psutil",
             "ipyparallel", "dask", "distributed", "cloudpickle", "msgpack", "tornado")
 
 
