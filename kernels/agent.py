@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import json
 import queue
+import re
 import socket
 import threading
 import traceback
@@ -31,6 +31,10 @@ from . import capture, wire
 from .arrow import DecodeError, Transport
 from .protocol import EncodeError, decode, encode
 from .registry import ToolSpec
+
+
+# how encode() starts a call's header: {"op":"call","id":7,"tool":"add",...}
+_CALL_HEAD = re.compile(rb'\{"op":"call","id":(\d+),"tool":"((?:[^"\\]|\\.)*)"')
 
 
 class CallCancelled(BaseException):
@@ -108,11 +112,13 @@ class Agent:
         def handle(frames: list[Any]) -> bool:
             try:
                 msg = decode(frames, self.transport)
-            except DecodeError as exc:
-                header = json.loads(frames[0])
-                if header.get("op") == "call":
-                    err = RuntimeError(f"the arguments of {header.get('tool')}() could not be read: {exc}")
-                    wire.send(sock, encode({"op": "ev", "id": header.get("id"), "k": "error",
+            except (DecodeError, ValueError, RecursionError) as exc:
+                # An unreadable call fails alone; the io thread goes on serving.
+                found = _CALL_HEAD.match(bytes(frames[0][:300]))
+                if found:
+                    err = RuntimeError(f"the arguments of {found[2].decode()}() could not be "
+                                       f"read: {type(exc).__name__}: {exc}")
+                    wire.send(sock, encode({"op": "ev", "id": int(found[1]), "k": "error",
                                             "error": error_payload(err)}))
                 return True
             op = msg.get("op")

@@ -42,6 +42,15 @@ def test_values_round_trip_including_nested_bytes(pool):
     assert out == {"value": value, "blob": b"\x01\x02" * 1000}
 
 
+def test_a_call_the_worker_cannot_read_fails_alone_and_the_worker_keeps_serving(pool):
+    # "$kp" marks binary values on the wire; this one points at a buffer that was never sent
+    pinned = pool.options(worker=pool.workers()[0].id, deadline=20)
+    with pytest.raises(Exception, match="could not be read") as info:
+        pinned.call("echo", value={"$kp": "bytes", "i": 3})
+    assert "echo()" in str(info.value)
+    assert pinned.call("echo", value=1) == {"value": 1, "blob": b""}
+
+
 def test_stream_events_arrive_in_order_with_output_and_result_last(pool):
     events = list(pool.stream("steps", n=4))
     kinds = [e.kind for e in events]
