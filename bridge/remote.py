@@ -32,7 +32,7 @@ from .pool.call import CallOptions
 from .service import auth, convert, discovery, errors
 from .service.blobs import BLOB_SIZE_KEY, chunk_size, framed, unframe
 from .service.multiplex import CallMultiplexer, reply_value
-from .service.values import PLAIN, Codec, blob_refs
+from .service.values import ACCEPT_KEY, ACCEPT_PACKED, PLAIN, Codec, blob_refs
 from .service.watch import WatchEvent
 from .sync import Handle, Portal
 from .v1 import bridge_pb2 as pb
@@ -74,7 +74,8 @@ class RemoteBackend:
 
     def __init__(self, address: str, token: str | None) -> None:
         self.address = address
-        self.metadata = auth.metadata(token)
+        # results may carry packed lists: this client reads them (values.proto)
+        self.metadata = (*auth.metadata(token), (ACCEPT_KEY, ACCEPT_PACKED))
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.BridgeStub(self.channel)
         self._sync_channel: grpc.Channel | None = None
@@ -304,7 +305,7 @@ class _Uploads:
     def __init__(self, limit: int) -> None:
         self.items: list[tuple[str, list[Any], int]] = []
         self.ids: dict[str, str] = {}
-        self.codec = Codec(park=self.park, limit=limit)
+        self.codec = Codec(park=self.park, limit=limit, packed=True)
 
     def park(self, segments: list[Any], size: int) -> str:
         key = f"upload-{len(self.items)}"

@@ -100,6 +100,17 @@ def _packed_inside(obj: Any) -> Any:
     return obj if out is None else out
 
 
+def pack_lists(obj: Any) -> Any:
+    """``obj`` with its long lists of plain ints or floats (``obj`` itself included) as
+    :class:`PackedList`; containers on the way are copied only where something changed."""
+    kind = type(obj)
+    if kind is list or kind is tuple:
+        return _packed(obj)
+    if kind is dict:
+        return _packed_inside(obj)
+    return obj
+
+
 class EncodeError(TypeError):
     """A value that the wire format cannot carry."""
 

@@ -1,6 +1,7 @@
 """The bridge over loopback: a real grpc.aio server, real kernels, the real clients."""
 
 import asyncio
+import json
 import threading
 from array import array
 import time
@@ -128,6 +129,31 @@ def test_call_options_travel_deadline_pool_and_worker(client):
 def test_map_runs_across_the_pool(client):
     assert client.map("add", range(20), range(20)) == [2 * i for i in range(20)]
     assert client.map("add", range(500), chunksize=7) == list(range(500))
+
+
+def test_long_number_lists_travel_packed_only_to_clients_that_ask(client, stub, auth):
+    floats, ints = [i / 7 for i in range(1000)], list(range(-500, 500))
+    value = {"f": floats, "i": ints, "mixed": [1, 2.5] * 50, "big": [2**70] * 80}
+    assert client.call("same", value) == value  # packed both ways by the Python client
+    assert client.map("add", range(300), range(300)) == [2 * i for i in range(300)]
+    request = pb.CallRequest(tool="same", args=values_pb2.Value(json=json.dumps([value])))
+    plain = stub.Call(request, metadata=auth)  # a client that did not ask: plain JSON
+    assert not plain.result.buffers and json.loads(plain.result.json) == value
+    packed = stub.Call(request, metadata=(*auth, ("kernelpit-accept", "packed-lists")))
+    doc = json.loads(packed.result.json)
+    assert doc["f"] == {"$kp": "list", "t": "d", "i": 0} and doc["i"]["t"] == "q"
+    assert doc["mixed"] == value["mixed"] and doc["big"] == value["big"]  # not packable
+    assert array("d", packed.result.buffers[0]).tolist() == floats
+
+
+def test_a_bad_list_marker_is_invalid_argument(stub, auth):
+    for marker, buffers in [({"$kp": "list", "t": "x", "i": 0}, [b"\0" * 8]),
+                            ({"$kp": "list", "t": "d", "i": 0}, [b"\0" * 7]),
+                            ({"$kp": "list", "t": "d", "i": 3}, [])]:
+        request = pb.CallRequest(tool="same", args=values_pb2.Value(json=json.dumps([marker]),
+                                                                     buffers=buffers))
+        err = rpc_error(stub.Call, request, metadata=auth)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "list marker" in err.details()
 
 
 # -- bad input never hurts the service ------------------------------------------------------

@@ -23,7 +23,7 @@ from . import convert, errors
 from .blobs import BLOB_SIZE_KEY, BlobError, BlobStore, chunk_size
 from .multiplex import serve_calls, split
 from .pump import EventPump
-from .values import Codec
+from .values import ACCEPT_KEY, ACCEPT_PACKED, Codec
 from .watch import WatchHub
 
 log = logging.getLogger("kernelpit.service")
@@ -61,6 +61,7 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         self.blobs = blobs if blobs is not None else BlobStore(manager.shm_dir)
         self._limit = chunk_size(max_message_size)
         self._results = Codec(park=self.blobs.put, limit=self._limit)
+        self._packed_results = Codec(park=self.blobs.put, limit=self._limit, packed=True)
         self._requests = Codec(fetch=self.blobs.take, untrusted=True)
         self._closing = closing
         self._server_info = server_info
@@ -69,13 +70,24 @@ class BridgeServicer(pb_grpc.BridgeServicer):
                                closing)
 
     # -- calls -----------------------------------------------------------------------
+    @staticmethod
+    def _accepts_packed(context: grpc.aio.ServicerContext) -> bool:
+        """Whether the client reads list markers in results (see values.proto)."""
+        for key, value in context.invocation_metadata() or ():
+            if key == ACCEPT_KEY:
+                return ACCEPT_PACKED in value.split(",")
+        return False
+
+    def _result_codec(self, context: grpc.aio.ServicerContext) -> Codec:
+        return self._packed_results if self._accepts_packed(context) else self._results
+
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallResponse:
         try:
             args, kwargs, options = convert.call_from_request(request, self._requests)
             value = await self._manager.call(request.tool, args, kwargs, options)
             if value is None:
                 return pb.CallResponse()
-            return pb.CallResponse(result=self._results.encode(value))
+            return pb.CallResponse(result=self._result_codec(context).encode(value))
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -84,7 +96,8 @@ class BridgeServicer(pb_grpc.BridgeServicer):
 
     async def Calls(self, requests: AsyncIterator[pb.CallBatch],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReplyBatch]:
-        async for batch in serve_calls(requests, self._run, self._closing, self._results):
+        async for batch in serve_calls(requests, self._run, self._closing,
+                                       self._result_codec(context)):
             yield batch
 
     async def _run(self, request: pb.CallRequest) -> Any:
@@ -95,7 +108,7 @@ class BridgeServicer(pb_grpc.BridgeServicer):
     async def Map(self, request: pb.MapRequest, context: Any) -> pb.MapResponse:
         columns, options, chunksize = convert.map_from_request(request, self._requests)
         results = await self._manager.map(request.tool, columns, options, chunksize)
-        return pb.MapResponse(results=self._results.encode(results))
+        return pb.MapResponse(results=self._result_codec(context).encode(results))
 
     async def CallStream(self, request: pb.CallRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EventBatch]:
@@ -106,7 +119,7 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         # Blobs of this stream's partials and result; freed if the stream is cut short.
         owner = object()
         codec = Codec(park=lambda segments, size: self.blobs.put(segments, size, owner),
-                      limit=self._limit)
+                      limit=self._limit, packed=self._accepts_packed(context))
         complete = False
         # Events that pile up while a batch is being written go out together in the next.
         # Leaving this generator early (client gone, RPC cancelled) cancels the pump, which

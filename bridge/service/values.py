@@ -22,14 +22,19 @@ marker in ``json`` rather than in ``raw``.
 from __future__ import annotations
 
 import json
+import sys
 from array import array
 from typing import Any, Callable
 
 from ..kernels import arrow
-from ..kernels.protocol import MARKER, SUPPORTED
+from ..kernels.protocol import MARKER, SUPPORTED, PackedList, pack_lists
 from ..v1 import values_pb2 as pb
 
 _EMPTY = pb.Value()
+
+#: request metadata by which a client asks for results with packed lists ({"$kp": "list"})
+ACCEPT_KEY = "kernelpit-accept"
+ACCEPT_PACKED = "packed-lists"
 _NO_SHM = arrow.Transport()  # never maps files: a received "shm" reference is refused
 
 #: (segments, size) -> blob id: keeps a large buffer apart from the message
@@ -70,14 +75,19 @@ class _Segments:
         self.closed = True
 
 
-def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20) -> pb.Value:
+def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
+             packed: bool = False) -> pb.Value:
     """Encode a Python value (JSON types, bytes, Arrow tables, DataFrames, arrays).
 
     With ``park``, Arrow buffers beyond ``limit`` bytes in total go to ``park`` and the
-    Value references them in ``blobs``; without it everything is inline.
+    Value references them in ``blobs``; without it everything is inline.  ``packed``:
+    lists of at least 64 plain ints (int64) or floats travel as one buffer each
+    (``{"$kp": "list", ...}``), for peers that read that marker.
     """
     if obj is None:
         return _EMPTY
+    if packed:
+        obj = pack_lists(obj)
     if isinstance(obj, (bytes, bytearray, memoryview)) and (
             park is None or memoryview(obj).nbytes <= limit):
         return pb.Value(raw=bytes(obj))  # larger ones: a bytes marker whose data is a blob
@@ -97,6 +107,16 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20) -> pb.Val
             return {MARKER: "bytes", "i": len(buffers) - 1}
         if arrow.handles(o):
             return _encode_arrow(o, buffers, refs, park, room)
+        if type(o) is PackedList:
+            data = o if sys.byteorder == "little" else _swapped(o)
+            n = len(o) * o.itemsize
+            if park is not None and n > room[0]:
+                refs[len(buffers)] = pb.BlobRef(id=park([memoryview(data).cast("B")], n), size=n)
+                buffers.append(b"")
+            else:
+                room[0] -= n
+                buffers.append(data.tobytes())
+            return {MARKER: "list", "t": o.typecode, "i": len(buffers) - 1}
         if isinstance(o, array):
             return o.tolist()
         raise BadValue(f"a value of type {type(o).__module__}.{type(o).__qualname__} cannot be "
@@ -117,6 +137,30 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20) -> pb.Val
 
 
 _NO_REF = pb.BlobRef()
+_LIST_TYPES = {"q": 8, "d": 8}  # little-endian int64, float64
+
+
+def _swapped(values: array) -> array:
+    out = array(values.typecode, values)
+    out.byteswap()
+    return out
+
+
+def _decode_list(marker: dict[str, Any], buffers: Any, what: str) -> list[Any]:
+    kind, i = marker.get("t"), marker.get("i")
+    if kind not in _LIST_TYPES or not isinstance(i, int) or not 0 <= i < len(buffers):
+        raise BadValue(f"{what} has a list marker {{\"$kp\": \"list\", \"t\": T, \"i\": N}} with "
+                       f"an unknown type {kind!r} (\"q\": int64, \"d\": float64) or no matching "
+                       f"buffer ({len(buffers)} buffer(s) sent)")
+    data = buffers[i]
+    if len(data) % _LIST_TYPES[kind]:
+        raise BadValue(f"{what}: a list marker's buffer of {len(data)} bytes is not a whole "
+                       "number of 8-byte values")
+    values = array(kind)
+    values.frombytes(data)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values.tolist()
 
 
 def _encode_arrow(o: Any, buffers: list[Any], refs: dict[int, pb.BlobRef], park: Park | None,
@@ -185,6 +229,8 @@ def from_value(value: pb.Value, what: str = "value", blobs: Fetch | None = None,
                 return bytes(buffers[obj["i"]])
             if kind == "arrow":
                 return _decode_arrow(obj, buffers, what, untrusted)
+            if kind == "list" and len(obj) == 3:
+                return _decode_list(obj, buffers, what)
             return obj
 
         return json.loads(value.json, object_hook=hook)
@@ -246,14 +292,15 @@ class Codec:
     """How one end encodes and decodes Values: where large buffers go and come from."""
 
     def __init__(self, park: Park | None = None, limit: int = 4 << 20, fetch: Fetch | None = None,
-                 untrusted: bool = False) -> None:
+                 untrusted: bool = False, packed: bool = False) -> None:
         self.park = park
         self.limit = limit
         self.fetch = fetch
         self.untrusted = untrusted
+        self.packed = packed
 
     def encode(self, obj: Any) -> pb.Value:
-        return to_value(obj, self.park, self.limit)
+        return to_value(obj, self.park, self.limit, self.packed)
 
     def decode(self, value: pb.Value, what: str = "value") -> Any:
         return from_value(value, what, self.fetch, self.untrusted)
