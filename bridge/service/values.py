@@ -95,28 +95,25 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
     refs: dict[int, pb.BlobRef] = {}
     room = [limit]
 
+    def add(segment: Any, n: int) -> int:
+        """Put ``n`` bytes in the message, or park them as a blob when there is no room."""
+        if park is not None and n > room[0]:
+            refs[len(buffers)] = pb.BlobRef(id=park([segment], n), size=n)
+            buffers.append(b"")
+        else:
+            room[0] -= n
+            buffers.append(bytes(segment))
+        return len(buffers) - 1
+
     def default(o: Any) -> Any:
         if isinstance(o, (bytes, bytearray, memoryview)):
-            n = memoryview(o).nbytes
-            if park is not None and n > room[0]:
-                refs[len(buffers)] = pb.BlobRef(id=park([o], n), size=n)
-                buffers.append(b"")
-            else:
-                room[0] -= n
-                buffers.append(bytes(o))
-            return {MARKER: "bytes", "i": len(buffers) - 1}
+            return {MARKER: "bytes", "i": add(o, memoryview(o).nbytes)}
         if arrow.handles(o):
             return _encode_arrow(o, buffers, refs, park, room)
         if type(o) is PackedList:
             data = o if sys.byteorder == "little" else _swapped(o)
-            n = len(o) * o.itemsize
-            if park is not None and n > room[0]:
-                refs[len(buffers)] = pb.BlobRef(id=park([memoryview(data).cast("B")], n), size=n)
-                buffers.append(b"")
-            else:
-                room[0] -= n
-                buffers.append(data.tobytes())
-            return {MARKER: "list", "t": o.typecode, "i": len(buffers) - 1}
+            return {MARKER: "list", "t": o.typecode, "i": add(memoryview(data).cast("B"),
+                                                              len(o) * o.itemsize)}
         if isinstance(o, array):
             return o.tolist()
         raise BadValue(f"a value of type {type(o).__module__}.{type(o).__qualname__} cannot be "
