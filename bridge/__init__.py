@@ -19,9 +19,10 @@ from . import events
 from .config import PoolConfig, parse_size
 from .events import Display, Error, Event, Partial, Progress, Queued, Result, Started, Stderr, Stdout
 from .exceptions import (BridgeError, BridgeNotFound, CallError, Cancelled, DeadlineExceeded,
-                         InvalidArguments, KernelpitError, NotFound, PoolClosed, QueueFull,
-                         RemoteError, RemoteTraceback, SessionLost, SessionNotFound, StartError,
-                         ToolNotFound, ToolTainted, Unauthenticated, WorkerCrashed, WorkerNotFound)
+                         InvalidArguments, JobLost, JobNotFound, KernelpitError, NotFound,
+                         PoolClosed, PoolNotFound, QueueFull, RemoteError, RemoteTraceback,
+                         SessionLost, SessionNotFound, StartError, ToolNotFound, ToolTainted,
+                         Unauthenticated, WorkerCrashed, WorkerNotFound)
 from .info import SessionInfo, ToolInfo, WorkerInfo
 
 if TYPE_CHECKING:
@@ -82,6 +83,6 @@ __all__ = [
     "Result", "Error",
     "KernelpitError", "StartError", "PoolClosed", "BridgeError", "BridgeNotFound",
     "Unauthenticated", "CallError", "NotFound", "ToolNotFound", "SessionNotFound",
-    "WorkerNotFound", "InvalidArguments", "QueueFull", "DeadlineExceeded", "Cancelled",
-    "WorkerCrashed", "ToolTainted", "SessionLost", "RemoteError", "RemoteTraceback",
+    "WorkerNotFound", "PoolNotFound", "JobNotFound", "InvalidArguments", "QueueFull", "DeadlineExceeded", "Cancelled",
+    "WorkerCrashed", "ToolTainted", "SessionLost", "JobLost", "RemoteError", "RemoteTraceback",
 ]

@@ -12,14 +12,18 @@
         ├── NotFound
         │   ├── ToolNotFound      no such tool (lists close matches)
         │   ├── SessionNotFound   no such session (closed or expired)
-        │   └── WorkerNotFound    no such worker id
+        │   ├── WorkerNotFound    no such worker id
+        │   ├── PoolNotFound      no named pool of that name
+        │   └── JobNotFound       no job with that id (deleted, or never submitted)
         ├── InvalidArguments  arguments do not fit the tool's signature
         ├── QueueFull         the wait queue is at its bound
         ├── DeadlineExceeded  the per-call deadline passed (also a TimeoutError)
         ├── Cancelled         the call was cancelled
         ├── WorkerCrashed     the worker died while running the call (.reason says how)
-        │   └── ToolTainted   the tool crashed several workers; it is quarantined for a while
+        ├── ToolTainted       refused, never ran: the tool keeps crashing workers and is
+        │                     quarantined until .until (pool.untaint(tool) lifts it now)
         ├── SessionLost       the worker holding the session died; its state is gone
+        ├── JobLost           the bridge (or embedded pool) stopped while a job ran
         └── RemoteError       the tool raised an exception of a non-builtin type
 
 A tool that raises a *builtin* exception (``KeyError``, ``ValueError``, ...)
@@ -104,6 +108,14 @@ class WorkerNotFound(NotFound):
     """No worker with that id."""
 
 
+class PoolNotFound(NotFound):
+    """No named pool of that name; the message lists the pools there are."""
+
+
+class JobNotFound(NotFound):
+    """No job with that id: it was deleted (or removed by retention), or never submitted."""
+
+
 class InvalidArguments(CallError):
     """The arguments do not fit the tool's signature; raised before the tool runs."""
 
@@ -142,14 +154,33 @@ class WorkerCrashed(CallError):
         self.reason = reason
 
 
-class ToolTainted(WorkerCrashed):
-    """The tool crashed several workers in a short window; it is refused for a while."""
+class ToolTainted(CallError):
+    """The call was refused and never ran: its tool crashed several workers in a short window
+    and is quarantined.  ``until`` is when the quarantine lifts (seconds since the epoch);
+    ``pool.untaint(tool)`` (``kernelpit untaint TOOL``) lifts it at once.
+
+    Not a :class:`WorkerCrashed`: no worker died for this call, and code that retries on
+    crashes must not spin on a refusal.
+    """
+
+    kind = "tool_tainted"
+
+    def __init__(self, message: str = "", *, until: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.until = until
 
 
 class SessionLost(CallError):
     """The worker that held the session died: the session's state is gone."""
 
     kind = "session_lost"
+
+
+class JobLost(CallError):
+    """The job's process (the bridge, or an embedded pool's program) stopped while it ran,
+    and the job was not idempotent, so it was not run again."""
+
+    kind = "job_lost"
 
 
 class RemoteError(CallError):
@@ -190,12 +221,15 @@ _BY_KIND: dict[str, type[CallError]] = {
     "cancelled": Cancelled,
     "worker_crashed": WorkerCrashed,
     "session_lost": SessionLost,
+    "tool_tainted": ToolTainted,
+    "job_lost": JobLost,
 }
 _BY_NAME: dict[str, type[KernelpitError]] = {
     cls.__name__: cls for cls in (StartError, PoolClosed, BridgeError, BridgeNotFound,
                                   Unauthenticated, ToolNotFound, SessionNotFound,
-                                  WorkerNotFound, InvalidArguments, QueueFull,
-                                  DeadlineExceeded, Cancelled, WorkerCrashed, ToolTainted, SessionLost)
+                                  WorkerNotFound, PoolNotFound, JobNotFound, InvalidArguments,
+                                  QueueFull, DeadlineExceeded, Cancelled, WorkerCrashed,
+                                  ToolTainted, SessionLost, JobLost)
 }
 
 

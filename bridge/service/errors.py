@@ -39,6 +39,8 @@ KINDS: dict[str, tuple[int, grpc.StatusCode]] = {
     "closed": (K.ERROR_KIND_CLOSED, Code.UNAVAILABLE),
     "start": (K.ERROR_KIND_START, Code.UNAVAILABLE),
     "internal": (K.ERROR_KIND_INTERNAL, Code.INTERNAL),
+    "tool_tainted": (K.ERROR_KIND_TOOL_TAINTED, Code.UNAVAILABLE),
+    "job_lost": (K.ERROR_KIND_JOB_LOST, Code.ABORTED),
 }
 KIND_NAMES: dict[int, str] = {enum: name for name, (enum, _) in KINDS.items()}
 

@@ -23,6 +23,8 @@ class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_KIND_CLOSED: _ClassVar[ErrorKind]
     ERROR_KIND_START: _ClassVar[ErrorKind]
     ERROR_KIND_INTERNAL: _ClassVar[ErrorKind]
+    ERROR_KIND_TOOL_TAINTED: _ClassVar[ErrorKind]
+    ERROR_KIND_JOB_LOST: _ClassVar[ErrorKind]
 ERROR_KIND_UNSPECIFIED: ErrorKind
 ERROR_KIND_TOOL: ErrorKind
 ERROR_KIND_WORKER_CRASHED: ErrorKind
@@ -37,6 +39,8 @@ ERROR_KIND_UNAUTHENTICATED: ErrorKind
 ERROR_KIND_CLOSED: ErrorKind
 ERROR_KIND_START: ErrorKind
 ERROR_KIND_INTERNAL: ErrorKind
+ERROR_KIND_TOOL_TAINTED: ErrorKind
+ERROR_KIND_JOB_LOST: ErrorKind
 
 class Value(_message.Message):
     __slots__ = ("json", "raw", "buffers", "encoding", "blobs")
