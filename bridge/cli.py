@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import sys
@@ -24,6 +23,7 @@ from typing import Any, Iterable, Sequence, TextIO
 
 from . import __version__
 from .exceptions import BridgeError, CallError, KernelpitError, StartError
+from .kernels import markers
 
 DEMO_ADAPTER = "kernelpit.kernels.demo"
 
@@ -31,11 +31,13 @@ DEMO_ADAPTER = "kernelpit.kernels.demo"
 # -- output helpers ----------------------------------------------------------------------------
 
 def to_json(value: Any) -> str:
+    """Strict JSON for ``--json``: bytes as ``{"$kp": "bytes", "b64": ...}``, NaN and inf as
+    float markers, anything else JSON cannot hold as its repr()."""
     def default(obj: Any) -> Any:
         if isinstance(obj, (bytes, bytearray, memoryview)):
-            return {"$kp": "bytes", "base64": base64.b64encode(bytes(obj)).decode()}
+            return markers.inline_bytes(obj)
         return repr(obj)
-    return json.dumps(value, default=default, ensure_ascii=False)
+    return markers.dumps(value, default)
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:

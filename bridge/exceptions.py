@@ -32,14 +32,16 @@ remote traceback is attached as ``exc.remote_traceback`` and chained as the
 ``__cause__`` (a :class:`RemoteTraceback`), the way ``concurrent.futures``
 shows tracebacks from worker processes.
 
-Every class carries a ``kind`` string; :func:`from_payload` and
-:func:`to_payload` turn exceptions into the structured form that travels
-between workers, the pool, the gRPC service and remote clients.
+Every class carries a ``kind`` string.  :class:`ErrorPayload` is the one
+structured form of an exception that travels between workers, the pool, the
+gRPC service, remote clients and the job store (:func:`to_payload` and
+:func:`from_payload` are its dict form).
 """
 
 from __future__ import annotations
 
 import builtins
+from dataclasses import dataclass, fields
 from typing import Any
 
 
@@ -226,70 +228,141 @@ _BY_KIND: dict[str, type[CallError]] = {
 }
 _BY_NAME: dict[str, type[KernelpitError]] = {
     cls.__name__: cls for cls in (StartError, PoolClosed, BridgeError, BridgeNotFound,
-                                  Unauthenticated, ToolNotFound, SessionNotFound,
+                                  Unauthenticated, NotFound, ToolNotFound, SessionNotFound,
                                   WorkerNotFound, PoolNotFound, JobNotFound, InvalidArguments,
                                   QueueFull, DeadlineExceeded, Cancelled, WorkerCrashed,
                                   ToolTainted, SessionLost, JobLost)
 }
+#: the attributes that say where a call failed; builtin exceptions of tools carry them too
+_WHERE = ("tool", "call_id", "worker")
+#: the attributes of particular classes, carried as they are
+_EXTRA = {WorkerCrashed: ("exit_code", "signal", "reason"), ToolTainted: ("until",)}
 
 
-def from_payload(err: dict[str, Any], *, tool: str | None = None, call_id: int | None = None,
-                 worker: int | None = None) -> BaseException:
-    """Rebuild the exception a caller should see from its structured form."""
-    kind = err.get("kind", "tool")
-    type_name = err.get("type", "Exception")
-    module = err.get("module", "")
-    message = err.get("message", "")
-    tb = err.get("traceback", "")
-    where = dict(tool=tool, call_id=call_id, worker=worker, remote_traceback=tb)
-    exc = _rebuild(err, kind, type_name, module, message, tb, where)
-    if "index" in err:
-        exc.batch_index = err["index"]  # type: ignore[attr-defined]
-    return exc
+@dataclass
+class ErrorPayload:
+    """The structured form of an exception: how it travels from the worker to the pool, the
+    bridge, a remote client and the job store (as a dict, :meth:`to_dict`, or as the gRPC
+    ``RemoteException``, which has one field per attribute here).
 
+    ``kind`` picks the class family (``"tool"``: the tool raised ``module.type``);
+    ``map_index`` is the failing item of a ``map`` (relative to its chunk until the pool
+    adds the chunk's start).
+    """
 
-def _rebuild(err: dict[str, Any], kind: str, type_name: str, module: str, message: str, tb: str,
-             where: dict[str, Any]) -> BaseException:
-    if kind == "tool":
-        if module == "builtins":
-            cls = getattr(builtins, type_name, None)
-            if isinstance(cls, type) and issubclass(cls, Exception):
-                args = err.get("args")
-                try:
-                    exc: BaseException = cls(*args) if args is not None else cls(message)
-                except Exception:
-                    exc = None  # type: ignore[assignment]
+    kind: str = "tool"
+    type: str = "Exception"
+    module: str = "builtins"
+    message: str = ""
+    traceback: str = ""
+    args: list[Any] | None = None
+    tool: str | None = None
+    call_id: int | None = None
+    worker: int | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    reason: str | None = None
+    until: float | None = None
+    map_index: int | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> "ErrorPayload":
+        """The payload of any exception; inverse of :meth:`exception`."""
+        if isinstance(exc, RemoteError):
+            payload = cls("tool", exc.remote_type, exc.remote_module, exc.message)
+        elif isinstance(exc, KernelpitError):
+            message = exc.message if isinstance(exc, CallError) else str(exc)
+            payload = cls(exc.kind, type(exc).__name__, "kernelpit", message)
+        else:
+            payload = cls("tool", type(exc).__qualname__, type(exc).__module__, str(exc),
+                          args=_json_safe(list(exc.args)))
+        payload.traceback = getattr(exc, "remote_traceback", "") or ""
+        for name in _WHERE + ("map_index",):
+            setattr(payload, name, getattr(exc, name, None))
+        for cls_, names in _EXTRA.items():
+            if isinstance(exc, cls_):
+                for name in names:
+                    setattr(payload, name, getattr(exc, name))
+        return payload
+
+    def exception(self) -> BaseException:
+        """The exception a caller sees: builtins stay builtins (``KeyError`` is a ``KeyError``,
+        with ``.remote_traceback``, ``.tool``, ``.call_id``, ``.worker`` set and the remote
+        traceback as ``__cause__``); kernelpit classes by name; any other type a RemoteError."""
+        exc = self._build()
+        if self.map_index is not None:
+            exc.map_index = self.map_index  # type: ignore[attr-defined]
+        return exc
+
+    def _build(self) -> BaseException:
+        where = {name: getattr(self, name) for name in _WHERE}
+        if self.kind == "tool" or self.module == "builtins":
+            if self.module == "builtins":
+                exc = _builtin(self.type, self.args, self.message)
                 if exc is not None:
-                    exc.remote_traceback = tb  # type: ignore[attr-defined]
-                    if tb:
-                        exc.__cause__ = RemoteTraceback(tb)
+                    exc.remote_traceback = self.traceback  # type: ignore[attr-defined]
+                    for name, value in where.items():
+                        setattr(exc, name, value)
+                    if self.traceback:
+                        exc.__cause__ = RemoteTraceback(self.traceback)
                     return exc
-        return RemoteError(message, remote_type=type_name, remote_module=module, **where)
-    cls = _BY_NAME.get(type_name) if module == "kernelpit" else None
-    if cls is None or not issubclass(cls, CallError):
-        cls = _BY_KIND.get(kind, RemoteError)
-    if issubclass(cls, WorkerCrashed):
-        return cls(message, exit_code=err.get("exit_code"), signal=err.get("signal"),
-                   reason=err.get("reason"), **where)
-    if cls is RemoteError:
-        return RemoteError(message, remote_type=type_name, remote_module=module, **where)
-    if issubclass(cls, CallError):
-        return cls(message, **where)
-    return cls(message)
+            return RemoteError(self.message, remote_type=self.type, remote_module=self.module,
+                               remote_traceback=self.traceback, **where)
+        cls = _BY_NAME.get(self.type) if self.module == "kernelpit" else None
+        if cls is None:
+            cls = _BY_KIND.get(self.kind, RemoteError)
+        if not issubclass(cls, CallError):
+            return cls(self.message)
+        if cls is RemoteError:
+            return RemoteError(self.message, remote_type=self.type, remote_module=self.module,
+                               remote_traceback=self.traceback, **where)
+        extra = {name: getattr(self, name) for c, names in _EXTRA.items()
+                 if issubclass(cls, c) for name in names}
+        return cls(self.message, remote_traceback=self.traceback, **where, **extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe, without the fields that are not set."""
+        return {k: v for k, v in self.__dict__.items() if v is not None and v != ""}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ErrorPayload":
+        """Read a :meth:`to_dict`; unknown keys (from a newer sender) are ignored."""
+        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
+
+
+_FIELDS = {f.name for f in fields(ErrorPayload)}
+
+
+def _json_safe(args: list[Any]) -> list[Any] | None:
+    """``args`` when they survive JSON as they are (then a builtin is rebuilt from them)."""
+    from .kernels.markers import dumps
+    try:
+        dumps(args)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return args
+
+
+def _builtin(type_name: str, args: list[Any] | None, message: str) -> BaseException | None:
+    cls = getattr(builtins, type_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        return None
+    try:
+        return cls(*args) if args is not None else cls(message)
+    except Exception:
+        return None
+
+
+def from_payload(err: dict[str, Any], **where: Any) -> BaseException:
+    """Rebuild the exception a caller should see from its dict form; ``where`` (tool,
+    call_id, worker) fills in what the payload does not say."""
+    payload = ErrorPayload.from_dict(err)
+    for name, value in where.items():
+        if getattr(payload, name) is None:
+            setattr(payload, name, value)
+    return payload.exception()
 
 
 def to_payload(exc: BaseException) -> dict[str, Any]:
-    """The structured form of an exception (inverse of :func:`from_payload`)."""
-    if isinstance(exc, RemoteError):
-        return {"kind": "tool", "type": exc.remote_type, "module": exc.remote_module,
-                "message": exc.message, "traceback": exc.remote_traceback, "args": None}
-    if isinstance(exc, KernelpitError):
-        payload = {"kind": exc.kind, "type": type(exc).__name__, "module": "kernelpit",
-                   "message": str(exc), "args": None,
-                   "traceback": getattr(exc, "remote_traceback", "")}
-        if isinstance(exc, WorkerCrashed):
-            payload.update(exit_code=exc.exit_code, signal=exc.signal, reason=exc.reason)
-        return payload
-    return {"kind": "tool", "type": type(exc).__qualname__, "module": type(exc).__module__,
-            "message": str(exc), "args": None,
-            "traceback": getattr(exc, "remote_traceback", "")}
+    """The dict form of an exception (inverse of :func:`from_payload`)."""
+    return ErrorPayload.of(exc).to_dict()

@@ -43,8 +43,7 @@ def _start_agent(app, endpoint: str) -> None:
         tools = load_adapters(adapters)
         hello["tools"] = [spec.description for spec in tools.values()]
     except AdapterError as exc:
-        hello["error"] = {"kind": "adapter", "type": "AdapterError", "module": "kernelpit",
-                          "message": str(exc), "args": None, "traceback": ""}
+        hello["error"] = {**error_payload(exc, kind="adapter"), "traceback": ""}
     except BaseException as exc:  # noqa: BLE001 - report, never die silently
         hello["error"] = error_payload(exc, kind="adapter")
         hello["error"]["traceback"] = traceback.format_exc()

@@ -27,6 +27,7 @@ import threading
 import traceback
 from typing import Any
 
+from ..exceptions import Cancelled, ErrorPayload, KernelpitError, ToolNotFound
 from . import capture, wire
 from .arrow import DecodeError, Transport
 from .protocol import EncodeError, decode, encode
@@ -47,28 +48,20 @@ def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
 
 
 def error_payload(exc: BaseException, kind: str = "tool") -> dict[str, Any]:
-    """A structured, JSON-safe description of an exception."""
+    """The structured, JSON-safe description of an exception raised in this kernel, with the
+    agent's own frames left out of its traceback."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
-    args: list[Any] | None = list(exc.args)
-    try:
-        encode({"a": args})
-    except (EncodeError, ValueError):
-        args = None
-    return {
-        "kind": kind,
-        "type": type(exc).__qualname__,
-        "module": type(exc).__module__,
-        "message": str(exc),
-        "args": args,
-        "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
-    }
+    payload = ErrorPayload.of(exc)
+    if not isinstance(exc, KernelpitError):
+        payload.kind = kind
+    payload.traceback = "".join(traceback.format_exception(type(exc), exc, tb))
+    return payload.to_dict()
 
 
 def _cancelled(call_id: int, tool: str) -> dict[str, Any]:
-    return {"kind": "cancelled", "type": "Cancelled", "module": "kernelpit", "args": None,
-            "message": f"call {call_id} of {tool}() was cancelled", "traceback": ""}
+    return ErrorPayload.of(Cancelled(f"call {call_id} of {tool}() was cancelled")).to_dict()
 
 
 class Agent:
@@ -192,9 +185,8 @@ class Agent:
         spec = self.tools.get(job["tool"])
         if spec is None:
             names = ", ".join(sorted(self.tools)) or "none"
-            call.emit("error", error={"kind": "not_found", "type": "ToolNotFound",
-                                      "module": "kernelpit", "args": None, "traceback": "",
-                                      "message": f"no tool named '{job['tool']}' (tools: {names})"})
+            call.emit("error", error=ErrorPayload.of(ToolNotFound(
+                f"no tool named '{job['tool']}' (tools: {names})")).to_dict())
             return
         me = threading.get_ident()
         with self._lock:
@@ -217,8 +209,6 @@ class Agent:
                 outcome = {"k": "error", "error": _cancelled(call.id, spec.name)}
             except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
                 outcome = {"k": "error", "error": error_payload(exc)}
-                if hasattr(exc, "kernelpit_batch_index"):
-                    outcome["error"]["index"] = exc.kernelpit_batch_index
             else:
                 outcome = {"k": "result", "value": value}
         except CallCancelled:  # arrived while the outcome was being recorded
@@ -250,7 +240,7 @@ class Agent:
         except CallCancelled:
             raise
         except BaseException as exc:
-            exc.kernelpit_batch_index = len(results)  # type: ignore[attr-defined]
+            exc.map_index = len(results)  # type: ignore[attr-defined] - within this chunk
             raise
         return results
 

@@ -34,7 +34,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-MARKER = "$kp"
+from .markers import MARKER
+
 ROOTS = ("pyarrow", "pandas", "numpy")
 
 

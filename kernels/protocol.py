@@ -33,20 +33,19 @@ Worker -> host ops::
     {"op": "ev", "id": 7, "k": "error", "error": {...}}     # last event of a call
     {"op": "pong", "id": 8}
 
-This module is imported on both sides, so it depends on the standard
-library only.
+Markers and the strict JSON around them are :mod:`.markers`'s (a non-finite
+float travels as ``{"$kp": "float", "v": "NaN"}``).  This module is imported on
+both sides, so it depends on the standard library only.
 """
 
 from __future__ import annotations
 
-import json
 from array import array
 from typing import Any
 
-from . import arrow
+from . import arrow, markers
 from .arrow import Transport
-
-MARKER = "$kp"
+from .markers import MARKER
 
 SUPPORTED = ("None, bool, int, float, str, bytes, list, tuple, dict with str keys, array.array, "
              "pyarrow Table/RecordBatch, pandas DataFrame/Series and NumPy arrays")
@@ -54,8 +53,8 @@ _INLINE = Transport()
 _TYPECODES = {int: "q", float: "d"}
 
 
+_MARKER_BYTES = f'"{MARKER}"'.encode()
 MIN_PACKED = 64  # shorter lists stay JSON text: there a frame costs more than it saves
-_CONTAINERS = (list, tuple, dict)
 
 
 class PackedList(array):
@@ -126,11 +125,11 @@ def encode(msg: dict[str, Any], transport: Transport | None = None) -> list[Any]
     def default(obj: Any) -> Any:
         if isinstance(obj, (bytes, bytearray, memoryview)):
             buffers.append(bytes(obj) if not isinstance(obj, bytes) else obj)
-            return {MARKER: "bytes", "i": len(buffers) - 1}
+            return markers.buffer_ref("bytes", len(buffers) - 1)
         if isinstance(obj, array):
             buffers.append(memoryview(obj).cast("B"))
             kind = "list" if type(obj) is PackedList else "array"
-            return {MARKER: kind, "t": obj.typecode, "i": len(buffers) - 1}
+            return markers.buffer_ref(kind, len(buffers) - 1, t=obj.typecode)
         if arrow.handles(obj):
             return arrow.encode(obj, buffers, transport or _INLINE)
         if transport is not None and transport.allow_pickle:
@@ -140,35 +139,41 @@ def encode(msg: dict[str, Any], transport: Transport | None = None) -> list[Any]
             f"supported types are {SUPPORTED}"
         )
 
-    header = json.dumps(_packed_inside(msg), default=default, separators=(",", ":"),
-                        ensure_ascii=False)
-    return [header.encode(), *buffers]
+    return [markers.dumps(_packed_inside(msg), default).encode(), *buffers]
 
 
 def decode(frames: list[Any], transport: Transport | None = None) -> dict[str, Any]:
     """Inverse of :func:`encode`; raises :class:`arrow.DecodeError` for unreadable values."""
+    if _MARKER_BYTES not in frames[0]:
+        return markers.loads(frames[0])  # the common case: plain JSON, no handlers to build
     buffers = frames[1:]
-    if not buffers and b'"$kp"' not in frames[0]:
-        return json.loads(frames[0])
     transport = transport or _INLINE
 
-    def hook(obj: dict[str, Any]) -> Any:
-        kind = obj.get(MARKER)
-        if kind is None:
-            return obj
-        try:
-            if kind == "bytes" and len(obj) == 2:
-                return bytes(buffers[obj["i"]])
-            if kind in ("array", "list") and len(obj) == 3:
-                values = array(obj["t"])
-                values.frombytes(buffers[obj["i"]])
-                return values if kind == "array" else values.tolist()
-            if kind == "arrow":
-                return arrow.decode(obj, buffers, transport)
-            if kind == "pickle":
-                return arrow.decode_pickle(obj, buffers, transport)
-        except (IndexError, KeyError, TypeError, ValueError) as exc:
-            raise arrow.DecodeError(f"a {kind} value refers to data that was not sent ({exc})") from None
-        return obj
+    def from_buffer(read: Any) -> Any:
+        def handler(marker: dict[str, Any]) -> Any:
+            try:
+                return read(marker)
+            except (IndexError, KeyError, TypeError, ValueError) as exc:
+                raise arrow.DecodeError(f"a {marker[MARKER]} value refers to data that was not "
+                                        f"sent ({exc})") from None
+        return handler
 
-    return json.loads(frames[0], object_hook=hook)
+    def read_bytes(m: dict[str, Any]) -> bytes:
+        inline = markers.read_inline_bytes(m)
+        return inline if inline is not None else bytes(buffers[m["i"]])
+
+    def read_array(m: dict[str, Any]) -> Any:
+        values = array(m["t"])
+        values.frombytes(buffers[m["i"]])
+        return values if m[MARKER] == "array" else values.tolist()
+
+    try:
+        return markers.loads(frames[0], {
+            "bytes": from_buffer(read_bytes),
+            "array": from_buffer(read_array),
+            "list": from_buffer(read_array),
+            "arrow": from_buffer(lambda m: arrow.decode(m, buffers, transport)),
+            "pickle": from_buffer(lambda m: arrow.decode_pickle(m, buffers, transport)),
+        })
+    except markers.MarkerError as exc:
+        raise arrow.DecodeError(str(exc)) from None

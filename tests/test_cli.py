@@ -43,7 +43,7 @@ def test_call_prints_the_result_as_json(served):
 def test_call_parses_json_values_else_strings(served):
     r = served.cli("call", "echo", 'value={"k": [1, null]}', "--pool", "extra")
     assert json.loads(r.stdout) == {"value": {"k": [1, None]},
-                                    "blob": {"$kp": "bytes", "base64": ""}}
+                                    "blob": {"$kp": "bytes", "b64": ""}}
     r = served.cli("call", "echo", "value=plain text")
     assert json.loads(r.stdout)["value"] == "plain text"
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import math
 import threading
 from array import array
 import time
@@ -154,6 +155,59 @@ def test_a_bad_list_marker_is_invalid_argument(stub, auth):
                                                                      buffers=buffers))
         err = rpc_error(stub.Call, request, metadata=auth)
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "list marker" in err.details()
+
+
+def strict_json(text):
+    """Parse as JavaScript's JSON.parse would: bare NaN / Infinity are not JSON."""
+    def refuse(word):
+        raise AssertionError(f"{word} in Value.json: not RFC 8259 JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_floats_travel_as_markers_in_strict_json(client, stub, auth):
+    # The defect: add(1e308, 1e308) came back as Value.json = "Infinity".
+    demo = pb.CallOptions(pool="demo")
+    reply = stub.Call(pb.CallRequest(tool="add", args=values_pb2.Value(json="[1e308, 1e308]"),
+                                     options=demo), metadata=auth)
+    assert strict_json(reply.result.json) == {"$kp": "float", "v": "Infinity"}
+    assert client.options(pool="demo").call("add", 1e308, 1e308) == math.inf
+    inf = {"$kp": "float", "v": "Infinity"}
+    request = pb.CallRequest(tool="same", args=values_pb2.Value(json=json.dumps(
+        [{"v": [inf, {"$kp": "float", "v": "-Infinity"}, {"$kp": "float", "v": "NaN"}, 1.5]}])))
+    for reply in (stub.Call(request, metadata=auth).result,
+                  [e.result for b in stub.CallStream(request, metadata=auth)
+                   for e in b.events if e.WhichOneof("kind") == "result"][0]):
+        assert strict_json(reply.json) == {"v": [inf, {"$kp": "float", "v": "-Infinity"},
+                                                 {"$kp": "float", "v": "NaN"}, 1.5]}
+    # Python callers get the floats back exactly, whichever way they travel
+    value = client.call("same", [math.inf, -math.inf, 2.5])
+    assert value == [math.inf, -math.inf, 2.5]
+    assert math.isnan(client.call("same", math.nan))
+    streamed = [e.value for e in client.stream("same", {"x": math.nan}) if e.kind == "result"]
+    assert math.isnan(streamed[0]["x"])
+    # a bare NaN in arguments is refused, saying what to send instead
+    err = rpc_error(stub.Call, pb.CallRequest(tool="same", args=values_pb2.Value(json="[NaN]")),
+                    metadata=auth)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert '{"$kp": "float", "v": "NaN"}' in err.details()
+    still_serving(client)
+
+
+def test_remote_errors_carry_every_field_of_the_embedded_exception(client, stub, auth):
+    # The defect: a builtin exception's RemoteException had tool "", call_id 0 and no worker.
+    err = rpc_error(stub.Call, pb.CallRequest(tool="raise_key", kwargs=values_pb2.Value(
+        json='{"key": "k"}')), metadata=auth)
+    remote = values_pb2.RemoteException.FromString(dict(err.trailing_metadata())["kernelpit-error-bin"])
+    assert remote.tool == "raise_key" and remote.call_id > 0 and remote.HasField("worker")
+    events = [e for b in stub.CallStream(pb.CallRequest(tool="raise_key"), metadata=auth)
+              for e in b.events]
+    assert events[-1].error.tool == "raise_key" and events[-1].error.call_id == events[-1].call_id
+    assert events[-1].error.HasField("worker")
+    with pytest.raises(KeyError) as info:
+        client.call("raise_key", key="k")
+    assert info.value.tool == "raise_key" and info.value.call_id and info.value.worker is not None
+    last = list(client.stream("raise_key"))[-1].error
+    assert (last.tool, type(last.call_id), type(last.worker)) == ("raise_key", int, int)
 
 
 # -- bad input never hurts the service ------------------------------------------------------

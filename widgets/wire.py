@@ -8,9 +8,10 @@ library only: this module is imported inside worker kernels too.
 
 from __future__ import annotations
 
-import base64
-import json
 from typing import Any
+
+from kernelpit.kernels import markers
+from kernelpit.kernels.markers import MARKER
 
 
 class NotMovable(TypeError):
@@ -21,9 +22,9 @@ def _check(value: Any, where: str) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$kp": "bytes", "b64": base64.b64encode(bytes(value)).decode("ascii")}
+        return markers.inline_bytes(value)
     if isinstance(value, tuple):
-        return {"$kp": "tuple", "items": [_check(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+        return {MARKER: "tuple", "items": [_check(v, f"{where}[{i}]") for i, v in enumerate(value)]}
     if isinstance(value, list):
         return [_check(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict):
@@ -33,8 +34,8 @@ def _check(value: Any, where: str) -> Any:
                 raise NotMovable(f"{where} has a key of type {type(k).__name__} ({k!r}); only "
                                  "string keys can be moved")
             out[k] = _check(v, f"{where}[{k!r}]")
-        if "$kp" in out:
-            out = {"$kp": "dict", "items": out}
+        if MARKER in out:
+            out = {MARKER: "dict", "items": out}
         return out
     kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
     raise NotMovable(f"{where} is a {kind}, which cannot be moved: only JSON values (None, bool, "
@@ -43,25 +44,17 @@ def _check(value: Any, where: str) -> Any:
                      "ends)")
 
 
-def _restore(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_restore(v) for v in value]
-    if isinstance(value, dict):
-        tag = value.get("$kp")
-        if tag == "bytes":
-            return base64.b64decode(value["b64"])
-        if tag == "tuple":
-            return tuple(_restore(v) for v in value["items"])
-        if tag == "dict":
-            return {k: _restore(v) for k, v in value["items"].items()}
-        return {k: _restore(v) for k, v in value.items()}
-    return value
+_RESTORE: markers.Handlers = {
+    "bytes": markers.read_inline_bytes,
+    "tuple": lambda marker: tuple(marker["items"]),
+    "dict": lambda marker: marker["items"],
+}
 
 
 def dumps(value: Any, name: str = "the value") -> str:
-    """JSON text of a movable value; raises NotMovable naming ``name`` otherwise."""
-    return json.dumps(_check(value, name), allow_nan=True)
+    """Strict JSON text of a movable value; raises NotMovable naming ``name`` otherwise."""
+    return markers.dumps(_check(value, name))
 
 
 def loads(text: str) -> Any:
-    return _restore(json.loads(text))
+    return markers.loads(text, _RESTORE)

@@ -436,8 +436,7 @@ class PoolManager:
         results: list[Any] = []
         for (start, _), outcome in zip(chunks, outcomes):
             if isinstance(outcome, BaseException):
-                index = start + getattr(outcome, "batch_index", 0)
-                outcome.map_index = index  # type: ignore[attr-defined]
+                outcome.map_index = start + (getattr(outcome, "map_index", None) or 0)  # type: ignore[attr-defined]
                 raise outcome
             results.extend(outcome)
         return results

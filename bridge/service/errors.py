@@ -11,8 +11,6 @@ large, a gRPC deadline), the status code alone picks the class.
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 
 from .. import exceptions as kx
@@ -59,40 +57,29 @@ _BY_CODE: dict[grpc.StatusCode, type[kx.KernelpitError]] = {
 # -- server side ---------------------------------------------------------------------------
 
 def to_proto(exc: BaseException) -> pb.RemoteException:
-    """The structured form of any exception raised while serving a call."""
-    err = pb.RemoteException()
-    if isinstance(exc, kx.RemoteError):
-        kind, err.type, err.module = "tool", exc.remote_type, exc.remote_module
-        err.message = exc.message
-    elif isinstance(exc, kx.KernelpitError):
-        kind, err.type, err.module = exc.kind, type(exc).__name__, "kernelpit"
-        err.message = exc.message if isinstance(exc, kx.CallError) else str(exc)
-    else:
-        err.type, err.module, err.message = type(exc).__qualname__, type(exc).__module__, str(exc)
-        if hasattr(exc, "remote_traceback"):
-            kind = "tool"                      # raised by a tool, rebuilt by the core
-        elif isinstance(exc, (BadValue, TypeError, ValueError)):
-            kind = "invalid_arguments"         # bad input rejected by the core or the service
-        else:
-            kind = "internal"
+    """The structured form of any exception raised while serving a call: its
+    :class:`~kernelpit.exceptions.ErrorPayload`, field for field."""
+    payload = kx.ErrorPayload.of(exc)
+    if payload.kind == "tool" and not hasattr(exc, "remote_traceback") \
+            and isinstance(exc, (BadValue, TypeError, ValueError)):
+        payload.kind = "invalid_arguments"   # bad input rejected by the core or the service
+    elif payload.kind == "tool" and not isinstance(exc, kx.RemoteError) \
+            and not hasattr(exc, "remote_traceback"):
+        payload.kind = "internal"            # not raised by a tool: a fault of the bridge
+    err = pb.RemoteException(kind=KINDS.get(payload.kind, KINDS["internal"])[0],
+                             type=payload.type, module=payload.module, message=payload.message,
+                             traceback=payload.traceback, tool=payload.tool or "",
+                             call_id=payload.call_id or 0, signal=payload.signal or "",
+                             reason=payload.reason or "")
+    for name in ("worker", "exit_code", "map_index", "until"):
+        value = getattr(payload, name)
+        if value is not None:
+            setattr(err, name, value)
+    if payload.args is not None:
         try:
-            err.args.CopyFrom(to_value(list(exc.args)))
+            err.args.CopyFrom(to_value(payload.args))
         except BadValue:
             pass
-    err.kind = KINDS.get(kind, KINDS["internal"])[0]
-    err.traceback = getattr(exc, "remote_traceback", "") or ""
-    if isinstance(exc, kx.CallError):
-        err.tool = exc.tool or ""
-        err.call_id = exc.call_id or 0
-        if exc.worker is not None:
-            err.worker = exc.worker
-    map_index = getattr(exc, "map_index", None)
-    if isinstance(map_index, int):
-        err.map_index = map_index
-    if isinstance(exc, kx.WorkerCrashed):
-        if exc.exit_code is not None:
-            err.exit_code = exc.exit_code
-        err.signal = exc.signal or ""
     return err
 
 
@@ -111,33 +98,20 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str
 
 def from_proto(err: pb.RemoteException) -> BaseException:
     """The exception the embedded pool would have raised (builtins stay builtins)."""
-    exc = _rebuild(err)
-    if err.HasField("map_index"):
-        exc.map_index = err.map_index  # type: ignore[attr-defined]
-    return exc
-
-
-def _rebuild(err: pb.RemoteException) -> BaseException:
-    kind = KIND_NAMES.get(err.kind, "internal")
-    where: dict[str, Any] = dict(tool=err.tool or None, call_id=err.call_id or None,
-                                 worker=err.worker if err.HasField("worker") else None)
-    if err.module == "kernelpit":
-        cls = getattr(kx, err.type, None)
-        if isinstance(cls, type) and issubclass(cls, kx.KernelpitError) \
-                and not issubclass(cls, kx.CallError):
-            return cls(err.message)
     args = None
     if err.HasField("args"):
         try:
             args = from_value(err.args)
         except BadValue:
             args = None
-    payload = {"kind": "tool" if err.module == "builtins" else kind, "type": err.type,
-               "module": err.module, "message": err.message, "traceback": err.traceback,
-               "args": args if isinstance(args, list) else None,
-               "exit_code": err.exit_code if err.HasField("exit_code") else None,
-               "signal": err.signal or None}
-    return kx.from_payload(payload, **where)
+    optional = {name: getattr(err, name) if err.HasField(name) else None
+                for name in ("worker", "exit_code", "map_index", "until")}
+    return kx.ErrorPayload(
+        kind=KIND_NAMES.get(err.kind, "internal"), type=err.type, module=err.module,
+        message=err.message, traceback=err.traceback,
+        args=args if isinstance(args, list) else None, tool=err.tool or None,
+        call_id=err.call_id or None, signal=err.signal or None, reason=err.reason or None,
+        **optional).exception()
 
 
 def from_rpc_error(exc: grpc.RpcError, address: str = "") -> BaseException:

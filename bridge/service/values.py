@@ -26,8 +26,9 @@ import sys
 from array import array
 from typing import Any, Callable
 
-from ..kernels import arrow
-from ..kernels.protocol import MARKER, SUPPORTED, PackedList, pack_lists
+from ..kernels import arrow, markers
+from ..kernels.markers import MARKER
+from ..kernels.protocol import SUPPORTED, PackedList, pack_lists
 from ..v1 import values_pb2 as pb
 
 _EMPTY = pb.Value()
@@ -107,20 +108,20 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
 
     def default(o: Any) -> Any:
         if isinstance(o, (bytes, bytearray, memoryview)):
-            return {MARKER: "bytes", "i": add(o, memoryview(o).nbytes)}
+            return markers.buffer_ref("bytes", add(o, memoryview(o).nbytes))
         if arrow.handles(o):
             return _encode_arrow(o, buffers, refs, park, room)
         if type(o) is PackedList:
             data = o if sys.byteorder == "little" else _swapped(o)
-            return {MARKER: "list", "t": o.typecode, "i": add(memoryview(data).cast("B"),
-                                                              len(o) * o.itemsize)}
+            return markers.buffer_ref("list", add(memoryview(data).cast("B"), len(o) * o.itemsize),
+                                      t=o.typecode)
         if isinstance(o, array):
             return o.tolist()
         raise BadValue(f"a value of type {type(o).__module__}.{type(o).__qualname__} cannot be "
                           f"sent to or from a bridge; supported types are {SUPPORTED}")
 
     try:
-        text = json.dumps(obj, default=default, separators=(",", ":"), ensure_ascii=False)
+        text = markers.dumps(obj, default)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, BadValue):
             raise
@@ -217,28 +218,35 @@ def from_value(value: pb.Value, what: str = "value", blobs: Fetch | None = None,
     if value.blobs:
         buffers = _resolve(value, what, blobs)
     try:
-        if not buffers and MARKER not in value.json:
-            return json.loads(value.json)
-
-        def hook(obj: dict[str, Any]) -> Any:
-            kind = obj.get(MARKER)
-            if kind == "bytes" and len(obj) == 2:
-                return bytes(buffers[obj["i"]])
-            if kind == "arrow":
-                return _decode_arrow(obj, buffers, what, untrusted)
-            if kind == "list" and len(obj) == 3:
-                return _decode_list(obj, buffers, what)
-            return obj
-
-        return json.loads(value.json, object_hook=hook)
+        return _loads(value.json, buffers, what, untrusted)
+    except markers.MarkerError as exc:
+        raise BadValue(f"{what}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise BadValue(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadValue(f"{what} is nested too deeply to decode (JSON arrays/objects more "
                        "than about 1,000 levels deep); flatten it") from None
-    except (IndexError, TypeError) as exc:
-        raise BadValue(f"{what} has a bytes marker {{\"$kp\": \"bytes\", \"i\": N}} with no "
-                          f"matching buffer ({len(buffers)} buffer(s) sent): {exc}") from None
+
+
+def _loads(text: str, buffers: Any, what: str, untrusted: bool) -> Any:
+    if MARKER not in text:
+        return markers.loads(text)
+
+    def buffer(i: Any) -> Any:
+        if not isinstance(i, int) or not 0 <= i < len(buffers):
+            raise BadValue(f"{what} has a bytes marker {{\"$kp\": \"bytes\", \"i\": N}} with "
+                           f"no matching buffer ({len(buffers)} buffer(s) sent)")
+        return buffers[i]
+
+    def read_bytes(marker: dict[str, Any]) -> bytes:
+        inline = markers.read_inline_bytes(marker)
+        return inline if inline is not None else bytes(buffer(marker.get("i")))
+
+    return markers.loads(text, {
+        "bytes": read_bytes,
+        "arrow": lambda marker: _decode_arrow(marker, buffers, what, untrusted),
+        "list": lambda marker: _decode_list(marker, buffers, what),
+    })
 
 
 def _resolve(value: pb.Value, what: str, blobs: Fetch | None) -> list[Any]:

@@ -65,7 +65,7 @@ class BlobRef(_message.Message):
     def __init__(self, id: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class RemoteException(_message.Message):
-    __slots__ = ("kind", "type", "module", "message", "traceback", "args", "exit_code", "signal", "tool", "call_id", "worker", "map_index")
+    __slots__ = ("kind", "type", "module", "message", "traceback", "args", "exit_code", "signal", "tool", "call_id", "worker", "map_index", "reason", "until")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,8 @@ class RemoteException(_message.Message):
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     MAP_INDEX_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
     kind: ErrorKind
     type: str
     module: str
@@ -90,4 +92,6 @@ class RemoteException(_message.Message):
     call_id: int
     worker: int
     map_index: int
-    def __init__(self, kind: _Optional[_Union[ErrorKind, str]] = ..., type: _Optional[str] = ..., module: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., args: _Optional[_Union[Value, _Mapping]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[str] = ..., tool: _Optional[str] = ..., call_id: _Optional[int] = ..., worker: _Optional[int] = ..., map_index: _Optional[int] = ...) -> None: ...
+    reason: str
+    until: float
+    def __init__(self, kind: _Optional[_Union[ErrorKind, str]] = ..., type: _Optional[str] = ..., module: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., args: _Optional[_Union[Value, _Mapping]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[str] = ..., tool: _Optional[str] = ..., call_id: _Optional[int] = ..., worker: _Optional[int] = ..., map_index: _Optional[int] = ..., reason: _Optional[str] = ..., until: _Optional[float] = ...) -> None: ...
