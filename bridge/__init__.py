@@ -24,16 +24,15 @@ from .exceptions import (BridgeError, BridgeNotFound, CallError, Cancelled, Dead
                          SessionLost, SessionNotFound, StartError, ToolNotFound, ToolTainted,
                          Unauthenticated, WorkerCrashed, WorkerNotFound)
 from .info import SessionInfo, ToolInfo, WorkerInfo
+from .options import CallOptions
 
 if TYPE_CHECKING:
     from . import aio, remote as _remote
-    from .pool.call import CallOptions
     from .sync import Caller, Pool, Session
 
 # The pool machinery (jupyter_client, psutil, the manager) loads on first use: every worker
 # kernel imports this package for kernelpit.kernels, and must not pay for the control plane.
-_LAZY = {"Pool": ".sync", "Session": ".sync", "Caller": ".sync", "CallOptions": ".pool.call",
-         "aio": ".aio"}
+_LAZY = {"Pool": ".sync", "Session": ".sync", "Caller": ".sync", "aio": ".aio"}
 
 
 def __getattr__(name: str) -> Any:
@@ -55,7 +54,8 @@ __version__ = "0.1.0"
 
 def connect(address: str | None = None, token: str | None = None, *,
             timeout: float = 5.0) -> "_remote.Client":
-    """A client of a running bridge (``kernelpit serve``): the API of :class:`Pool`, plus ``watch()``.
+    """A client of a running bridge (``kernelpit serve``): the API of :class:`Pool`, plus
+    ``address`` and ``server_info()``.
 
     With no arguments it finds the bridge through its discovery file; raises
     :class:`BridgeNotFound` when none answers.  (Imported on first use, so gRPC

@@ -1,34 +1,21 @@
-"""The calling API shared by the embedded pool and remote clients (asyncio flavour).
+"""The asyncio API, written once over a :class:`~kernelpit.backend.Backend`.
 
-:class:`AsyncCaller` implements ``call`` / ``stream`` / ``map`` / ``options``
-/ ``session`` once, over a *backend*: the local :class:`~kernelpit.pool.PoolManager`
-or a gRPC connection.  The synchronous classes in :mod:`kernelpit.sync`
-drive these same objects from a background event loop.
+:class:`AsyncCaller` has ``call`` / ``stream`` / ``map`` / ``options`` /
+``session``; :class:`AsyncHandle` adds introspection, control and ``close``:
+it is ``kernelpit.aio.Pool`` (over the embedded backend) and the client of
+``kernelpit.aio.connect()`` (over a bridge).  The blocking classes in
+:mod:`kernelpit.sync` drive these same objects from a background event loop.
 """
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Iterable, Protocol
+from typing import Any, AsyncIterator, Iterable
 
+from .backend import Backend
 from .events import Event
-from .info import SessionInfo
-from .pool.call import CallOptions
-
-
-class Backend(Protocol):
-    async def call(self, tool: str, args: Any, kwargs: dict[str, Any],
-                   options: CallOptions) -> Any: ...
-
-    def stream(self, tool: str, args: Any, kwargs: dict[str, Any],
-               options: CallOptions) -> AsyncIterator[Event]: ...
-
-    async def open_session(self, pool: str | None, ttl: float | None, metadata: dict[str, str],
-                           session_id: str | None = None) -> SessionInfo: ...
-
-    async def close_session(self, session_id: str) -> SessionInfo: ...
-
-    async def map(self, tool: str, columns: list[list[Any]], options: CallOptions,
-                  chunksize: int | None) -> list[Any]: ...
+from .info import SessionInfo, ToolInfo, WorkerInfo
+from .options import CallOptions
+from .watch import WatchEvent
 
 
 class AsyncCaller:
@@ -39,7 +26,8 @@ class AsyncCaller:
         self._options = options or CallOptions()
 
     def options(self, **options: Any) -> "AsyncCaller":
-        """A caller with call options set: ``deadline``, ``session``, ``pool``, ``worker``, ``idempotent``.
+        """A caller with call options set: ``deadline``, ``session``, ``pool``, ``worker``,
+        ``idempotent`` (see :class:`~kernelpit.options.CallOptions`).
 
         Options never collide with a tool's own parameter names::
 
@@ -138,3 +126,68 @@ def _columns(iterables: tuple[Iterable[Any], ...]) -> list[list[Any]]:
     columns = [list(it) for it in iterables]
     n = min(map(len, columns))
     return [c if len(c) == n else c[:n] for c in columns]
+
+
+class AsyncHandle(AsyncCaller):
+    """A pool, embedded or behind a bridge: calling, plus introspection, control and close."""
+
+    async def tools(self, pool: str | None = None) -> list[ToolInfo]:
+        """The tools served (of one named pool), with name, doc, signature and parameter schema."""
+        return await self._backend.tools(pool)
+
+    async def describe(self, name: str, pool: str | None = None) -> ToolInfo:
+        """One tool's description; ToolNotFound (naming close matches) when there is none."""
+        return await self._backend.describe(name, pool)
+
+    async def workers(self, pool: str | None = None) -> list[WorkerInfo]:
+        """A health snapshot of every worker (of one named pool)."""
+        return await self._backend.workers(pool)
+
+    async def sessions(self) -> list[SessionInfo]:
+        """Open sessions (including lost ones, until closed)."""
+        return await self._backend.sessions()
+
+    async def get_session(self, session_id: str) -> SessionInfo:
+        """One session by id; SessionNotFound when it was closed or expired."""
+        return await self._backend.get_session(session_id)
+
+    async def close_session(self, session_id: str) -> SessionInfo:
+        """Close a session by id (one opened elsewhere, or by ``%%kp``)."""
+        return await self._backend.close_session(session_id)
+
+    def watch(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
+        """Pool state changes (Snapshot, WorkerChanged, SessionChanged) as they happen, and a
+        Snapshot every ``interval`` seconds (default 2); leave the loop to stop."""
+        return self._backend.watch(interval)
+
+    async def interrupt(self, worker_id: int) -> None:
+        """Interrupt a worker: cancel its tool calls and SIGINT its kernel."""
+        await self._backend.interrupt(worker_id)
+
+    async def restart(self, worker_id: int) -> None:
+        """Kill a worker now; a fresh one takes its place."""
+        await self._backend.restart(worker_id)
+
+    async def recycle(self, worker_id: int) -> None:
+        """Replace a worker without downtime: its successor starts first, then it drains."""
+        await self._backend.recycle(worker_id)
+
+    async def untaint(self, tool: str, pool: str | None = None) -> bool:
+        """Lift the crash quarantine of ``tool`` now (ToolTainted); True when there was one."""
+        return await self._backend.untaint(tool, pool)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop the pool itself (for a client: the bridge and its pool); calls in flight get
+        ``grace`` seconds to finish."""
+        await self._backend.shutdown(grace)
+
+    async def close(self) -> None:
+        """Release this handle: an embedded pool stops its kernels; a client closes its
+        connection (the bridge runs on).  Safe to call twice."""
+        await self._backend.close()
+
+    async def __aenter__(self) -> "AsyncHandle":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()

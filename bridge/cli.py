@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence, TextIO
 from . import __version__
 from .exceptions import BridgeError, CallError, KernelpitError, StartError
 from .kernels import markers
+from .terminal import EventPrinter, human_bytes, human_seconds, table
 
 DEMO_ADAPTER = "kernelpit.kernels.demo"
 
@@ -38,27 +39,6 @@ def to_json(value: Any) -> str:
             return markers.inline_bytes(obj)
         return repr(obj)
     return markers.dumps(value, default)
-
-
-def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    cells = [[str(h) for h in header]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
-
-
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
-
-
-def human_seconds(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def workers_table(workers: Iterable[Any]) -> str:
@@ -77,43 +57,6 @@ def sessions_table(sessions: Iterable[Any]) -> str:
              " ".join(f"{k}={v}" for k, v in s.metadata.items()))
             for s in sessions]
     return table(rows, ("SESSION", "POOL", "WORKER", "CALLS", "IDLE", "TTL", "STATE", "METADATA"))
-
-
-class ProgressBar:
-    """One line on a terminal (redrawn in place), or plain lines when not a terminal."""
-
-    def __init__(self, out: TextIO, enabled: bool = True) -> None:
-        self.out = out
-        self.enabled = enabled
-        self.tty = out.isatty()
-        self.shown = False
-        self._last = 0.0
-
-    def update(self, done: float, total: float | None, message: str) -> None:
-        if not self.enabled:
-            return
-        if total:
-            frac = max(0.0, min(1.0, done / total))
-            bar = "#" * int(frac * 30)
-            line = f"[{bar:<30}] {frac * 100:5.1f}% {done:g}/{total:g} {message}"
-        else:
-            line = f"[{'?':^30}] {done:g} {message}"
-        if self.tty:
-            now = time.monotonic()
-            if now - self._last < 0.05 and (not total or done < total):
-                return  # redraw at most 20 times a second
-            self._last = now
-            self.out.write("\r\x1b[2K" + line[:200])
-            self.shown = True
-        else:
-            self.out.write(line.rstrip() + "\n")
-        self.out.flush()
-
-    def clear(self) -> None:
-        if self.tty and self.shown:
-            self.out.write("\r\x1b[2K")
-            self.out.flush()
-            self.shown = False
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
@@ -138,33 +81,16 @@ class UsageError(Exception):
 def run_stream(client: Any, tool: str, kwargs: dict[str, Any], out: TextIO, err: TextIO,
                progress: bool = True) -> Any:
     """Run ``tool`` with live output and a progress bar; returns the result or raises the error."""
-    bar = ProgressBar(err, progress)
+    printer = EventPrinter(out, err, progress=progress, partials=to_json)
     try:
         for ev in client.stream(tool, **kwargs):
-            kind = ev.kind
-            if kind == "progress":
-                bar.update(ev.done, ev.total, ev.message)
-                continue
-            bar.clear()
-            if kind == "stdout":
-                out.write(ev.text)
-                out.flush()
-            elif kind == "stderr":
-                err.write(ev.text)
-                err.flush()
-            elif kind == "display":
-                text = ev.data.get("text/plain")
-                if text is not None:
-                    out.write(f"{text}\n")
-            elif kind == "partial":
-                out.write(to_json(ev.value) + "\n")
-                out.flush()
-            elif kind == "result":
+            printer.feed(ev)
+            if ev.kind == "result":
                 return ev.value
-            elif kind == "error":
+            if ev.kind == "error":
                 ev.raise_()
     finally:
-        bar.clear()
+        printer.flush()
     raise BridgeError(f"the stream of {tool}() ended without a result")
 
 

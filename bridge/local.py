@@ -1,13 +1,26 @@
-"""The embedded pool, asyncio flavour: worker kernels owned by this process."""
+"""The embedded pool: worker kernels owned by this process.
+
+:class:`LocalBackend` is the :class:`~kernelpit.backend.Backend` over a
+:class:`~kernelpit.pool.PoolManager`; the gRPC service serves the same object,
+so a bridge answers exactly as an embedded pool does.  :class:`AsyncPool` is the
+asyncio API over it (``kernelpit.aio.Pool``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import difflib
+from typing import Any, AsyncIterator, Awaitable
 
-from .caller import AsyncCaller
+from .backend import Backend
+from .caller import AsyncHandle
 from .config import PoolConfig
+from .events import Event
+from .exceptions import ToolNotFound
 from .info import SessionInfo, ToolInfo, WorkerInfo
+from .options import CallOptions
 from .pool import PoolManager
+from .watch import WatchEvent, WatchHub
 
 
 def build_configs(adapters: Any, workers: int | None, pools: dict[str, Any] | None,
@@ -30,7 +43,98 @@ def build_configs(adapters: Any, workers: int | None, pools: dict[str, Any] | No
     return configs
 
 
-class AsyncPool(AsyncCaller):
+class LocalBackend(Backend):
+    """A :class:`PoolManager`'s pool, as a Backend.  Calls go straight to the manager."""
+
+    def __init__(self, manager: PoolManager, closing: asyncio.Event | None = None) -> None:
+        self.manager = manager
+        #: set when the pool (or the bridge serving it) stops: ends every watch stream
+        self.closing = closing or asyncio.Event()
+        self._hub: WatchHub | None = None
+
+    # -- calls: the manager's own coroutines, handed over as they are (no extra frame on the
+    # hot path: these are plain functions that return them) -----------------------------------
+    def call(self, tool: str, args: Any, kwargs: dict[str, Any],  # type: ignore[override]
+             options: CallOptions) -> Awaitable[Any]:
+        return self.manager.call(tool, args, kwargs, options)
+
+    def stream(self, tool: str, args: Any, kwargs: dict[str, Any],
+               options: CallOptions) -> AsyncIterator[Event]:
+        return self.manager.stream(tool, args, kwargs, options)
+
+    def map(self, tool: str, columns: list[list[Any]], options: CallOptions,  # type: ignore[override]
+            chunksize: int | None) -> Awaitable[list[Any]]:
+        return self.manager.map(tool, columns, options, chunksize)
+
+    # -- sessions -------------------------------------------------------------------------------
+    async def open_session(self, pool: str | None, ttl: float | None, metadata: dict[str, str],
+                           session_id: str | None = None) -> SessionInfo:
+        return await self.manager.open_session(pool, ttl, metadata, session_id)
+
+    async def close_session(self, session_id: str) -> SessionInfo:
+        return await self.manager.close_session(session_id)
+
+    async def get_session(self, session_id: str) -> SessionInfo:
+        return self.manager.get_session(session_id)
+
+    async def sessions(self) -> list[SessionInfo]:
+        return self.manager.list_sessions()
+
+    # -- introspection ----------------------------------------------------------------------------
+    async def tools(self, pool: str | None = None) -> list[ToolInfo]:
+        return self.manager.tools(pool)
+
+    async def describe(self, name: str, pool: str | None = None) -> ToolInfo:
+        tools = self.manager.tools(pool)
+        for tool in tools:
+            if tool.name == name:
+                return tool
+        close = difflib.get_close_matches(name, [t.name for t in tools], n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ToolNotFound(f"no tool named '{name}'{hint}", tool=name)
+
+    async def workers(self, pool: str | None = None) -> list[WorkerInfo]:
+        return [w for w in self.manager.workers() if pool is None or w.pool == pool]
+
+    def worker_states(self) -> dict[int, str]:
+        """Every worker's state, without sampling its process (cheap enough for 10 Hz)."""
+        return {w.id: w.state for g in self.manager.groups.values() for w in g.workers.values()}
+
+    def watch(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
+        if self._hub is None:
+            self._hub = WatchHub(self.worker_states, self.manager.workers,
+                                 self.manager.list_sessions, self.closing)
+        return self._hub.subscribe(interval)
+
+    # -- control ------------------------------------------------------------------------------------
+    async def interrupt(self, worker_id: int) -> None:
+        await self.manager.interrupt(worker_id)
+
+    async def restart(self, worker_id: int) -> None:
+        await self.manager.restart(worker_id)
+
+    async def recycle(self, worker_id: int) -> None:
+        await self.manager.recycle(worker_id)
+
+    async def untaint(self, tool: str, pool: str | None = None) -> bool:
+        return self.manager.untaint(tool, pool)
+
+    async def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the calls in flight to end."""
+        pending = [c.future for c in list(self.manager.calls.values())]
+        if pending and grace > 0:
+            await asyncio.wait(pending, timeout=grace)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        await self.drain(grace or 0.0)
+        await self.close()
+
+    async def close(self) -> None:
+        self.closing.set()
+        await self.manager.close()
+
+
+class AsyncPool(AsyncHandle):
     """A pool of worker kernels, used from asyncio::
 
         async with kernelpit.aio.Pool(adapters=["mytools"], workers=2) as pool:
@@ -39,51 +143,22 @@ class AsyncPool(AsyncCaller):
     Takes the same arguments as :class:`kernelpit.Pool`.
     """
 
+    _backend: LocalBackend
+
     def __init__(self, adapters: Any = (), workers: int | None = None, *,
                  pools: dict[str, Any] | None = None, **settings: Any) -> None:
-        self._manager = PoolManager(build_configs(adapters, workers, pools, settings))
-        super().__init__(self._manager)
+        super().__init__(LocalBackend(PoolManager(build_configs(adapters, workers, pools,
+                                                                settings))))
 
     @property
     def run_id(self) -> str:
-        return self._manager.run_id
+        return self._backend.manager.run_id
 
     async def start(self) -> "AsyncPool":
         """Start every worker concurrently; returns when all are ready (or raises StartError)."""
-        if not self._manager.started:
-            await self._manager.start()
+        if not self._backend.manager.started:
+            await self._backend.manager.start()
         return self
-
-    async def close(self) -> None:
-        """Stop every worker kernel.  Safe to call twice."""
-        await self._manager.close()
 
     async def __aenter__(self) -> "AsyncPool":
         return await self.start()
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
-
-    async def tools(self, pool: str | None = None) -> list[ToolInfo]:
-        """The tools served, with name, doc, signature and parameter schema."""
-        return self._manager.tools(pool)
-
-    async def workers(self) -> list[WorkerInfo]:
-        """A health snapshot of every worker."""
-        return self._manager.workers()
-
-    async def sessions(self) -> list[SessionInfo]:
-        """Open sessions (including lost ones, until closed)."""
-        return self._manager.list_sessions()
-
-    async def interrupt(self, worker_id: int) -> None:
-        """Interrupt a worker: cancel its tool calls and SIGINT its kernel."""
-        await self._manager.interrupt(worker_id)
-
-    async def restart(self, worker_id: int) -> None:
-        """Kill a worker now; a fresh one takes its place."""
-        await self._manager.restart(worker_id)
-
-    async def recycle(self, worker_id: int) -> None:
-        """Replace a worker without downtime: its successor starts first, then it drains."""
-        await self._manager.recycle(worker_id)

@@ -9,11 +9,11 @@
         for ev in pool.stream("train", epochs=3):
             print(ev.kind)
 
-:class:`RemoteBackend` is the one implementation: a
-:class:`~kernelpit.caller.Backend` (call, stream, sessions) plus the
-introspection and control RPCs, over a ``grpc.aio`` channel.
-:class:`AsyncClient` puts the shared calling API on top of it;
-:class:`Client` is its blocking twin, driven by a :class:`~kernelpit.sync.Portal`.
+:class:`RemoteBackend` is the :class:`~kernelpit.backend.Backend` of a bridge,
+over a ``grpc.aio`` channel.  :class:`AsyncClient` is the same asyncio API as
+``kernelpit.aio.Pool`` on top of it (plus what only a bridge has: ``address``,
+``server_info()``); :class:`Client` is its blocking twin, driven by a
+:class:`~kernelpit.sync.Portal`.
 """
 
 from __future__ import annotations
@@ -24,17 +24,18 @@ from typing import Any, AsyncIterator, Iterator
 
 import grpc
 
-from .caller import AsyncCaller
+from .backend import Backend
+from .caller import AsyncCaller, AsyncHandle
 from .events import Event
 from .exceptions import BridgeError, BridgeNotFound, DeadlineExceeded, Unauthenticated
 from .info import SessionInfo, ToolInfo, WorkerInfo
-from .pool.call import CallOptions
+from .options import CallOptions
 from .service import auth, convert, discovery, errors
 from .service.blobs import BLOB_SIZE_KEY, chunk_size, framed, unframe
 from .service.multiplex import CallMultiplexer, reply_value
 from .service.values import ACCEPT_KEY, ACCEPT_PACKED, PLAIN, Codec, blob_refs
-from .service.watch import WatchEvent
-from .sync import Handle, Portal
+from .watch import WatchEvent
+from .sync import Handle, Portal, blocking
 from .v1 import bridge_pb2 as pb
 from .v1 import bridge_pb2_grpc as pb_grpc
 from .v1 import values_pb2 as values_pb
@@ -69,7 +70,7 @@ def resolve(address: str | None, token: str | None) -> tuple[str, str | None]:
     return address, token
 
 
-class RemoteBackend:
+class RemoteBackend(Backend):
     """Calls, streams, sessions and control of a bridge, over one gRPC channel."""
 
     def __init__(self, address: str, token: str | None) -> None:
@@ -268,6 +269,10 @@ class RemoteBackend:
     async def recycle(self, worker_id: int) -> None:
         await self._rpc(self.stub.RecycleWorker, pb.WorkerRequest(id=worker_id))
 
+    async def untaint(self, tool: str, pool: str | None = None) -> bool:
+        reply = await self._rpc(self.stub.Untaint, pb.UntaintRequest(tool=tool, pool=pool or ""))
+        return reply.lifted
+
     async def watch(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
         rpc = self.stub.Watch(pb.WatchRequest(snapshot_interval=interval), metadata=self.metadata)
         err = None
@@ -349,8 +354,9 @@ def _complete(buf: Any, fill: Any, ref: Any) -> Any:
     return buf
 
 
-class AsyncClient(AsyncCaller):
-    """A bridge, used from asyncio: the same methods as :class:`kernelpit.aio.Pool`, plus ``watch()``."""
+class AsyncClient(AsyncHandle):
+    """A bridge, used from asyncio: the methods of :class:`kernelpit.aio.Pool`, plus
+    ``address`` and ``server_info()``."""
 
     _backend: RemoteBackend
 
@@ -381,57 +387,12 @@ class AsyncClient(AsyncCaller):
             raise BridgeNotFound(f"no Kernelpit bridge answered at {self.address} within "
                                  f"{timeout:g} s. {HOW_TO_START}") from None
 
-    async def tools(self, pool: str | None = None) -> list[ToolInfo]:
-        """The tools served, with name, doc, signature and parameter schema."""
-        return await self._backend.tools(pool)
-
-    async def describe(self, name: str, pool: str | None = None) -> ToolInfo:
-        """One tool's description; ToolNotFound when there is no such tool."""
-        return await self._backend.describe(name, pool)
-
-    async def workers(self) -> list[WorkerInfo]:
-        """A health snapshot of every worker."""
-        return await self._backend.workers()
-
-    async def sessions(self) -> list[SessionInfo]:
-        """Open sessions (including lost ones, until closed)."""
-        return await self._backend.sessions()
-
-    async def get_session(self, session_id: str) -> SessionInfo:
-        return await self._backend.get_session(session_id)
-
-    async def interrupt(self, worker_id: int) -> None:
-        """Interrupt a worker: cancel its tool calls and SIGINT its kernel."""
-        await self._backend.interrupt(worker_id)
-
-    async def restart(self, worker_id: int) -> None:
-        """Kill a worker now; a fresh one takes its place."""
-        await self._backend.restart(worker_id)
-
-    async def recycle(self, worker_id: int) -> None:
-        """Replace a worker without downtime: its successor starts first, then it drains."""
-        await self._backend.recycle(worker_id)
-
-    def watch(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
-        """Pool state changes (Snapshot, WorkerChanged, SessionChanged) as they happen."""
-        return self._backend.watch(interval)
-
     async def server_info(self) -> pb.ServerInfo:
+        """The bridge's version, run id, pid, pools, address and limits."""
         return await self._backend.server_info()
-
-    async def shutdown(self, grace: float | None = None) -> None:
-        """Stop the bridge (in-flight calls get ``grace`` seconds to finish)."""
-        await self._backend.shutdown(grace)
-
-    async def close(self) -> None:
-        """Close the connection (the bridge and its pool keep running)."""
-        await self._backend.close()
 
     async def __aenter__(self) -> "AsyncClient":
         return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
 
 
 async def connect_async(address: str | None = None, token: str | None = None, *,
@@ -507,7 +468,8 @@ def client_portal() -> ClientPortal:
 
 
 class Client(Handle):
-    """A bridge, used from blocking code: the same methods as :class:`kernelpit.Pool`, plus ``watch()``."""
+    """A bridge, used from blocking code: the methods of :class:`kernelpit.Pool`, plus
+    ``address`` and ``server_info()``."""
 
     _async: AsyncClient
 
@@ -525,22 +487,7 @@ class Client(Handle):
     def run_id(self) -> str:
         return self._async.run_id
 
-    def describe(self, name: str, pool: str | None = None) -> ToolInfo:
-        return self._portal.call(self._async.describe, name, pool)
-
-    def get_session(self, session_id: str) -> SessionInfo:
-        return self._portal.call(self._async.get_session, session_id)
-
-    def watch(self, interval: float = 0.0) -> Iterator[WatchEvent]:
-        """Pool state changes (Snapshot, WorkerChanged, SessionChanged); leave the loop to stop."""
-        return self._portal.iterate(self._async.watch(interval))
-
-    def server_info(self) -> pb.ServerInfo:
-        return self._portal.call(self._async.server_info)
-
-    def shutdown(self, grace: float | None = None) -> None:
-        """Stop the bridge (in-flight calls get ``grace`` seconds to finish)."""
-        self._portal.call(self._async.shutdown, grace)
+    server_info = blocking(AsyncClient.server_info)
 
     def __enter__(self) -> "Client":
         return self

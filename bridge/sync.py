@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import functools
 import queue
 import threading
 import weakref
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, TypeVar
 
-from .caller import AsyncCaller, AsyncSession
+from .caller import AsyncCaller, AsyncHandle, AsyncSession
 from .events import Event
-from .info import SessionInfo, ToolInfo, WorkerInfo
+from .info import SessionInfo
 from .local import AsyncPool
 
 T = TypeVar("T")
@@ -33,8 +34,15 @@ class Portal:
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
+    def _check_thread(self) -> None:
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("a blocking Kernelpit call was made from the pool's own event loop "
+                               "thread (e.g. from a callback running on it), where it would wait "
+                               "for itself forever; use the kernelpit.aio API there instead")
+
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run ``await fn(*args, **kwargs)`` on the loop and wait for it."""
+        self._check_thread()
         fut = asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self.loop)
         try:
             return fut.result()
@@ -43,9 +51,31 @@ class Portal:
             concurrent.futures.wait([fut], timeout=5)
             raise
 
-    def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
+    def iterate(self, agen: AsyncIterator[T]) -> "BlockingStream[T]":
         """Iterate an async iterator from this thread; closing early cancels it."""
-        items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._check_thread()
+        return BlockingStream(self.loop, agen)
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+class BlockingStream(Iterator[T]):
+    """An async iterator, run on a portal's loop and consumed from a blocking thread.
+
+    ``close()`` may be called from any thread: it cancels the iteration (and so the call
+    or RPC behind it), and the consuming loop then ends.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, agen: AsyncIterator[T]) -> None:
+        # The pump holds only the queue, never this object: dropping the iterator (a `break`
+        # out of a for loop) must free it at once, and __del__ then cancels the call.
+        self._items = items = queue.SimpleQueue()
+        self._finished = False
 
         async def pump() -> None:
             try:
@@ -59,28 +89,39 @@ class Portal:
                 if aclose is not None:
                     await aclose()
 
-        fut = asyncio.run_coroutine_threadsafe(pump(), self.loop)
-        try:
-            while True:
-                item = items.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, _Raise):
-                    if isinstance(item.exc, asyncio.CancelledError):
-                        return
-                    raise item.exc
-                yield item
-        finally:
-            if not fut.done():
-                fut.cancel()
-                concurrent.futures.wait([fut], timeout=5)
+        self._fut = asyncio.run_coroutine_threadsafe(pump(), loop)
 
-    def stop(self) -> None:
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=10)
-        if not self.loop.is_running():
-            self.loop.close()
+    def __iter__(self) -> "BlockingStream[T]":
+        return self
+
+    def __next__(self) -> T:
+        if self._finished:
+            raise StopIteration
+        try:
+            item = self._items.get()
+        except BaseException:  # Ctrl-C while waiting: cancel, then re-raise
+            self.close()
+            raise
+        if item is _DONE:
+            self._finished = True
+            raise StopIteration
+        if isinstance(item, _Raise):
+            self._finished = True
+            if isinstance(item.exc, asyncio.CancelledError):
+                raise StopIteration
+            raise item.exc
+        return item
+
+    def close(self) -> None:
+        """Stop early (from any thread): the iteration is cancelled and the consumer's loop ends."""
+        if not self._fut.done():
+            self._fut.cancel()
+            concurrent.futures.wait([self._fut], timeout=5)
+        self._items.put(_DONE)
+
+    def __del__(self) -> None:
+        if not self._fut.done():
+            self._fut.cancel()
 
 
 class _Raise:
@@ -88,31 +129,60 @@ class _Raise:
         self.exc = exc
 
 
-class Caller:
-    """Blocking twin of :class:`~kernelpit.caller.AsyncCaller`."""
+def blocking(method: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+    """The blocking twin of an async method of the asyncio API: same name, signature and
+    docstring, run on the handle's portal."""
+    name = method.__name__
 
-    def __init__(self, portal: Portal, caller: AsyncCaller) -> None:
+    @functools.wraps(method)
+    def twin(self: Any, *args: Any, **kwargs: Any) -> T:
+        return self._portal.call(getattr(self._async, name), *args, **kwargs)
+    return twin
+
+
+def iterating(method: Callable[..., AsyncIterator[T]]) -> Callable[..., "BlockingStream[T]"]:
+    """The blocking twin of a method that returns an async iterator."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def twin(self: Any, *args: Any, **kwargs: Any) -> BlockingStream[T]:
+        return self._portal.iterate(getattr(self._async, name)(*args, **kwargs))
+    return twin
+
+
+class Caller:
+    """Blocking twin of :class:`~kernelpit.caller.AsyncCaller`.
+
+    ``display=True`` is an option of the blocking API alone: the call shows itself live
+    (a panel in a notebook, a text bar in a terminal; :mod:`kernelpit.widgets.stream`)
+    and returns or yields what it would have anyway.  It never reaches the backend.
+    """
+
+    def __init__(self, portal: Portal, caller: AsyncCaller, display: bool = False) -> None:
         self._portal = portal
         self._async = caller
+        self._display = display
 
-    def options(self, **options: Any) -> "Caller":
+    def options(self, *, display: bool | None = None, **options: Any) -> "Caller":
         """A caller with call options set: ``deadline``, ``session``, ``pool``, ``worker``,
-        ``idempotent``, ``display`` (show the call live: a panel in a notebook, a text bar in a
-        terminal)."""
-        return Caller(self._portal, self._async.options(**options))
+        ``idempotent``, and ``display`` (show the call live: a panel in a notebook, a text bar
+        in a terminal)."""
+        return Caller(self._portal, self._async.options(**options),
+                      self._display if display is None else display)
 
     def call(self, tool: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run ``tool`` and return its result; Ctrl-C cancels it."""
-        if self._async._options.display:
+        if self._display:
             from .widgets.stream import display_call
-            return display_call(self, tool, args, kwargs)
+            return display_call(self.options(display=False), tool, args, kwargs)
         return self._portal.call(self._async.call, tool, *args, **kwargs)
 
     def stream(self, tool: str, /, *args: Any, **kwargs: Any) -> Iterator[Event]:
-        """Run ``tool`` and iterate over its events; leaving the loop early cancels it."""
-        if self._async._options.display:
+        """Run ``tool`` and iterate over its events; leaving the loop early (or ``close()``
+        on the iterator, from any thread) cancels it."""
+        if self._display:
             from .widgets.stream import display_stream
-            return display_stream(self, tool, args, kwargs)
+            return display_stream(self.options(display=False), tool, args, kwargs)
         return self._portal.iterate(self._async.stream(tool, *args, **kwargs))
 
     def map(self, tool: str, /, *iterables: Iterable[Any], chunksize: int | None = None) -> list[Any]:
@@ -125,7 +195,7 @@ class Caller:
         """Open a session: its calls all run on one worker.  Use as a context manager."""
         session = self._async.session(ttl=ttl, metadata=metadata, pool=pool, id=id)
         self._portal.call(session.open)
-        return Session(self._portal, session)
+        return Session(self._portal, session, self._display)
 
 
 class Session(Caller):
@@ -168,39 +238,39 @@ def _close_leftovers() -> None:
 
 
 class Handle(Caller):
-    """What blocking pools and clients add to calling: introspection, control, close."""
+    """Blocking twin of :class:`~kernelpit.caller.AsyncHandle`: what pools and clients add to
+    calling (introspection, control, close), with the same names, signatures and errors."""
 
-    def __init__(self, portal: Portal, target: Any) -> None:
+    _async: AsyncHandle
+
+    def __init__(self, portal: Portal, target: AsyncHandle) -> None:
         super().__init__(portal, target)
         self._closed = False
         _open_handles.add(self)
 
-    def tools(self, pool: str | None = None) -> list[ToolInfo]:
-        """The tools served, with name, doc, signature and parameter schema."""
-        return self._portal.call(self._async.tools, pool)
+    tools = blocking(AsyncHandle.tools)
+    describe = blocking(AsyncHandle.describe)
+    workers = blocking(AsyncHandle.workers)
+    sessions = blocking(AsyncHandle.sessions)
+    get_session = blocking(AsyncHandle.get_session)
+    close_session = blocking(AsyncHandle.close_session)
+    watch = iterating(AsyncHandle.watch)
+    interrupt = blocking(AsyncHandle.interrupt)
+    restart = blocking(AsyncHandle.restart)
+    recycle = blocking(AsyncHandle.recycle)
+    untaint = blocking(AsyncHandle.untaint)
 
-    def workers(self) -> list[WorkerInfo]:
-        """A health snapshot of every worker."""
-        return self._portal.call(self._async.workers)
-
-    def sessions(self) -> list[SessionInfo]:
-        """Open sessions."""
-        return self._portal.call(self._async.sessions)
-
-    def interrupt(self, worker_id: int) -> None:
-        """Interrupt a worker: cancel its tool calls and SIGINT its kernel."""
-        self._portal.call(self._async.interrupt, worker_id)
-
-    def restart(self, worker_id: int) -> None:
-        """Kill a worker now; a fresh one takes its place."""
-        self._portal.call(self._async.restart, worker_id)
-
-    def recycle(self, worker_id: int) -> None:
-        """Replace a worker without downtime: its successor starts first, then it drains."""
-        self._portal.call(self._async.recycle, worker_id)
+    def shutdown(self, grace: float | None = None) -> None:
+        """Stop the pool itself (for a client: the bridge and its pool); calls in flight get
+        ``grace`` seconds to finish.  This handle is closed too."""
+        try:
+            self._portal.call(self._async.shutdown, grace)
+        finally:
+            self.close()
 
     def close(self) -> None:
-        """Close and release everything.  Safe to call twice."""
+        """Release this handle: an embedded pool stops its kernels; a client closes its
+        connection (the bridge runs on).  Safe to call twice."""
         if self._closed:
             return
         self._closed = True

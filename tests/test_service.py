@@ -17,7 +17,7 @@ import kernelpit.aio
 from conftest import ADAPTERS, wait_until
 from kernelpit.config import PoolConfig
 from kernelpit.service.server import Bridge
-from kernelpit.service.watch import SessionChanged, Snapshot, WorkerChanged
+from kernelpit.watch import SessionChanged, Snapshot, WorkerChanged
 from kernelpit.sync import Portal
 from kernelpit.v1 import bridge_pb2 as pb
 from kernelpit.v1 import bridge_pb2_grpc as pb_grpc
@@ -282,7 +282,7 @@ def test_list_and_describe_tools_with_schema(client):
     assert client.describe("gen").streaming
     with pytest.raises(kernelpit.ToolNotFound, match="did you mean"):
         client.describe("trian")
-    with pytest.raises(kernelpit.ToolNotFound, match="no pool named"):
+    with pytest.raises(kernelpit.PoolNotFound, match="no pool named"):
         client.tools("nosuchpool")
 
 

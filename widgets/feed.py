@@ -1,16 +1,15 @@
 """Live data for the panels, on background threads, throttled; never on the notebook's thread.
 
-:class:`LiveState` follows a pool: it runs the client's ``watch()`` stream on
-the client's own event loop (so it can be cancelled from any thread), keeps
+:class:`LiveState` follows a pool: it follows the client's ``watch()`` stream
+(closed from any thread to stop), keeps
 the latest workers and sessions, and calls ``render`` at most ``max_rate``
 times a second from one background thread.  When the stream fails (the bridge
 went away) it renders ``connected=False`` and tries again every second until
-the bridge is back.  An embedded ``kernelpit.Pool`` (no ``watch``) is polled.
+the bridge is back.  An embedded ``kernelpit.Pool`` is followed the same way.
 """
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import threading
 import time
@@ -21,26 +20,22 @@ from .connection import Connector
 _END = object()
 
 
-def run_async_iter(caller: Any, agen_factory: Callable[[], Any], out: "queue.SimpleQueue[Any]",
-                   end: Any = _END) -> "asyncio.Future[Any]":
-    """Iterate ``agen_factory()`` on ``caller``'s event loop, putting items in ``out``.
-
-    The last item is ``end`` (normal end) or the exception.  The returned
-    concurrent future cancels the iteration (and so the RPC) when cancelled.
-    """
-    async def pump() -> None:
+def pump(stream: Any, out: "queue.SimpleQueue[Any]", end: Any = _END) -> Any:
+    """Move the items of a blocking ``stream`` (``client.watch()``, ``pool.stream(...)``)
+    into ``out`` on a daemon thread; the last item is ``end`` (normal end, or the stream was
+    closed) or the exception.  Returns ``stream``: its ``close()`` (from any thread) cancels
+    the call or RPC behind it."""
+    def run() -> None:
         try:
-            async for item in agen_factory():
+            for item in stream:
                 out.put(item)
-        except asyncio.CancelledError:
-            out.put(end)
-            raise
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
             out.put(exc)
             return
         out.put(end)
 
-    return asyncio.run_coroutine_threadsafe(pump(), caller._portal.loop)
+    threading.Thread(target=run, name="kernelpit-feed", daemon=True).start()
+    return stream
 
 
 class LiveState:
@@ -78,7 +73,7 @@ class LiveState:
         self._q.put(_END)
         fut = self._fut
         if fut is not None:
-            fut.cancel()
+            fut.close()
 
     # -- derived figures ------------------------------------------------------------------
     def calls_per_second(self) -> float:
@@ -127,10 +122,7 @@ class LiveState:
     def _connect(self) -> Any:
         client = self.connector.get(timeout=2.0)
         self.address = getattr(client, "address", "") or "embedded pool"
-        if hasattr(client, "watch"):
-            self._fut = run_async_iter(client, lambda: client._async.watch(self.interval), self._q)
-        else:
-            self._fut = run_async_iter(client, lambda: _poll(client._async, self.interval), self._q)
+        self._fut = pump(client.watch(self.interval), self._q)
         return client
 
     def _run(self) -> None:
@@ -188,17 +180,3 @@ class LiveState:
             self.render_cb(self)
         except Exception:  # a closed widget or a frontend gone: never kill the thread
             pass
-
-
-class _Snapshot:
-    kind = "snapshot"
-
-    def __init__(self, workers: list[Any], sessions: list[Any]) -> None:
-        self.workers, self.sessions = workers, sessions
-
-
-async def _poll(pool: Any, interval: float) -> Any:
-    """``watch()`` for an embedded pool: a snapshot every ``interval`` seconds."""
-    while True:
-        yield _Snapshot(await pool.workers(), await pool.sessions())
-        await asyncio.sleep(max(0.2, interval))

@@ -310,14 +310,13 @@ class KernelpitMagics(Magics):
         client = self.client()
         info = None
         try:
-            info = client.get_session(name) if hasattr(client, "get_session") else next(
-                (s for s in client.sessions() if s.id == name), None)
+            info = client.get_session(name)
         except SessionNotFound:
             info = None
         if info is not None and info.lost:
             print(f"session {name!r} was lost ({info.lost}); opening it again: its state is gone")
             try:
-                client._portal.call(client._async._backend.close_session, name)
+                client.close_session(name)
             except Exception:
                 pass
             info = None

@@ -285,7 +285,7 @@ class _SessionRow(W.HBox):
 
 
 def _close_session(client: Any, session_id: str) -> None:
-    client._portal.call(client._async._backend.close_session, session_id)
+    client.close_session(session_id)
 
 
 class SessionsPanel(_Panel):

@@ -19,7 +19,9 @@ import time
 from typing import Any, Iterator
 
 from . import fmt
-from .feed import run_async_iter
+from kernelpit.terminal import EventPrinter
+
+from .feed import pump
 
 _END = object()
 
@@ -259,37 +261,17 @@ class StreamPanel:
         return self.text()
 
 
-class TextProgress:
-    """The terminal twin: a progress bar on stderr, output passed through."""
+class TextProgress(EventPrinter):
+    """The terminal twin of the panel: output passed through, a progress bar on stderr
+    (:class:`kernelpit.terminal.EventPrinter`), and the call's state kept as the panel does."""
 
     def __init__(self, tool: str, out: Any = None, err: Any = None) -> None:
-        from kernelpit.cli import ProgressBar
+        super().__init__(out, err)
         self.view = CallView(tool)
-        self.out = out or sys.stdout
-        self.err = err or sys.stderr
-        self.bar = ProgressBar(self.err)
 
     def feed(self, ev: Any) -> None:
         self.view.feed(ev)
-        kind = ev.kind
-        if kind == "progress":
-            self.bar.update(ev.done, ev.total, ev.message)
-            return
-        if kind in ("stdout", "stderr", "display", "result", "error"):
-            self.bar.clear()
-        if kind == "stdout":
-            self.out.write(ev.text)
-            self.out.flush()
-        elif kind == "stderr":
-            self.err.write(ev.text)
-            self.err.flush()
-        elif kind == "display":
-            text = ev.data.get("text/plain")
-            if text is not None:
-                self.out.write(f"{text}\n")
-
-    def flush(self) -> None:
-        self.bar.clear()
+        super().feed(ev)
 
 
 # -- the call option ------------------------------------------------------------------------
@@ -303,8 +285,7 @@ class BackgroundCall:
     def __init__(self, caller: Any, tool: str, args: Any, kwargs: dict[str, Any]) -> None:
         self.tool = tool
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._fut = run_async_iter(caller, lambda: caller._async.stream(tool, *args, **kwargs),
-                                   self._q, _END)
+        self._fut = pump(caller.stream(tool, *args, **kwargs), self._q, _END)
         self.panel = StreamPanel(tool, on_cancel=self.cancel)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="kernelpit-call", daemon=True)
@@ -339,7 +320,7 @@ class BackgroundCall:
             self._done.set()
 
     def cancel(self) -> None:
-        self._fut.cancel()
+        self._fut.close()
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -383,13 +364,12 @@ def display_call(caller: Any, tool: str, args: Any, kwargs: dict[str, Any]) -> A
     The events arrive on the caller's event loop; this thread only draws (at
     most ten times a second).  Ctrl-C / the kernel's interrupt cancels the call.
     """
-    inner = caller.options(display=False)
     q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    fut = run_async_iter(inner, lambda: inner._async.stream(tool, *args, **kwargs), q, _END)
+    fut = pump(caller.stream(tool, *args, **kwargs), q, _END)
     view: Any
     handle = None
     if in_notebook():
-        view = StreamPanel(tool, on_cancel=fut.cancel)
+        view = StreamPanel(tool, on_cancel=fut.close)
         handle = _display(view)
     else:
         view = TextProgress(tool)
@@ -415,7 +395,7 @@ def display_call(caller: Any, tool: str, args: Any, kwargs: dict[str, Any]) -> A
             if item.kind == "error":
                 raise item.error
     except KeyboardInterrupt:
-        fut.cancel()
+        fut.close()
         from kernelpit.exceptions import Cancelled
         _feed_error(view, Cancelled(f"{tool}() was interrupted"))
         raise
@@ -431,7 +411,7 @@ def _feed_error(view: Any, exc: BaseException) -> None:
 
 def display_stream(caller: Any, tool: str, args: Any, kwargs: dict[str, Any]) -> Iterator[Any]:
     """``caller.stream(tool, ...)`` that also shows the panel (or a text bar) as events pass."""
-    inner = caller.options(display=False)
+    inner = caller
     view: Any
     handle = None
     if in_notebook():

@@ -12,40 +12,12 @@ from .. import events as ev
 from ..exceptions import InvalidArguments, from_payload
 from ..kernels.arrow import Transport, reclaim
 from ..kernels.protocol import EncodeError, encode
+from ..options import CallOptions
 
 if TYPE_CHECKING:
     from .worker import Worker
 
 _ids = itertools.count(1)
-
-
-@dataclass
-class CallOptions:
-    """Per-call settings, kept apart from the tool's own keyword arguments.
-
-    deadline    seconds from submission until DeadlineExceeded (the tool is interrupted)
-    session     run in this session (on the worker that holds it)
-    pool        the named pool to use (default: the one serving the tool)
-    worker      pin the call to this worker id
-    idempotent  safe to retry on a fresh worker after a crash (default: the tool's flag)
-    display     show the call live: a widget panel in a notebook, a progress bar in a terminal
-                (kernelpit.widgets; stays in this process, never sent to workers or the bridge)
-    """
-
-    deadline: float | None = None
-    session: str | None = None
-    pool: str | None = None
-    worker: int | None = None
-    idempotent: bool | None = None
-    display: bool = False
-
-    def merged(self, **changes: Any) -> "CallOptions":
-        unknown = set(changes) - set(self.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"unknown call option(s): {', '.join(sorted(unknown))}; "
-                            f"known: {', '.join(self.__dataclass_fields__)}")
-        data = {**self.__dict__, **{k: v for k, v in changes.items()}}
-        return CallOptions(**data)
 
 
 @dataclass

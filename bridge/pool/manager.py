@@ -17,7 +17,8 @@ from typing import Any, AsyncIterator
 
 from .. import events as ev
 from ..config import PoolConfig
-from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, PoolClosed, SessionLost,
+from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, PoolClosed, PoolNotFound,
+                          SessionLost,
                           ToolNotFound, ToolTainted, WorkerCrashed, WorkerNotFound)
 from ..info import SessionInfo, ToolInfo, WorkerInfo
 from ..kernels.schema import check_arguments, check_columns
@@ -481,6 +482,8 @@ class PoolManager:
 
     # -- introspection and control ------------------------------------------------------
     def tools(self, pool: str | None = None) -> list[ToolInfo]:
+        if pool is not None and pool not in self.groups:
+            raise PoolNotFound(f"no pool named '{pool}' (pools: {', '.join(self.groups)})")
         out = []
         for group in self.groups.values():
             if pool is not None and group.name != pool:

@@ -14,7 +14,8 @@ from .. import events as ev
 from ..info import SessionInfo, ToolInfo, WorkerInfo
 from ..pool.call import CallOptions
 from ..v1 import bridge_pb2 as pb
-from . import errors, watch
+from .. import watch
+from . import errors
 from .values import PLAIN, BadValue, Codec, from_value, to_value
 
 # -- call requests ---------------------------------------------------------------------------

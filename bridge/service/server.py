@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .. import __version__
 from ..config import PoolConfig, parse_size
+from ..local import LocalBackend
 from ..pool import PoolManager
 from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
@@ -54,6 +55,8 @@ class Bridge:
                  discovery: Path | str | bool | None = None,
                  blob_ttl: float = DEFAULT_TTL) -> None:
         self.manager = PoolManager(configs)
+        self._closing = asyncio.Event()
+        self.backend = LocalBackend(self.manager, self._closing)
         self.host = host
         self.port = port
         self.token = (token or auth_module.new_token()) if auth else None
@@ -68,7 +71,6 @@ class Bridge:
         self.started = 0.0
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
-        self._closing = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._stop_grace: float | None = None
         self._stopped = False
@@ -108,8 +110,8 @@ class Bridge:
         ])
         self.blobs = BlobStore(self.manager.shm_dir, self.blob_ttl)
         self.blobs.start()
-        servicer = BridgeServicer(self.manager, self._closing, self._info, self.request_stop,
-                                  self.blobs, self.max_message_size)
+        servicer = BridgeServicer(self.backend, self._info, self.request_stop, self.blobs,
+                                  self.max_message_size)
         add_servicer(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

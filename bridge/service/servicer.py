@@ -1,4 +1,5 @@
-"""The ``kernelpit.v1.Bridge`` RPC handlers, over a :class:`~kernelpit.pool.PoolManager`.
+"""The ``kernelpit.v1.Bridge`` RPC handlers, over the embedded pool's
+:class:`~kernelpit.local.LocalBackend`: a bridge answers exactly as an embedded pool does.
 
 Every handler turns whatever it raises into a status with the structured
 error attached (:mod:`.errors`), so bad input fails one RPC and nothing else.
@@ -7,15 +8,14 @@ error attached (:mod:`.errors`), so bad input fails one RPC and nothing else.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import functools
 import logging
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 
-from ..exceptions import InvalidArguments, KernelpitError, ToolNotFound
-from ..pool import PoolManager
+from ..exceptions import InvalidArguments, KernelpitError
+from ..local import LocalBackend
 from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
 from ..v1 import values_pb2 as values_pb
@@ -24,7 +24,6 @@ from .blobs import BLOB_SIZE_KEY, BlobError, BlobStore, chunk_size
 from .multiplex import serve_calls, split
 from .pump import EventPump
 from .values import ACCEPT_KEY, ACCEPT_PACKED, Codec
-from .watch import WatchHub
 
 log = logging.getLogger("kernelpit.service")
 
@@ -51,11 +50,11 @@ def handles_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
 
 
 class BridgeServicer(pb_grpc.BridgeServicer):
-    def __init__(self, manager: PoolManager, closing: asyncio.Event,
-                 server_info: Callable[[], pb.ServerInfo],
+    def __init__(self, backend: LocalBackend, server_info: Callable[[], pb.ServerInfo],
                  shutdown: Callable[[float | None], None], blobs: BlobStore | None = None,
                  max_message_size: int | None = None) -> None:
-        self._manager = manager
+        self._backend = backend
+        self._manager = manager = backend.manager  # calls go straight to it: the hot path
         # Arrow data beyond one chunk travels as blobs (ReadBlob/WriteBlob), so no message
         # is bigger than about max_message_size / 2 however large the value.
         self.blobs = blobs if blobs is not None else BlobStore(manager.shm_dir)
@@ -63,11 +62,9 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         self._results = Codec(park=self.blobs.put, limit=self._limit)
         self._packed_results = Codec(park=self.blobs.put, limit=self._limit, packed=True)
         self._requests = Codec(fetch=self.blobs.take, untrusted=True)
-        self._closing = closing
+        self._closing = backend.closing
         self._server_info = server_info
         self._shutdown = shutdown
-        self._watch = WatchHub(self._worker_states, manager.workers, manager.list_sessions,
-                               closing)
 
     # -- calls -----------------------------------------------------------------------
     @staticmethod
@@ -180,72 +177,66 @@ class BridgeServicer(pb_grpc.BridgeServicer):
     # -- tools -----------------------------------------------------------------------
     @handles_errors
     async def ListTools(self, request: pb.ListToolsRequest, context: Any) -> pb.ListToolsResponse:
-        if request.pool and request.pool not in self._manager.groups:
-            raise ToolNotFound(f"no pool named '{request.pool}' "
-                               f"(pools: {', '.join(self._manager.groups)})")
-        tools = self._manager.tools(request.pool or None)
+        tools = await self._backend.tools(request.pool or None)
         return pb.ListToolsResponse(tools=[convert.tool_to_proto(t) for t in tools])
 
     @handles_errors
     async def DescribeTool(self, request: pb.DescribeToolRequest, context: Any) -> pb.Tool:
-        tools = self._manager.tools(request.pool or None)
-        for t in tools:
-            if t.name == request.name:
-                return convert.tool_to_proto(t)
-        close = difflib.get_close_matches(request.name, [t.name for t in tools], n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ToolNotFound(f"no tool named '{request.name}'{hint}", tool=request.name)
+        return convert.tool_to_proto(await self._backend.describe(request.name,
+                                                                  request.pool or None))
 
     # -- sessions --------------------------------------------------------------------
     @handles_errors
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Any) -> pb.Session:
-        info = await self._manager.open_session(
+        info = await self._backend.open_session(
             request.pool or None, request.ttl if request.HasField("ttl") else None,
             dict(request.metadata), request.id or None)
         return convert.session_to_proto(info)
 
     @handles_errors
     async def GetSession(self, request: pb.GetSessionRequest, context: Any) -> pb.Session:
-        return convert.session_to_proto(self._manager.get_session(request.id))
+        return convert.session_to_proto(await self._backend.get_session(request.id))
 
     @handles_errors
     async def ListSessions(self, request: Any, context: Any) -> pb.ListSessionsResponse:
         return pb.ListSessionsResponse(
-            sessions=[convert.session_to_proto(s) for s in self._manager.list_sessions()])
+            sessions=[convert.session_to_proto(s) for s in await self._backend.sessions()])
 
     @handles_errors
     async def CloseSession(self, request: pb.CloseSessionRequest, context: Any) -> pb.Session:
-        return convert.session_to_proto(await self._manager.close_session(request.id))
+        return convert.session_to_proto(await self._backend.close_session(request.id))
 
     # -- workers ---------------------------------------------------------------------
     @handles_errors
     async def ListWorkers(self, request: pb.ListWorkersRequest, context: Any) -> pb.ListWorkersResponse:
-        workers = [w for w in self._manager.workers() if not request.pool or w.pool == request.pool]
+        workers = await self._backend.workers(request.pool or None)
         return pb.ListWorkersResponse(workers=[convert.worker_to_proto(w) for w in workers])
 
     @handles_errors
     async def RestartWorker(self, request: pb.WorkerRequest, context: Any) -> pb.WorkerResponse:
-        await self._manager.restart(request.id)
+        await self._backend.restart(request.id)
         return pb.WorkerResponse()
 
     @handles_errors
     async def InterruptWorker(self, request: pb.WorkerRequest, context: Any) -> pb.WorkerResponse:
-        await self._manager.interrupt(request.id)
+        await self._backend.interrupt(request.id)
         return pb.WorkerResponse()
 
     @handles_errors
     async def RecycleWorker(self, request: pb.WorkerRequest, context: Any) -> pb.WorkerResponse:
-        await self._manager.recycle(request.id)
+        await self._backend.recycle(request.id)
         return pb.WorkerResponse()
+
+    @handles_errors
+    async def Untaint(self, request: pb.UntaintRequest, context: Any) -> pb.UntaintResponse:
+        return pb.UntaintResponse(lifted=await self._backend.untaint(request.tool,
+                                                                     request.pool or None))
 
     # -- watch -----------------------------------------------------------------------
     async def Watch(self, request: pb.WatchRequest,
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEvent]:
-        async for event in self._watch.subscribe(request.snapshot_interval):
+        async for event in self._backend.watch(request.snapshot_interval):
             yield convert.watch_to_proto(event)
-
-    def _worker_states(self) -> dict[int, str]:
-        return {w.id: w.state for g in self._manager.groups.values() for w in g.workers.values()}
 
     # -- the bridge ------------------------------------------------------------------
     async def GetServerInfo(self, request: Any, context: Any) -> pb.ServerInfo:

@@ -362,6 +362,20 @@ class WorkerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class UntaintRequest(_message.Message):
+    __slots__ = ("tool", "pool")
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    tool: str
+    pool: str
+    def __init__(self, tool: _Optional[str] = ..., pool: _Optional[str] = ...) -> None: ...
+
+class UntaintResponse(_message.Message):
+    __slots__ = ("lifted",)
+    LIFTED_FIELD_NUMBER: _ClassVar[int]
+    lifted: bool
+    def __init__(self, lifted: _Optional[bool] = ...) -> None: ...
+
 class WatchRequest(_message.Message):
     __slots__ = ("snapshot_interval",)
     SNAPSHOT_INTERVAL_FIELD_NUMBER: _ClassVar[int]

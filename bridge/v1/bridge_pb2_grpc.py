@@ -115,6 +115,11 @@ class BridgeStub:
                 request_serializer=kernelpit_dot_v1_dot_bridge__pb2.WorkerRequest.SerializeToString,
                 response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.WorkerResponse.FromString,
                 _registered_method=True)
+        self.Untaint = channel.unary_unary(
+                '/kernelpit.v1.Bridge/Untaint',
+                request_serializer=kernelpit_dot_v1_dot_bridge__pb2.UntaintRequest.SerializeToString,
+                response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.UntaintResponse.FromString,
+                _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/kernelpit.v1.Bridge/Watch',
                 request_serializer=kernelpit_dot_v1_dot_bridge__pb2.WatchRequest.SerializeToString,
@@ -258,6 +263,15 @@ class BridgeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Untaint(self, request, context):
+        """Lift a tool's crash quarantine now (calls to a quarantined tool fail with
+        ERROR_KIND_TOOL_TAINTED until it lifts by itself).  NOT_FOUND for a tool no
+        pool serves, or an unknown pool.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Watch(self, request, context):
         """Pool state changes (workers and sessions) as they happen, and a full
         health snapshot first and then every snapshot_interval seconds.
@@ -362,6 +376,11 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.RecycleWorker,
                     request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.WorkerRequest.FromString,
                     response_serializer=kernelpit_dot_v1_dot_bridge__pb2.WorkerResponse.SerializeToString,
+            ),
+            'Untaint': grpc.unary_unary_rpc_method_handler(
+                    servicer.Untaint,
+                    request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.UntaintRequest.FromString,
+                    response_serializer=kernelpit_dot_v1_dot_bridge__pb2.UntaintResponse.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
@@ -811,6 +830,33 @@ class Bridge:
             '/kernelpit.v1.Bridge/RecycleWorker',
             kernelpit_dot_v1_dot_bridge__pb2.WorkerRequest.SerializeToString,
             kernelpit_dot_v1_dot_bridge__pb2.WorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Untaint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kernelpit.v1.Bridge/Untaint',
+            kernelpit_dot_v1_dot_bridge__pb2.UntaintRequest.SerializeToString,
+            kernelpit_dot_v1_dot_bridge__pb2.UntaintResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,10 +1,10 @@
-"""Pool state changes and periodic health snapshots, for the Watch RPC.
+"""Pool state changes and periodic health snapshots: what ``pool.watch()`` yields.
 
-:class:`WatchHub` samples the pool's workers and sessions ten times a second
+:class:`WatchHub` (run by the embedded backend, and so by a bridge for its Watch RPC) samples the pool's workers and sessions ten times a second
 and reports what changed (a worker's state, a worker appearing or going
 away, a session opened, closed or lost) to every Watch stream, which also
 gets a full snapshot first and then every ``interval`` seconds.  The
-dataclasses are what a remote client's ``watch()`` yields.
+dataclasses are what ``watch()`` yields, embedded and through a bridge.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
-from ..info import SessionInfo, WorkerInfo
+from .info import SessionInfo, WorkerInfo
 
 POLL = 0.1          # seconds between samples for change detection
 DEFAULT_INTERVAL = 2.0

@@ -1,0 +1,35 @@
+"""Call options: per-call settings, kept apart from a tool's own keyword arguments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """What ``pool.options(...)`` sets for the calls made through it.
+
+    deadline    seconds from submission until DeadlineExceeded (the tool is interrupted)
+    session     run in this session (on the worker that holds it)
+    pool        the named pool to use (default: the one serving the tool)
+    worker      pin the call to this worker id
+    idempotent  safe to retry on a fresh worker after a crash (default: the tool's flag)
+    """
+
+    deadline: float | None = None
+    session: str | None = None
+    pool: str | None = None
+    worker: int | None = None
+    idempotent: bool | None = None
+
+    def merged(self, **changes: Any) -> "CallOptions":
+        """These options with ``changes`` applied; an unknown name raises TypeError."""
+        unknown = set(changes) - _NAMES
+        if unknown:
+            raise TypeError(f"unknown call option(s): {', '.join(sorted(unknown))}; "
+                            f"known: {', '.join(sorted(_NAMES | {'display'}))}")
+        return CallOptions(**{**self.__dict__, **changes})
+
+
+_NAMES = {f.name for f in fields(CallOptions)}

@@ -1,0 +1,131 @@
+"""Everything Kernelpit writes to a terminal: sizes, durations, tables, a call's live output.
+
+Shared by the CLI and by ``options(display=True)`` outside a notebook (and by the
+panels' text views), so there is one of each.  Tables and the progress bar are
+drawn by `rich`, imported only when one is drawn (it costs about 50 ms).
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from typing import Any, Callable, Sequence, TextIO
+
+
+def human_bytes(n: float | None) -> str:
+    """``12.3 MiB``; ``-`` for none."""
+    if not n:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)
+
+
+def human_seconds(s: float | None) -> str:
+    """``4.2s``, ``3m05s``, ``2h01m``; ``-`` for none."""
+    if s is None:
+        return "-"
+    s = max(0.0, float(s))
+    if s < 10:
+        return f"{s:.1f}s"
+    whole = int(s)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s" if whole >= 60 else f"{whole}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str], width: int = 200) -> str:
+    """A plain-text table: a header row, then one line per row, columns aligned."""
+    from rich.box import SIMPLE_HEAD
+    from rich.console import Console
+    from rich.table import Table
+
+    grid = Table(*header, box=SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                 header_style="bold", highlight=False)
+    for row in rows:
+        grid.add_row(*("" if cell is None else str(cell) for cell in row))
+    out = io.StringIO()
+    Console(file=out, width=width, color_system=None, highlight=False).print(grid)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines() if line.strip())
+
+
+class ProgressBar:
+    """A call's progress: a live bar on a terminal (rich), plain lines elsewhere."""
+
+    def __init__(self, out: TextIO, enabled: bool = True) -> None:
+        self.out = out
+        self.enabled = enabled
+        self.tty = out.isatty()
+        self._live: Any = None
+        self._task: Any = None
+
+    def update(self, done: float, total: float | None, message: str) -> None:
+        if not self.enabled:
+            return
+        if not self.tty:
+            share = f"{100 * max(0.0, min(1.0, done / total)):5.1f}% " if total else ""
+            count = f"{done:g}/{total:g}" if total else f"{done:g}"
+            self.out.write(f"{share}{count} {message}".rstrip() + "\n")
+            self.out.flush()
+            return
+        if self._live is None:
+            self._start()
+        count = f"{done:g}/{total:g}" if total else f"{done:g}"
+        self._live.update(self._task, completed=done, total=total, message=f"{count} {message}")
+
+    def _start(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+        self._live = Progress(BarColumn(), TaskProgressColumn(),
+                              TextColumn("{task.fields[message]}"),
+                              console=Console(file=self.out), transient=True,
+                              refresh_per_second=10)
+        self._task = self._live.add_task("", total=None, message="")
+        self._live.start()
+
+    def clear(self) -> None:
+        """Take the bar off the screen (before other output, and at the end)."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+class EventPrinter:
+    """A call's events on a terminal: output passed through, progress as a bar on ``err``,
+    partial results as JSON lines (``partials``, a function of the value, or None)."""
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None, *,
+                 progress: bool = True,
+                 partials: Callable[[Any], str] | None = None) -> None:
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.bar = ProgressBar(self.err, progress)
+        self.partials = partials
+
+    def feed(self, ev: Any) -> None:
+        kind = ev.kind
+        if kind == "progress":
+            self.bar.update(ev.done, ev.total, ev.message)
+            return
+        if kind in ("stdout", "stderr", "display", "partial", "result", "error"):
+            self.bar.clear()
+        if kind == "stdout":
+            self.out.write(ev.text)
+            self.out.flush()
+        elif kind == "stderr":
+            self.err.write(ev.text)
+            self.err.flush()
+        elif kind == "display":
+            text = ev.data.get("text/plain")
+            if text is not None:
+                self.out.write(f"{text}\n")
+        elif kind == "partial" and self.partials is not None:
+            self.out.write(self.partials(ev.value) + "\n")
+            self.out.flush()
+
+    def flush(self) -> None:
+        self.bar.clear()
