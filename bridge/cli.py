@@ -6,6 +6,7 @@
     kernelpit status                                  # workers and sessions
     kernelpit tools                                   # what can be called
     kernelpit call train epochs=3                     # run a tool, with live progress
+    kernelpit untaint train                           # lift a crash quarantine now
     kernelpit stop                                    # stop the running bridge
     kernelpit demo                                    # a tour with the bundled demo adapter
     kernelpit doctor [--fix]                          # environment checks, orphaned kernels
@@ -223,6 +224,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_untaint(args: argparse.Namespace) -> int:
+    with connect_from(args) as client:
+        lifted = client.untaint(args.tool, args.pool)
+    print(f"kernelpit: {args.tool}() " + ("is no longer quarantined: calls to it run again"
+                                          if lifted else "was not quarantined"), file=sys.stderr)
+    return 0
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     with connect_from(args) as client:
         info = client.server_info()
@@ -369,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
         client_options(p)
         p.add_argument("worker", type=int, help="worker id (see `kernelpit status`)")
         p.set_defaults(func=cmd_worker)
+
+    text = "lift a tool's crash quarantine now (calls to it failed with ToolTainted)"
+    p = sub.add_parser("untaint", help=text, description=text[0].upper() + text[1:] + ".")
+    client_options(p)
+    p.add_argument("tool")
+    p.add_argument("--pool", help="only in this named pool (default: every pool serving it)")
+    p.set_defaults(func=cmd_untaint)
 
     p = sub.add_parser("stop", help="stop the running bridge (drains in-flight calls)")
     client_options(p)

@@ -7,12 +7,14 @@ infos, the remote client does the reverse.  Values go through
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any
+from typing import Any, Iterator
 
 from .. import events as ev
+from ..exceptions import InvalidArguments
 from ..info import SessionInfo, ToolInfo, WorkerInfo
-from ..pool.call import CallOptions
+from ..options import CallOptions
 from ..v1 import bridge_pb2 as pb
 from .. import watch
 from . import errors
@@ -47,12 +49,25 @@ def options_from_proto(o: pb.CallOptions) -> CallOptions:
 
 def call_request(tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions,
                  codec: Codec = PLAIN) -> pb.CallRequest:
+    """The request of a call; a value that cannot be sent raises InvalidArguments, as the
+    embedded pool does."""
     req = pb.CallRequest(tool=tool, options=options_to_proto(options))
-    if args:
-        req.args.CopyFrom(codec.encode(list(args)))
-    if kwargs:
-        req.kwargs.CopyFrom(codec.encode(kwargs))
+    with unsendable(tool):
+        if args:
+            req.args.CopyFrom(codec.encode(list(args)))
+        if kwargs:
+            req.kwargs.CopyFrom(codec.encode(kwargs))
     return req
+
+
+@contextlib.contextmanager
+def unsendable(tool: str) -> Iterator[None]:
+    """Turn a value the client cannot encode into the InvalidArguments a pool raises."""
+    try:
+        yield
+    except BadValue as exc:
+        raise InvalidArguments(f"an argument of {tool}() cannot be sent: {exc}",
+                               tool=tool) from None
 
 
 def call_from_request(req: pb.CallRequest, codec: Codec = PLAIN
@@ -79,8 +94,10 @@ def call_from_request(req: pb.CallRequest, codec: Codec = PLAIN
 
 def map_request(tool: str, columns: list[list[Any]], options: CallOptions,
                 chunksize: int | None, codec: Codec = PLAIN) -> pb.MapRequest:
-    return pb.MapRequest(tool=tool, columns=codec.encode(columns),
-                         options=options_to_proto(options), chunksize=chunksize)
+    with unsendable(tool):
+        encoded = codec.encode(columns)
+    return pb.MapRequest(tool=tool, columns=encoded, options=options_to_proto(options),
+                         chunksize=chunksize)
 
 
 def map_from_request(req: pb.MapRequest, codec: Codec = PLAIN
