@@ -3,7 +3,38 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
+
+
+class WorkerState(str, Enum):
+    """Where a worker is in its life (a ``str``: compares equal to its value, e.g. "idle").
+
+    starting   its kernel is launching and has not answered the readiness check yet
+    idle       ready, no call in flight
+    busy       ready, calls in flight (``idle`` and ``busy`` are one stored state, told apart
+               by whether calls are in flight, so a call costs no transition)
+    recycling  its successor serves; it finishes its in-flight calls and then stops
+    unhealthy  it stopped answering; its calls failed and it is being killed
+    stopping   asked to exit (recycle done, pool closing)
+    dead       its process is gone
+
+    A warm spare is not a state: it is an ``idle`` worker with ``spare`` set, held back from
+    calls until a crash or a recycle promotes it.
+    """
+
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    RECYCLING = "recycling"
+    UNHEALTHY = "unhealthy"
+    STOPPING = "stopping"
+    DEAD = "dead"
+
+    __hash__ = str.__hash__  # so that "idle" and WorkerState.IDLE are one key in a dict or set
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -21,13 +52,16 @@ class ToolInfo:
     streaming: bool = False
 
 
+_STATES = {s.value for s in WorkerState}
+
+
 @dataclass(frozen=True)
 class WorkerInfo:
     """A snapshot of one worker kernel's health."""
 
     id: int
     pool: str
-    state: str
+    state: WorkerState
     pid: int | None = None
     connection_file: str | None = None
     rss: int = 0
@@ -41,7 +75,11 @@ class WorkerInfo:
     recycle_reason: str | None = None
     last_heartbeat: float | None = None  # seconds since the epoch of the last heartbeat reply
     recycle_in: dict[str, float] = field(default_factory=dict)
-    spare: bool = False
+    spare: bool = False   # a warm spare (state idle), held back until it is promoted
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.state, WorkerState) and self.state in _STATES:
+            object.__setattr__(self, "state", WorkerState(self.state))  # e.g. read from gRPC
 
     @property
     def attach_command(self) -> str:

@@ -1,4 +1,9 @@
-"""The crash barrier: why a worker died, in words, and which tools keep killing workers."""
+"""The crash barrier: why a worker died, in words; whether the tool may have caused it; and
+which tools keep killing workers.
+
+Everything here is pure (no kernels, no event loop), so the barrier's decisions are unit
+tested in milliseconds (tests/test_pool_unit.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -57,11 +63,25 @@ def memory_limit() -> int:
     return psutil.virtual_memory().total
 
 
+# Signals a process raises against itself (a fault in its own code): the tool may be to blame.
+SELF_INFLICTED = {
+    signal.SIGSEGV: "segfault",
+    signal.SIGABRT: "abort",
+    signal.SIGBUS: "bus_error",
+    signal.SIGFPE: "fpe",
+    signal.SIGILL: "illegal_instruction",
+}
+# Reasons of deaths the running tool may have caused: the taint rule, in the classifier's terms.
+TOOL_MAY_CAUSE = frozenset({*SELF_INFLICTED.values(), "oom", "exit"})
+
+
 @dataclass
 class Death:
     """How a worker process ended."""
 
-    reason: str          # segfault | abort | oom | killed | terminated | signal | exit
+    # segfault | abort | bus_error | fpe | illegal_instruction | oom | killed | terminated |
+    # signal | exit
+    reason: str
     returncode: int | None
     signal: str | None
     rss: int             # last RSS seen, bytes (0 when never sampled)
@@ -70,17 +90,32 @@ class Death:
         words = {
             "segfault": "crashed with a segmentation fault (SIGSEGV)",
             "abort": "aborted (SIGABRT)",
+            "bus_error": "crashed with a bus error (SIGBUS)",
+            "fpe": "crashed with a floating-point exception (SIGFPE)",
+            "illegal_instruction": "crashed on an illegal instruction (SIGILL)",
             "oom": "was killed by the OOM killer",
             "killed": "was killed (SIGKILL)",
             "terminated": "was terminated (SIGTERM)",
             "signal": f"was killed by {self.signal}",
             "exit": f"exited with code {self.returncode}",
         }
+        if self.reason == "exit" and self.returncode is None:
+            return "exited"
         return words.get(self.reason, "exited")
 
+    @property
+    def from_outside(self) -> bool:
+        """Killed by a signal another process sent: SIGKILL not attributed to the OOM killer,
+        SIGTERM, or a signal a process does not raise against itself."""
+        return self.reason in ("killed", "terminated", "signal")
 
-def classify(returncode: int | None, rss: int, oom_before: int | None) -> Death:
-    """Name a worker's death from its return code, last RSS and the cgroup's OOM counter."""
+
+def classify(returncode: int | None, rss: int, oom_before: int | None,
+             oom_now: Callable[[], int | None] = oom_kills,
+             limit: Callable[[], int] = memory_limit) -> Death:
+    """Name a worker's death from its return code, last RSS and the cgroup's OOM counter
+    (``oom_before``: the counter when the worker started; ``oom_now`` and ``limit`` read the
+    counter and the memory limit now)."""
     if returncode is None or returncode >= 0:
         return Death("exit", returncode, None, rss)
     signum = -returncode
@@ -88,20 +123,53 @@ def classify(returncode: int | None, rss: int, oom_before: int | None) -> Death:
         name = signal.Signals(signum).name
     except ValueError:
         name = f"signal {signum}"
-    if signum == signal.SIGSEGV:
-        reason = "segfault"
-    elif signum == signal.SIGABRT:
-        reason = "abort"
+    if signum in SELF_INFLICTED:
+        reason = SELF_INFLICTED[signal.Signals(signum)]
     elif signum == signal.SIGKILL:
-        now = oom_kills()
+        now = oom_now()
         by_counter = now is not None and oom_before is not None and now > oom_before
-        by_memory = rss > 0 and rss >= 0.9 * memory_limit()
+        by_memory = rss > 0 and rss >= 0.9 * limit()
         reason = "oom" if by_counter or by_memory else "killed"
     elif signum == signal.SIGTERM:
         reason = "terminated"
     else:
         reason = "signal"
     return Death(reason, returncode, name, rss)
+
+
+def counts_toward_taint(death: Death, killed_by_pool: bool) -> bool:
+    """True when the tool a worker was running may have caused its ``death``, so that the
+    death counts toward quarantining the tool.
+
+    Counted: a signal the process raised itself (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL),
+    the kernel exiting on its own (a known exit status), and a SIGKILL the classifier
+    attributes to the OOM killer.  Never counted: any other SIGKILL or SIGTERM (someone else
+    sent it), other signals, and every kill the pool made itself (cancel grace, unhealthy,
+    restart, recycle).
+    """
+    if killed_by_pool:
+        return False
+    if death.reason == "exit":
+        return death.returncode is not None
+    return death.reason in TOOL_MAY_CAUSE
+
+
+def start_failure_backs_off(death: Death | None, killed_by_pool: bool) -> bool:
+    """True when a worker that failed to start should delay the next start attempt.
+
+    A kernel killed from outside (or by the pool) while it started says nothing about the
+    next start, so the refill goes on at once.  An import error or exit on its own, an OOM
+    kill, or a start timeout (no death: ``None``) would fail the same way again: back off.
+    """
+    if death is None:
+        return True
+    return not (killed_by_pool or death.from_outside)
+
+
+def should_retry(idempotent: bool, pinned: bool, attempts: int, retries: int) -> bool:
+    """True when a call whose worker died may be resubmitted to another worker: it is
+    idempotent, not bound to that worker (a session or a pin), and has retries left."""
+    return idempotent and not pinned and attempts < retries
 
 
 def crash_message(worker_id: int, death: Death, activity: str) -> str:
@@ -113,18 +181,24 @@ def crash_message(worker_id: int, death: Death, activity: str) -> str:
 
 
 class TaintTracker:
-    """Counts worker crashes per tool; a tool that keeps crashing workers is quarantined."""
+    """Counts, per tool, the worker deaths it may have caused; a tool with ``threshold`` of
+    them within ``window`` seconds is quarantined for ``period`` seconds.
 
-    def __init__(self, threshold: int = 3, window: float = 60.0, period: float = 60.0) -> None:
+    ``clock`` gives monotonic seconds (a parameter so that tests need not wait).
+    """
+
+    def __init__(self, threshold: int = 3, window: float = 60.0, period: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold = threshold
         self.window = window
         self.period = period
+        self._clock = clock
         self._crashes: dict[str, deque[float]] = defaultdict(deque)
         self._until: dict[str, float] = {}
 
     def record(self, tool: str) -> bool:
         """Note a crash while running ``tool``; True when that taints the tool."""
-        now = time.monotonic()
+        now = self._clock()
         times = self._crashes[tool]
         times.append(now)
         while times and now - times[0] > self.window:
@@ -139,12 +213,17 @@ class TaintTracker:
         until = self._until.get(tool)
         if until is None:
             return None
-        left = until - time.monotonic()
+        left = until - self._clock()
         if left <= 0:
             del self._until[tool]
             self._crashes.pop(tool, None)
             return None
         return left
+
+    def untaint(self, tool: str) -> bool:
+        """Lift ``tool``'s quarantine now and forget its crashes; True when it was quarantined."""
+        self._crashes.pop(tool, None)
+        return self._until.pop(tool, None) is not None
 
     def count(self, tool: str) -> int:
         return len(self._crashes.get(tool, ()))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from typing import Iterable
 
-from ..exceptions import QueueFull
+from ..exceptions import PoolClosed, QueueFull
 from .call import Call
-from .worker import Worker
+from .state import WorkerBase as Worker
 
 
 def pick(workers: Iterable[Worker], call: Call) -> Worker | None:
@@ -25,25 +26,61 @@ def pick(workers: Iterable[Worker], call: Call) -> Worker | None:
 
 
 class WaitQueue:
-    """Calls waiting for a worker, first in first out, at most ``bound`` of them."""
+    """What waits for a worker, at most ``bound`` entries: calls, first in first out, and
+    sessions being opened while no worker serves (woken together when one does)."""
 
     def __init__(self, bound: int, pool: str) -> None:
         self.bound = bound
         self.pool = pool
         self._calls: deque[Call] = deque()
+        self.openers: list[asyncio.Future[None]] = []  # sessions waiting for a serving worker
 
     def __len__(self) -> int:
-        return len(self._calls)
+        return len(self._calls) + len(self.openers)
+
+    def _full(self, what: str, tool: str | None) -> QueueFull:
+        return QueueFull(
+            f"pool '{self.pool}': {what} and {self.bound} calls are already waiting "
+            f"(queue_size={self.bound}); raise queue_size or add workers", tool=tool)
 
     def push(self, call: Call) -> int:
         """Queue ``call``; returns its position.  Raises QueueFull at the bound."""
-        if len(self._calls) >= self.bound:
-            raise QueueFull(
-                f"pool '{self.pool}': all workers are busy and {self.bound} calls are already "
-                f"waiting (queue_size={self.bound}); raise queue_size or add workers",
-                tool=call.tool)
+        if len(self._calls) + len(self.openers) >= self.bound:
+            raise self._full("all workers are busy", call.tool)
         self._calls.append(call)
         return len(self._calls) - 1
+
+    def wait_for_worker(self) -> asyncio.Future[None]:
+        """A future that resolves when a worker starts serving (:meth:`wake`); a session
+        opener's place in the queue.  Raises QueueFull at the bound.  Pair with
+        :meth:`stop_waiting`."""
+        if len(self) >= self.bound:
+            raise self._full("no worker is ready to hold a session", None)
+        fut = asyncio.get_running_loop().create_future()
+        self.openers.append(fut)
+        return fut
+
+    def stop_waiting(self, fut: asyncio.Future[None]) -> None:
+        if fut in self.openers:
+            self.openers.remove(fut)
+
+    def wake(self) -> None:
+        """A worker serves now: every session opener looks again."""
+        for fut in self.openers:
+            if not fut.done():
+                fut.set_result(None)
+        self.openers.clear()
+
+    def close(self) -> None:
+        """The pool closes: everything still waiting fails with PoolClosed."""
+        message = "the pool was closed while this was waiting for a worker"
+        for call in list(self._calls):
+            call.fail(PoolClosed(message))
+        self._calls.clear()
+        for fut in self.openers:
+            if not fut.done():
+                fut.set_exception(PoolClosed(message))
+        self.openers.clear()
 
     def take_for(self, worker: Worker) -> Call | None:
         """Remove and return the first waiting call that ``worker`` can run now."""

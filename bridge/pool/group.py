@@ -13,14 +13,12 @@ from ..exceptions import StartError
 from .call import Call
 from .channel import Channel
 from ..kernels.arrow import Transport
-from .crash import TaintTracker
+from .crash import TaintTracker, start_failure_backs_off
 from .dispatch import WaitQueue, pick
 from .kernel import worker_spec
 from .worker import Worker
 
 log = logging.getLogger("kernelpit")
-
-HARD_RECYCLE = ("memory", "manual", "unhealthy")
 
 
 class WorkerGroup:
@@ -51,11 +49,15 @@ class WorkerGroup:
                                    config.taint_period)
         self.closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Refills, counted: starts that failed and delayed the next attempt (a real problem:
+        # import error, exit, timeout), and starts killed from outside, retried at once.
+        self.start_backoffs = 0
+        self.starts_killed = 0
 
     # -- starting workers --------------------------------------------------------------------
-    def _make_worker(self) -> Worker:
+    def _make_worker(self, spare: bool = False) -> Worker:
         return Worker(self._new_id(), self.config, self.spec, self._channel, self._run_dir,
-                      self._run_id, self._on_worker_exit, self.transport)
+                      self._run_id, self._on_worker_exit, self.transport, spare)
 
     async def _start_one(self, worker: Worker) -> None:
         async with self._start_slots:
@@ -85,22 +87,31 @@ class WorkerGroup:
         for _ in range(self.config.spares):
             self._spawn(self._add_spare())
 
-    async def _start_worker(self, spare: bool = False, attempts: int | None = None) -> Worker | None:
-        """Start a worker, retrying with backoff (forever unless ``attempts``); None if closing."""
+    async def _start_worker(self, spare: bool = False) -> Worker | None:
+        """Start a worker, retrying until one is ready; None when the pool closes first.
+
+        A start that fails by itself (import error, exit, timeout) delays the next attempt,
+        0.5 s doubling to 30 s; a kernel killed from outside while it starts is replaced at
+        once (``start_failure_backs_off``), so kills cannot push the refill into backoff.
+        """
         delay, failures = 0.5, 0
         while not self.closing:
-            worker = self._make_worker()
-            worker.spare = spare
+            worker = self._make_worker(spare)
             self.workers[worker.id] = worker
             try:
                 await self._start_one(worker)
             except Exception as exc:  # noqa: BLE001
                 self.workers.pop(worker.id, None)
+                death, by_pool = worker.death, worker.killed_by_pool
                 with contextlib.suppress(Exception):
                     await worker.stop()
+                if not start_failure_backs_off(death, by_pool):
+                    self.starts_killed += 1
+                    log.info("pool '%s': worker %d %s while starting; starting another at once",
+                             self.name, worker.id, death.describe() if death else "ended")
+                    continue
                 failures += 1
-                if attempts is not None and failures >= attempts:
-                    return None
+                self.start_backoffs += 1
                 log.warning("pool '%s': a new worker failed to start (%d in a row; retrying in "
                             "%.1f s): %s", self.name, failures, delay, exc)
                 await asyncio.sleep(delay)
@@ -118,8 +129,7 @@ class WorkerGroup:
 
     def _take_spare(self) -> Worker | None:
         for w in self.workers.values():
-            if w.spare and w.state == "idle":
-                w.spare = False
+            if w.promote():
                 self._spawn(self._add_spare())
                 return w
         return None
@@ -145,6 +155,8 @@ class WorkerGroup:
 
     def pump(self, worker: Worker) -> None:
         """Give ``worker`` as many waiting calls as it can take."""
+        if self.queue.openers and worker.serving:
+            self.queue.wake()
         while worker.serving:
             call = self.queue.take_for(worker)
             if call is None:
@@ -169,13 +181,12 @@ class WorkerGroup:
 
     async def _recycle(self, old: Worker, reason: str, on_switch: Callable[[], None]) -> None:
         new = await self._successor(old, reason)
-        if new is None or old.state in ("stopping", "dead"):
+        if new is None or not old.drain():  # closing, or ``old`` died or went unhealthy meanwhile
             if new is not None:
                 self.pump(new)
             return
         log.info("pool '%s': recycling worker %d (%s); worker %d takes its place",
                  self.name, old.id, reason, new.id)
-        old.set_state("recycling")
         on_switch()
         self.pump(new)
         if not old.inflight:

@@ -13,14 +13,13 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from .. import events as ev
 from ..config import PoolConfig
 from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, PoolClosed, PoolNotFound,
-                          SessionLost,
-                          ToolNotFound, ToolTainted, WorkerCrashed, WorkerNotFound)
-from ..info import SessionInfo, ToolInfo, WorkerInfo
+                          SessionLost, ToolNotFound, ToolTainted, WorkerCrashed, WorkerNotFound)
+from ..info import SessionInfo, ToolInfo, WorkerInfo, WorkerState
 from ..kernels.schema import check_arguments, check_columns
 from .call import Call, CallOptions
 from .channel import Channel
@@ -29,10 +28,13 @@ from . import reaper, registry as run_registry
 from .health import HealthMonitor
 from .sessions import SessionTable
 from ..kernels.arrow import SHM_BASE, Transport, reclaim, shared_dir
-from .crash import classify, crash_message
+from .crash import classify, counts_toward_taint, crash_message, should_retry
 from .worker import Worker
 
 log = logging.getLogger("kernelpit")
+
+# Recycle reasons that do not wait for the worker's sessions to close (their state is lost).
+HARD_RECYCLE = frozenset({"memory", "manual", "unhealthy"})
 
 
 def shared_memory_dir(run_id: str) -> str | None:
@@ -101,8 +103,7 @@ class PoolManager:
         for call in list(self.calls.values()):
             call.fail(PoolClosed("the pool was closed while this call was running"))
         for group in self.groups.values():
-            for call in list(group.queue._calls):
-                call.fail(PoolClosed("the pool was closed while this call was waiting"))
+            group.queue.close()
         await asyncio.gather(*(g.stop() for g in self.groups.values()), return_exceptions=True)
         run_registry.close_run(self.run_id)  # orphan registry: this run's kernels are gone
         if self._channel is not None:
@@ -132,7 +133,7 @@ class PoolManager:
             return
         worker.end(call)
         group = self.groups[worker.config.name]
-        if worker.state == "recycling":
+        if worker.state is WorkerState.RECYCLING:
             if not worker.inflight:
                 group.retire_soon(worker)
             return
@@ -148,12 +149,11 @@ class PoolManager:
 
     def _recycle(self, worker: Worker, reason: str) -> None:
         """Replace ``worker`` without downtime (see WorkerGroup.recycle)."""
-        if worker.recycle_pending or not worker.serving or self.closed:
+        if self.closed or worker.recycle_pending or not worker.serving:
             return
-        hard = reason in ("memory", "manual", "unhealthy")
-        if not hard and worker.sessions:
+        if reason not in HARD_RECYCLE and worker.sessions:
             return  # ttl / max_calls wait until the sessions it holds are closed
-        worker.recycle_pending = reason
+        worker.request_recycle(reason)
         group = self.groups[worker.config.name]
 
         def switch() -> None:
@@ -169,20 +169,17 @@ class PoolManager:
         group.recycle(worker, reason, switch)
 
     def _mark_unhealthy(self, worker: Worker, why: str) -> None:
-        """A worker that stopped answering: fail its calls, lose its sessions, kill it."""
-        if worker.state in ("unhealthy", "stopping", "dead"):
+        """A worker that stopped answering: fail its calls now, kill it (its sessions are lost
+        when it exits)."""
+        if not worker.mark_unhealthy():
             return
         log.warning("worker %d of pool '%s' %s; replacing it", worker.id, worker.config.name, why)
-        worker.set_state("unhealthy")
-        worker.replace_reason = "unhealthy"
-        for call in list(worker.inflight.values()):
-            call.fail(WorkerCrashed(f"worker {worker.id} {why} {worker.activity()}; it was "
-                                    "killed and replaced", tool=call.tool, call_id=call.id,
-                                    worker=worker.id))
-            self.calls.pop(call.id, None)
-        worker.inflight.clear()
-        worker.killed_by_pool = True
-        asyncio.ensure_future(worker.kill())
+        worker.note_kill("unhealthy")
+        activity = worker.activity()
+        self._lose_calls(worker, False, lambda call: WorkerCrashed(
+            f"worker {worker.id} {why} {activity}; it was killed and replaced", tool=call.tool,
+            call_id=call.id, worker=worker.id))
+        asyncio.ensure_future(worker.kill("unhealthy"))
 
     def _on_worker_exit(self, worker: Worker) -> None:
         """A worker process ended by itself (or by our kill): the crash barrier."""
@@ -190,23 +187,16 @@ class PoolManager:
         how = death.describe()
         group = self.groups[worker.config.name]
         reclaim(self.shm_dir, f"w{worker.id}")  # values it wrote that nobody received
-        for call in list(worker.inflight.values()):
-            self.calls.pop(call.id, None)
-            if call.shared:
-                call.reclaim()
-            if not worker.killed_by_pool and group.taints.record(call.tool):
-                log.warning("pool '%s': tool %s() crashed %d workers within %g s; it is "
-                            "quarantined for %g s", group.name, call.tool,
-                            group.taints.count(call.tool), group.taints.window, group.taints.period)
-            if self._retry(group, call):
-                continue
+
+        def crashed(call: Call) -> WorkerCrashed:
             message = crash_message(worker.id, death, f"while running {call.describe()}")
             if call.cancel_sent:
                 message += "; it was restarted because the cancelled tool did not stop"
-            call.fail(WorkerCrashed(message, exit_code=death.returncode, signal=death.signal,
-                                    reason=death.reason, tool=call.tool, call_id=call.id,
-                                    worker=worker.id))
-        worker.inflight.clear()
+            return WorkerCrashed(message, exit_code=death.returncode, signal=death.signal,
+                                 reason=death.reason, tool=call.tool, call_id=call.id,
+                                 worker=worker.id)
+
+        self._lose_calls(worker, counts_toward_taint(death, worker.killed_by_pool), crashed)
         for session in self.sessions.on_worker(worker.id):
             session.lost = f"worker {worker.id} holding it {how}"
         for call in group.queue.drop_pinned(worker.id):
@@ -217,20 +207,42 @@ class PoolManager:
                                  exit_code=worker.returncode, reason=death.reason, tool=call.tool,
                                  worker=worker.id))
             call.fail(exc)
-        if worker.state != "recycling":
+        if worker.state_at_death is not WorkerState.RECYCLING:
             log.warning("worker %d of pool '%s' %s; starting a replacement", worker.id,
                         group.name, how)
         group.remove(worker)
 
+    def _lose_calls(self, worker: Worker, taints: bool,
+                    error: Callable[[Call], BaseException]) -> None:
+        """The one way a lost worker's (unhealthy or dead) in-flight calls end: each is
+        forgotten and its shared-memory arguments reclaimed, counted against its tool when the
+        loss ``taints``, then resubmitted elsewhere if it may be retried, else failed with
+        ``error(call)``."""
+        group = self.groups[worker.config.name]
+        calls = list(worker.inflight.values())
+        worker.inflight.clear()
+        for call in calls:
+            self.calls.pop(call.id, None)
+            if call.shared:
+                call.reclaim()
+            if taints and group.taints.record(call.tool):
+                log.warning("pool '%s': tool %s() crashed %d workers within %g s; it is "
+                            "quarantined for %g s", group.name, call.tool,
+                            group.taints.count(call.tool), group.taints.window, group.taints.period)
+            if not self._retry(group, call):
+                call.fail(error(call))
+
     def _retry(self, group: WorkerGroup, call: Call) -> bool:
-        """Resubmit an idempotent call whose worker died; False when it may not be retried."""
+        """Resubmit an idempotent call whose worker was lost; False when it may not be retried."""
         cfg = group.config
-        if (not call.idempotent or call.pinned is not None or call.done
-                or call.attempts >= cfg.retries or self.closed):
+        if call.done or self.closed or not should_retry(call.idempotent, call.pinned is not None,
+                                                        call.attempts, cfg.retries):
             return False
         call.attempts += 1
         call.worker = None
         call.cancel_sent = False
+        if call.shared:  # the lost worker consumed (or never read) its files: write them anew
+            call.frames = call._encode()
         self.calls[call.id] = call
         delay = cfg.retry_backoff * 2 ** (call.attempts - 1)
         log.info("retrying idempotent %s (attempt %d of %d) in %.2f s", call.describe(),
@@ -256,11 +268,30 @@ class PoolManager:
     def _check_taint(group: WorkerGroup, tool: str) -> None:
         left = group.taints.tainted(tool)
         if left is not None:
+            until = time.time() + left
             raise ToolTainted(
                 f"tool {tool}() crashed {group.taints.count(tool)} workers of pool "
-                f"'{group.name}' within {group.taints.window:g} s, so it is quarantined for "
-                f"another {left:.0f} s instead of taking more workers down; fix the tool or "
-                "wait", tool=tool)
+                f"'{group.name}' within {group.taints.window:g} s (segfault, abort, OOM kill or "
+                f"exit while running it), so it is quarantined instead of taking more workers "
+                f"down; the quarantine lifts in {left:.0f} s, at "
+                f"{time.strftime('%H:%M:%S', time.localtime(until))}. Fix the tool, then lift it "
+                f"now with pool.untaint({tool!r}) or `kernelpit untaint {tool}`",
+                tool=tool, until=until)
+
+    def untaint(self, tool: str, pool: str | None = None) -> bool:
+        """Lift ``tool``'s quarantine now (in ``pool``, or every pool serving it) and forget
+        its crashes; True when a quarantine was lifted.  Raises ToolNotFound for a tool that
+        no pool (or not ``pool``) serves, PoolNotFound for an unknown pool."""
+        groups = [self._pool(pool)] if pool is not None else list(self.groups.values())
+        serving = [g for g in groups if tool in g.tools]
+        if not serving:
+            if pool is not None:
+                raise ToolNotFound(f"pool '{pool}' has no tool named '{tool}'", tool=tool)
+            self._group_for(tool, CallOptions())  # raises ToolNotFound with suggestions
+        lifted = [g.taints.untaint(tool) for g in serving]
+        if any(lifted):
+            log.warning("tool %s() was taken out of quarantine by hand", tool)
+        return any(lifted)
 
     # -- calls ---------------------------------------------------------------------
     def _worker(self, worker_id: int) -> Worker | None:
@@ -270,13 +301,19 @@ class PoolManager:
                 return w
         return None
 
+    def _pool(self, name: str) -> WorkerGroup:
+        """The named pool; PoolNotFound (listing the pools) when there is none of that name."""
+        try:
+            return self.groups[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self.groups), n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise PoolNotFound(f"no pool named '{name}'{hint} (pools: "
+                               f"{', '.join(self.groups) or 'none'})") from None
+
     def _group_for(self, tool: str, options: CallOptions) -> WorkerGroup:
         if options.pool is not None:
-            try:
-                return self.groups[options.pool]
-            except KeyError:
-                raise ToolNotFound(f"no pool named '{options.pool}' (pools: "
-                                   f"{', '.join(self.groups)})", tool=tool) from None
+            return self._pool(options.pool)
         for group in self.groups.values():
             if tool in group.tools:
                 return group
@@ -355,7 +392,7 @@ class PoolManager:
         if call.id in worker.inflight and worker.serving:
             log.warning("worker %d: %s did not stop within %g s of being cancelled; restarting it",
                         worker.id, call.describe(), worker.config.cancel_grace)
-            asyncio.ensure_future(worker.kill())
+            asyncio.ensure_future(worker.kill("cancel grace"))
 
     async def call(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions) -> Any:
         group, call = self._prepare(tool, args, kwargs, options, streaming=False)
@@ -444,18 +481,32 @@ class PoolManager:
 
     # -- sessions --------------------------------------------------------------------
     async def open_session(self, pool: str | None, ttl: float | None, metadata: dict[str, str],
-                     session_id: str | None = None) -> SessionInfo:
-        if self.closed:
-            raise PoolClosed("the pool is closed")
-        name = pool or next(iter(self.groups))
-        group = self.groups.get(name)
-        if group is None:
-            raise ValueError(f"no pool named '{name}' (pools: {', '.join(self.groups)})")
-        ready = [w for w in group.workers.values() if w.serving]
-        if not ready:
-            raise PoolClosed(f"pool '{name}' has no ready worker to hold a session")
+                           session_id: str | None = None,
+                           deadline: float | None = None) -> SessionInfo:
+        """Open a session on the least-loaded serving worker.  When none serves (all starting
+        or being replaced), wait for one the way a call waits: in the pool's wait queue (its
+        bound applies: QueueFull), until ``deadline`` seconds (DeadlineExceeded)."""
+        if self.closed or not self.started:
+            raise PoolClosed("the pool is closed" if self.closed else "the pool is not started")
+        group = self._pool(pool) if pool is not None else next(iter(self.groups.values()))
+        loop = asyncio.get_running_loop()
+        end = None if deadline is None else loop.time() + deadline
+        while True:
+            ready = [w for w in group.workers.values() if w.serving]
+            if ready:
+                break
+            wake = group.queue.wait_for_worker()
+            try:
+                await asyncio.wait_for(wake, None if end is None else max(0.0, end - loop.time()))
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(
+                    f"no worker of pool '{group.name}' became ready to hold a session within the "
+                    f"deadline of {deadline:g} s; its workers are starting or being replaced "
+                    "(see pool.workers())") from None
+            finally:
+                group.queue.stop_waiting(wake)
         worker = min(ready, key=lambda w: (w.sessions, len(w.inflight), w.calls))
-        session = self.sessions.open(name, worker.id, ttl, metadata, session_id)
+        session = self.sessions.open(group.name, worker.id, ttl, metadata, session_id)
         worker.sessions += 1
         return session.info()
 
@@ -482,12 +533,8 @@ class PoolManager:
 
     # -- introspection and control ------------------------------------------------------
     def tools(self, pool: str | None = None) -> list[ToolInfo]:
-        if pool is not None and pool not in self.groups:
-            raise PoolNotFound(f"no pool named '{pool}' (pools: {', '.join(self.groups)})")
         out = []
-        for group in self.groups.values():
-            if pool is not None and group.name != pool:
-                continue
+        for group in [self._pool(pool)] if pool is not None else self.groups.values():
             for t in group.tools.values():
                 out.append(ToolInfo(name=t["name"], doc=t.get("doc", ""),
                                     signature=t.get("signature", ""), parameters=t["schema"],
@@ -524,9 +571,7 @@ class PoolManager:
 
     async def restart(self, worker_id: int) -> None:
         """Kill a worker now; the pool starts a fresh one in its place."""
-        worker = self._require_worker(worker_id)
-        worker.killed_by_pool = True
-        await worker.kill()
+        await self._require_worker(worker_id).kill("restart")
 
     async def recycle(self, worker_id: int) -> None:
         """Replace a worker without downtime: a successor first, then it drains and stops."""

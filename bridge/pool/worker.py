@@ -18,7 +18,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 from ..config import PoolConfig
 from ..events import Started
 from ..exceptions import StartError
-from ..info import WorkerInfo
+from ..info import WorkerInfo, WorkerState
 from . import deathwatch
 from .call import Call
 from .channel import Channel
@@ -26,6 +26,7 @@ from .crash import Death, classify, oom_kills
 from ..kernels.arrow import Transport
 from .kernel import channel_url, launch, worker_env
 from . import registry as run_registry
+from .state import WorkerBase
 
 _ping_ids = itertools.count(1)
 
@@ -42,24 +43,19 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-class Worker:
-    """A kernel serving tool calls.  ``state``: starting, idle, busy, stopping, dead."""
+class Worker(WorkerBase):
+    """A kernel serving tool calls: its state machine (``WorkerBase``) plus the process."""
 
     def __init__(self, worker_id: int, config: PoolConfig, spec: KernelSpec, channel: Channel,
                  run_dir: Path, run_id: str, on_exit: Callable[["Worker"], None],
-                 transport: Transport | None = None) -> None:
-        self.id = worker_id
+                 transport: Transport | None = None, spare: bool = False) -> None:
+        super().__init__(worker_id, config, spare)
         self.transport = transport
-        self.config = config
         self._spec = spec
         self._channel = channel
         self._run_dir = run_dir
         self._run_id = run_id
         self._on_exit = on_exit
-        self._state = "starting"
-        self.inflight: dict[int, Call] = {}
-        self.calls = 0
-        self.sessions = 0
         self.km: AsyncKernelManager | None = None
         self.pid: int | None = None
         self.connection_file: str | None = None
@@ -73,7 +69,6 @@ class Worker:
         self._pongs: dict[int, asyncio.Future[None]] = {}
         self._unwatch: Callable[[], None] | None = None
         self._proc: psutil.Process | None = None
-        self.spare = False            # started and ready, but held back as a warm spare
         self.rss = 0                  # bytes, kernel process plus its children, last sample
         self.cpu = 0.0
         self.sampled_at = 0.0
@@ -81,52 +76,8 @@ class Worker:
         self.recycles = 0             # recycles in this worker slot's lineage
         self.recycle_reason: str | None = None
         self.death: Death | None = None
-        self.recycle_pending: str | None = None
-        self.replace_reason: str | None = None  # "unhealthy": its successor counts as a recycle
-        self.killed_by_pool = False   # restarted or replaced by the pool, not a crash of the tool
         self._oom_before = oom_kills()
         self._hb: Any = None
-
-    # -- state -----------------------------------------------------------------------
-    @property
-    def state(self) -> str:
-        """starting, idle, busy, recycling, unhealthy, stopping or dead."""
-        if self._state == "ready":
-            return "busy" if self.inflight and not self.spare else "idle"
-        return self._state
-
-    def set_state(self, state: str) -> None:
-        """Move to ``recycling`` (drain: no new calls) or ``unhealthy``; ``ready`` to serve."""
-        if self._state not in ("stopping", "dead"):
-            self._state = state
-
-    @property
-    def serving(self) -> bool:
-        return self._state == "ready" and not self.spare
-
-    def saturated(self) -> bool:
-        """True when no waiting call of any kind could start here now (skip the queue scan)."""
-        if not self.serving:
-            return True
-        if not self.inflight:
-            return False
-        running = self.inflight.values()
-        batches = all(c.columns is not None for c in running)
-        if len(self.inflight) >= self.config.concurrency:
-            return not batches or len(self.inflight) > self.config.concurrency
-        return not (batches or all(c.thread_safe for c in running))
-
-    def can_take(self, call: Call) -> bool:
-        if not self.serving:
-            return False
-        if not self.inflight:
-            return True
-        if call.columns is not None and len(self.inflight) <= self.config.concurrency and all(
-                c.columns is not None for c in self.inflight.values()):
-            return True  # map chunks: one more queued in the worker hides the round trip
-        if len(self.inflight) >= self.config.concurrency or not call.thread_safe:
-            return False
-        return all(c.thread_safe for c in self.inflight.values())
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -159,7 +110,7 @@ class Worker:
         self.tools = hello.get("tools", [])
         await self.ping(timeout=cfg.start_timeout)
         self.sample()  # a first RSS figure, so even an early crash can say how big it was
-        self._state = "ready"
+        self.ready()
 
     def _connection_file(self) -> str:
         runtime = Path(jupyter_runtime_dir())
@@ -191,8 +142,7 @@ class Worker:
         if proc is not None:
             with contextlib.suppress(Exception):
                 self.returncode = proc.poll()
-        was = self._state
-        self._state = "dead"
+        was = self.died()
         run_registry.gone(self._run_id, self.id)  # orphan registry: the kernel exited
         self.death = classify(self.returncode, self.rss, self._oom_before)
         if self._hb is not None:
@@ -200,19 +150,21 @@ class Worker:
             self._hb = None
         if not self._exit.done():
             self._exit.set_result(None)
-        if not self._hello.done():
-            self._hello.set_exception(StartError(
+        if was is WorkerState.STARTING:  # fail the start (its hello or its first ping) now
+            error = StartError(
                 f"worker {self.id} of pool '{self.config.name}' {describe_exit(self.returncode)} "
-                f"during start; kernel log {self.log_path}:\n{self.log_tail()}"))
-            self._hello.exception()
+                f"during start; kernel log {self.log_path}:\n{self.log_tail()}")
+            for fut in (self._hello, *self._pongs.values()):
+                if not fut.done():
+                    fut.set_exception(error)
+                    fut.exception()
             return
-        if was != "stopping":
+        if was is not WorkerState.STOPPING:
             self._on_exit(self)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop the kernel: ask the agent to exit, then make sure (kill the process group)."""
-        if self._state != "dead":
-            self._state = "stopping"
+        if self.begin_stop():
             self._channel.send(self.id, {"op": "stop"})
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._exit), grace)
@@ -229,12 +181,13 @@ class Worker:
                 else:
                     self.km.cleanup_resources()
         run_registry.gone(self._run_id, self.id)  # orphan registry: the kernel was stopped
-        self._state = "dead"
+        self.died()
 
-    async def kill(self) -> None:
-        """Kill the kernel's process group now (a stuck worker, or a restart)."""
-        self.killed_by_pool = True
-        if self.km is not None and self._state != "dead":
+    async def kill(self, why: str) -> None:
+        """Kill the kernel's process group now: ``why`` the pool does it (cancel grace,
+        unhealthy, restart), so that its death is not counted against the tool."""
+        self.note_kill(why)
+        if self.km is not None and self._state is not WorkerState.DEAD:
             with contextlib.suppress(Exception):
                 await self.km.provisioner.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
 
@@ -242,7 +195,7 @@ class Worker:
         """SIGINT the kernel (stops a running notebook cell) and cancel running tool calls."""
         for call_id in list(self.inflight):
             self._channel.send(self.id, {"op": "cancel", "id": call_id})
-        if self.km is not None and self._state != "dead":
+        if self.km is not None and self._state is not WorkerState.DEAD:
             await self.km.interrupt_kernel()
 
     # -- calls -----------------------------------------------------------------------
@@ -252,10 +205,6 @@ class Worker:
         call.started = time.monotonic()
         call.emit(Started(worker=self.id))
         self._channel.send(self.id, call.frames)
-
-    def end(self, call: Call) -> None:
-        if self.inflight.pop(call.id, None) is not None:
-            self.calls += 1
 
     def cancel(self, call: Call) -> None:
         if call.id in self.inflight and not call.cancel_sent:
@@ -273,7 +222,7 @@ class Worker:
     def sample(self, max_age: float = 0.0) -> int:
         """Refresh RSS (kernel plus children) and CPU %, unless sampled within ``max_age`` s."""
         now = time.monotonic()
-        if not self.pid or self._state == "dead" or now - self.sampled_at < max_age:
+        if not self.pid or self._state is WorkerState.DEAD or now - self.sampled_at < max_age:
             return self.rss
         try:
             if self._proc is None or self._proc.pid != self.pid:
@@ -296,7 +245,7 @@ class Worker:
         import zmq
         import zmq.asyncio
 
-        if self.km is None or self._state == "dead":
+        if self.km is None or self._state is WorkerState.DEAD:
             return False
         if self._hb is None:
             info = self.km.get_connection_info()
