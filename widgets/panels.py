@@ -48,7 +48,7 @@ def state_badge(state: str) -> str:
 
 
 def recycle_cell(w: Any) -> str:
-    if w.state in ("stopping", "draining") and w.recycle_reason:
+    if w.state in ("stopping", "recycling") and w.recycle_reason:
         return f"recycling: {w.recycle_reason}"
     text = fmt.recycle_text(None, w.recycle_in)
     if w.recycles and w.recycle_reason:
