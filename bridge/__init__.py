@@ -28,11 +28,12 @@ from .options import CallOptions
 
 if TYPE_CHECKING:
     from . import aio, remote as _remote
-    from .sync import Caller, Pool, Session
+    from .local import Pool
+    from .sync import Caller, Session
 
 # The pool machinery (jupyter_client, psutil, the manager) loads on first use: every worker
 # kernel imports this package for kernelpit.kernels, and must not pay for the control plane.
-_LAZY = {"Pool": ".sync", "Session": ".sync", "Caller": ".sync", "aio": ".aio"}
+_LAZY = {"Pool": ".local", "Session": ".sync", "Caller": ".sync", "aio": ".aio"}
 
 
 def __getattr__(name: str) -> Any:

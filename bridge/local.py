@@ -3,7 +3,10 @@
 :class:`LocalBackend` is the :class:`~kernelpit.backend.Backend` over a
 :class:`~kernelpit.pool.PoolManager`; the gRPC service serves the same object,
 so a bridge answers exactly as an embedded pool does.  :class:`AsyncPool` is the
-asyncio API over it (``kernelpit.aio.Pool``).
+asyncio API over it (``kernelpit.aio.Pool``), :class:`Pool` its blocking twin
+(``kernelpit.Pool``).  (The client of a bridge is built the same way in
+:mod:`kernelpit.remote`, and never imports this module: a client process does not
+load the pool machinery.)
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from .exceptions import ToolNotFound
 from .info import SessionInfo, ToolInfo, WorkerInfo
 from .options import CallOptions
 from .pool import PoolManager
+from .sync import Handle, Portal
 from .watch import WatchEvent, WatchHub
 
 
@@ -162,3 +166,48 @@ class AsyncPool(AsyncHandle):
 
     async def __aenter__(self) -> "AsyncPool":
         return await self.start()
+
+
+class Pool(Handle):
+    """A pool of worker kernels owned by this process.
+
+    ::
+
+        with kernelpit.Pool(adapters=["mytools"], workers=2) as pool:
+            pool.call("add", a=1, b=2)
+
+    Arguments are those of :class:`~kernelpit.config.PoolConfig` (``adapters``,
+    ``workers``, ``concurrency``, ``queue_size``, ``kernelspec``, ``python``,
+    ``env``, ``cwd``, ...) for the default pool, plus ``pools={name: {...}}``
+    for named pools.  The constructor returns once every worker is ready.
+    """
+
+    _async: AsyncPool
+
+    def __init__(self, adapters: Any = (), workers: int | None = None, *,
+                 pools: dict[str, Any] | None = None, **settings: Any) -> None:
+        portal = Portal()
+        try:
+            target = portal.call(_make_pool, adapters, workers, pools, settings)
+        except BaseException:
+            portal.stop()
+            raise
+        super().__init__(portal, target)
+
+    @property
+    def run_id(self) -> str:
+        return self._async.run_id
+
+    def __enter__(self) -> "Pool":
+        return self
+
+
+async def _make_pool(adapters: Any, workers: int | None, pools: Any,
+                     settings: dict[str, Any]) -> AsyncPool:
+    pool = AsyncPool(adapters, workers, pools=pools, **settings)
+    try:
+        await pool.start()
+    except BaseException:
+        await pool.close()
+        raise
+    return pool

@@ -20,7 +20,6 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, 
 from .caller import AsyncCaller, AsyncHandle, AsyncSession
 from .events import Event
 from .info import SessionInfo
-from .local import AsyncPool
 
 T = TypeVar("T")
 _DONE = object()
@@ -285,48 +284,3 @@ class Handle(Caller):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-class Pool(Handle):
-    """A pool of worker kernels owned by this process.
-
-    ::
-
-        with kernelpit.Pool(adapters=["mytools"], workers=2) as pool:
-            pool.call("add", a=1, b=2)
-
-    Arguments are those of :class:`~kernelpit.config.PoolConfig` (``adapters``,
-    ``workers``, ``concurrency``, ``queue_size``, ``kernelspec``, ``python``,
-    ``env``, ``cwd``, ...) for the default pool, plus ``pools={name: {...}}``
-    for named pools.  The constructor returns once every worker is ready.
-    """
-
-    _async: AsyncPool
-
-    def __init__(self, adapters: Any = (), workers: int | None = None, *,
-                 pools: dict[str, Any] | None = None, **settings: Any) -> None:
-        portal = Portal()
-        try:
-            target = portal.call(_make_pool, adapters, workers, pools, settings)
-        except BaseException:
-            portal.stop()
-            raise
-        super().__init__(portal, target)
-
-    @property
-    def run_id(self) -> str:
-        return self._async.run_id
-
-    def __enter__(self) -> "Pool":
-        return self
-
-
-async def _make_pool(adapters: Any, workers: int | None, pools: Any,
-                     settings: dict[str, Any]) -> AsyncPool:
-    pool = AsyncPool(adapters, workers, pools=pools, **settings)
-    try:
-        await pool.start()
-    except BaseException:
-        await pool.close()
-        raise
-    return pool
