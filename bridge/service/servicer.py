@@ -255,3 +255,7 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         self._shutdown(request.grace if request.HasField("grace") else None)
         return pb.ShutdownResponse()
 
+    @handles_errors
+    async def RenewLease(self, request: pb.RenewLeaseRequest, context: Any) -> pb.RenewLeaseResponse:
+        """A client says it is still connected (``self.leases``: the bridge's idle.IdleMonitor)."""
+        return self.leases.renew(request, context.invocation_metadata())
