@@ -5,7 +5,7 @@ can see plus what clients say:
 
 * an RPC of ``kernelpit.v1.Bridge`` counts for as long as it is open (a call,
   a ``CallStream``, a ``Watch``, the multiplexed ``Calls`` stream); health
-  probes and reflection do not;
+  probes, reflection and ``RenewLease`` itself do not;
 * a client says it is connected by holding a lease (``RenewLease``), which it
   renews every ttl/3 s (:mod:`kernelpit.lease`); a lease not renewed lapses
   ttl s after its last renewal.
@@ -31,6 +31,7 @@ from ..v1 import bridge_pb2 as pb
 
 MAX_LEASE_TTL = 600.0
 COUNTED_PREFIX = "/kernelpit.v1.Bridge/"  # health probes and reflection keep nothing alive
+NOT_COUNTED = "/kernelpit.v1.Bridge/RenewLease"  # a lease counts for as long as it lasts
 
 
 class IdleMonitor:
@@ -136,7 +137,8 @@ class ActivityInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
-        if handler is None or not details.method.startswith(COUNTED_PREFIX):
+        if (handler is None or not details.method.startswith(COUNTED_PREFIX)
+                or details.method == NOT_COUNTED):
             return handler
         wrapped = self._wrapped.get(details.method)
         if wrapped is None or wrapped[0] is not handler:
