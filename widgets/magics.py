@@ -186,6 +186,10 @@ class KernelpitMagics(Magics):
     def _cmd_start(self, args: Any) -> None:
         from kernelpit.service import discovery
         from . import bridgeproc
+        if args.idle_timeout is not None and not args.idle_timeout >= 0:
+            raise UsageError(f"--idle-timeout must be seconds >= 0 (0: never stop by itself), "
+                             f"got {args.idle_timeout:g}")
+        idle = bridgeproc.DEFAULT_IDLE_TIMEOUT if args.idle_timeout is None else args.idle_timeout
         info = discovery.read()
         if info is not None:
             self.connector.close()
@@ -199,10 +203,6 @@ class KernelpitMagics(Magics):
                 print("(it keeps its own adapters, workers and idle timeout; `%kp stop` then "
                       "`%kp start ...` to change them)")
             return
-        if args.idle_timeout is not None and not args.idle_timeout >= 0:
-            raise UsageError(f"--idle-timeout must be seconds >= 0 (0: never stop by itself), "
-                             f"got {args.idle_timeout:g}")
-        idle = bridgeproc.DEFAULT_IDLE_TIMEOUT if args.idle_timeout is None else args.idle_timeout
         if not args.adapter and not args.config:
             raise UsageError("nothing to serve: give --adapter MODULE (e.g. %kp start --adapter "
                              "kernelpit.kernels.demo) or --config FILE")
