@@ -95,6 +95,6 @@ class Lease:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
+        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.TimeoutError):
             await self._stub.RenewLease(pb.RenewLeaseRequest(client_id=self.client_id, ttl=0),
                                         metadata=self._metadata, timeout=RELEASE_TIMEOUT)

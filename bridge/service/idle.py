@@ -35,7 +35,7 @@ NOT_COUNTED = "/kernelpit.v1.Bridge/RenewLease"  # a lease counts for as long as
 
 
 class IdleMonitor:
-    """Counts open RPCs and live leases; calls ``on_idle(seconds idle)`` once, when idle for ``timeout`` s.
+    """Counts open RPCs and live leases; calls ``on_idle(seconds idle)`` once, when idle that long.
 
     ``timeout`` None (or 0): the bridge never stops by itself; leases are still
     granted, so a client need not know which kind of bridge it talks to.
@@ -81,12 +81,6 @@ class IdleMonitor:
         elif self._leases.pop(client, None) is not None:
             self._last = max(self._last, now)
         return pb.RenewLeaseResponse(idle_timeout=self.timeout or 0.0, ttl=ttl)
-
-    @property
-    def clients(self) -> int:
-        """Clients holding a live lease now."""
-        self._expire(self._clock())
-        return len(self._leases)
 
     def _expire(self, now: float) -> None:
         for client, expiry in list(self._leases.items()):

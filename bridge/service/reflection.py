@@ -25,7 +25,7 @@ METHOD = "ServerReflectionInfo"
 
 
 def v1_file() -> Any:
-    """The ``grpc/reflection/v1/reflection.proto`` FileDescriptor, added to the default pool once."""
+    """The ``grpc/reflection/v1/reflection.proto`` descriptor, added to the default pool once."""
     pool = descriptor_pool.Default()
     try:
         return pool.FindFileByName(V1_FILE)
@@ -55,7 +55,7 @@ def v1_file() -> Any:
 
 
 def v1_messages() -> tuple[type, type]:
-    """(ServerReflectionRequest, ServerReflectionResponse) of ``grpc.reflection.v1``, for clients."""
+    """The ``grpc.reflection.v1`` (ServerReflectionRequest, ServerReflectionResponse) classes."""
     file = v1_file()
     return (message_factory.GetMessageClass(file.message_types_by_name["ServerReflectionRequest"]),
             message_factory.GetMessageClass(file.message_types_by_name["ServerReflectionResponse"]))

@@ -1,4 +1,4 @@
-"""``kernelpit serve`` in the foreground: start the bridge, serve until SIGTERM/SIGINT (or idle), drain, exit."""
+"""``kernelpit serve`` in the foreground: start, serve until SIGTERM/SIGINT or idle, drain, exit."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ async def serve(configs: list[PoolConfig], *, out: TextIO = sys.stderr, **settin
             if idle else ""))
         grace = await bridge.stop_requested()
         if bridge.idle.idle_for is not None:
-            say(f"stopping: idle for {bridge.idle.idle_for:.0f} s with no client")
+            say(f"stopping: idle for {round(bridge.idle.idle_for, 1):g} s with no client")
         for sig in stop_signals:  # a second signal stops now
             loop.add_signal_handler(sig, bridge.abort_drain)
         inflight = bridge.calls_in_flight

@@ -256,6 +256,7 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         return pb.ShutdownResponse()
 
     @handles_errors
-    async def RenewLease(self, request: pb.RenewLeaseRequest, context: Any) -> pb.RenewLeaseResponse:
+    async def RenewLease(self, request: pb.RenewLeaseRequest,
+                         context: Any) -> pb.RenewLeaseResponse:
         """A client says it is still connected (``self.leases``: the bridge's idle.IdleMonitor)."""
         return self.leases.renew(request, context.invocation_metadata())
