@@ -146,10 +146,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not auth:
         print("kernelpit: WARNING: authentication is OFF (--no-auth): anyone who can reach the "
               "port can run tools as this user", file=sys.stderr, flush=True)
-    for key in ("host", "port", "grace", "max_message_size"):
+    for key in ("host", "port", "grace", "max_message_size", "idle_timeout"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
+    idle = settings.get("idle_timeout")
+    if idle is not None and (isinstance(idle, bool) or not isinstance(idle, (int, float))
+                             or not idle >= 0):
+        raise UsageError(f"idle timeout must be a number of seconds >= 0 (0: never stop by "
+                         f"itself), got {idle!r}")
     asyncio.run(serve(configs, auth=auth, token=args.token,
                       discovery=False if args.no_discovery else None, **settings))
     return 0
@@ -344,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, help="seconds in-flight calls may take to finish on "
                    "shutdown (default 30)")
     p.add_argument("--max-message-size", help="largest request accepted, e.g. 64MB (default)")
+    p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                   help="stop by itself after this many seconds with no calls and no connected "
+                   "client (default: never; `%%kp start` sets 1800)")
     p.add_argument("--no-discovery", action="store_true",
                    help="do not write the discovery file (clients then need --address/--token)")
     p.set_defaults(func=cmd_serve)

@@ -29,6 +29,7 @@ from .caller import AsyncCaller, AsyncHandle
 from .events import Event
 from .exceptions import BridgeError, BridgeNotFound, DeadlineExceeded, Unauthenticated
 from .info import SessionInfo, ToolInfo, WorkerInfo
+from .lease import CLIENT_ID_KEY, Lease, new_client_id
 from .options import CallOptions
 from .service import auth, convert, discovery, errors
 from .service.blobs import BLOB_SIZE_KEY, chunk_size, framed, unframe
@@ -75,8 +76,10 @@ class RemoteBackend(Backend):
 
     def __init__(self, address: str, token: str | None) -> None:
         self.address = address
+        client_id = new_client_id()  # names this connection; its lease keeps an idle bridge up
         # results may carry packed lists: this client reads them (values.proto)
-        self.metadata = (*auth.metadata(token), (ACCEPT_KEY, ACCEPT_PACKED))
+        self.metadata = (*auth.metadata(token), (ACCEPT_KEY, ACCEPT_PACKED),
+                         (CLIENT_ID_KEY, client_id))
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.BridgeStub(self.channel)
         self._sync_channel: grpc.Channel | None = None
@@ -89,6 +92,7 @@ class RemoteBackend(Backend):
             response_deserializer=unframe)
         self._write_blob = self.channel.stream_unary(
             WRITE_BLOB, request_serializer=None, response_deserializer=values_pb.BlobRef.FromString)
+        self.lease = Lease(self.stub, self.metadata, client_id)  # renewed from check() to close()
 
     # -- blobs: bytes and Arrow data too large for one message ------------------------------------
     def _sized(self, size: int) -> Any:
@@ -298,6 +302,7 @@ class RemoteBackend(Backend):
         await self._rpc(self.stub.Shutdown, pb.ShutdownRequest(grace=grace))
 
     async def close(self) -> None:
+        await self.lease.stop()
         await self._mux.close()
         if self._sync_channel is not None:
             self._sync_channel.close()
@@ -377,6 +382,7 @@ class AsyncClient(AsyncHandle):
         """Ask the bridge who it is; raises BridgeNotFound when nothing answers."""
         try:
             self.info = await self._backend.server_info(timeout)
+            self._backend.lease.start()
             return self.info
         except BridgeError as exc:
             if isinstance(exc, Unauthenticated):

@@ -53,14 +53,20 @@ def test_start_call_cell_push_pull_stop(ip, capsys):
     ip.run_line_magic("kp", "start --adapter kernelpit.kernels.demo --workers 1")
     out = capsys.readouterr().out
     assert "started a Kernelpit bridge" in out and "with 1 workers" in out
+    stops = ("it stops by itself after 30 min with no calls and no connected notebook; "
+             "`%kp stop` stops it now")
+    assert stops in out
     with kernelpit.connect() as client:
         info = client.server_info()
         run_id = client.run_id
     bridge = psutil.Process(info.pid)
     assert os.getsid(info.pid) == info.pid  # its own session: not tied to this "notebook"
+    assert "--idle-timeout" in bridge.cmdline()  # what the message says is what it runs with
+    assert bridge.cmdline()[bridge.cmdline().index("--idle-timeout") + 1] == "1800"
 
     ip.run_line_magic("kp", "start --adapter other")   # joins, does not start a second one
-    assert f"joined the running Kernelpit bridge at {info.address}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"joined the running Kernelpit bridge at {info.address}" in out and stops in out
 
     assert ip.run_line_magic("kp", "call add a=2 b=40") == 42
     assert ip.run_line_magic("kp", "call train epochs=2 seconds_per_epoch=0.01") == \
@@ -89,3 +95,14 @@ def test_start_call_cell_push_pull_stop(ip, capsys):
     assert "stopped the Kernelpit bridge" in capsys.readouterr().out
     assert not bridge.is_running() or bridge.status() == psutil.STATUS_ZOMBIE
     wait_until(lambda: not kernel_processes(run_id), timeout=20)
+
+
+def test_start_idle_timeout_option(ip):
+    from kernelpit.widgets import bridgeproc
+    for seconds, flag in ((0, "0"), (90, "90"), (1800.0, "1800")):
+        cmd = bridgeproc.serve_command(["m"], None, None, idle_timeout=seconds)
+        assert cmd[cmd.index("--idle-timeout") + 1] == flag
+    assert bridgeproc.stop_policy(0) == "it runs until `%kp stop` (no idle timeout)"
+    assert bridgeproc.stop_policy(90).startswith("it stops by itself after 90 s with no calls")
+    with pytest.raises(UsageError, match="--idle-timeout must be seconds >= 0"):
+        ip.run_line_magic("kp", "start --adapter m --idle-timeout -1")

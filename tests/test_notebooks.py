@@ -70,13 +70,22 @@ def stop_bridge(runtime: Path) -> None:
         wait_until(lambda: not kernel_processes(run_id), timeout=20)
 
 
+def files(folder: Path) -> set[str]:
+    """The files under ``folder``, but Python's bytecode cache (of kp_examples; git-ignored)."""
+    return {str(f.relative_to(folder)) for f in folder.rglob("*")
+            if f.is_file() and "__pycache__" not in f.parts}
+
+
 def run(workdir: Path, name: str):
     nb = nbformat.read(workdir / f"{name}.ipynb", as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", store_widget_state=True,
                             resources={"metadata": {"path": str(workdir)}})
+    before = files(workdir)
     t0 = time.monotonic()
     client.execute()
     TIMES[name] = time.monotonic() - t0
+    # example notebooks write only to temporary or user-chosen places, never next to themselves
+    assert files(workdir) == before, f"{name}.ipynb left {sorted(files(workdir) - before)}"
     return nb
 
 
@@ -115,6 +124,8 @@ def test_quickstart(workdir):
                      start)
     pid = bridge_pid(workdir)
     assert f"pid {pid}" in start
+    assert ("it stops by itself after 30 min with no calls and no connected notebook; "
+            "`%kp stop` stops it now") in start
     # the bridge is not the notebook kernel's thread: its own process, in its own session
     proc = psutil.Process(pid)
     assert "serve" in proc.cmdline() and os.getsid(pid) == pid
@@ -155,6 +166,7 @@ def test_sessions(workdir):
     nb = run(workdir, "sessions")
     # a new notebook kernel joins the bridge the first one started
     assert f"joined the running Kernelpit bridge" in text(outputs(nb, "%kp start"))
+    assert "it stops by itself after 30 min" in text(outputs(nb, "%kp start"))
     assert f"pid {pid}" in text(outputs(nb, "%kp start"))
     fit = outputs(nb, "%kp call fit")
     assert fit[-1].data["text/plain"] == "{'a': 2.0001, 'b': 0.9999, 'epochs': 200}"

@@ -104,3 +104,52 @@ def test_call_options_travel_in_the_request():
     args, kwargs, back = convert.call_from_request(pb.CallRequest.FromString(req.SerializeToString()))
     assert (args, kwargs, back) == ([1], {"k": "v"}, opts)
     assert convert.call_from_request(pb.CallRequest(tool="t")) == ([], {}, kernelpit.CallOptions())
+
+
+def test_reflection_answers_as_v1_and_v1alpha():
+    """Current tools (grpcurl, Postman) ask for grpc.reflection.v1, older ones for v1alpha:
+    both list the services and describe the contract, without a token."""
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2 as v1alpha
+
+    from kernelpit.config import PoolConfig
+    from kernelpit.service import reflection
+    from kernelpit.service.server import Bridge
+    from kernelpit.sync import Portal
+
+    v1_request, v1_response = reflection.v1_messages()
+    assert v1_request.DESCRIPTOR.full_name == "grpc.reflection.v1.ServerReflectionRequest"
+    portal = Portal("test-reflection")
+    bridge = Bridge([PoolConfig(name="default", adapters=["kernelpit.kernels.demo"], workers=1)],
+                    discovery=False)
+    try:
+        portal.call(bridge.start)
+        with grpc.insecure_channel(bridge.address) as channel:
+            for version, request, response in (("v1", v1_request, v1_response),
+                                               ("v1alpha", v1alpha.ServerReflectionRequest,
+                                                v1alpha.ServerReflectionResponse)):
+                ask = channel.stream_stream(
+                    f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                    request_serializer=request.SerializeToString,
+                    response_deserializer=response.FromString)
+                listed, bridge_file, own_file = ask(iter([
+                    request(list_services=""),
+                    request(file_containing_symbol="kernelpit.v1.Bridge"),
+                    request(file_containing_symbol=f"grpc.reflection.{version}.ServerReflection"),
+                ]), timeout=10)
+                names = {s.name for s in listed.list_services_response.service}
+                assert {"kernelpit.v1.Bridge", "grpc.health.v1.Health",
+                        "grpc.reflection.v1.ServerReflection",
+                        "grpc.reflection.v1alpha.ServerReflection"} <= names, version
+                files = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in
+                         bridge_file.file_descriptor_response.file_descriptor_proto]
+                service = [s for f in files for s in f.service if s.name == "Bridge"]
+                assert service and "RenewLease" in [m.name for m in service[0].method], version
+                own = descriptor_pb2.FileDescriptorProto.FromString(
+                    own_file.file_descriptor_response.file_descriptor_proto[0])
+                assert own.package == f"grpc.reflection.{version}", version
+                assert own.service[0].method[0].input_type == \
+                    f".grpc.reflection.{version}.ServerReflectionRequest"
+    finally:
+        portal.call(bridge.stop, 0)
+        portal.stop()

@@ -4,6 +4,12 @@ The bridge is its own process, in its own session (``start_new_session``), not
 a thread of the notebook's kernel: it outlives a restart of that kernel, and
 every notebook (and script) of the user finds it through the discovery file.
 Its output goes to ``kernelpit-bridge.log`` in the Jupyter runtime directory.
+
+So that it does not run forever after every notebook is closed, it is started
+with an idle timeout (:data:`DEFAULT_IDLE_TIMEOUT`): it stops by itself once it
+has had no calls and no connected client (a notebook holds a lease while its
+kernel runs) for that long.  30 minutes outlasts a coffee break or a notebook's
+restart, and frees the kernels' memory well before the end of a working day.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 LOG_NAME = "kernelpit-bridge.log"
+DEFAULT_IDLE_TIMEOUT = 1800.0  # seconds; see the module docstring
 
 
 class StartFailed(RuntimeError):
@@ -29,8 +36,11 @@ def log_path() -> Path:
 
 
 def serve_command(adapters: Sequence[str], workers: int | None, pool: str | None,
-                  config: str | None = None, paths: Sequence[str] = ()) -> list[str]:
+                  config: str | None = None, paths: Sequence[str] = (),
+                  idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT) -> list[str]:
     cmd = [sys.executable, "-m", "kernelpit", "serve"]
+    if idle_timeout is not None:
+        cmd += ["--idle-timeout", f"{idle_timeout:g}"]
     for a in adapters:
         cmd += ["--adapter", a]
     if workers is not None:
@@ -42,6 +52,17 @@ def serve_command(adapters: Sequence[str], workers: int | None, pool: str | None
     for p in paths:
         cmd += ["--path", p]
     return cmd
+
+
+def stop_policy(idle_timeout: float | None) -> str:
+    """How a bridge with this idle timeout stops, for ``%kp start``'s output."""
+    if not idle_timeout:
+        return "it runs until `%kp stop` (no idle timeout)"
+    minutes = idle_timeout / 60
+    after = (f"{minutes:g} min" if idle_timeout >= 120 and minutes == int(minutes)
+             else f"{idle_timeout:g} s")
+    return (f"it stops by itself after {after} with no calls and no connected notebook; "
+            "`%kp stop` stops it now")
 
 
 def write_config(pool: str, adapters: Sequence[str], workers: int, paths: Sequence[str],

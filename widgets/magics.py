@@ -71,6 +71,9 @@ def _parsers() -> dict[str, MagicArgumentParser]:
     a.add_argument("--max-calls", type=int, default=None, help="recycle a worker after N calls")
     a.add_argument("--spares", type=int, default=None, help="warm spare kernels")
     a.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for it")
+    a.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop it after this many seconds with no calls and no connected notebook "
+                   "(default 1800 = 30 min; 0 = never)")
     a = parser("connect")
     a.add_argument("address", nargs="?", default=None, help="host:port (default: discovery)")
     a.add_argument("--token", default=None, help="bearer token")
@@ -183,6 +186,10 @@ class KernelpitMagics(Magics):
     def _cmd_start(self, args: Any) -> None:
         from kernelpit.service import discovery
         from . import bridgeproc
+        if args.idle_timeout is not None and not args.idle_timeout >= 0:
+            raise UsageError(f"--idle-timeout must be seconds >= 0 (0: never stop by itself), "
+                             f"got {args.idle_timeout:g}")
+        idle = bridgeproc.DEFAULT_IDLE_TIMEOUT if args.idle_timeout is None else args.idle_timeout
         info = discovery.read()
         if info is not None:
             self.connector.close()
@@ -190,10 +197,11 @@ class KernelpitMagics(Magics):
             client = self.client()
             pools = ", ".join(client.server_info().pools)
             print(f"joined the running Kernelpit bridge at {info['address']} (pid {info['pid']}, "
-                  f"pools: {pools}); `%kp stop` stops it")
-            if args.adapter or args.workers or args.config or args.max_memory or args.max_calls:
-                print("(it keeps its own adapters and workers; `%kp stop` then `%kp start ...` "
-                      "to change them)")
+                  f"pools: {pools}); {bridgeproc.stop_policy(info.get('idle_timeout'))}")
+            if (args.adapter or args.workers or args.config or args.max_memory or args.max_calls
+                    or args.idle_timeout is not None):
+                print("(it keeps its own adapters, workers and idle timeout; `%kp stop` then "
+                      "`%kp start ...` to change them)")
             return
         if not args.adapter and not args.config:
             raise UsageError("nothing to serve: give --adapter MODULE (e.g. %kp start --adapter "
@@ -207,10 +215,10 @@ class KernelpitMagics(Magics):
                                  "--config set them in its [pools.NAME] tables")
             config = bridgeproc.write_config(args.pool or "default", args.adapter,
                                              args.workers or 2, args.path, limits)
-            cmd = bridgeproc.serve_command([], None, None, str(config), [])
+            cmd = bridgeproc.serve_command([], None, None, str(config), [], idle)
         else:
             cmd = bridgeproc.serve_command(args.adapter, args.workers, args.pool, args.config,
-                                           args.path)
+                                           args.path, idle)
         t0 = time.monotonic()
         try:
             info = bridgeproc.start(cmd, timeout=args.timeout)
@@ -223,7 +231,7 @@ class KernelpitMagics(Magics):
         print(f"started a Kernelpit bridge at {info['address']} (pid {info['pid']}) with "
               f"{len(workers)} workers in {time.monotonic() - t0:.1f} s; it runs in the "
               f"background (log: {bridgeproc.log_path()}), other notebooks join it with "
-              "`%kp start` or `%kp connect`; `%kp stop` stops it")
+              f"`%kp start` or `%kp connect`; {bridgeproc.stop_policy(idle)}")
 
     def _cmd_connect(self, args: Any) -> None:
         self.connector.close()

@@ -8,6 +8,7 @@
     grace = 30               # seconds in-flight calls may take to finish on shutdown
     max_message_size = "64MB"
     blob_ttl = 60            # seconds an unread large result (or unused upload) is kept
+    idle_timeout = 1800      # stop after this many seconds with no calls and no client (0: never)
 
     [pools.default]          # one table per named pool: the fields of PoolConfig
     adapters = ["mytools"]
@@ -32,7 +33,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-BRIDGE_KEYS = {"host", "port", "grace", "max_message_size", "auth", "blob_ttl"}
+BRIDGE_KEYS = {"host", "port", "grace", "max_message_size", "auth", "blob_ttl", "idle_timeout"}
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,4 @@
-"""``kernelpit serve`` in the foreground: start the bridge, serve until SIGTERM/SIGINT, drain, exit."""
+"""``kernelpit serve`` in the foreground: start, serve until SIGTERM/SIGINT or idle, drain, exit."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from .server import Bridge
 
 
 async def serve(configs: list[PoolConfig], *, out: TextIO = sys.stderr, **settings: Any) -> None:
-    """Run a bridge until SIGTERM, SIGINT or the Shutdown RPC; then drain and stop every kernel."""
+    """Run a bridge until SIGTERM, SIGINT, the Shutdown RPC or its idle timeout; then drain and
+    stop every kernel."""
     bridge = Bridge(configs, **settings)
     loop = asyncio.get_running_loop()
     stop_signals = (signal.SIGTERM, signal.SIGINT)
@@ -31,8 +32,13 @@ async def serve(configs: list[PoolConfig], *, out: TextIO = sys.stderr, **settin
             f"(pid {os.getpid()})")
         if bridge.discovery_path is not None:
             say(f"discovery file {bridge.discovery_path}")
-        say("stop with Ctrl-C, SIGTERM or `kernelpit stop`")
+        idle = bridge.idle.timeout
+        say("stop with Ctrl-C, SIGTERM or `kernelpit stop`" + (
+            f"; it stops by itself after {idle:g} s with no calls and no connected client"
+            if idle else ""))
         grace = await bridge.stop_requested()
+        if bridge.idle.idle_for is not None:
+            say(f"stopping: idle for {round(bridge.idle.idle_for, 1):g} s with no client")
         for sig in stop_signals:  # a second signal stops now
             loop.add_signal_handler(sig, bridge.abort_drain)
         inflight = bridge.calls_in_flight

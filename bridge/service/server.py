@@ -4,7 +4,7 @@
 
     bridge = Bridge(configs)          # list of PoolConfig
     await bridge.start()              # kernels ready, port bound, discovery file written
-    await bridge.wait()               # until stop() / the Shutdown RPC / a signal
+    await bridge.wait()               # until stop() / the Shutdown RPC / a signal / idle_timeout
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from .. import __version__
 from ..config import PoolConfig, parse_size
@@ -30,7 +29,9 @@ from ..v1 import bridge_pb2_grpc as pb_grpc
 from ..v1 import values_pb2 as values_pb
 from . import auth as auth_module
 from . import discovery as discovery_module
+from . import reflection
 from .blobs import DEFAULT_TTL, BlobStore, unframe
+from .idle import IdleMonitor
 from .servicer import BridgeServicer
 
 log = logging.getLogger("kernelpit.service")
@@ -47,13 +48,15 @@ class Bridge:
     ``auth=False`` serves without a token (anyone who can reach the port can run tools).
     ``discovery``: where to write the discovery file (default: the Jupyter runtime
     dir), or False for none.
+    ``idle_timeout``: stop by itself after this many seconds with no RPC and no client
+    holding a lease (see :mod:`.idle`); None or 0: serve until stopped.
     """
 
     def __init__(self, configs: list[PoolConfig], *, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None, auth: bool = True, grace: float = DEFAULT_GRACE,
                  max_message_size: int | str = DEFAULT_MAX_MESSAGE,
                  discovery: Path | str | bool | None = None,
-                 blob_ttl: float = DEFAULT_TTL) -> None:
+                 blob_ttl: float = DEFAULT_TTL, idle_timeout: float | None = None) -> None:
         self.manager = PoolManager(configs)
         self._closing = asyncio.Event()
         self.backend = LocalBackend(self.manager, self._closing)
@@ -66,6 +69,7 @@ class Bridge:
                                             discovery_module.default_path()
                                             if discovery in (None, True) else Path(discovery))
         self.blob_ttl = blob_ttl
+        self.idle = IdleMonitor(idle_timeout, lambda seconds: self.request_stop())
         self.blobs: BlobStore | None = None  # large values waiting to be read or used
         self.address = ""
         self.started = 0.0
@@ -95,14 +99,19 @@ class Bridge:
             try:
                 discovery_module.write(self.address, self.token, self.discovery_path,
                                        version=__version__, run_id=self.manager.run_id,
-                                       pools=list(self.manager.groups))
+                                       pools=list(self.manager.groups),
+                                       idle_timeout=self.idle.timeout or 0)
             except BaseException:
                 await self.stop(0)
                 raise
+        self.idle.start()
         return self
 
     async def _serve(self) -> None:
-        interceptors = [auth_module.TokenAuth(self.token)] if self.token else []
+        # auth first: a refused RPC does not count as use
+        interceptors: list[Any] = [auth_module.TokenAuth(self.token)] if self.token else []
+        if self.idle.timeout is not None:
+            interceptors.append(self.idle.interceptor)
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", self.max_message_size),
             ("grpc.max_send_message_length", -1),
@@ -111,11 +120,10 @@ class Bridge:
         self.blobs = BlobStore(self.manager.shm_dir, self.blob_ttl)
         self.blobs.start()
         servicer = BridgeServicer(self.backend, self._info, self.request_stop, self.blobs,
-                                  self.max_message_size)
+                                  self.max_message_size, leases=self.idle)
         add_servicer(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        reflection.enable((SERVICE, health.SERVICE_NAME), server)  # as v1 and v1alpha
         try:
             port = server.add_insecure_port(f"{self.host}:{self.port}")
         except RuntimeError as exc:
@@ -164,6 +172,7 @@ class Bridge:
         self._stopped = True
         grace = self.grace if grace is None else grace
         self._closing.set()  # ends Watch streams, which would otherwise hold the drain open
+        await self.idle.close()
         with contextlib.suppress(Exception):
             await self._health.enter_graceful_shutdown()
         try:

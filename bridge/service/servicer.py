@@ -22,6 +22,7 @@ from ..v1 import values_pb2 as values_pb
 from . import convert, errors
 from .blobs import BLOB_SIZE_KEY, BlobError, BlobStore, chunk_size
 from .multiplex import serve_calls, split
+from .idle import IdleMonitor
 from .pump import EventPump
 from .values import ACCEPT_KEY, ACCEPT_PACKED, Codec
 
@@ -52,8 +53,9 @@ def handles_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
 class BridgeServicer(pb_grpc.BridgeServicer):
     def __init__(self, backend: LocalBackend, server_info: Callable[[], pb.ServerInfo],
                  shutdown: Callable[[float | None], None], blobs: BlobStore | None = None,
-                 max_message_size: int | None = None) -> None:
+                 max_message_size: int | None = None, leases: IdleMonitor | None = None) -> None:
         self._backend = backend
+        self.leases = leases if leases is not None else IdleMonitor(None, lambda idle_for: None)
         self._manager = manager = backend.manager  # calls go straight to it: the hot path
         # Arrow data beyond one chunk travels as blobs (ReadBlob/WriteBlob), so no message
         # is bigger than about max_message_size / 2 however large the value.
@@ -246,3 +248,8 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         self._shutdown(request.grace if request.HasField("grace") else None)
         return pb.ShutdownResponse()
 
+    @handles_errors
+    async def RenewLease(self, request: pb.RenewLeaseRequest,
+                         context: Any) -> pb.RenewLeaseResponse:
+        """A client says it is still connected (``self.leases``: the bridge's idle.IdleMonitor)."""
+        return self.leases.renew(request, context.invocation_metadata())

@@ -453,3 +453,19 @@ class ShutdownRequest(_message.Message):
 class ShutdownResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RenewLeaseRequest(_message.Message):
+    __slots__ = ("client_id", "ttl")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    ttl: float
+    def __init__(self, client_id: _Optional[str] = ..., ttl: _Optional[float] = ...) -> None: ...
+
+class RenewLeaseResponse(_message.Message):
+    __slots__ = ("idle_timeout", "ttl")
+    IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    idle_timeout: float
+    ttl: float
+    def __init__(self, idle_timeout: _Optional[float] = ..., ttl: _Optional[float] = ...) -> None: ...

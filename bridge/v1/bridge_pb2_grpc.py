@@ -135,6 +135,11 @@ class BridgeStub:
                 request_serializer=kernelpit_dot_v1_dot_bridge__pb2.ShutdownRequest.SerializeToString,
                 response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.ShutdownResponse.FromString,
                 _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/kernelpit.v1.Bridge/RenewLease',
+                request_serializer=kernelpit_dot_v1_dot_bridge__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
 
 
 class BridgeServicer:
@@ -294,6 +299,18 @@ class BridgeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewLease(self, request, context):
+        """Say "this client is connected": a bridge started with an idle timeout
+        (`kernelpit serve --idle-timeout`, the default of `%kp start`) does not stop
+        while a client holds a live lease.  A client renews its lease every ttl/3
+        seconds; a client that goes away without ending it (ttl 0) is forgotten
+        ttl seconds after its last renewal.  Any client may call it; a bridge
+        without an idle timeout answers with idle_timeout 0.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -396,6 +413,11 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.Shutdown,
                     request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.ShutdownRequest.FromString,
                     response_serializer=kernelpit_dot_v1_dot_bridge__pb2.ShutdownResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=kernelpit_dot_v1_dot_bridge__pb2.RenewLeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -938,6 +960,33 @@ class Bridge:
             '/kernelpit.v1.Bridge/Shutdown',
             kernelpit_dot_v1_dot_bridge__pb2.ShutdownRequest.SerializeToString,
             kernelpit_dot_v1_dot_bridge__pb2.ShutdownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kernelpit.v1.Bridge/RenewLease',
+            kernelpit_dot_v1_dot_bridge__pb2.RenewLeaseRequest.SerializeToString,
+            kernelpit_dot_v1_dot_bridge__pb2.RenewLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
