@@ -191,7 +191,7 @@ def check_registry() -> tuple[list[Check], Any]:
 
 
 def check_discovery(runtime: Path, fix: bool) -> list[Check]:
-    from .service import discovery
+    from . import discovery
 
     out = []
     now = time.time()

@@ -16,12 +16,13 @@ import pyarrow as pa
 import pytest
 
 import kernelpit
+import kernelpit.remote.backend
 import kernelpit.aio
 import kernelpit.remote
 import arrow_cases
 from conftest import ADAPTERS, wait_until
 from kernelpit.config import PoolConfig
-from kernelpit.service.blobs import BLOB_SIZE_KEY
+from kernelpit.contract.framing import BLOB_SIZE_KEY
 from kernelpit.service.server import Bridge
 from kernelpit.sync import Portal
 from kernelpit.v1 import bridge_pb2 as pb
@@ -40,7 +41,7 @@ def bridge():
                max_message_size=LIMIT, grace=5, discovery=False, blob_ttl=TTL)
     portal.call(b.start)
     with pytest.MonkeyPatch.context() as mp:  # clients refuse any message above the limit
-        mp.setattr(kernelpit.remote, "CHANNEL_OPTIONS", [
+        mp.setattr(kernelpit.remote.backend, "CHANNEL_OPTIONS", [
             ("grpc.max_receive_message_length", LIMIT), ("grpc.max_send_message_length", LIMIT),
             ("grpc.enable_retries", 0)])
         b.portal = portal
@@ -342,7 +343,7 @@ def test_an_upload_that_cannot_fit_is_refused_up_front(client, stub, auth):
 
 def test_a_large_result_is_streamed_from_the_values_own_buffers(tmp_path):
     # what the bridge does with a table a worker handed over by shared memory: no copy
-    from kernelpit.service.values import to_value
+    from kernelpit.contract.values import to_value
 
     path = str(tmp_path / "t.arrow")
     with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, BIG.schema) as writer:

@@ -6,8 +6,9 @@ import pytest
 import kernelpit
 from kernelpit import events as ev
 from kernelpit import exceptions as kx
-from kernelpit.service import codegen, convert, errors
-from kernelpit.service.values import BadValue, from_value, to_value
+from kernelpit.contract import convert, errors
+from kernelpit.service import codegen
+from kernelpit.contract.values import BadValue, from_value, to_value
 from kernelpit.v1 import bridge_pb2 as pb
 from kernelpit.v1 import values_pb2
 

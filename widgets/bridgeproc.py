@@ -31,7 +31,7 @@ class StartFailed(RuntimeError):
 
 
 def log_path() -> Path:
-    from kernelpit.service import discovery
+    from kernelpit import discovery
     return discovery.default_path().with_name(LOG_NAME)
 
 
@@ -86,7 +86,7 @@ def _reap(proc: subprocess.Popen) -> None:
 def start(cmd: list[str], timeout: float = 180.0, cwd: str | None = None) -> dict:
     """Start ``cmd`` (a ``kernelpit serve``) in the background; wait until its discovery file
     names a live bridge, and return that file's contents."""
-    from kernelpit.service import discovery
+    from kernelpit import discovery
     path = discovery.default_path()
     log = log_path()
     log.parent.mkdir(parents=True, exist_ok=True)

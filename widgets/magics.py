@@ -184,7 +184,7 @@ class KernelpitMagics(Magics):
 
     # -- bridge --------------------------------------------------------------------------------
     def _cmd_start(self, args: Any) -> None:
-        from kernelpit.service import discovery
+        from kernelpit import discovery
         from . import bridgeproc
         if args.idle_timeout is not None and not args.idle_timeout >= 0:
             raise UsageError(f"--idle-timeout must be seconds >= 0 (0: never stop by itself), "

@@ -21,11 +21,6 @@ def new_token() -> str:
             return token
 
 
-def metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """The call metadata a client sends."""
-    return (("authorization", f"Bearer {token}"),) if token else ()
-
-
 class TokenAuth(grpc.aio.ServerInterceptor):
     """Rejects RPCs without ``authorization: Bearer <token>`` with UNAUTHENTICATED."""
 

@@ -7,7 +7,7 @@ can see plus what clients say:
   a ``CallStream``, a ``Watch``, the multiplexed ``Calls`` stream); health
   probes, reflection and ``RenewLease`` itself do not;
 * a client says it is connected by holding a lease (``RenewLease``), which it
-  renews every ttl/3 s (:mod:`kernelpit.lease`); a lease not renewed lapses
+  renews every ttl/3 s (:mod:`kernelpit.remote.lease`); a lease not renewed lapses
   ttl s after its last renewal.
 
 The bridge is idle once no RPC is open and no lease is live; ``timeout`` s
@@ -26,7 +26,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import grpc
 
-from ..lease import CLIENT_ID_KEY
+from ..contract.metadata import CLIENT_ID_KEY
 from ..v1 import bridge_pb2 as pb
 
 MAX_LEASE_TTL = 600.0

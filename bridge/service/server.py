@@ -28,9 +28,10 @@ from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
 from ..v1 import values_pb2 as values_pb
 from . import auth as auth_module
-from . import discovery as discovery_module
+from .. import discovery as discovery_module
 from . import reflection
-from .blobs import DEFAULT_TTL, BlobStore, unframe
+from ..contract.framing import unframe
+from .blobs import DEFAULT_TTL, BlobStore
 from .idle import IdleMonitor
 from .servicer import BridgeServicer
 

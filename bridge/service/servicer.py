@@ -19,12 +19,14 @@ from ..local import LocalBackend
 from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
 from ..v1 import values_pb2 as values_pb
-from . import convert, errors
-from .blobs import BLOB_SIZE_KEY, BlobError, BlobStore, chunk_size
-from .multiplex import serve_calls, split
+from ..contract import convert, errors
+from ..contract.framing import BLOB_SIZE_KEY, chunk_size, split
+from ..contract.metadata import ACCEPT_KEY, ACCEPT_PACKED
+from ..contract.values import Codec
+from .blobs import BlobError, BlobStore
+from .multiplex import serve_calls
 from .idle import IdleMonitor
 from .pump import EventPump
-from .values import ACCEPT_KEY, ACCEPT_PACKED, Codec
 
 log = logging.getLogger("kernelpit.service")
 

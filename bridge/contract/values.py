@@ -33,9 +33,6 @@ from ..v1 import values_pb2 as pb
 
 _EMPTY = pb.Value()
 
-#: request metadata by which a client asks for results with packed lists ({"$kp": "list"})
-ACCEPT_KEY = "kernelpit-accept"
-ACCEPT_PACKED = "packed-lists"
 _NO_SHM = arrow.Transport()  # never maps files: a received "shm" reference is refused
 
 #: (segments, size) -> blob id: keeps a large buffer apart from the message

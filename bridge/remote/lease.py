@@ -23,11 +23,10 @@ from typing import Any
 
 import grpc
 
-from .v1 import bridge_pb2 as pb
+from ..v1 import bridge_pb2 as pb
 
 log = logging.getLogger("kernelpit.remote")
 
-CLIENT_ID_KEY = "kernelpit-client-id"  # call metadata: who sent an RPC (the lease's holder)
 DEFAULT_TTL = 30.0
 TTL_ENV = "KERNELPIT_LEASE_TTL"
 RELEASE_TIMEOUT = 1.0  # closing a client waits at most this long to give the lease back
