@@ -9,7 +9,6 @@ import itertools
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +23,7 @@ from ..kernels.schema import check_arguments, check_columns
 from .call import Call, CallOptions
 from .channel import Channel
 from .group import WorkerGroup
-from . import reaper, registry as run_registry
+from . import leftovers, reaper, registry as run_registry
 from .health import HealthMonitor
 from .sessions import SessionTable
 from ..kernels.arrow import SHM_BASE, Transport, reclaim, shared_dir
@@ -43,7 +42,7 @@ def shared_memory_dir(run_id: str) -> str | None:
         return None
     path = shared_dir(run_id)
     os.makedirs(path, mode=0o700, exist_ok=True)
-    reaper.mark_owner(path)
+    leftovers.mark_shared_dir(path)
     return path
 
 
@@ -72,9 +71,9 @@ class PoolManager:
     async def start(self) -> None:
         # -- orphan-proof process management: record this run, end what dead runs left --
         await asyncio.to_thread(reaper.reap_on_start, run_registry.open_run(self.run_id))
-        self._run_dir = Path(tempfile.mkdtemp(prefix=f"kernelpit-{self.run_id}-"))
+        self._run_dir = leftovers.make_run_dir(self.run_id)
         self.shm_dir = shared_memory_dir(self.run_id)
-        self._channel = await Channel.open(self._on_message, Transport(
+        self._channel = await Channel.open(self._run_dir, self._on_message, Transport(
             self.shm_dir, allow_pickle=any(c.pickle for c in self.configs)))
         slots = asyncio.Semaphore(8)
         for cfg in self.configs:
@@ -111,7 +110,7 @@ class PoolManager:
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         if self.shm_dir is not None:
-            reaper.remove_shared_dir(self.shm_dir)
+            leftovers.remove_shared_dir(self.shm_dir)
 
     # -- messages from workers -------------------------------------------------------------
     def _on_message(self, worker_id: int, msg: dict[str, Any]) -> None:
