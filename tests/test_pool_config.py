@@ -20,7 +20,7 @@ def test_named_pools_route_by_tool_and_by_option(tmp_path):
         assert pool.options(pool="gpu").call("add", 1.5, 1.5) == 3.0  # demo's add in "gpu"
         by_pool = {t.pool for t in pool.tools() if t.name == "add"}
         assert by_pool == {"default", "gpu"}
-        with pytest.raises(kernelpit.ToolNotFound, match="no pool named 'cpu'"):
+        with pytest.raises(kernelpit.PoolNotFound, match="no pool named 'cpu'"):
             pool.options(pool="cpu").call("add", 1, 2)
 
 

@@ -18,7 +18,7 @@ from .. import events as ev
 from ..config import PoolConfig
 from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, PoolClosed, PoolNotFound,
                           SessionLost, ToolNotFound, ToolTainted, WorkerCrashed, WorkerNotFound)
-from ..info import SessionInfo, ToolInfo, WorkerInfo, WorkerState
+from ..info import SessionInfo, ToolInfo, WorkerInfo
 from ..kernels.schema import check_arguments, check_columns
 from .call import Call, CallOptions
 from .channel import Channel
@@ -28,6 +28,7 @@ from .health import HealthMonitor
 from .sessions import SessionTable
 from ..kernels.arrow import SHM_BASE, Transport, reclaim, shared_dir
 from .crash import classify, counts_toward_taint, crash_message, should_retry
+from .state import RECYCLING
 from .worker import Worker
 
 log = logging.getLogger("kernelpit")
@@ -132,7 +133,7 @@ class PoolManager:
             return
         worker.end(call)
         group = self.groups[worker.config.name]
-        if worker.state is WorkerState.RECYCLING:
+        if worker.state is RECYCLING:
             if not worker.inflight:
                 group.retire_soon(worker)
             return
@@ -206,7 +207,7 @@ class PoolManager:
                                  exit_code=worker.returncode, reason=death.reason, tool=call.tool,
                                  worker=worker.id))
             call.fail(exc)
-        if worker.state_at_death is not WorkerState.RECYCLING:
+        if worker.state_at_death is not RECYCLING:
             log.warning("worker %d of pool '%s' %s; starting a replacement", worker.id,
                         group.name, how)
         group.remove(worker)
