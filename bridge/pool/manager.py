@@ -219,9 +219,7 @@ class PoolManager:
         loss ``taints``, then resubmitted elsewhere if it may be retried, else failed with
         ``error(call)``."""
         group = self.groups[worker.config.name]
-        calls = list(worker.inflight.values())
-        worker.inflight.clear()
-        for call in calls:
+        for call in worker.take_inflight():
             self.calls.pop(call.id, None)
             if call.shared:
                 call.reclaim()

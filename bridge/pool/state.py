@@ -163,6 +163,12 @@ class WorkerBase:
             return False
         return all(c.thread_safe for c in self.inflight.values())
 
+    def take_inflight(self) -> list["Call"]:
+        """Hand over its calls in flight (it is lost: unhealthy or dead); none are left."""
+        calls = list(self.inflight.values())
+        self.inflight.clear()
+        return calls
+
     def end(self, call: "Call") -> None:
         if self.inflight.pop(call.id, None) is not None:
             self.calls += 1
