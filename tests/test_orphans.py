@@ -5,11 +5,16 @@ docs/reliability.md: time for the kernels to exit after ``kill -9`` of the
 controller, orphans left, and the reaper's cost when there is nothing to reap.
 """
 
+import glob
 import json
 import os
+import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -20,7 +25,7 @@ import pytest
 
 import kernelpit
 from conftest import kernel_processes, wait_until
-from kernelpit.pool import reaper
+from kernelpit.pool import leftovers, reaper
 from kernelpit.pool.registry import RunRegistry, controller_identity, default_path
 
 DEMO = "kernelpit.kernels.demo"
@@ -143,6 +148,12 @@ def test_a_script_that_ends_without_atexit_leaves_no_kernel():
 def test_without_the_lifeline_the_next_start_reaps_what_a_killed_controller_left(kind, spawn_dir):
     c = Controller(kind, spawn_dir, lifeline=False)
     try:
+        # what it leaves on disk, seen while it lives (once it is dead, any pool start on this
+        # machine may remove its shared memory, whatever its runtime dir): its shared-memory
+        # directory, and its run directory (call channel, kernels' sockets, worker logs)
+        assert os.path.isdir(f"/dev/shm/kernelpit-{c.run_id}")
+        run_dirs = glob.glob(os.path.join(tempfile.gettempdir(), f"kernelpit-{c.run_id}-*"))
+        assert len(run_dirs) == 1 and os.path.exists(os.path.join(run_dirs[0], "calls"))
         c.kill9()
         # nothing ends them by themselves now: not the lifeline, not ipykernel's parent poller
         _, left = psutil.wait_procs(c.everything, timeout=1.5)
@@ -152,7 +163,6 @@ def test_without_the_lifeline_the_next_start_reaps_what_a_killed_controller_left
         assert {r.pid for r in rows} == {p.pid for p in c.kernels}
         runtime = default_path().parent.parent
         assert list(runtime.glob(f"kernel-kernelpit-{c.run_id}-*.json"))
-        assert os.path.isdir(f"/dev/shm/kernelpit-{c.run_id}")  # its shared-memory directory
         # the next start of any pool (same runtime dir) ends them before its workers launch
         with kernelpit.Pool(adapters=[DEMO], workers=1) as pool:
             assert alive(c.everything) == []
@@ -160,36 +170,86 @@ def test_without_the_lifeline_the_next_start_reaps_what_a_killed_controller_left
             assert RunRegistry().kernels(c.run_id) == []
             assert not list(runtime.glob(f"kernel-kernelpit-{c.run_id}-*.json"))
             assert not os.path.exists(f"/dev/shm/kernelpit-{c.run_id}")
+            assert not os.path.exists(run_dirs[0])
+            assert glob.glob(os.path.join(tempfile.gettempdir(), f"kernelpit-{pool.run_id}-*"))
             assert pool.call("add", 1, 2) == 3
     finally:
         c.cleanup()
 
 
-def test_a_start_removes_the_shared_memory_of_any_dead_run_and_keeps_live_ones(tmp_path):
-    # a run recorded in another runtime dir's registry is unknown here: its owner file says
-    # whose it is
+def test_a_start_removes_the_files_of_any_dead_run_and_keeps_live_ones(tmp_path):
+    # runs recorded in another runtime dir's registry are unknown here: their owner files say
+    # whose they are; an older version's channel directory (kp-*, no owner file) is judged by
+    # whether anyone still listens on its socket
     gone = psutil.Popen(["sleep", "30"])
     gone_identity = (gone.pid, gone.create_time())
     gone.kill()
     gone.wait()
-    runs = {}
+    runs, run_dirs = {}, {}
     for name, (pid, start) in {"dead": gone_identity, "live": controller_identity()}.items():
         path = f"/dev/shm/kernelpit-test{name}{os.getpid()}"
         os.makedirs(path)
         Path(path, "w1-0.arrow").write_bytes(b"x" * 1000)
-        Path(path + reaper.OWNER_SUFFIX).write_text(f"{pid} {start!r}\n")
+        Path(path + leftovers.OWNER_SUFFIX).write_text(f"{pid} {start!r}\n")
         runs[name] = path
+        run_dir = tempfile.mkdtemp(prefix=f"kernelpit-test{name}-")
+        Path(run_dir, leftovers.OWNER_FILE).write_text(f"{pid} {start!r}\n")
+        Path(run_dir, "worker-1.log").write_text("log")
+        run_dirs[name] = run_dir
+    channels, listening = {}, None
+    for name in ("dead", "live"):
+        path = tempfile.mkdtemp(prefix="kp-")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(f"{path}/calls")
+        if name == "live":
+            sock.listen()
+            listening = sock
+        else:
+            sock.close()  # its controller died: the socket file stays, nobody listens
+        old = time.time() - 2 * leftovers.LEGACY_MIN_AGE
+        os.utime(path, (old, old))
+        channels[name] = path
     try:
         with kernelpit.Pool(adapters=[DEMO], workers=1) as pool:
             own = f"/dev/shm/kernelpit-{pool.run_id}"
-            assert os.path.isdir(own) and os.path.exists(own + reaper.OWNER_SUFFIX)
+            assert os.path.isdir(own) and os.path.exists(own + leftovers.OWNER_SUFFIX)
             assert not os.path.exists(runs["dead"])
-            assert not os.path.exists(runs["dead"] + reaper.OWNER_SUFFIX)
+            assert not os.path.exists(runs["dead"] + leftovers.OWNER_SUFFIX)
             assert os.path.exists(Path(runs["live"], "w1-0.arrow"))
-        assert not os.path.exists(own) and not os.path.exists(own + reaper.OWNER_SUFFIX)
+            assert not os.path.exists(run_dirs["dead"]) and not os.path.exists(channels["dead"])
+            assert os.path.exists(Path(run_dirs["live"], "worker-1.log"))
+            assert os.path.exists(Path(channels["live"], "calls"))
+            [own_dir] = glob.glob(os.path.join(tempfile.gettempdir(), f"kernelpit-{pool.run_id}-*"))
+            assert os.path.exists(Path(own_dir, "calls"))  # the call channel lives in it
+        assert not os.path.exists(own) and not os.path.exists(own + leftovers.OWNER_SUFFIX)
+        assert not os.path.exists(own_dir)
     finally:
+        listening.close()
         for path in runs.values():
-            reaper.remove_shared_dir(path)
+            leftovers.remove_shared_dir(path)
+        for path in [*run_dirs.values(), *channels.values()]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_run_registry_and_its_sidecar_files_are_private(tmp_path):
+    old = os.umask(0o022)
+    try:
+        reg = RunRegistry(tmp_path / "kernelpit" / "registry.sqlite")
+        reg.open_run("r1")
+        files = sorted(p.name for p in (tmp_path / "kernelpit").iterdir())
+        assert files == ["registry.sqlite", "registry.sqlite-shm", "registry.sqlite-wal"]
+        for name in files:
+            assert stat.S_IMODE((tmp_path / "kernelpit" / name).stat().st_mode) == 0o600, name
+        reg.close()  # the last connection removes the sidecar files
+        # a registry an older version made world-readable is narrowed when it is next opened
+        (tmp_path / "kernelpit" / "registry.sqlite").chmod(0o644)
+        reg = RunRegistry(tmp_path / "kernelpit" / "registry.sqlite")
+        reg.open_run("r2")
+        for name in files:
+            assert stat.S_IMODE((tmp_path / "kernelpit" / name).stat().st_mode) == 0o600, name
+        reg.close()
+    finally:
+        os.umask(old)
 
 
 def test_a_tools_subprocess_dies_with_its_kernel_on_kill_and_on_close(spawn_dir):

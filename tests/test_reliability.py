@@ -1,11 +1,14 @@
 """Recycling, health, crash barrier: fault injection on real kernel processes."""
 
+import contextlib
 import os
 import random
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 
+import numpy as np
+import psutil
 import pytest
 
 import kernelpit
@@ -87,28 +90,52 @@ def test_manual_recycle_lets_the_running_call_finish_and_replaces_the_worker(tmp
         assert new.recycles == 1 and new.recycle_reason == "manual"
 
 
-def test_kill_9_in_a_loop_while_callers_run_never_hangs_and_refills():
-    # the kills come from outside, not from the tool: keep the tool out of quarantine
+def manager(pool):
+    """The PoolManager behind an embedded pool (its crash barrier's counters)."""
+    return pool._async._manager
+
+
+def on_loop(pool, fn, *args):
+    """Run ``fn(*args)`` on the pool's event loop (the manager is not thread-safe)."""
+    async def run():
+        return fn(*args)
+    return pool._portal.call(run)
+
+
+def test_kills_from_outside_never_taint_the_tool_nor_slow_the_refill():
+    # issue 12: kill -9 of workers from outside once quarantined the innocent tool they ran
     with kernelpit.Pool(adapters=["kp_tools"], workers=2, path=[ADAPTERS],
-                        taint_threshold=1000) as pool:
+                        taint_threshold=3) as pool:
+        group = manager(pool).groups["default"]
         stop = threading.Event()
-        threads, results, failures = load(pool, stop, "sleep", 0.01)
+        threads, results, failures = load(pool, stop, "sleep", 0.05)
         rng = random.Random(7)
-        for _ in range(50):
-            victim = rng.choice(wait_until(lambda: serving(pool)))
-            try:
+        kills = 0
+        while kills < 20:
+            victim = rng.choice(wait_until(lambda: serving(pool), timeout=60))
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(victim.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+                kills += 1
             wait_until(lambda: victim.id not in {w.id for w in pool.workers()})
+            # and its replacement while it starts (once it has a process), when seen in time
+            starting = wait_until(lambda: [w for w in pool.workers() if w.state == "starting"
+                                           and w.pid] or len(serving(pool)) == 2, timeout=60)
+            if starting is not True:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(starting[0].pid, signal.SIGKILL)
+                    kills += 1
+        wait_until(lambda: len(serving(pool)) == 2, timeout=60)
         stop.set()
         for t in threads:
             t.join(timeout=90)
             assert not t.is_alive(), "a caller hung"
         assert results, "no call succeeded"
+        assert not [f for f in failures if isinstance(f, kernelpit.ToolTainted)]
         assert all(isinstance(f, kernelpit.WorkerCrashed) and f.reason == "killed"
                    for f in failures), failures[:3]
-        wait_until(lambda: len(serving(pool)) == 2)
+        assert on_loop(pool, group.taints.count, "sleep") == 0
+        assert group.start_backoffs == 0  # no kill pushed the refill into backoff
+        assert group.starts_killed >= 1   # (some kills did hit a starting worker)
         assert pool.call("add", 1, 1) == 2
 
 
@@ -139,16 +166,60 @@ def test_oom_kill_is_named_from_the_memory_it_held():
     assert classify(3, rss=0, oom_before=None).describe() == "exited with code 3"
 
 
-def test_a_tool_that_keeps_crashing_workers_is_tainted():
+def test_a_tool_that_keeps_crashing_workers_is_tainted_until_untainted():
     with kernelpit.Pool(adapters=["kp_tools"], workers=2, path=[ADAPTERS],
                         taint_threshold=3, taint_period=60) as pool:
         for _ in range(3):
             with pytest.raises(kernelpit.WorkerCrashed):
                 pool.options(deadline=60).call("segfault")
-        with pytest.raises(kernelpit.ToolTainted, match=r"segfault\(\) crashed 3 workers .* quarantined"):
+        before = time.time()
+        with pytest.raises(kernelpit.ToolTainted, match=r"segfault\(\) crashed 3 workers .* "
+                           r"quarantined .* lifts in \d+ s, at \d\d:\d\d:\d\d.* "
+                           r"pool.untaint\('segfault'\) or `kernelpit untaint segfault`") as info:
             pool.call("segfault")
+        assert not isinstance(info.value, kernelpit.WorkerCrashed)  # a refusal, not a crash
+        assert before + 50 < info.value.until <= time.time() + 60
         assert pool.options(deadline=60).call("add", 2, 2) == 4  # the pool itself keeps serving
+        assert on_loop(pool, manager(pool).untaint, "segfault") is True
+        assert on_loop(pool, manager(pool).untaint, "segfault") is False  # nothing left to lift
+        with pytest.raises(kernelpit.WorkerCrashed, match="segmentation fault"):  # it runs again
+            pool.options(deadline=60).call("segfault")
+        with pytest.raises(kernelpit.ToolNotFound):
+            on_loop(pool, manager(pool).untaint, "no_such_tool")
+        with pytest.raises(kernelpit.PoolNotFound, match=r"no pool named 'nope' .*pools: default"):
+            on_loop(pool, manager(pool).untaint, "segfault", "nope")
         wait_until(lambda: len(serving(pool)) == 2)
+
+
+def test_an_unhealthy_workers_calls_fail_and_their_shared_memory_is_reclaimed():
+    # the call that froze the worker, and one that was sent to it after: the frozen agent never
+    # read that one's array, whose shared-memory file the pool must remove
+    with kernelpit.Pool(adapters=["kp_faults"], workers=1, concurrency=2, path=[ADAPTERS],
+                        shm_threshold=1000, health_interval=0.2, health_timeout=1.0) as pool:
+        shm = f"/dev/shm/kernelpit-{pool.run_id}"
+        worker = pool.workers()[0]
+        freezing = pool.stream("ts_freeze")
+        assert next(freezing).kind == "started"
+        wait_until(lambda: psutil.Process(worker.pid).status() == psutil.STATUS_STOPPED)
+        unread = pool.stream("ts_size", np.arange(10_000, dtype=np.float64))
+        assert next(unread).kind == "started"
+        assert [n for n in os.listdir(shm) if n.startswith("c")]  # its argument, not yet read
+        for stream in (freezing, unread):
+            last = list(stream)[-1]
+            assert last.kind == "error" and isinstance(last.error, kernelpit.WorkerCrashed)
+            assert "stopped answering" in str(last.error) and "killed and replaced" in str(last.error)
+        assert [n for n in os.listdir(shm) if n.startswith("c")] == []
+        wait_until(lambda: len(serving(pool)) == 1)
+
+
+def test_opening_a_session_waits_for_a_ready_worker():
+    # issue 12: with no ready worker (its one worker being replaced), it raised PoolClosed
+    with kernelpit.Pool(adapters=["kp_tools"], workers=1, path=[ADAPTERS]) as pool:
+        old = pool.workers()[0]
+        pool.restart(old.id)
+        wait_until(lambda: not serving(pool))
+        info = pool._portal.call(manager(pool).open_session, None, None, {})
+        assert info.worker != old.id and info.worker in {w.id for w in serving(pool)}
 
 
 def test_a_frozen_worker_is_detected_as_unhealthy_and_replaced():

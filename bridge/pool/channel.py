@@ -1,7 +1,7 @@
 """The call channel: one Unix socket that every worker agent's threads connect to.
 
-It listens inside a private (0700) directory, so only this user's processes
-can reach it.  Each agent thread connects and introduces itself as
+It listens inside the run's private (0700) directory, so only this user's
+processes can reach it.  Each agent thread connects and introduces itself as
 ``<worker>`` (io thread) or ``<worker>.<n>`` (executor n); messages go to a
 worker's io thread, and every incoming message is handed to
 ``on_message(worker_id, msg)`` on the event loop as soon as it is read.
@@ -14,12 +14,11 @@ its I/O thread at both ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-import shutil
 import socket
-import tempfile
 from typing import Any, Callable
 
 from ..kernels import wire
@@ -42,21 +41,22 @@ def _undecodable(header: bytes, exc: Exception) -> dict[str, Any]:
 class Channel:
     """Listens for worker agents; see the module docstring.  Made with :meth:`open`."""
 
-    def __init__(self, on_message: Callable[[int, dict[str, Any]], None],
+    def __init__(self, directory: str | os.PathLike[str],
+                 on_message: Callable[[int, dict[str, Any]], None],
                  transport: Transport | None = None) -> None:
         self._on_message = on_message
         self._transport = transport
-        self._dir = tempfile.mkdtemp(prefix="kp-")
-        os.chmod(self._dir, 0o700)
-        self.path = f"{self._dir}/calls"
+        self.path = f"{directory}/calls"
         self.endpoint = f"unix://{self.path}"
         self._io: dict[int, asyncio.Transport] = {}  # worker id -> its io thread's connection
         self._server: asyncio.AbstractServer | None = None
 
     @classmethod
-    async def open(cls, on_message: Callable[[int, dict[str, Any]], None],
+    async def open(cls, directory: str | os.PathLike[str],
+                   on_message: Callable[[int, dict[str, Any]], None],
                    transport: Transport | None = None) -> "Channel":
-        channel = cls(on_message, transport)
+        """Listen on ``<directory>/calls`` (``directory``: private to this user, 0700)."""
+        channel = cls(directory, on_message, transport)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(channel.path)
         channel._server = await asyncio.get_running_loop().create_unix_server(
@@ -96,7 +96,8 @@ class Channel:
         for conn in list(self._io.values()):
             conn.close()
         self._io.clear()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
 
 
 class _Connection(asyncio.BufferedProtocol):

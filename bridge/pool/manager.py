@@ -9,7 +9,6 @@ import itertools
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -19,16 +18,17 @@ from .. import events as ev
 from ..config import PoolConfig
 from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, PoolClosed, PoolNotFound,
                           SessionLost, ToolNotFound, ToolTainted, WorkerCrashed, WorkerNotFound)
-from ..info import SessionInfo, ToolInfo, WorkerInfo, WorkerState
+from ..info import SessionInfo, ToolInfo, WorkerInfo
 from ..kernels.schema import check_arguments, check_columns
 from .call import Call, CallOptions
 from .channel import Channel
 from .group import WorkerGroup
-from . import reaper, registry as run_registry
+from . import leftovers, reaper, registry as run_registry
 from .health import HealthMonitor
 from .sessions import SessionTable
 from ..kernels.arrow import SHM_BASE, Transport, reclaim, shared_dir
 from .crash import classify, counts_toward_taint, crash_message, should_retry
+from .state import RECYCLING
 from .worker import Worker
 
 log = logging.getLogger("kernelpit")
@@ -43,7 +43,7 @@ def shared_memory_dir(run_id: str) -> str | None:
         return None
     path = shared_dir(run_id)
     os.makedirs(path, mode=0o700, exist_ok=True)
-    reaper.mark_owner(path)
+    leftovers.mark_shared_dir(path)
     return path
 
 
@@ -72,9 +72,9 @@ class PoolManager:
     async def start(self) -> None:
         # -- orphan-proof process management: record this run, end what dead runs left --
         await asyncio.to_thread(reaper.reap_on_start, run_registry.open_run(self.run_id))
-        self._run_dir = Path(tempfile.mkdtemp(prefix=f"kernelpit-{self.run_id}-"))
+        self._run_dir = leftovers.make_run_dir(self.run_id)
         self.shm_dir = shared_memory_dir(self.run_id)
-        self._channel = await Channel.open(self._on_message, Transport(
+        self._channel = await Channel.open(self._run_dir, self._on_message, Transport(
             self.shm_dir, allow_pickle=any(c.pickle for c in self.configs)))
         slots = asyncio.Semaphore(8)
         for cfg in self.configs:
@@ -111,7 +111,7 @@ class PoolManager:
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         if self.shm_dir is not None:
-            reaper.remove_shared_dir(self.shm_dir)
+            leftovers.remove_shared_dir(self.shm_dir)
 
     # -- messages from workers -------------------------------------------------------------
     def _on_message(self, worker_id: int, msg: dict[str, Any]) -> None:
@@ -133,7 +133,7 @@ class PoolManager:
             return
         worker.end(call)
         group = self.groups[worker.config.name]
-        if worker.state is WorkerState.RECYCLING:
+        if worker.state is RECYCLING:
             if not worker.inflight:
                 group.retire_soon(worker)
             return
@@ -207,7 +207,7 @@ class PoolManager:
                                  exit_code=worker.returncode, reason=death.reason, tool=call.tool,
                                  worker=worker.id))
             call.fail(exc)
-        if worker.state_at_death is not WorkerState.RECYCLING:
+        if worker.state_at_death is not RECYCLING:
             log.warning("worker %d of pool '%s' %s; starting a replacement", worker.id,
                         group.name, how)
         group.remove(worker)
@@ -219,9 +219,7 @@ class PoolManager:
         loss ``taints``, then resubmitted elsewhere if it may be retried, else failed with
         ``error(call)``."""
         group = self.groups[worker.config.name]
-        calls = list(worker.inflight.values())
-        worker.inflight.clear()
-        for call in calls:
+        for call in worker.take_inflight():
             self.calls.pop(call.id, None)
             if call.shared:
                 call.reclaim()

@@ -33,10 +33,8 @@ process plus one SQLite query; see docs/reliability.md for the measured figure.
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
-import shutil
 import select
 import signal
 import sys
@@ -46,7 +44,7 @@ from pathlib import Path
 
 import psutil
 
-from ..kernels.arrow import SHM_BASE, shared_dir
+from . import leftovers
 from .registry import RunRegistry, controller_identity, default_path, process_alive
 
 log = logging.getLogger("kernelpit")
@@ -371,60 +369,6 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
-def _remove_connection_files(registry: RunRegistry | None, run_ids: set[str]) -> list[str]:
-    """Connection files (``kernel-kernelpit-<run>-<worker>.json``) of runs that are now over."""
-    if registry is None or not run_ids:
-        return []
-    runtime = registry.path.parent.parent
-    removed = []
-    for run_id in run_ids:
-        for path in runtime.glob(f"kernel-kernelpit-{run_id}-*.json"):
-            with contextlib.suppress(OSError):
-                path.unlink()
-                removed.append(str(path))
-    return removed
-
-
-OWNER_SUFFIX = ".owner"
-
-
-def mark_owner(path: str) -> None:
-    """Write beside a run's shared-memory directory which process owns it (pid and start
-    time), so a later start removes it once that process is gone, whichever registry (runtime
-    directory) the run used."""
-    pid, start = controller_identity()
-    fd = os.open(path + OWNER_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{pid} {start!r}\n")
-
-
-def remove_shared_dir(path: str) -> None:
-    """Remove a run's shared-memory directory and its owner file."""
-    shutil.rmtree(path, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        os.unlink(path + OWNER_SUFFIX)
-
-
-def _remove_shared_memory(run_ids: set[str]) -> list[str]:
-    """The shared-memory directories (Arrow values in transit) of runs that are now over:
-    those of ``run_ids``, and any whose owner file names a process that is gone."""
-    paths = {shared_dir(run_id) for run_id in run_ids}
-    for marker in glob.glob(os.path.join(SHM_BASE, "kernelpit-*" + OWNER_SUFFIX)):
-        try:
-            with open(marker) as f:
-                pid, start = f.read().split()
-            if not process_alive(int(pid), float(start)):
-                paths.add(marker[:-len(OWNER_SUFFIX)])
-        except (OSError, ValueError):  # another user's (unreadable), or being written
-            continue
-    removed = []
-    for path in sorted(paths):
-        if os.path.isdir(path) or os.path.exists(path + OWNER_SUFFIX):
-            remove_shared_dir(path)
-            removed.append(path)
-    return removed
-
-
 def reap_orphans(registry: RunRegistry | None = None, *, grace: float = 3.0,
                  everywhere: bool = False) -> Reaped:
     """Find and end what earlier runs left behind; forget their registry rows. Logs what it did."""
@@ -433,14 +377,17 @@ def reap_orphans(registry: RunRegistry | None = None, *, grace: float = 3.0,
 
 
 def cleanup(registry: RunRegistry | None, result: Reaped) -> Reaped:
-    """After ``reap``: forget the registry rows and connection files of runs now over; log."""
+    """After ``reap``: forget the registry rows of runs now over, remove the files they left
+    (``leftovers.py``); log."""
     scan = result.scan
     over = set(scan.dead_runs) | {o.run_id for o in scan.orphans}
     if result.survivors:
         over -= {o.run_id for o in scan.orphans if o.pid in result.survivors}
     if registry is not None:
         registry.forget(sorted(over & {r.run_id for r in registry.runs()}))
-    result.removed_files = _remove_connection_files(registry, over) + _remove_shared_memory(over)
+    runtime = (registry.path if registry is not None else default_path()).parent.parent
+    result.removed_files = (leftovers.remove_connection_files(runtime, over)
+                            + leftovers.remove_shared_dirs(over) + leftovers.remove_run_dirs(over))
     if scan.orphans:
         log.warning("kernelpit: ended %d process(es) left by earlier runs whose controller is "
                     "gone (runs %s): %d after SIGTERM, %d needed SIGKILL%s", len(

@@ -23,6 +23,7 @@ pool.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -92,6 +93,22 @@ def process_alive(pid: int | None, create_time: float | None) -> bool:
         return False
 
 
+SIDECARS = ("", "-wal", "-shm")
+
+
+def _private(path: Path) -> None:
+    """Make the registry (0600, like everything else of a run) before SQLite opens it: SQLite
+    gives its ``-wal`` and ``-shm`` files the database file's mode.  Files an older version
+    made world-readable are narrowed."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # the umask can only narrow 0600
+    os.close(fd)
+    for suffix in SIDECARS:
+        with contextlib.suppress(OSError):
+            side = f"{path}{suffix}"
+            if os.stat(side).st_mode & 0o077:
+                os.chmod(side, 0o600)
+
+
 @dataclass
 class KernelRow:
     run_id: str
@@ -130,13 +147,15 @@ class RunRegistry:
 
     def __init__(self, path: str | Path | None = None, busy_timeout: float = 5.0) -> None:
         self.path = Path(path) if path is not None else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private(self.path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
                                    check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
+        _private(self.path)  # the -wal and -shm files, now that they exist
         with self._tx() as db:
             for statement in SCHEMA.split(";"):
                 if statement.strip():

@@ -18,7 +18,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 from ..config import PoolConfig
 from ..events import Started
 from ..exceptions import StartError
-from ..info import WorkerInfo, WorkerState
+from ..info import WorkerInfo
 from . import deathwatch
 from .call import Call
 from .channel import Channel
@@ -26,7 +26,7 @@ from .crash import Death, classify, oom_kills
 from ..kernels.arrow import Transport
 from .kernel import channel_url, launch, worker_env
 from . import registry as run_registry
-from .state import WorkerBase
+from .state import DEAD, STARTING, STOPPING, WorkerBase
 
 _ping_ids = itertools.count(1)
 
@@ -150,7 +150,7 @@ class Worker(WorkerBase):
             self._hb = None
         if not self._exit.done():
             self._exit.set_result(None)
-        if was is WorkerState.STARTING:  # fail the start (its hello or its first ping) now
+        if was is STARTING:  # fail the start (its hello or its first ping) now
             error = StartError(
                 f"worker {self.id} of pool '{self.config.name}' {describe_exit(self.returncode)} "
                 f"during start; kernel log {self.log_path}:\n{self.log_tail()}")
@@ -159,7 +159,7 @@ class Worker(WorkerBase):
                     fut.set_exception(error)
                     fut.exception()
             return
-        if was is not WorkerState.STOPPING:
+        if was is not STOPPING:
             self._on_exit(self)
 
     async def stop(self, grace: float = 2.0) -> None:
@@ -187,7 +187,7 @@ class Worker(WorkerBase):
         """Kill the kernel's process group now: ``why`` the pool does it (cancel grace,
         unhealthy, restart), so that its death is not counted against the tool."""
         self.note_kill(why)
-        if self.km is not None and self._state is not WorkerState.DEAD:
+        if self.km is not None and self._state is not DEAD:
             with contextlib.suppress(Exception):
                 await self.km.provisioner.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
 
@@ -195,7 +195,7 @@ class Worker(WorkerBase):
         """SIGINT the kernel (stops a running notebook cell) and cancel running tool calls."""
         for call_id in list(self.inflight):
             self._channel.send(self.id, {"op": "cancel", "id": call_id})
-        if self.km is not None and self._state is not WorkerState.DEAD:
+        if self.km is not None and self._state is not DEAD:
             await self.km.interrupt_kernel()
 
     # -- calls -----------------------------------------------------------------------
@@ -222,7 +222,7 @@ class Worker(WorkerBase):
     def sample(self, max_age: float = 0.0) -> int:
         """Refresh RSS (kernel plus children) and CPU %, unless sampled within ``max_age`` s."""
         now = time.monotonic()
-        if not self.pid or self._state is WorkerState.DEAD or now - self.sampled_at < max_age:
+        if not self.pid or self._state is DEAD or now - self.sampled_at < max_age:
             return self.rss
         try:
             if self._proc is None or self._proc.pid != self.pid:
@@ -245,7 +245,7 @@ class Worker(WorkerBase):
         import zmq
         import zmq.asyncio
 
-        if self.km is None or self._state is WorkerState.DEAD:
+        if self.km is None or self._state is DEAD:
             return False
         if self._hb is None:
             info = self.km.get_connection_info()
