@@ -92,7 +92,7 @@ def test_manual_recycle_lets_the_running_call_finish_and_replaces_the_worker(tmp
 
 def manager(pool):
     """The PoolManager behind an embedded pool (its crash barrier's counters)."""
-    return pool._async._manager
+    return pool._async._backend.manager
 
 
 def on_loop(pool, fn, *args):
