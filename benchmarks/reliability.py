@@ -1,6 +1,6 @@
 """Reliability figures for docs/reliability.md: crash recovery, recycling under load, a soak.
 
-    python -m benchmarks.reliability              # crash + recycling figures (~1 min)
+    python -m benchmarks.reliability              # kill loop, crash + recycling figures (~1.5 min)
     python -m benchmarks.reliability --soak 600   # plus a 10-minute soak
 
 Prints a table and writes benchmarks/results/reliability-<date>-<host>.json.
@@ -10,6 +10,7 @@ Figures only: nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -59,6 +60,46 @@ def crash_recovery(kills: int) -> dict:
             to_full.append(time.perf_counter() - t0)
     return {"kills": kills, "to_error_ms": _summary([x * 1000 for x in to_error]),
             "to_full_s": _summary(to_full)}
+
+
+def kill_loop(kills: int, seconds: float = 10.0) -> dict:
+    """Issue 12's defect, replayed: 4 callers run a 50 ms tool on 2 workers while workers are
+    killed with SIGKILL from outside, ``kills`` times in about ``seconds``; with the default
+    taint settings the tool must never be quarantined, and the refill must not back off."""
+    outcomes: dict[str, int] = {}
+    stop = threading.Event()
+
+    def caller() -> None:
+        while not stop.is_set():
+            try:
+                pool.call("train", epochs=1, seconds_per_epoch=0.05)
+                name = "ok"
+            except Exception as exc:  # noqa: BLE001 - counted by type
+                name = type(exc).__name__
+            outcomes[name] = outcomes.get(name, 0) + 1
+
+    with kernelpit.Pool(adapters=[ADAPTER], workers=2) as pool:
+        threads = [threading.Thread(target=caller) for _ in range(4)]
+        for t in threads:
+            t.start()
+        t0, done = time.perf_counter(), 0
+        while done < kills:
+            for w in pool.workers():
+                if w.pid and done < kills:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(w.pid, signal.SIGKILL)
+                        done += 1
+                    time.sleep(seconds / kills)  # a kill loop, paced as in the report
+        last_kill = time.perf_counter()
+        _wait(lambda: len([w for w in _serving(pool) if w.state in ("idle", "busy")]) == 2)
+        refill = time.perf_counter() - last_kill
+        stop.set()
+        for t in threads:
+            t.join()
+        group = pool._async._backend.manager.groups["default"]
+        backoffs = group.start_backoffs
+    return {"kills": kills, "kill_seconds": round(last_kill - t0, 1), "outcomes": outcomes,
+            "refill_after_last_kill_s": round(refill, 2), "start_backoffs": backoffs}
 
 
 def _load(pool, seconds: float, callers: int, tool: str, *args) -> tuple[int, list[str]]:
@@ -131,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": {"host": socket.gethostname(), "cpus": os.cpu_count(),
                           "python": platform.python_version()},
               "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    report["kill_loop"] = kill_loop(args.kills)
+    print("kill loop:", json.dumps(report["kill_loop"]))
     report["crash_recovery"] = crash_recovery(args.kills)
     print("crash recovery:", json.dumps(report["crash_recovery"]))
     report["recycling_under_load"] = recycling_under_load(args.recycle_seconds)
