@@ -20,7 +20,8 @@ from .config import PoolConfig, parse_size
 from .events import Display, Error, Event, Partial, Progress, Queued, Result, Started, Stderr, Stdout
 from .exceptions import (BridgeError, BridgeNotFound, CallError, Cancelled, DeadlineExceeded,
                          InvalidArguments, JobLost, JobNotFound, KernelpitError, NotFound,
-                         PoolClosed, PoolNotFound, QueueFull, RemoteError, RemoteTraceback,
+                         PermissionDenied, PoolClosed, PoolNotFound, QueueFull, RemoteError,
+                         RemoteTraceback,
                          SessionLost, SessionNotFound, StartError, ToolNotFound, ToolTainted,
                          Unauthenticated, WorkerCrashed, WorkerNotFound)
 from .info import SessionInfo, ToolInfo, WorkerInfo
@@ -53,17 +54,23 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 
-def connect(address: str | None = None, token: str | None = None, *,
-            timeout: float = 5.0) -> "_remote.Client":
+def connect(address: str | None = None, token: str | None = None, *, timeout: float = 5.0,
+            tls_ca: Any = None, tls_cert: Any = None, tls_key: Any = None) -> "_remote.Client":
     """A client of a running bridge (``kernelpit serve``): the API of :class:`Pool`, plus
     ``address`` and ``server_info()``.
 
     With no arguments it finds the bridge through its discovery file; raises
     :class:`BridgeNotFound` when none answers.  (Imported on first use, so gRPC
     stays out of processes that never connect, such as the worker kernels.)
+
+    A TLS bridge: ``tls_ca`` is the CA that signed its certificate, and for mutual TLS
+    ``tls_cert`` and ``tls_key`` are this client's (paths to PEM files, or the PEM); the
+    discovery file supplies the CA when connecting without arguments.  See
+    docs/security.md.
     """
     from .remote import connect as _connect
-    return _connect(address, token, timeout=timeout)
+    return _connect(address, token, timeout=timeout, tls_ca=tls_ca, tls_cert=tls_cert,
+                    tls_key=tls_key)
 
 
 def load_ipython_extension(ip: Any) -> None:
@@ -83,7 +90,7 @@ __all__ = [
     "events", "Event", "Queued", "Started", "Progress", "Stdout", "Stderr", "Display", "Partial",
     "Result", "Error",
     "KernelpitError", "StartError", "PoolClosed", "BridgeError", "BridgeNotFound",
-    "Unauthenticated", "CallError", "NotFound", "ToolNotFound", "SessionNotFound",
+    "Unauthenticated", "PermissionDenied", "CallError", "NotFound", "ToolNotFound", "SessionNotFound",
     "WorkerNotFound", "PoolNotFound", "JobNotFound", "InvalidArguments", "QueueFull", "DeadlineExceeded", "Cancelled",
     "WorkerCrashed", "ToolTainted", "SessionLost", "JobLost", "RemoteError", "RemoteTraceback",
 ]

@@ -10,7 +10,7 @@
             ...
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .caller import AsyncCaller as Caller
 from .caller import AsyncSession as Session
@@ -20,16 +20,17 @@ if TYPE_CHECKING:
     from .remote import Connecting
 
 
-def connect(address: str | None = None, token: str | None = None, *,
-            timeout: float = 5.0) -> "Connecting":
+def connect(address: str | None = None, token: str | None = None, *, timeout: float = 5.0,
+            tls_ca: Any = None, tls_cert: Any = None, tls_key: Any = None) -> "Connecting":
     """A client of a running bridge: the API of :class:`Pool`, plus ``watch()``.
 
     ``async with kernelpit.aio.connect() as pool:`` or ``pool = await kernelpit.aio.connect()``.
     With no arguments it finds the bridge through its discovery file; raises
-    ``BridgeNotFound`` when none answers.
+    ``BridgeNotFound`` when none answers.  ``tls_ca``, ``tls_cert``, ``tls_key``: as
+    :func:`kernelpit.connect`.
     """
     from .remote import Connecting
-    return Connecting(address, token, timeout)
+    return Connecting(address, token, timeout, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
 
 
 __all__ = ["Pool", "Session", "Caller", "connect"]

@@ -8,6 +8,7 @@
     kernelpit call train epochs=3                     # run a tool, with live progress
     kernelpit untaint train                           # lift a crash quarantine now
     kernelpit stop                                    # stop the running bridge
+    kernelpit token add ci --role call                # a named token (also list, revoke, rotate)
     kernelpit demo                                    # a tour with the bundled demo adapter
     kernelpit doctor [--fix]                          # environment checks, orphaned kernels
 """
@@ -109,7 +110,8 @@ def print_error(exc: BaseException, err: TextIO) -> None:
 
 def connect_from(args: argparse.Namespace) -> Any:
     from .remote import connect
-    return connect(args.address, args.token)
+    return connect(args.address, args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                   tls_key=args.tls_key)
 
 
 POOL_FLAGS = ("concurrency", "max_calls", "max_age", "max_memory", "spares", "shm_threshold")
@@ -143,10 +145,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          "--adapter; set them in the [pools.NAME] tables of the config file "
                          "instead")
     auth = settings.pop("auth", True) and not args.no_auth
-    if not auth:
-        print("kernelpit: WARNING: authentication is OFF (--no-auth): anyone who can reach the "
-              "port can run tools as this user", file=sys.stderr, flush=True)
-    for key in ("host", "port", "grace", "max_message_size", "idle_timeout"):
+    for key in ("host", "port", "grace", "max_message_size", "idle_timeout", "tls_cert",
+                "tls_key", "tls_client_ca", "tls_ca", "token_file"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -155,6 +155,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              or not idle >= 0):
         raise UsageError(f"idle timeout must be a number of seconds >= 0 (0: never stop by "
                          f"itself), got {idle!r}")
+    if args.insecure_bind_anywhere:
+        settings["insecure_bind_anywhere"] = True
     asyncio.run(serve(configs, auth=auth, token=args.token,
                       discovery=False if args.no_discovery else None, **settings))
     return 0
@@ -170,8 +172,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                        "pools": list(info.pools), "workers": [asdict(w) for w in workers],
                        "sessions": [asdict(s) for s in sessions]}))
         return 0
+    sec = info.security
+    transport = ("mutual TLS" if sec.client_certificates else "TLS" if sec.tls else "plaintext")
     print(f"bridge {info.address}  pid {info.pid}  kernelpit {info.version}  "
-          f"up {human_seconds(time.time() - info.started)}  pools: {', '.join(info.pools)}")
+          f"up {human_seconds(time.time() - info.started)}  pools: {', '.join(info.pools)}  "
+          f"{transport}" + (f"  token {sec.token_name} ({sec.role})" if sec.auth else ""))
+    for warning in info.warnings:
+        print(f"WARNING: {warning}")
     print()
     print(workers_table(workers))
     print()
@@ -250,6 +257,37 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    with connect_from(args) as client:
+        if args.action == "list":
+            tokens = client.list_tokens()
+        elif args.action == "add":
+            tokens = [client.add_token(args.name, args.role)]
+        else:
+            tokens = [getattr(client, f"{args.action}_token")(args.name)]
+    if args.json:
+        from dataclasses import asdict
+        print(to_json([asdict(t) for t in tokens] if args.action == "list" else asdict(tokens[0])))
+        return 0
+    if args.action == "list":
+        now = time.time()
+        print(table([(t.name, t.role, human_seconds(now - t.created) + " ago",
+                      "never" if t.last_used is None else human_seconds(now - t.last_used) + " ago")
+                     for t in tokens], ("NAME", "ROLE", "CREATED", "LAST USED")))
+        return 0
+    token = tokens[0]
+    if token.secret is not None:
+        print(token.secret)  # stdout: the secret alone, for $(kernelpit token add ...)
+        print(f"kernelpit: token '{token.name}' (role {token.role}): the secret above is shown "
+              "only now; clients send it with --token or $KERNELPIT_TOKEN"
+              + ("; the old secret is refused from now on" if args.action == "rotate" else ""),
+              file=sys.stderr)
+    else:
+        print(f"kernelpit: token '{token.name}' is revoked: new RPCs with it are refused "
+              "(streams open now stay open until they end)", file=sys.stderr)
+    return 0
+
+
 def wait_for_exit(pid: int, timeout: float) -> bool:
     """Wait for a process (not necessarily our child) to end; a zombie counts as ended."""
     import psutil
@@ -320,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "file of the running bridge)")
         p.add_argument("--token", help="bearer token (default: $KERNELPIT_TOKEN or the "
                        "discovery file's)")
+        p.add_argument("--tls-ca", metavar="FILE", help="CA certificate (PEM) that signed a TLS "
+                       "bridge's certificate (default: $KERNELPIT_TLS_CA or the discovery file's)")
+        p.add_argument("--tls-cert", metavar="FILE", help="this client's certificate (PEM), "
+                       "for a bridge that requires one (default: $KERNELPIT_TLS_CERT)")
+        p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM; "
+                       "default: $KERNELPIT_TLS_KEY)")
 
     p = sub.add_parser("serve", help="run the bridge in the foreground",
                        description="Start worker kernels and serve them over gRPC until "
@@ -339,13 +383,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "memory, e.g. 1MB (default)")
     p.add_argument("--config", metavar="FILE", help="TOML file with [pools.NAME] tables "
                    "(PoolConfig fields) and an optional [bridge] table")
-    p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--host", help="interface to listen on (default 127.0.0.1); anything but "
+                   "loopback needs TLS (--tls-cert/--tls-key) or --insecure-bind-anywhere")
     p.add_argument("--port", type=int, help="port (default 0: any free port)")
     p.add_argument("--token", default=os.environ.get("KERNELPIT_TOKEN"),
                    help="bearer token clients must send (default: $KERNELPIT_TOKEN, else a "
                    "random one; it is written to the discovery file)")
     p.add_argument("--no-auth", action="store_true",
                    help="DANGEROUS: accept calls without a token")
+    p.add_argument("--token-file", metavar="FILE", help="where the named tokens (`kernelpit "
+                   "token add`) are kept (default: kernelpit-tokens.json beside the discovery "
+                   "file; in memory only with --no-discovery)")
+    p.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate chain "
+                   "(PEM); needs --tls-key")
+    p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    p.add_argument("--tls-client-ca", metavar="FILE", help="mutual TLS: accept only clients "
+                   "with a certificate this CA (PEM) signed")
+    p.add_argument("--tls-ca", metavar="FILE", help="the CA (PEM) that signed --tls-cert, "
+                   "written to the discovery file for local clients (default: the chain itself)")
+    p.add_argument("--insecure-bind-anywhere", action="store_true",
+                   help="DANGEROUS: listen beyond loopback without TLS (tokens and values in "
+                   "plaintext on the network)")
     p.add_argument("--grace", type=float, help="seconds in-flight calls may take to finish on "
                    "shutdown (default 30)")
     p.add_argument("--max-message-size", help="largest request accepted, e.g. 64MB (default)")
@@ -398,6 +456,24 @@ def build_parser() -> argparse.ArgumentParser:
     client_options(p)
     p.add_argument("--grace", type=float, help="seconds in-flight calls may take to finish")
     p.set_defaults(func=cmd_stop)
+
+    text = "manage the bridge's named tokens (needs an admin token)"
+    p = sub.add_parser("token", help=text, description=text[0].upper() + text[1:] + ". Roles: "
+                       "read (lists and watches), call (also runs tools, sessions and jobs), "
+                       "admin (also controls workers, shuts down, manages tokens).")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, text in (("add", "make a named token; prints its secret once"),
+                         ("list", "names, roles, when made and last used (never the secrets)"),
+                         ("revoke", "refuse a token from now on"),
+                         ("rotate", "give a token a new secret (printed once); the old is refused")):
+        a = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        client_options(a)
+        if action != "list":
+            a.add_argument("name", help="token name (letters, digits, '-', '_', '.')")
+        if action == "add":
+            a.add_argument("--role", required=True, choices=("read", "call", "admin"))
+        a.add_argument("--json", action="store_true", help="print JSON")
+        a.set_defaults(func=cmd_token)
 
     p = sub.add_parser("demo", help="a tour: bridge + remote client + streaming tool + shutdown")
     p.add_argument("--workers", type=int, default=2)

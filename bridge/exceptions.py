@@ -7,7 +7,8 @@
     ├── PoolClosed            the pool or client was closed
     ├── BridgeError           talking to a bridge service failed
     │   ├── BridgeNotFound    no running bridge was found (says how to start one)
-    │   └── Unauthenticated   the bridge refused the token
+    │   ├── Unauthenticated   the bridge refused the token
+    │   └── PermissionDenied  the token is valid, but its role may not do this
     └── CallError             one call failed; has .tool, .call_id, .worker
         ├── NotFound
         │   ├── ToolNotFound      no such tool (lists close matches)
@@ -77,6 +78,14 @@ class Unauthenticated(BridgeError):
     """The bridge refused the token."""
 
     kind = "unauthenticated"
+
+
+class PermissionDenied(BridgeError):
+    """The bridge knows the token, but its role (read, call, admin) does not allow this RPC;
+    the message names the role it needs.  Ask the bridge's owner for such a token
+    (``kernelpit token add NAME --role ROLE``)."""
+
+    kind = "permission_denied"
 
 
 class CallError(KernelpitError):
@@ -228,7 +237,7 @@ _BY_KIND: dict[str, type[CallError]] = {
 }
 _BY_NAME: dict[str, type[KernelpitError]] = {
     cls.__name__: cls for cls in (StartError, PoolClosed, BridgeError, BridgeNotFound,
-                                  Unauthenticated, NotFound, ToolNotFound, SessionNotFound,
+                                  Unauthenticated, PermissionDenied, NotFound, ToolNotFound, SessionNotFound,
                                   WorkerNotFound, PoolNotFound, JobNotFound, InvalidArguments,
                                   QueueFull, DeadlineExceeded, Cancelled, WorkerCrashed,
                                   ToolTainted, SessionLost, JobLost)

@@ -100,3 +100,15 @@ class SessionInfo:
     calls: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
     lost: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A named bearer token of a bridge (``client.list_tokens()``).  ``secret`` is set only in
+    what ``add_token`` and ``rotate_token`` return: the bridge keeps its hash, never the secret."""
+
+    name: str
+    role: str                      # read, call or admin
+    created: float
+    last_used: float | None = None
+    secret: str | None = None

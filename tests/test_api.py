@@ -19,7 +19,8 @@ from kernelpit.watch import Snapshot
 
 SETTINGS = dict(adapters=["kp_tools"], workers=2, path=[ADAPTERS])
 #: what only a bridge client has, and what only an embedded pool has (docs/architecture.md)
-ONLY_CLIENT = {"address", "server_info", "check", "info"}
+ONLY_CLIENT = {"address", "server_info", "check", "info",
+               "add_token", "list_tokens", "revoke_token", "rotate_token"}
 ONLY_POOL = {"start"}
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 import kernelpit
-import kernelpit.remote.backend
+import kernelpit.remote.target
 import kernelpit.aio
 import kernelpit.remote
 import arrow_cases
@@ -41,7 +41,7 @@ def bridge():
                max_message_size=LIMIT, grace=5, discovery=False, blob_ttl=TTL)
     portal.call(b.start)
     with pytest.MonkeyPatch.context() as mp:  # clients refuse any message above the limit
-        mp.setattr(kernelpit.remote.backend, "CHANNEL_OPTIONS", [
+        mp.setattr(kernelpit.remote.target, "CHANNEL_OPTIONS", [
             ("grpc.max_receive_message_length", LIMIT), ("grpc.max_send_message_length", LIMIT),
             ("grpc.enable_retries", 0)])
         b.portal = portal

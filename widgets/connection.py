@@ -21,10 +21,11 @@ class Connector:
     """
 
     def __init__(self, client: Any = None, address: str | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, **tls: Any) -> None:
         self._client = client
         self._address = address
         self._token = token
+        self._tls = tls  # tls_ca, tls_cert, tls_key of kernelpit.connect
         self._owned = client is None
         self._broken = False
         self._lock = threading.RLock()
@@ -52,7 +53,8 @@ class Connector:
             import kernelpit
             from kernelpit.exceptions import BridgeNotFound
             try:
-                client = kernelpit.connect(self._address, self._token, timeout=timeout)
+                client = kernelpit.connect(self._address, self._token, timeout=timeout,
+                                           **self._tls)
             except BridgeNotFound as exc:
                 if self._address is None:
                     raise BridgeNotFound(NO_BRIDGE) from None
@@ -77,6 +79,7 @@ class Connector:
         with self._lock:
             self._address = None
             self._token = None
+            self._tls = {}
 
     def close(self) -> None:
         with self._lock:

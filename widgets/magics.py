@@ -77,6 +77,11 @@ def _parsers() -> dict[str, MagicArgumentParser]:
     a = parser("connect")
     a.add_argument("address", nargs="?", default=None, help="host:port (default: discovery)")
     a.add_argument("--token", default=None, help="bearer token")
+    a.add_argument("--tls-ca", default=None, metavar="FILE",
+                   help="CA (PEM) that signed a TLS bridge's certificate")
+    a.add_argument("--tls-cert", default=None, metavar="FILE",
+                   help="this client's certificate (PEM), for mutual TLS")
+    a.add_argument("--tls-key", default=None, metavar="FILE", help="the key of --tls-cert (PEM)")
     a = parser("stop")
     a.add_argument("--grace", type=float, default=None,
                    help="seconds in-flight calls may take to finish")
@@ -235,7 +240,8 @@ class KernelpitMagics(Magics):
 
     def _cmd_connect(self, args: Any) -> None:
         self.connector.close()
-        self.connector = Connector(address=args.address, token=args.token)
+        self.connector = Connector(address=args.address, token=args.token, tls_ca=args.tls_ca,
+                                   tls_cert=args.tls_cert, tls_key=args.tls_key)
         client = self.client()
         info = client.server_info()
         print(f"connected to the Kernelpit bridge at {client.address} (pid {info.pid}, "

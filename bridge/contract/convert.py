@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from .. import events as ev
 from ..exceptions import InvalidArguments
-from ..info import SessionInfo, ToolInfo, WorkerInfo
+from ..info import SessionInfo, TokenInfo, ToolInfo, WorkerInfo
 from ..options import CallOptions
 from ..v1 import bridge_pb2 as pb
 from .. import watch
@@ -252,6 +252,19 @@ def session_from_proto(m: pb.Session) -> SessionInfo:
     return SessionInfo(id=m.id, pool=m.pool, worker=m.worker, created=m.created,
                        last_used=m.last_used, ttl=m.ttl if m.HasField("ttl") else None,
                        calls=m.calls, metadata=dict(m.metadata), lost=m.lost or None)
+
+
+# -- tokens ----------------------------------------------------------------------------------
+
+def token_to_proto(t: Any) -> pb.TokenInfo:
+    """A :class:`TokenInfo` (or the bridge's stored token, which has the same fields)."""
+    return pb.TokenInfo(name=t.name, role=t.role, created=t.created, last_used=t.last_used)
+
+
+def token_from_proto(m: pb.TokenInfo, secret: str | None = None) -> TokenInfo:
+    return TokenInfo(name=m.name, role=m.role, created=m.created,
+                     last_used=m.last_used if m.HasField("last_used") else None,
+                     secret=secret or None)
 
 
 # -- watch -----------------------------------------------------------------------------------

@@ -39,12 +39,14 @@ KINDS: dict[str, tuple[int, grpc.StatusCode]] = {
     "internal": (K.ERROR_KIND_INTERNAL, Code.INTERNAL),
     "tool_tainted": (K.ERROR_KIND_TOOL_TAINTED, Code.UNAVAILABLE),
     "job_lost": (K.ERROR_KIND_JOB_LOST, Code.ABORTED),
+    "permission_denied": (K.ERROR_KIND_PERMISSION_DENIED, Code.PERMISSION_DENIED),
 }
 KIND_NAMES: dict[int, str] = {enum: name for name, (enum, _) in KINDS.items()}
 
 # status code -> exception class, for statuses that carry no structured error
 _BY_CODE: dict[grpc.StatusCode, type[kx.KernelpitError]] = {
     Code.UNAUTHENTICATED: kx.Unauthenticated,
+    Code.PERMISSION_DENIED: kx.PermissionDenied,
     Code.NOT_FOUND: kx.NotFound,
     Code.INVALID_ARGUMENT: kx.InvalidArguments,
     Code.DEADLINE_EXCEEDED: kx.DeadlineExceeded,

@@ -15,8 +15,8 @@ from ..contract.framing import BLOB_SIZE_KEY, chunk_size, framed, unframe
 from ..contract.metadata import ACCEPT_KEY, ACCEPT_PACKED, CLIENT_ID_KEY, auth_metadata
 from ..contract.values import PLAIN, Codec, blob_refs
 from ..events import Event
-from ..exceptions import BridgeError
-from ..info import SessionInfo, ToolInfo, WorkerInfo
+from ..exceptions import BridgeError, Unauthenticated
+from ..info import SessionInfo, TokenInfo, ToolInfo, WorkerInfo
 from ..options import CallOptions
 from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
@@ -24,25 +24,24 @@ from ..v1 import values_pb2 as values_pb
 from ..watch import WatchEvent
 from .lease import Lease, new_client_id
 from .multiplex import CallMultiplexer, reply_value
-
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", -1),
-    ("grpc.max_send_message_length", -1),
-    ("grpc.enable_retries", 0),
-]
+from .target import Target
 READ_BLOB = "/kernelpit.v1.Bridge/ReadBlob"
 WRITE_BLOB = "/kernelpit.v1.Bridge/WriteBlob"
 
 class RemoteBackend(Backend):
-    """Calls, streams, sessions and control of a bridge, over one gRPC channel."""
+    """Calls, streams, sessions and control of a bridge, over one gRPC channel.
 
-    def __init__(self, address: str, token: str | None) -> None:
-        self.address = address
-        client_id = new_client_id()  # names this connection; its lease keeps an idle bridge up
-        # results may carry packed lists: this client reads them (values.proto)
-        self.metadata = (*auth_metadata(token), (ACCEPT_KEY, ACCEPT_PACKED),
-                         (CLIENT_ID_KEY, client_id))
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    A token read from the discovery file that the bridge refuses (UNAUTHENTICATED: it was
+    rotated) is read again once and the refused RPC retried (:meth:`_reauth`); the bridge
+    refuses before running anything, so nothing runs twice.
+    """
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.address = address = target.address
+        self.client_id = new_client_id()  # names this connection; its lease keeps an idle bridge up
+        self.metadata = self._metadata()
+        self.channel = target.channel()
         self.stub = pb_grpc.BridgeStub(self.channel)
         self._sync_channel: grpc.Channel | None = None
         self._blocking: Any = None
@@ -54,7 +53,19 @@ class RemoteBackend(Backend):
             response_deserializer=unframe)
         self._write_blob = self.channel.stream_unary(
             WRITE_BLOB, request_serializer=None, response_deserializer=values_pb.BlobRef.FromString)
-        self.lease = Lease(self.stub, self.metadata, client_id)  # renewed from check() to close()
+        self.lease = Lease(self.stub, self.metadata, self.client_id)  # renewed check() to close()
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        # results may carry packed lists: this client reads them (values.proto)
+        return (*auth_metadata(self.target.token), (ACCEPT_KEY, ACCEPT_PACKED),
+                (CLIENT_ID_KEY, self.client_id))
+
+    def _reauth(self) -> bool:
+        """After UNAUTHENTICATED: True when the discovery file has a new token (now in use)."""
+        if not self.target.reload_token():
+            return False
+        self.metadata = self._mux.metadata = self.lease.metadata = self._metadata()
+        return True
 
     # -- blobs: bytes and Arrow data too large for one message ------------------------------------
     def _sized(self, size: int) -> Any:
@@ -94,7 +105,7 @@ class RemoteBackend(Backend):
 
     def _sync_stubs(self) -> None:
         if self._sync_channel is None:
-            self._sync_channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            self._sync_channel = self.target.blocking_channel()
         if self._blocking is None:
             self._blocking = pb_grpc.BridgeStub(self._sync_channel).Call
             self._blocking_read = self._sync_channel.unary_stream(
@@ -125,6 +136,15 @@ class RemoteBackend(Backend):
     def call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
                       options: CallOptions) -> Any:
         """:meth:`call` for a thread without an event loop: one blocking gRPC call, no hop."""
+        try:
+            return self._call_blocking(tool, args, kwargs, options)
+        except Unauthenticated:
+            if not self._reauth():
+                raise
+        return self._call_blocking(tool, args, kwargs, options)
+
+    def _call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
+                       options: CallOptions) -> Any:
         self._sync_stubs()
         try:
             uploads = self._uploads()
@@ -144,14 +164,26 @@ class RemoteBackend(Backend):
         raise err
 
     async def _rpc(self, method: Any, request: Any, timeout: float | None = None) -> Any:
-        try:
-            return await method(request, metadata=self.metadata, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            err = errors.from_rpc_error(exc, self.address)
+        for attempt in (0, 1):
+            try:
+                return await method(request, metadata=self.metadata, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                err = errors.from_rpc_error(exc, self.address)
+            if not (attempt == 0 and isinstance(err, Unauthenticated) and self._reauth()):
+                break
         raise err
 
     # -- the Backend protocol ----------------------------------------------------------
     async def call(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions) -> Any:
+        try:
+            return await self._call(tool, args, kwargs, options)
+        except Unauthenticated:
+            if not self._reauth():
+                raise
+        return await self._call(tool, args, kwargs, options)
+
+    async def _call(self, tool: str, args: Any, kwargs: dict[str, Any],
+                    options: CallOptions) -> Any:
         # Over the multiplexed stream: no per-RPC cost, so many callers in flight scale.
         uploads = self._uploads()
         request = convert.call_request(tool, args, kwargs, options, uploads.codec)
@@ -169,6 +201,8 @@ class RemoteBackend(Backend):
         if uploads.items:
             await self._upload(uploads, request.args, request.kwargs)
         rpc = self.stub.CallStream(request, metadata=self.metadata)
+        if await self._refused(rpc):
+            rpc = self.stub.CallStream(request, metadata=self.metadata)
         err = None
         try:
             async for batch in rpc:
@@ -240,7 +274,10 @@ class RemoteBackend(Backend):
         return reply.lifted
 
     async def watch(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
-        rpc = self.stub.Watch(pb.WatchRequest(snapshot_interval=interval), metadata=self.metadata)
+        request = pb.WatchRequest(snapshot_interval=interval)
+        rpc = self.stub.Watch(request, metadata=self.metadata)
+        if await self._refused(rpc):
+            rpc = self.stub.Watch(request, metadata=self.metadata)
         err = None
         try:
             async for m in rpc:
@@ -251,6 +288,32 @@ class RemoteBackend(Backend):
             rpc.cancel()
         if err is not None:
             raise err
+
+    async def _refused(self, rpc: Any) -> bool:
+        """Whether a stream RPC was refused for its token and a new token is in use (retry it)."""
+        try:
+            await rpc.initial_metadata()  # comes with the first reply, or with the refusal
+            code = await rpc.code() if rpc.done() else None
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+        return code == grpc.StatusCode.UNAUTHENTICATED and self._reauth()
+
+    # -- tokens (admin; not part of the Backend contract: only a bridge has them) ----------
+    async def add_token(self, name: str, role: str) -> TokenInfo:
+        reply = await self._rpc(self.stub.AddToken, pb.AddTokenRequest(name=name, role=role))
+        return convert.token_from_proto(reply.token, reply.secret)
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        reply = await self._rpc(self.stub.ListTokens, pb.ListTokensRequest())
+        return [convert.token_from_proto(t) for t in reply.tokens]
+
+    async def revoke_token(self, name: str) -> TokenInfo:
+        return convert.token_from_proto(await self._rpc(self.stub.RevokeToken,
+                                                        pb.TokenRequest(name=name)))
+
+    async def rotate_token(self, name: str) -> TokenInfo:
+        reply = await self._rpc(self.stub.RotateToken, pb.TokenRequest(name=name))
+        return convert.token_from_proto(reply.token, reply.secret)
 
     async def server_info(self, timeout: float | None = None) -> pb.ServerInfo:
         info = await self._rpc(self.stub.GetServerInfo, pb.ServerInfoRequest(), timeout)

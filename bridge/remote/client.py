@@ -18,38 +18,17 @@ over a ``grpc.aio`` channel.  :class:`AsyncClient` is the same asyncio API as
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
-from .. import discovery
 from ..caller import AsyncCaller, AsyncHandle
-from ..exceptions import BridgeError, BridgeNotFound, DeadlineExceeded, Unauthenticated
+from ..exceptions import (BridgeError, BridgeNotFound, DeadlineExceeded, PermissionDenied,
+                          Unauthenticated)
+from ..info import TokenInfo
 from ..sync import Handle, Portal, blocking
 from ..v1 import bridge_pb2 as pb
 from .backend import RemoteBackend
-
-HOW_TO_START = ("Start one with `kernelpit serve --adapter MODULE` (e.g. --adapter "
-                "kernelpit.kernels.demo), or pass connect(address=..., token=...)")
-
-
-def resolve(address: str | None, token: str | None) -> tuple[str, str | None]:
-    """The address and token to use: given ones, else the discovery file's."""
-    if address is None:
-        path = discovery.default_path()
-        info = discovery.read(path)
-        if info is None:
-            why = ("its discovery file is stale (the process is gone)" if path.exists()
-                   else f"there is no discovery file {path}")
-            raise BridgeNotFound(f"no Kernelpit bridge was found: {why}. {HOW_TO_START}")
-        return info["address"], token if token is not None else info.get("token")
-    if token is None:
-        token = os.environ.get("KERNELPIT_TOKEN")
-    if token is None:
-        info = discovery.read()
-        if info is not None and info.get("address") == address:
-            token = info.get("token")
-    return address, token
+from .target import HOW_TO_START, Pem, resolve
 
 
 class AsyncClient(AsyncHandle):
@@ -78,8 +57,11 @@ class AsyncClient(AsyncHandle):
             self._backend.lease.start()
             return self.info
         except BridgeError as exc:
-            if isinstance(exc, Unauthenticated):
+            if isinstance(exc, (Unauthenticated, PermissionDenied)):
                 raise
+            tls_failure = self._backend.target.explain(str(exc))
+            if tls_failure is not None:
+                raise BridgeError(tls_failure) from None
             raise BridgeNotFound(f"no Kernelpit bridge answers at {self.address} ({exc}). "
                                  f"{HOW_TO_START}") from None
         except DeadlineExceeded:
@@ -90,15 +72,34 @@ class AsyncClient(AsyncHandle):
         """The bridge's version, run id, pid, pools, address and limits."""
         return await self._backend.server_info()
 
+    # -- tokens (role admin): `kernelpit token add|list|revoke|rotate` ---------------------------
+    async def add_token(self, name: str, role: str = "call") -> TokenInfo:
+        """A new named token with ``role`` (read, call or admin); its ``secret`` is shown
+        only here."""
+        return await self._backend.add_token(name, role)
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        """The bridge's tokens: names, roles, when made and last used (never the secrets)."""
+        return await self._backend.list_tokens()
+
+    async def revoke_token(self, name: str) -> TokenInfo:
+        """Refuse ``name``'s secret from the next RPC on (streams open now stay open)."""
+        return await self._backend.revoke_token(name)
+
+    async def rotate_token(self, name: str) -> TokenInfo:
+        """A new secret for ``name`` (same role); the old one is refused from now on."""
+        return await self._backend.rotate_token(name)
+
     async def __aenter__(self) -> "AsyncClient":
         return self
 
 
 async def connect_async(address: str | None = None, token: str | None = None, *,
-                        timeout: float = 5.0) -> AsyncClient:
+                        timeout: float = 5.0, tls_ca: Pem = None, tls_cert: Pem = None,
+                        tls_key: Pem = None) -> AsyncClient:
     """Connect to a bridge (default: the one in the discovery file) and check it answers."""
-    address, token = resolve(address, token)
-    client = AsyncClient(RemoteBackend(address, token))
+    target = resolve(address, token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+    client = AsyncClient(RemoteBackend(target))
     try:
         await client.check(timeout)
     except BaseException:
@@ -110,16 +111,17 @@ async def connect_async(address: str | None = None, token: str | None = None, *,
 class Connecting:
     """What ``kernelpit.aio.connect()`` returns: await it, or use it with ``async with``."""
 
-    def __init__(self, address: str | None, token: str | None, timeout: float) -> None:
+    def __init__(self, address: str | None, token: str | None, timeout: float,
+                 **tls: Pem) -> None:
         self._args = (address, token)
-        self._timeout = timeout
+        self._kwargs = dict(timeout=timeout, **tls)
         self._client: AsyncClient | None = None
 
     def __await__(self) -> Any:
-        return connect_async(*self._args, timeout=self._timeout).__await__()
+        return connect_async(*self._args, **self._kwargs).__await__()
 
     async def __aenter__(self) -> AsyncClient:
-        self._client = await connect_async(*self._args, timeout=self._timeout)
+        self._client = await connect_async(*self._args, **self._kwargs)
         return self._client
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -173,9 +175,11 @@ class Client(Handle):
     _async: AsyncClient
 
     def __init__(self, address: str | None = None, token: str | None = None, *,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, tls_ca: Pem = None, tls_cert: Pem = None,
+                 tls_key: Pem = None) -> None:
         portal = client_portal()
-        target = portal.call(connect_async, address, token, timeout=timeout)
+        target = portal.call(connect_async, address, token, timeout=timeout, tls_ca=tls_ca,
+                             tls_cert=tls_cert, tls_key=tls_key)
         super().__init__(portal, target)
 
     @property
@@ -187,11 +191,19 @@ class Client(Handle):
         return self._async.run_id
 
     server_info = blocking(AsyncClient.server_info)
+    add_token = blocking(AsyncClient.add_token)
+    list_tokens = blocking(AsyncClient.list_tokens)
+    revoke_token = blocking(AsyncClient.revoke_token)
+    rotate_token = blocking(AsyncClient.rotate_token)
 
     def __enter__(self) -> "Client":
         return self
 
 
-def connect(address: str | None = None, token: str | None = None, *, timeout: float = 5.0) -> Client:
-    """A blocking client of a running bridge; see :class:`Client`."""
-    return Client(address, token, timeout=timeout)
+def connect(address: str | None = None, token: str | None = None, *, timeout: float = 5.0,
+            tls_ca: Pem = None, tls_cert: Pem = None, tls_key: Pem = None) -> Client:
+    """A blocking client of a running bridge; see :class:`Client`.  ``tls_ca`` (the CA that
+    signed the bridge's certificate), ``tls_cert`` and ``tls_key`` (this client's, for
+    mutual TLS): see :mod:`kernelpit.remote.target`."""
+    return Client(address, token, timeout=timeout, tls_ca=tls_ca, tls_cert=tls_cert,
+                  tls_key=tls_key)

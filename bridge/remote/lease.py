@@ -59,7 +59,7 @@ class Lease:
         self.ttl = ttl if ttl is not None else requested_ttl()
         self.idle_timeout: float | None = None  # the bridge's, once it answered (0: none)
         self._stub = stub
-        self._metadata = metadata
+        self.metadata = metadata
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -74,7 +74,7 @@ class Lease:
             try:
                 reply = await self._stub.RenewLease(
                     pb.RenewLeaseRequest(client_id=self.client_id, ttl=self.ttl),
-                    metadata=self._metadata, timeout=period)
+                    metadata=self.metadata, timeout=period)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                     log.debug("the bridge has no RenewLease (an older one): no lease kept")
@@ -96,4 +96,4 @@ class Lease:
             await task
         with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.TimeoutError):
             await self._stub.RenewLease(pb.RenewLeaseRequest(client_id=self.client_id, ttl=0),
-                                        metadata=self._metadata, timeout=RELEASE_TIMEOUT)
+                                        metadata=self.metadata, timeout=RELEASE_TIMEOUT)

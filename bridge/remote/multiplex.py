@@ -21,7 +21,7 @@ class CallMultiplexer:
 
     def __init__(self, stub: Any, metadata: Any, address: str) -> None:
         self._stub = stub
-        self._metadata = metadata
+        self.metadata = metadata
         self._address = address
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[pb.Reply]] = {}
@@ -49,7 +49,7 @@ class CallMultiplexer:
             raise
 
     def _open(self) -> None:
-        self._rpc = self._stub.Calls(metadata=self._metadata)
+        self._rpc = self._stub.Calls(metadata=self.metadata)
         self._wake = asyncio.Event()
         self._tasks = [asyncio.ensure_future(self._write(self._rpc)),
                        asyncio.ensure_future(self._read(self._rpc))]
@@ -58,6 +58,12 @@ class CallMultiplexer:
         wake = self._wake
         assert wake is not None
         try:
+            # Write nothing until the bridge has accepted the stream (it sends its headers at
+            # once): a write racing with a refusal (PERMISSION_DENIED, UNAUTHENTICATED) would
+            # make gRPC report "Internal error from Core" instead of the refusal.
+            await rpc.initial_metadata()
+            if rpc.done():
+                return  # refused: _read reports why
             while True:
                 await wake.wait()
                 await asyncio.sleep(0)  # let calls submitted in the same moment join the batch

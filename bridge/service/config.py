@@ -9,6 +9,10 @@
     max_message_size = "64MB"
     blob_ttl = 60            # seconds an unread large result (or unused upload) is kept
     idle_timeout = 1800      # stop after this many seconds with no calls and no client (0: never)
+    tls_cert = "server.pem"  # TLS (docs/security.md), paths relative to this file; tls_client_ca
+                             # for mutual TLS
+    tls_key = "server.key"
+    token_file = "tokens.json"
 
     [pools.default]          # one table per named pool: the fields of PoolConfig
     adapters = ["mytools"]
@@ -33,7 +37,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-BRIDGE_KEYS = {"host", "port", "grace", "max_message_size", "auth", "blob_ttl", "idle_timeout"}
+BRIDGE_KEYS = {"host", "port", "grace", "max_message_size", "auth", "blob_ttl", "idle_timeout",
+               "tls_cert", "tls_key", "tls_client_ca", "tls_ca", "insecure_bind_anywhere",
+               "token_file"}
+
+PATH_KEYS = {"tls_cert", "tls_key", "tls_client_ca", "tls_ca", "token_file"}
 
 
 class ConfigError(ValueError):
@@ -58,6 +66,10 @@ def load(path: str | Path) -> tuple[list[PoolConfig], dict[str, Any]]:
     if bad:
         raise ConfigError(f"config file {path}: unknown [bridge] setting(s) "
                           f"{', '.join(sorted(bad))}; known: {', '.join(sorted(BRIDGE_KEYS))}")
+    for key in PATH_KEYS & set(bridge):  # relative to the config file, not the current dir
+        if not isinstance(bridge[key], str):
+            raise ConfigError(f"config file {path}: [bridge] {key} must be a file path (a string)")
+        bridge[key] = str(path.parent / Path(bridge[key]).expanduser())
     pools = data.get("pools", {})
     if not isinstance(pools, dict) or not all(isinstance(v, dict) for v in pools.values()):
         raise ConfigError(f"config file {path}: [pools] must hold tables like [pools.default]")

@@ -28,8 +28,10 @@ async def serve(configs: list[PoolConfig], *, out: TextIO = sys.stderr, **settin
         say(f"starting {sum(c.workers for c in configs)} worker kernel(s) in pool(s) "
             f"{', '.join(c.name for c in configs)}...")
         await bridge.start()
+        tls = bridge.tls
+        transport = ("mutual TLS" if tls and tls.client_ca else "TLS" if tls else "plaintext")
         say(f"bridge serving {len(bridge.manager.tools())} tool(s) at {bridge.address} "
-            f"(pid {os.getpid()})")
+            f"({transport}, pid {os.getpid()})")
         if bridge.discovery_path is not None:
             say(f"discovery file {bridge.discovery_path}")
         idle = bridge.idle.timeout

@@ -29,11 +29,14 @@ from ..v1 import bridge_pb2_grpc as pb_grpc
 from ..v1 import values_pb2 as values_pb
 from . import auth as auth_module
 from .. import discovery as discovery_module
+from . import transport
 from . import reflection
 from ..contract.framing import unframe
 from .blobs import DEFAULT_TTL, BlobStore
 from .idle import IdleMonitor
 from .servicer import BridgeServicer
+from .tokens import FILENAME as TOKEN_FILENAME
+from .tokens import TokenStore
 
 log = logging.getLogger("kernelpit.service")
 
@@ -45,19 +48,35 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Bridge"].full_name
 class Bridge:
     """Serves a pool of worker kernels over gRPC.
 
-    ``token``: the bearer token clients must send; None makes one up.
+    ``token``: the owner's admin token (the discovery file's); None makes one up.
     ``auth=False`` serves without a token (anyone who can reach the port can run tools).
+    ``token_file``: where the other named tokens are kept (default: beside the discovery
+    file; in memory only without one); see :mod:`.tokens`.
     ``discovery``: where to write the discovery file (default: the Jupyter runtime
     dir), or False for none.
     ``idle_timeout``: stop by itself after this many seconds with no RPC and no client
     holding a lease (see :mod:`.idle`); None or 0: serve until stopped.
+    ``tls_cert``, ``tls_key`` (PEM files): serve TLS only; ``tls_client_ca``: also require
+    client certificates signed by that CA; ``tls_ca``: the CA local clients should verify
+    the bridge with (written to the discovery file; default: the certificate chain itself).
+    Without TLS only a loopback ``host`` is accepted, unless ``insecure_bind_anywhere``
+    (see :mod:`.transport`); the check is made here, before anything starts.
     """
 
     def __init__(self, configs: list[PoolConfig], *, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None, auth: bool = True, grace: float = DEFAULT_GRACE,
                  max_message_size: int | str = DEFAULT_MAX_MESSAGE,
                  discovery: Path | str | bool | None = None,
-                 blob_ttl: float = DEFAULT_TTL, idle_timeout: float | None = None) -> None:
+                 blob_ttl: float = DEFAULT_TTL, idle_timeout: float | None = None,
+                 tls_cert: Path | str | None = None, tls_key: Path | str | None = None,
+                 tls_client_ca: Path | str | None = None, tls_ca: Path | str | None = None,
+                 insecure_bind_anywhere: bool = False,
+                 token_file: Path | str | None = None) -> None:
+        self.tls = transport.ServerTLS.load(tls_cert, tls_key, tls_client_ca, tls_ca)
+        self.warnings = [w for w in (
+            transport.check_bind(host, self.tls is not None, insecure_bind_anywhere),
+            None if auth else "authentication is OFF (--no-auth): anyone who can reach the port "
+            "can run tools as this user") if w]
         self.manager = PoolManager(configs)
         self._closing = asyncio.Event()
         self.backend = LocalBackend(self.manager, self._closing)
@@ -69,6 +88,13 @@ class Bridge:
         self.discovery_path: Path | None = (None if discovery is False else
                                             discovery_module.default_path()
                                             if discovery in (None, True) else Path(discovery))
+        self.tokens: TokenStore | None = None
+        if self.token is not None:
+            store_path = (Path(token_file) if token_file is not None else None
+                          if self.discovery_path is None else
+                          self.discovery_path.with_name(TOKEN_FILENAME))
+            self.tokens = TokenStore(store_path, on_owner_rotated=self._owner_rotated)
+            self.tokens.set_owner(self.token)
         self.blob_ttl = blob_ttl
         self.idle = IdleMonitor(idle_timeout, lambda seconds: self.request_stop())
         self.blobs: BlobStore | None = None  # large values waiting to be read or used
@@ -96,21 +122,35 @@ class Bridge:
             await self.manager.close()
             raise
         self.started = time.time()
+        for warning in self.warnings:
+            log.warning("kernelpit: WARNING: %s", warning)  # also in ServerInfo.warnings
         if self.discovery_path is not None:
             try:
-                discovery_module.write(self.address, self.token, self.discovery_path,
-                                       version=__version__, run_id=self.manager.run_id,
-                                       pools=list(self.manager.groups),
-                                       idle_timeout=self.idle.timeout or 0)
+                self._write_discovery()
             except BaseException:
                 await self.stop(0)
                 raise
         self.idle.start()
         return self
 
+    def _write_discovery(self) -> None:
+        assert self.discovery_path is not None
+        tls = None if self.tls is None else {"ca": self.tls.trust.decode(),
+                                             "client_certificates": self.tls.client_ca is not None}
+        discovery_module.write(self.address, self.token, self.discovery_path,
+                               version=__version__, run_id=self.manager.run_id,
+                               pools=list(self.manager.groups),
+                               idle_timeout=self.idle.timeout or 0, tls=tls)
+
+    def _owner_rotated(self, secret: str) -> None:
+        """``kernelpit token rotate owner``: clients that read the discovery file find it there."""
+        self.token = secret
+        if self.discovery_path is not None and self.started:
+            self._write_discovery()
+
     async def _serve(self) -> None:
         # auth first: a refused RPC does not count as use
-        interceptors: list[Any] = [auth_module.TokenAuth(self.token)] if self.token else []
+        interceptors: list[Any] = [auth_module.TokenAuth(self.tokens)] if self.tokens else []
         if self.idle.timeout is not None:
             interceptors.append(self.idle.interceptor)
         server = grpc.aio.server(interceptors=interceptors, options=[
@@ -121,12 +161,14 @@ class Bridge:
         self.blobs = BlobStore(self.manager.shm_dir, self.blob_ttl)
         self.blobs.start()
         servicer = BridgeServicer(self.backend, self._info, self.request_stop, self.blobs,
-                                  self.max_message_size, leases=self.idle)
+                                  self.max_message_size, leases=self.idle, tokens=self.tokens)
         add_servicer(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable((SERVICE, health.SERVICE_NAME), server)  # as v1 and v1alpha
         try:
-            port = server.add_insecure_port(f"{self.host}:{self.port}")
+            where = f"{self.host}:{self.port}"
+            port = (server.add_insecure_port(where) if self.tls is None else
+                    server.add_secure_port(where, self.tls.credentials()))
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {self.host}:{self.port} ({exc}); the port may be in "
                           "use: pick another with --port, or --port 0 for any free one") from None
@@ -141,7 +183,10 @@ class Bridge:
         return pb.ServerInfo(version=__version__, run_id=self.manager.run_id, pid=os.getpid(),
                              pools=list(self.manager.groups), started=self.started,
                              address=self.address, max_message_size=self.max_message_size,
-                             blob_ttl=self.blob_ttl)
+                             blob_ttl=self.blob_ttl, warnings=self.warnings,
+                             security=pb.TransportSecurity(
+                                 tls=self.tls is not None, auth=self.tokens is not None,
+                                 client_certificates=bool(self.tls and self.tls.client_ca)))
 
     def request_stop(self, grace: float | None = None) -> None:
         """Ask :meth:`wait` to stop the bridge (the Shutdown RPC and signals call this)."""
@@ -183,6 +228,9 @@ class Bridge:
             if self.blobs is not None:
                 self.blobs.close()
             await self.manager.close()
+            if self.tokens is not None:
+                with contextlib.suppress(OSError):
+                    self.tokens.save()  # keeps each token's last use
             if self.discovery_path is not None:
                 discovery_module.remove(self.discovery_path)
 

@@ -27,6 +27,8 @@ from .blobs import BlobError, BlobStore
 from .multiplex import serve_calls
 from .idle import IdleMonitor
 from .pump import EventPump
+from .auth import caller_identity
+from .tokens import TokenStore
 
 log = logging.getLogger("kernelpit.service")
 
@@ -55,7 +57,8 @@ def handles_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
 class BridgeServicer(pb_grpc.BridgeServicer):
     def __init__(self, backend: LocalBackend, server_info: Callable[[], pb.ServerInfo],
                  shutdown: Callable[[float | None], None], blobs: BlobStore | None = None,
-                 max_message_size: int | None = None, leases: IdleMonitor | None = None) -> None:
+                 max_message_size: int | None = None, leases: IdleMonitor | None = None,
+                 tokens: TokenStore | None = None) -> None:
         self._backend = backend
         self.leases = leases if leases is not None else IdleMonitor(None, lambda idle_for: None)
         self._manager = manager = backend.manager  # calls go straight to it: the hot path
@@ -69,6 +72,7 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         self._closing = backend.closing
         self._server_info = server_info
         self._shutdown = shutdown
+        self._tokens = tokens
 
     # -- calls -----------------------------------------------------------------------
     @staticmethod
@@ -97,6 +101,9 @@ class BridgeServicer(pb_grpc.BridgeServicer):
 
     async def Calls(self, requests: AsyncIterator[pb.CallBatch],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReplyBatch]:
+        # Headers at once: the client writes its first calls only after them (see
+        # kernelpit.remote.multiplex), so a refused stream is never raced by a write.
+        await context.send_initial_metadata(())
         async for batch in serve_calls(requests, self._run, self._closing,
                                        self._result_codec(context)):
             yield batch
@@ -244,7 +251,10 @@ class BridgeServicer(pb_grpc.BridgeServicer):
 
     # -- the bridge ------------------------------------------------------------------
     async def GetServerInfo(self, request: Any, context: Any) -> pb.ServerInfo:
-        return self._server_info()
+        info = self._server_info()
+        who = caller_identity(context)
+        info.security.role, info.security.token_name = who.role, who.name
+        return info
 
     async def Shutdown(self, request: pb.ShutdownRequest, context: Any) -> pb.ShutdownResponse:
         self._shutdown(request.grace if request.HasField("grace") else None)
@@ -255,3 +265,28 @@ class BridgeServicer(pb_grpc.BridgeServicer):
                          context: Any) -> pb.RenewLeaseResponse:
         """A client says it is still connected (``self.leases``: the bridge's idle.IdleMonitor)."""
         return self.leases.renew(request, context.invocation_metadata())
+
+    # -- tokens (admin) ----------------------------------------------------------------
+    def _store(self) -> TokenStore:
+        if self._tokens is None:
+            raise ValueError("this bridge runs without authentication (--no-auth): it has no "
+                             "tokens to manage; restart it without --no-auth")
+        return self._tokens
+
+    @handles_errors
+    async def AddToken(self, request: pb.AddTokenRequest, context: Any) -> pb.TokenSecret:
+        token, secret = self._store().add(request.name, request.role)
+        return pb.TokenSecret(token=convert.token_to_proto(token), secret=secret)
+
+    @handles_errors
+    async def ListTokens(self, request: Any, context: Any) -> pb.ListTokensResponse:
+        return pb.ListTokensResponse(tokens=[convert.token_to_proto(t) for t in self._store().list()])
+
+    @handles_errors
+    async def RevokeToken(self, request: pb.TokenRequest, context: Any) -> pb.TokenInfo:
+        return convert.token_to_proto(self._store().revoke(request.name))
+
+    @handles_errors
+    async def RotateToken(self, request: pb.TokenRequest, context: Any) -> pb.TokenSecret:
+        token, secret = self._store().rotate(request.name)
+        return pb.TokenSecret(token=convert.token_to_proto(token), secret=secret)

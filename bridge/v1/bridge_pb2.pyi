@@ -425,7 +425,7 @@ class ServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "run_id", "pid", "pools", "started", "address", "max_message_size", "blob_ttl")
+    __slots__ = ("version", "run_id", "pid", "pools", "started", "address", "max_message_size", "blob_ttl", "security", "warnings")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -434,6 +434,8 @@ class ServerInfo(_message.Message):
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     BLOB_TTL_FIELD_NUMBER: _ClassVar[int]
+    SECURITY_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     version: str
     run_id: str
     pid: int
@@ -442,7 +444,9 @@ class ServerInfo(_message.Message):
     address: str
     max_message_size: int
     blob_ttl: float
-    def __init__(self, version: _Optional[str] = ..., run_id: _Optional[str] = ..., pid: _Optional[int] = ..., pools: _Optional[_Iterable[str]] = ..., started: _Optional[float] = ..., address: _Optional[str] = ..., max_message_size: _Optional[int] = ..., blob_ttl: _Optional[float] = ...) -> None: ...
+    security: TransportSecurity
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., run_id: _Optional[str] = ..., pid: _Optional[int] = ..., pools: _Optional[_Iterable[str]] = ..., started: _Optional[float] = ..., address: _Optional[str] = ..., max_message_size: _Optional[int] = ..., blob_ttl: _Optional[float] = ..., security: _Optional[_Union[TransportSecurity, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ("grace",)
@@ -469,3 +473,61 @@ class RenewLeaseResponse(_message.Message):
     idle_timeout: float
     ttl: float
     def __init__(self, idle_timeout: _Optional[float] = ..., ttl: _Optional[float] = ...) -> None: ...
+
+class TransportSecurity(_message.Message):
+    __slots__ = ("tls", "client_certificates", "auth", "role", "token_name")
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    tls: bool
+    client_certificates: bool
+    auth: bool
+    role: str
+    token_name: str
+    def __init__(self, tls: _Optional[bool] = ..., client_certificates: _Optional[bool] = ..., auth: _Optional[bool] = ..., role: _Optional[str] = ..., token_name: _Optional[str] = ...) -> None: ...
+
+class TokenInfo(_message.Message):
+    __slots__ = ("name", "role", "created", "last_used")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    created: float
+    last_used: float
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., created: _Optional[float] = ..., last_used: _Optional[float] = ...) -> None: ...
+
+class TokenSecret(_message.Message):
+    __slots__ = ("token", "secret")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    token: TokenInfo
+    secret: str
+    def __init__(self, token: _Optional[_Union[TokenInfo, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class AddTokenRequest(_message.Message):
+    __slots__ = ("name", "role")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class ListTokensRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTokensResponse(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenInfo]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ...) -> None: ...
+
+class TokenRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...

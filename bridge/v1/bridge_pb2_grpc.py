@@ -140,6 +140,26 @@ class BridgeStub:
                 request_serializer=kernelpit_dot_v1_dot_bridge__pb2.RenewLeaseRequest.SerializeToString,
                 response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.RenewLeaseResponse.FromString,
                 _registered_method=True)
+        self.AddToken = channel.unary_unary(
+                '/kernelpit.v1.Bridge/AddToken',
+                request_serializer=kernelpit_dot_v1_dot_bridge__pb2.AddTokenRequest.SerializeToString,
+                response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.TokenSecret.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/kernelpit.v1.Bridge/ListTokens',
+                request_serializer=kernelpit_dot_v1_dot_bridge__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/kernelpit.v1.Bridge/RevokeToken',
+                request_serializer=kernelpit_dot_v1_dot_bridge__pb2.TokenRequest.SerializeToString,
+                response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.TokenInfo.FromString,
+                _registered_method=True)
+        self.RotateToken = channel.unary_unary(
+                '/kernelpit.v1.Bridge/RotateToken',
+                request_serializer=kernelpit_dot_v1_dot_bridge__pb2.TokenRequest.SerializeToString,
+                response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.TokenSecret.FromString,
+                _registered_method=True)
 
 
 class BridgeServicer:
@@ -311,6 +331,35 @@ class BridgeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddToken(self, request, context):
+        """-- tokens (role admin; see docs/security.md) ----------------------------------------
+        Named bearer tokens, each with a role (read, call, admin), changed while the
+        bridge runs.  A secret is returned once, by AddToken and RotateToken; the bridge
+        keeps only its SHA-256.  Streams already open stay open after a revoke or a
+        rotation; the old secret is refused from the next RPC on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -418,6 +467,26 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.RenewLease,
                     request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.RenewLeaseRequest.FromString,
                     response_serializer=kernelpit_dot_v1_dot_bridge__pb2.RenewLeaseResponse.SerializeToString,
+            ),
+            'AddToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddToken,
+                    request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.AddTokenRequest.FromString,
+                    response_serializer=kernelpit_dot_v1_dot_bridge__pb2.TokenSecret.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.ListTokensRequest.FromString,
+                    response_serializer=kernelpit_dot_v1_dot_bridge__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.TokenRequest.FromString,
+                    response_serializer=kernelpit_dot_v1_dot_bridge__pb2.TokenInfo.SerializeToString,
+            ),
+            'RotateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateToken,
+                    request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.TokenRequest.FromString,
+                    response_serializer=kernelpit_dot_v1_dot_bridge__pb2.TokenSecret.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -987,6 +1056,114 @@ class Bridge:
             '/kernelpit.v1.Bridge/RenewLease',
             kernelpit_dot_v1_dot_bridge__pb2.RenewLeaseRequest.SerializeToString,
             kernelpit_dot_v1_dot_bridge__pb2.RenewLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kernelpit.v1.Bridge/AddToken',
+            kernelpit_dot_v1_dot_bridge__pb2.AddTokenRequest.SerializeToString,
+            kernelpit_dot_v1_dot_bridge__pb2.TokenSecret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kernelpit.v1.Bridge/ListTokens',
+            kernelpit_dot_v1_dot_bridge__pb2.ListTokensRequest.SerializeToString,
+            kernelpit_dot_v1_dot_bridge__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kernelpit.v1.Bridge/RevokeToken',
+            kernelpit_dot_v1_dot_bridge__pb2.TokenRequest.SerializeToString,
+            kernelpit_dot_v1_dot_bridge__pb2.TokenInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kernelpit.v1.Bridge/RotateToken',
+            kernelpit_dot_v1_dot_bridge__pb2.TokenRequest.SerializeToString,
+            kernelpit_dot_v1_dot_bridge__pb2.TokenSecret.FromString,
             options,
             channel_credentials,
             insecure,

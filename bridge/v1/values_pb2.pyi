@@ -25,6 +25,7 @@ class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_KIND_INTERNAL: _ClassVar[ErrorKind]
     ERROR_KIND_TOOL_TAINTED: _ClassVar[ErrorKind]
     ERROR_KIND_JOB_LOST: _ClassVar[ErrorKind]
+    ERROR_KIND_PERMISSION_DENIED: _ClassVar[ErrorKind]
 ERROR_KIND_UNSPECIFIED: ErrorKind
 ERROR_KIND_TOOL: ErrorKind
 ERROR_KIND_WORKER_CRASHED: ErrorKind
@@ -41,6 +42,7 @@ ERROR_KIND_START: ErrorKind
 ERROR_KIND_INTERNAL: ErrorKind
 ERROR_KIND_TOOL_TAINTED: ErrorKind
 ERROR_KIND_JOB_LOST: ErrorKind
+ERROR_KIND_PERMISSION_DENIED: ErrorKind
 
 class Value(_message.Message):
     __slots__ = ("json", "raw", "buffers", "encoding", "blobs")
