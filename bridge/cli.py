@@ -146,7 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not auth:
         print("kernelpit: WARNING: authentication is OFF (--no-auth): anyone who can reach the "
               "port can run tools as this user", file=sys.stderr, flush=True)
-    for key in ("host", "port", "grace", "max_message_size", "idle_timeout"):
+    for key in ("host", "port", "grace", "max_message_size", "idle_timeout", "metrics_address"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
                    help="stop by itself after this many seconds with no calls and no connected "
                    "client (default: never; `%%kp start` sets 1800)")
+    p.add_argument("--metrics-address", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; "
+                        "plaintext on loopback only, e.g. 127.0.0.1:9464)")
     p.add_argument("--no-discovery", action="store_true",
                    help="do not write the discovery file (clients then need --address/--token)")
     p.set_defaults(func=cmd_serve)

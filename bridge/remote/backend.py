@@ -21,6 +21,7 @@ from ..options import CallOptions
 from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
 from ..v1 import values_pb2 as values_pb
+from ..telemetry.events import TelemetryEvent, kind_filter
 from ..watch import WatchEvent
 from .lease import Lease, new_client_id
 from .multiplex import CallMultiplexer, reply_value
@@ -245,6 +246,24 @@ class RemoteBackend(Backend):
         try:
             async for m in rpc:
                 yield convert.watch_from_proto(m)
+        except grpc.aio.AioRpcError as exc:
+            err = errors.from_rpc_error(exc, self.address)
+        finally:
+            rpc.cancel()
+        if err is not None:
+            raise err
+
+    def subscribe(self, kinds: list[str] | None = None) -> AsyncIterator[TelemetryEvent]:
+        kind_filter(kinds)  # an unknown kind raises ValueError here, as in an embedded pool
+        return self._subscribe(kinds)
+
+    async def _subscribe(self, kinds: list[str] | None) -> AsyncIterator[TelemetryEvent]:
+        rpc = self.stub.Subscribe(pb.SubscribeRequest(kinds=kinds or ()), metadata=self.metadata)
+        err = None
+        try:
+            async for batch in rpc:
+                for m in batch.events:
+                    yield convert.telemetry_from_proto(m)
         except grpc.aio.AioRpcError as exc:
             err = errors.from_rpc_error(exc, self.address)
         finally:

@@ -34,6 +34,7 @@ from ..contract.framing import unframe
 from .blobs import DEFAULT_TTL, BlobStore
 from .idle import IdleMonitor
 from .servicer import BridgeServicer
+from .metrics import BridgeMetrics
 
 log = logging.getLogger("kernelpit.service")
 
@@ -51,13 +52,17 @@ class Bridge:
     dir), or False for none.
     ``idle_timeout``: stop by itself after this many seconds with no RPC and no client
     holding a lease (see :mod:`.idle`); None or 0: serve until stopped.
+    ``metrics_address``: serve Prometheus ``/metrics`` there (HOST:PORT; see
+    docs/observability.md), plaintext on loopback only; ``metrics_ssl_context`` (an
+    ``ssl.SSLContext``, made from the bridge's TLS settings) serves it over HTTPS anywhere.
     """
 
     def __init__(self, configs: list[PoolConfig], *, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None, auth: bool = True, grace: float = DEFAULT_GRACE,
                  max_message_size: int | str = DEFAULT_MAX_MESSAGE,
                  discovery: Path | str | bool | None = None,
-                 blob_ttl: float = DEFAULT_TTL, idle_timeout: float | None = None) -> None:
+                 blob_ttl: float = DEFAULT_TTL, idle_timeout: float | None = None,
+                 metrics_address: str | None = None, metrics_ssl_context: Any = None) -> None:
         self.manager = PoolManager(configs)
         self._closing = asyncio.Event()
         self.backend = LocalBackend(self.manager, self._closing)
@@ -79,6 +84,7 @@ class Bridge:
         self._stop_requested = asyncio.Event()
         self._stop_grace: float | None = None
         self._stopped = False
+        self.metrics = BridgeMetrics(self.manager, metrics_address, metrics_ssl_context)
 
     async def start(self) -> "Bridge":
         """Start the kernels, then bind and serve; returns when clients can connect."""
@@ -92,6 +98,7 @@ class Bridge:
         await self.manager.start()
         try:
             await self._serve()
+            self.metrics.serve()
         except BaseException:
             await self.manager.close()
             raise
@@ -182,6 +189,7 @@ class Bridge:
         finally:
             if self.blobs is not None:
                 self.blobs.close()
+            self.metrics.close()
             await self.manager.close()
             if self.discovery_path is not None:
                 discovery_module.remove(self.discovery_path)

@@ -63,7 +63,9 @@ class TelemetryBus:
     def __init__(self) -> None:
         self.active = False  # any sink or subscriber: the one test on the hot path
         self._sinks: list[Callable[[TelemetryEvent], None]] = []
-        self._subscribers: set[_Subscriber] = set()
+        # copied on write, never changed in place: a subscription may be made on another
+        # thread (the blocking API's) while the loop iterates the old tuple
+        self._subscribers: tuple[_Subscriber, ...] = ()
         self.dropped = 0  # events some subscriber missed because it fell behind
         self.closed = False
 
@@ -103,20 +105,20 @@ class TelemetryBus:
 
     def subscribe(self, kinds: Iterable[str] | str | None = None,
                   maxsize: int = DEFAULT_QUEUE) -> "Subscription":
-        """Events of ``kinds`` (names or prefixes like ``worker.*``; None: all) from the first
-        ``anext`` until the pool closes or the subscription is closed.  Raises ValueError for
-        an unknown kind at once."""
+        """Events of ``kinds`` (names or prefixes like ``worker.*``; None: all) from now on
+        (any thread may subscribe) until the pool closes or the subscription is closed.
+        Raises ValueError for an unknown kind at once."""
         return Subscription(self, _Subscriber(kind_filter(kinds), max(2, maxsize)))
 
     def _join(self, sub: _Subscriber) -> bool:
         if self.closed:
             return False
-        self._subscribers.add(sub)
+        self._subscribers = (*self._subscribers, sub)
         self._update()
         return True
 
     def _leave(self, sub: _Subscriber) -> None:
-        self._subscribers.discard(sub)
+        self._subscribers = tuple(s for s in self._subscribers if s is not sub)
         self._update()
 
     def close(self) -> None:
@@ -130,15 +132,16 @@ class TelemetryBus:
 
 
 class Subscription:
-    """One subscriber's events: an async iterator, or batches (:meth:`next_batch`) for
-    senders that write many at a time (the bridge's Subscribe RPC).  ``on_start`` runs on
-    the pool's loop at the first read (the embedded backend ends subscriptions with it when
-    the pool stops)."""
+    """One subscriber's events from its creation on: an async iterator, or batches
+    (:meth:`next_batch`) for senders that write many at a time (the bridge's Subscribe
+    RPC).  ``on_start`` runs on the pool's loop at the first read (the embedded backend ends
+    subscriptions with it when the pool stops)."""
 
     def __init__(self, bus: TelemetryBus, sub: _Subscriber) -> None:
         self._bus = bus
         self._sub = sub
-        self._state = 0  # 0 not joined, 1 following, 2 ended
+        self._state = 1 if bus._join(sub) else 2  # 1 following, 2 ended
+        self._started = False
         self.on_start: Callable[[], None] | None = None
 
     @property
@@ -147,11 +150,15 @@ class Subscription:
         return self._sub.missed
 
     def _begin(self) -> bool:
-        if self._state == 0:
-            self._state = 1 if self._bus._join(self._sub) else 2
+        if not self._started:
+            self._started = True
             if self.on_start is not None:
                 self.on_start()
         return self._state == 1
+
+    def __del__(self) -> None:  # dropped without being closed: stop queueing for it
+        if self._state == 1:
+            self._bus._leave(self._sub)
 
     def __aiter__(self) -> "Subscription":
         return self

@@ -234,10 +234,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def metrics_server(address: str, registry: Any, ssl_context: Any = None) -> MetricsServer:
-    """Serve ``/metrics`` at ``address``.  Plaintext only on loopback: any other address
-    needs ``ssl_context`` (the bridge's TLS certificate; see docs/security.md), else
-    ValueError says so.  This is the one place the rule is checked."""
+def check_address(address: str, ssl_context: Any = None) -> None:
+    """Refuse plaintext metrics on a non-loopback address (ValueError saying what to do).
+    The one place the rule is checked."""
     host, _ = split_address(address)
     if ssl_context is None and not is_loopback(host):
         raise ValueError(
@@ -246,4 +245,11 @@ def metrics_server(address: str, registry: Any, ssl_context: Any = None) -> Metr
             "(--metrics-address 127.0.0.1:PORT) and scrape through a tunnel or a local agent, "
             "or start the bridge with TLS (--tls-cert/--tls-key), whose certificate then "
             "serves /metrics over HTTPS")
+
+
+def metrics_server(address: str, registry: Any, ssl_context: Any = None) -> MetricsServer:
+    """Serve ``/metrics`` of ``registry`` at ``address``: over HTTPS with ``ssl_context`` (an
+    ``ssl.SSLContext``, the bridge's TLS certificate), else plaintext and only on loopback
+    (:func:`check_address`)."""
+    check_address(address, ssl_context)
     return MetricsServer(address, registry, ssl_context)
