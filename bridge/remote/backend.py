@@ -21,6 +21,7 @@ from ..options import CallOptions
 from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
 from ..v1 import values_pb2 as values_pb
+from ..telemetry import tracing
 from ..telemetry.events import TelemetryEvent, kind_filter
 from ..watch import WatchEvent
 from .lease import Lease, new_client_id
@@ -125,7 +126,15 @@ class RemoteBackend(Backend):
 
     def call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
                       options: CallOptions) -> Any:
-        """:meth:`call` for a thread without an event loop: one blocking gRPC call, no hop."""
+        """:meth:`call` for a thread without an event loop: one blocking gRPC call, no hop
+        (in a client span when tracing is on: this path bypasses the asyncio API's)."""
+        if tracing.tracer() is None:
+            return self._call_blocking(tool, args, kwargs, options)
+        with tracing.client_span(tool):
+            return self._call_blocking(tool, args, kwargs, options)
+
+    def _call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
+                       options: CallOptions) -> Any:
         self._sync_stubs()
         try:
             uploads = self._uploads()
