@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import time as _now
 from typing import Any, Callable, Iterable
 
 from .events import TelemetryEvent, kind_filter
@@ -62,7 +63,8 @@ class TelemetryBus:
 
     def __init__(self) -> None:
         self.active = False  # any sink or subscriber: the one test on the hot path
-        self._sinks: list[Callable[[TelemetryEvent], None]] = []
+        self._sinks: list[tuple[Callable[[TelemetryEvent], None], frozenset[str] | None]] = []
+        self._wanted: frozenset[str] | None = frozenset()  # kinds someone takes; None: all
         # copied on write, never changed in place: a subscription may be made on another
         # thread (the blocking API's) while the loop iterates the old tuple
         self._subscribers: tuple[_Subscriber, ...] = ()
@@ -71,19 +73,30 @@ class TelemetryBus:
 
     def _update(self) -> None:
         self.active = bool(self._sinks or self._subscribers)
+        wanted: set[str] = set()
+        for _, kinds in self._sinks:
+            if kinds is None:
+                self._wanted = None
+                return
+            wanted |= kinds
+        if self._subscribers:
+            self._wanted = None  # filters may be prefixes: build every event for them
+            return
+        self._wanted = frozenset(wanted)
 
     # -- publishing ------------------------------------------------------------------------
     def publish(self, kind: str, pool: str = "", worker: int | None = None, tool: str = "",
                 call_id: int | None = None, **data: Any) -> None:
         """Send one event to every sink and interested subscriber (no-op when inactive)."""
-        if not self.active:
-            return
-        self.emit(TelemetryEvent(kind, pool=pool, worker=worker, tool=tool, call_id=call_id,
-                                 data=data))
+        if not self.active or (self._wanted is not None and kind not in self._wanted):
+            return  # nobody takes this kind: not even the event is built
+        self.emit(TelemetryEvent(kind, _now(), pool, worker, tool, call_id, data))
 
     def emit(self, event: TelemetryEvent) -> None:
         """Send an already-built event (see :meth:`publish`)."""
-        for sink in self._sinks:
+        for sink, kinds in self._sinks:
+            if kinds is not None and event.kind not in kinds:
+                continue
             try:
                 sink(event)
             except Exception:  # noqa: BLE001 - a sink must never fail the pool
@@ -95,12 +108,14 @@ class TelemetryBus:
                 self.dropped += 1
 
     # -- consumers -------------------------------------------------------------------------
-    def add_sink(self, sink: Callable[[TelemetryEvent], None]) -> None:
-        self._sinks = [*self._sinks, sink]
+    def add_sink(self, sink: Callable[[TelemetryEvent], None],
+                 kinds: frozenset[str] | None = None) -> None:
+        """Call ``sink(event)`` for every event of ``kinds`` (exact names; None: all)."""
+        self._sinks = [*self._sinks, (sink, kinds)]
         self._update()
 
     def remove_sink(self, sink: Callable[[TelemetryEvent], None]) -> None:
-        self._sinks = [s for s in self._sinks if s is not sink]
+        self._sinks = [(s, k) for s, k in self._sinks if s is not sink]
         self._update()
 
     def subscribe(self, kinds: Iterable[str] | str | None = None,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .events import TelemetryEvent
@@ -48,36 +49,51 @@ def _prometheus() -> Any:
     return prometheus_client
 
 
+class _Histogram:
+    """One histogram series, kept as plain numbers (bucket counts, sum): no lock, about
+    0.2 µs an observation against 2 µs for a prometheus_client child."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def exposition(self) -> tuple[list[tuple[str, float]], float]:
+        counts, total = list(self.counts), self.total  # copies: the scrape runs on its thread
+        running, buckets = 0, []
+        for bound, n in zip(self.bounds, counts):
+            running += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return buckets, total
+
+
 class PoolMetrics:
-    """The kernelpit_* collectors of one registry, shared by every pool attached to it."""
+    """The kernelpit_* metrics of one registry, shared by every pool attached to it.
+
+    The event-driven ones (counters, histograms) are plain dicts keyed by their label
+    values, updated by :meth:`sink` on the pools' loops; one collector turns them, and the
+    state of the attached pools, into metric families when the registry is scraped.  (A
+    prometheus_client Counter or Histogram child takes a lock and costs about 2 µs per
+    update; these cost a dict lookup.)
+    """
 
     def __init__(self, registry: Any) -> None:
-        prom = _prometheus()
+        _prometheus()
         self.registry = registry
-        self.calls = prom.Counter(
-            "kernelpit_calls_total", "Calls ended, by outcome (ok, error: the tool raised, "
-            "crashed, cancelled, deadline, rejected: queue full, invalid arguments, not found, "
-            "tainted). A map() counts one call per chunk.", ["pool", "tool", "outcome"],
-            registry=registry)
-        self.duration = prom.Histogram(
-            "kernelpit_call_duration_seconds", "Run time of calls that reached a worker, from "
-            "being sent to it to their end.", ["pool", "tool"], buckets=DURATION_BUCKETS,
-            registry=registry)
-        self.queue_wait = prom.Histogram(
-            "kernelpit_queue_wait_seconds", "Time accepted calls waited for a worker.", ["pool"],
-            buckets=WAIT_BUCKETS, registry=registry)
-        self.crashes = prom.Counter(
-            "kernelpit_worker_crashes_total", "Worker processes that ended unasked, by reason "
-            "(segfault, oom, killed, exit, ...; restart, unhealthy, cancel_grace when the pool "
-            "killed them).", ["pool", "reason"], registry=registry)
-        self.recycles = prom.Counter(
-            "kernelpit_worker_recycles_total", "Workers replaced without downtime, by reason "
-            "(max_calls, ttl, memory, manual, unhealthy).", ["pool", "reason"], registry=registry)
-        self.orphans = prom.Counter(
-            "kernelpit_orphans_reaped_total", "Kernels left by dead runs and ended at a pool's "
-            "start.", registry=registry)
+        self.calls: dict[tuple[str, str, str], int] = {}          # (pool, tool, outcome)
+        self.duration: dict[tuple[str, str], _Histogram] = {}      # (pool, tool)
+        self.queue_wait: dict[str, _Histogram] = {}                # pool
+        self.crashes: dict[tuple[str, str], int] = {}             # (pool, reason)
+        self.recycles: dict[tuple[str, str], int] = {}            # (pool, reason)
+        self.orphans = 0
         self.managers: "weakref.WeakSet[PoolManager]" = weakref.WeakSet()
-        registry.register(_StateCollector(self.managers))
+        registry.register(_Collector(self))
 
     def sink(self, event: TelemetryEvent) -> None:
         """The bus sink: count what the event says (runs on the pool's loop, inline)."""
@@ -85,69 +101,122 @@ class PoolMetrics:
         if kind == "call.finished":
             data = event.data
             outcome = data["outcome"]
-            self.calls.labels(event.pool, event.tool, outcome).inc()
+            key = (event.pool, event.tool, outcome)
+            calls = self.calls
+            calls[key] = calls.get(key, 0) + 1
             if outcome != "rejected":
-                self.queue_wait.labels(event.pool).observe(data["queue_wait"])
+                wait = self.queue_wait.get(event.pool)
+                if wait is None:
+                    wait = self.queue_wait[event.pool] = _Histogram(WAIT_BUCKETS)
+                wait.observe(data["queue_wait"])
                 run_time = data["run_time"]
                 if run_time is not None:
-                    self.duration.labels(event.pool, event.tool).observe(run_time)
+                    series = self.duration.get(key[:2])
+                    if series is None:
+                        series = self.duration[key[:2]] = _Histogram(DURATION_BUCKETS)
+                    series.observe(run_time)
         elif kind == "worker.crashed":
-            self.crashes.labels(event.pool, event.data["reason"]).inc()
+            key = (event.pool, event.data["reason"])
+            self.crashes[key] = self.crashes.get(key, 0) + 1
         elif kind == "worker.recycled":
-            self.recycles.labels(event.pool, event.data["reason"]).inc()
+            key = (event.pool, event.data["reason"])
+            self.recycles[key] = self.recycles.get(key, 0) + 1
         elif kind == "orphans.reaped":
-            self.orphans.inc(event.data["kernels"])
+            self.orphans += event.data["kernels"]
 
     def add(self, manager: "PoolManager") -> None:
         self.managers.add(manager)
-        manager.telemetry.add_sink(self.sink)
+        manager.telemetry.add_sink(self.sink, SINK_KINDS)
 
     def remove(self, manager: "PoolManager") -> None:
         self.managers.discard(manager)
         manager.telemetry.remove_sink(self.sink)
 
 
-class _StateCollector:
-    """Gauges read from the attached pools at scrape time (from the scraping thread: it only
-    copies dicts, which is atomic under the GIL)."""
+#: the kinds the metrics count (the bus builds no other event for them)
+SINK_KINDS = frozenset({"call.finished", "worker.crashed", "worker.recycled", "orphans.reaped"})
 
-    def __init__(self, managers: "weakref.WeakSet[PoolManager]") -> None:
-        self._managers = managers
+
+class _Collector:
+    """Every kernelpit_* family of one registry, made when it is scraped (on the scraping
+    thread: it only copies dicts, which is atomic under the GIL)."""
+
+    def __init__(self, metrics: PoolMetrics) -> None:
+        self._metrics = metrics
 
     def describe(self) -> list[Any]:
-        return []  # no fixed series: registering two collectors of one registry never clashes
+        return []  # no fixed names to claim: registering never clashes
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                            HistogramMetricFamily)
+        m = self._metrics
+        calls = CounterMetricFamily(
+            "kernelpit_calls", "Calls ended, by outcome (ok, error: the tool raised, crashed, "
+            "cancelled, deadline, rejected: queue full, invalid arguments, not found, tainted). "
+            "A map() counts one call per chunk.", labels=["pool", "tool", "outcome"])
+        for labels, n in dict(m.calls).items():
+            calls.add_metric(labels, n)
+        duration = HistogramMetricFamily(
+            "kernelpit_call_duration_seconds", "Run time of calls that reached a worker, from "
+            "being sent to it to their end.", labels=["pool", "tool"])
+        for labels, hist in dict(m.duration).items():
+            buckets, total = hist.exposition()
+            duration.add_metric(list(labels), buckets, total)
+        wait = HistogramMetricFamily("kernelpit_queue_wait_seconds", "Time accepted calls "
+                                     "waited for a worker.", labels=["pool"])
+        for pool, hist in dict(m.queue_wait).items():
+            buckets, total = hist.exposition()
+            wait.add_metric([pool], buckets, total)
+        crashes = CounterMetricFamily(
+            "kernelpit_worker_crashes", "Worker processes that ended unasked, by reason "
+            "(segfault, oom, killed, exit, ...; restart, unhealthy, cancel_grace when the pool "
+            "killed them).", labels=["pool", "reason"])
+        for labels, n in dict(m.crashes).items():
+            crashes.add_metric(labels, n)
+        recycles = CounterMetricFamily(
+            "kernelpit_worker_recycles", "Workers replaced without downtime, by reason "
+            "(max_calls, ttl, memory, manual, unhealthy).", labels=["pool", "reason"])
+        for labels, n in dict(m.recycles).items():
+            recycles.add_metric(labels, n)
+        orphans = CounterMetricFamily("kernelpit_orphans_reaped", "Kernels left by dead runs "
+                                      "and ended at a pool's start.", value=m.orphans)
+        yield from (calls, duration, wait, crashes, recycles, orphans)
+        yield from _state(list(m.managers))
 
-        depth = GaugeMetricFamily("kernelpit_queue_depth", "Calls waiting for a worker.",
-                                  labels=["pool"])
-        workers = GaugeMetricFamily("kernelpit_workers", "Worker kernels by state (spare: warm "
-                                    "spares).", labels=["pool", "state"])
-        rss = GaugeMetricFamily("kernelpit_worker_rss_bytes", "Resident memory of a worker "
-                                "kernel and its children, last sample.", labels=["pool", "worker"])
-        sessions = GaugeMetricFamily("kernelpit_sessions", "Open sessions.", labels=["pool"])
-        for manager in list(self._managers):
-            if manager.closed:
-                continue
-            per_pool_sessions: dict[str, int] = {}
-            for session in list(manager.sessions):
-                per_pool_sessions[session.pool] = per_pool_sessions.get(session.pool, 0) + 1
-            for name, group in list(manager.groups.items()):
-                depth.add_metric([name], len(group.queue))
-                counts = dict.fromkeys(WORKER_STATES, 0)
-                for w in list(group.workers.values()):
-                    state = str(w.state)
-                    if w.spare and state == "idle":
-                        state = "spare"
-                    if state in counts:
-                        counts[state] += 1
-                    if state != "dead":
-                        rss.add_metric([name, str(w.id)], w.rss)
-                for state, n in counts.items():
-                    workers.add_metric([name, state], n)
-                sessions.add_metric([name], per_pool_sessions.get(name, 0))
-        yield from (depth, workers, rss, sessions)
+
+def _state(managers: "list[PoolManager]") -> Iterator[Any]:
+    """Gauges read from the pools as they are now: a worker that is gone has no series."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    depth = GaugeMetricFamily("kernelpit_queue_depth", "Calls waiting for a worker.",
+                              labels=["pool"])
+    workers = GaugeMetricFamily("kernelpit_workers", "Worker kernels by state (spare: warm "
+                                "spares).", labels=["pool", "state"])
+    rss = GaugeMetricFamily("kernelpit_worker_rss_bytes", "Resident memory of a worker kernel "
+                            "and its children, last sample.", labels=["pool", "worker"])
+    sessions = GaugeMetricFamily("kernelpit_sessions", "Open sessions.", labels=["pool"])
+    for manager in managers:
+        if manager.closed:
+            continue
+        per_pool_sessions: dict[str, int] = {}
+        for session in list(manager.sessions):
+            per_pool_sessions[session.pool] = per_pool_sessions.get(session.pool, 0) + 1
+        for name, group in list(manager.groups.items()):
+            depth.add_metric([name], len(group.queue))
+            counts = dict.fromkeys(WORKER_STATES, 0)
+            for w in list(group.workers.values()):
+                state = str(w.state)
+                if w.spare and state == "idle":
+                    state = "spare"
+                if state in counts:
+                    counts[state] += 1
+                if state != "dead":
+                    rss.add_metric([name, str(w.id)], w.rss)
+            for state, n in counts.items():
+                workers.add_metric([name, state], n)
+            sessions.add_metric([name], per_pool_sessions.get(name, 0))
+    yield from (depth, workers, rss, sessions)
 
 
 def for_registry(registry: Any) -> PoolMetrics:
