@@ -9,7 +9,7 @@ PALETTE = ("#1565c0", "#2e7d32", "#e65100", "#6a1b9a", "#00838f", "#ad1457")
 
 
 def line_chart(title: str, series: dict[str, Sequence[float | None]], *, unit: str = "",
-               limit: float | None = None, limit_label: str = "", width: int = 260,
+               limit: float | None = None, limit_label: str = "", width: int = 236,
                height: int = 90, fmt: str = "{:.3g}") -> str:
     """An SVG chart: one polyline per series (gaps where a value is None), an optional
     dashed ``limit`` line (e.g. max_memory), the latest value of each in the legend."""

@@ -26,10 +26,10 @@ from . import fmt
 from .connection import Connector
 from .feed import LiveState
 
-CELL = {"id": "56px", "pool": "70px", "state": "90px", "pid": "64px", "uptime": "64px",
-        "calls": "52px", "current": "150px", "rss": "78px", "cpu": "48px", "heartbeat": "78px",
-        "recycle": "250px"}
-BUTTONS = ("112px",) * 3
+CELL = {"id": "50px", "pool": "64px", "state": "76px", "pid": "56px", "uptime": "56px",
+        "calls": "44px", "current": "110px", "rss": "72px", "cpu": "40px", "heartbeat": "70px",
+        "recycle": "222px"}
+BUTTONS = ("88px",) * 3
 #: one column template for the header and every row: each is a grid of these columns, so a
 #: header sits over its values whatever they hold
 GRID = " ".join([*CELL.values(), *BUTTONS])
@@ -186,7 +186,7 @@ class _WorkerRow(W.GridBox):
                                 ("restart", "refresh", "Restart: kill it, start a fresh one"),
                                 ("recycle", "recycle", "Recycle: successor first, then drain")):
             b = W.Button(description=name, icon=icon, tooltip=tip,
-                         layout=W.Layout(width="108px", height="26px"))
+                         layout=W.Layout(width="84px", height="26px"))
             b.add_class(f"kp-{name}")
             b.on_click(lambda _b, n=name: panel._act(
                 f"{n} worker {worker_id}", lambda c, wid, n=n: getattr(c, n)(wid), worker_id))
