@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator
 from .events import Event
 from .info import SessionInfo, ToolInfo, WorkerInfo
 from .options import CallOptions
+from .telemetry.events import TelemetryEvent
 from .watch import WatchEvent
 
 
@@ -77,6 +78,12 @@ class Backend(abc.ABC):
     def watch(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
         """A Snapshot, then WorkerChanged and SessionChanged events as they happen, and a
         Snapshot every ``interval`` seconds when it is positive."""
+
+    @abc.abstractmethod
+    def subscribe(self, kinds: list[str] | None = None) -> AsyncIterator[TelemetryEvent]:
+        """Telemetry events (kernelpit.telemetry.events.KINDS) of ``kinds`` (names, or
+        prefixes like ``worker.*``; None: all), pushed as they happen, until the pool stops.
+        Raises ValueError for an unknown kind."""
 
     # -- control ---------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -15,6 +15,8 @@ from .backend import Backend
 from .events import Event
 from .info import SessionInfo, ToolInfo, WorkerInfo
 from .options import CallOptions
+from .telemetry import tracing
+from .telemetry.events import TelemetryEvent
 from .watch import WatchEvent
 
 
@@ -37,14 +39,19 @@ class AsyncCaller:
 
     async def call(self, tool: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run ``tool`` with the given arguments and return its result."""
-        return await self._backend.call(tool, args, kwargs, self._options)
+        if tracing.tracer() is None:
+            return await self._backend.call(tool, args, kwargs, self._options)
+        return await tracing.traced_call(self._backend.call, tool, args, kwargs, self._options)
 
     def stream(self, tool: str, /, *args: Any, **kwargs: Any) -> AsyncIterator[Event]:
         """Run ``tool`` and iterate over its events; the last one is ``result`` or ``error``.
 
         Leaving the loop early cancels the call (the tool is interrupted).
         """
-        return self._backend.stream(tool, args, kwargs, self._options)
+        if tracing.tracer() is None:
+            return self._backend.stream(tool, args, kwargs, self._options)
+        return tracing.traced_stream(
+            lambda: self._backend.stream(tool, args, kwargs, self._options), tool)
 
     async def map(self, tool: str, /, *iterables: Iterable[Any],
                   chunksize: int | None = None) -> list[Any]:
@@ -55,7 +62,10 @@ class AsyncCaller:
         cost little more than one call each chunk.  The first failing item's
         exception is raised, with ``.map_index`` naming the item.
         """
-        return await self._backend.map(tool, _columns(iterables), self._options, chunksize)
+        if tracing.tracer() is None:
+            return await self._backend.map(tool, _columns(iterables), self._options, chunksize)
+        return await tracing.traced_call(self._backend.map, tool, _columns(iterables),
+                                         self._options, chunksize, what="map")
 
     def session(self, *, ttl: float | None = None, metadata: dict[str, str] | None = None,
                 pool: str | None = None, id: str | None = None) -> "AsyncSession":
@@ -159,6 +169,15 @@ class AsyncHandle(AsyncCaller):
         """Pool state changes (Snapshot, WorkerChanged, SessionChanged) as they happen, and a
         Snapshot every ``interval`` seconds (default 2); leave the loop to stop."""
         return self._backend.watch(interval)
+
+    def subscribe(self, kinds: list[str] | str | None = None) -> AsyncIterator[TelemetryEvent]:
+        """Telemetry events as they happen: workers starting, ready, recycled, crashed,
+        unhealthy; tools tainted and untainted; calls queued, started and finished (with
+        durations and outcome); sessions opened and closed; orphans reaped.  ``kinds``: names
+        or prefixes such as ``"worker.*"`` (None: all).  See docs/observability.md.  A
+        subscriber that falls behind loses events (never slowing the pool) and is told so by
+        a ``telemetry.dropped`` event.  Leave the loop to stop."""
+        return self._backend.subscribe([kinds] if isinstance(kinds, str) else kinds)
 
     async def interrupt(self, worker_id: int) -> None:
         """Interrupt a worker: cancel its tool calls and SIGINT its kernel."""

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence, TextIO
 from . import __version__
 from .exceptions import BridgeError, CallError, KernelpitError, StartError
 from .kernels import markers
-from .terminal import EventPrinter, human_bytes, human_seconds, table
+from .terminal import EventPrinter, charts_text, human_bytes, human_seconds, table
 
 DEMO_ADAPTER = "kernelpit.kernels.demo"
 
@@ -146,7 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          "instead")
     auth = settings.pop("auth", True) and not args.no_auth
     for key in ("host", "port", "grace", "max_message_size", "idle_timeout", "tls_cert",
-                "tls_key", "tls_client_ca", "tls_ca", "token_file"):
+                "tls_key", "tls_client_ca", "tls_ca", "token_file", "metrics_address"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -163,6 +163,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return watch_status(args)
     with connect_from(args) as client:
         info = client.server_info()
         workers, sessions = client.workers(), client.sessions()
@@ -183,6 +185,65 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(workers_table(workers))
     print()
     print(sessions_table(sessions) if sessions else "no open sessions")
+    return 0
+
+
+def watch_status(args: argparse.Namespace) -> int:
+    """``kernelpit status --watch``: the workers table and live charts, redrawn in place
+    (at most 4 times a second) from the watch stream and the call events, until Ctrl-C."""
+    import threading
+
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from .telemetry.series import LiveSeries
+
+    series, workers, lock = LiveSeries(), {}, threading.Lock()
+    with connect_from(args) as client:
+        info = client.server_info()
+        watch, events = client.watch(1.0), client.subscribe("call.*")
+
+        def follow_watch() -> None:
+            for ev in watch:
+                with lock:
+                    if ev.kind == "snapshot":
+                        workers.clear()
+                        workers.update({w.id: w for w in ev.workers})
+                    elif ev.kind == "worker_changed":
+                        if ev.removed:
+                            workers.pop(ev.worker.id, None)
+                        else:
+                            workers[ev.worker.id] = ev.worker
+                    series.workers(workers.values())
+
+        def follow_events() -> None:
+            for ev in events:
+                with lock:
+                    series.feed(ev)
+
+        for target in (follow_watch, follow_events):
+            threading.Thread(target=target, daemon=True).start()
+
+        def frame() -> Group:
+            with lock:
+                series.sample()
+                table = workers_table(sorted(workers.values(), key=lambda w: w.id))
+                charts = charts_text(series)
+            head = (f"bridge {info.address}  pid {info.pid}  pools: {', '.join(info.pools)}  "
+                    f"(Ctrl-C to stop)")
+            return Group(Text(head), Text(""), Text(table), Text(""), Text(charts))
+
+        try:
+            with Live(frame(), refresh_per_second=4, screen=False) as live:
+                while True:
+                    time.sleep(1.0)
+                    live.update(frame())
+        except KeyboardInterrupt:
+            pass
+        finally:
+            watch.close()
+            events.close()
     return 0
 
 
@@ -410,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
                    help="stop by itself after this many seconds with no calls and no connected "
                    "client (default: never; `%%kp start` sets 1800)")
+    p.add_argument("--metrics-address", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; "
+                        "plaintext on loopback only, e.g. 127.0.0.1:9464)")
     p.add_argument("--no-discovery", action="store_true",
                    help="do not write the discovery file (clients then need --address/--token)")
     p.set_defaults(func=cmd_serve)
@@ -417,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show workers and sessions of the running bridge")
     client_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--watch", action="store_true",
+                   help="keep showing the workers with live charts (calls/s, queue depth, "
+                        "latency, RSS) until Ctrl-C")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("tools", help="list the tools the bridge serves")

@@ -24,6 +24,7 @@ from .info import SessionInfo, ToolInfo, WorkerInfo
 from .options import CallOptions
 from .pool import PoolManager
 from .sync import Handle, Portal
+from .telemetry.events import TelemetryEvent
 from .watch import WatchEvent, WatchHub
 
 
@@ -55,6 +56,7 @@ class LocalBackend(Backend):
         #: set when the pool (or the bridge serving it) stops: ends every watch stream
         self.closing = closing or asyncio.Event()
         self._hub: WatchHub | None = None
+        self._closer: asyncio.Future[None] | None = None
 
     # -- calls: the manager's own coroutines, handed over as they are (no extra frame on the
     # hot path: these are plain functions that return them) -----------------------------------
@@ -104,6 +106,20 @@ class LocalBackend(Backend):
         """Every worker's state, without sampling its process (cheap enough for 10 Hz)."""
         return {w.id: w.state for g in self.manager.groups.values() for w in g.workers.values()}
 
+    def subscribe(self, kinds: list[str] | None = None) -> AsyncIterator[TelemetryEvent]:
+        subscription = self.manager.telemetry.subscribe(kinds)
+        subscription.on_start = self._end_subscriptions_on_close
+        return subscription
+
+    def _end_subscriptions_on_close(self) -> None:
+        """Subscriptions end when the pool (or the bridge serving it) starts to stop, not
+        only when its manager has closed: a bridge's drain must not wait for them."""
+        if self._closer is None:
+            async def close_bus() -> None:
+                await self.closing.wait()
+                self.manager.telemetry.close()
+            self._closer = asyncio.ensure_future(close_bus())
+
     def watch(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
         if self._hub is None:
             self._hub = WatchHub(self.worker_states, self.manager.workers,
@@ -150,9 +166,13 @@ class AsyncPool(AsyncHandle):
     _backend: LocalBackend
 
     def __init__(self, adapters: Any = (), workers: int | None = None, *,
-                 pools: dict[str, Any] | None = None, **settings: Any) -> None:
-        super().__init__(LocalBackend(PoolManager(build_configs(adapters, workers, pools,
-                                                                settings))))
+                 pools: dict[str, Any] | None = None, metrics: Any = False,
+                 **settings: Any) -> None:
+        manager = PoolManager(build_configs(adapters, workers, pools, settings))
+        if metrics:
+            from .telemetry.metrics import attach
+            attach(manager, metrics)
+        super().__init__(LocalBackend(manager))
 
     @property
     def run_id(self) -> str:
@@ -179,7 +199,9 @@ class Pool(Handle):
     Arguments are those of :class:`~kernelpit.config.PoolConfig` (``adapters``,
     ``workers``, ``concurrency``, ``queue_size``, ``kernelspec``, ``python``,
     ``env``, ``cwd``, ...) for the default pool, plus ``pools={name: {...}}``
-    for named pools.  The constructor returns once every worker is ready.
+    for named pools.  ``metrics=True`` publishes the pool's Prometheus metrics on
+    prometheus_client's default registry, ``metrics=registry`` on that one (see
+    docs/observability.md).  The constructor returns once every worker is ready.
     """
 
     _async: AsyncPool

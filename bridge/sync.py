@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, 
 from .caller import AsyncCaller, AsyncHandle, AsyncSession
 from .events import Event
 from .info import SessionInfo
+from .telemetry import tracing
 
 T = TypeVar("T")
 _DONE = object()
@@ -42,6 +43,7 @@ class Portal:
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run ``await fn(*args, **kwargs)`` on the loop and wait for it."""
         self._check_thread()
+        fn = tracing.carry(fn)  # the caller's trace context goes with it (when tracing is on)
         fut = asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self.loop)
         try:
             return fut.result()
@@ -53,7 +55,7 @@ class Portal:
     def iterate(self, agen: AsyncIterator[T]) -> "BlockingStream[T]":
         """Iterate an async iterator from this thread; closing early cancels it."""
         self._check_thread()
-        return BlockingStream(self.loop, agen)
+        return BlockingStream(self.loop, tracing.carry_iter(agen))
 
     def stop(self) -> None:
         if self.loop.is_running():
@@ -254,6 +256,7 @@ class Handle(Caller):
     get_session = blocking(AsyncHandle.get_session)
     close_session = blocking(AsyncHandle.close_session)
     watch = iterating(AsyncHandle.watch)
+    subscribe = iterating(AsyncHandle.subscribe)
     interrupt = blocking(AsyncHandle.interrupt)
     restart = blocking(AsyncHandle.restart)
     recycle = blocking(AsyncHandle.recycle)

@@ -129,3 +129,43 @@ class EventPrinter:
 
     def flush(self) -> None:
         self.bar.clear()
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float | None], width: int = 40, top: float | None = None) -> str:
+    """The last ``width`` values as block characters (a blank for a missing one)."""
+    values = list(values)[-width:]
+    known = [v for v in values if v is not None]
+    top = max([*known, top or 0.0, 1e-12])
+    return "".join(" " if v is None else SPARK[min(7, int(v / top * 7.999))] for v in values)
+
+
+def charts_text(series: Any, width: int = 40) -> str:
+    """The health panel's charts as text lines: calls/s, queue depth, p50/p99 latency and
+    RSS per worker against max_memory (a ``LiveSeries``)."""
+    points = list(series.points)
+    if not points:
+        return "(charts start after the first second)"
+    last = points[-1]
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1e3:.2f} ms"
+
+    lines = [f"calls/s      {sparkline([p.calls_per_s for p in points], width)}  "
+             f"{last.calls_per_s:.0f}",
+             f"queue depth  {sparkline([float(p.queue_depth) for p in points], width)}  "
+             f"{last.queue_depth}",
+             f"latency p50  {sparkline([p.p50 for p in points], width)}  {ms(last.p50)}",
+             f"latency p99  {sparkline([p.p99 for p in points], width)}  {ms(last.p99)}"]
+    limit = series.max_memory
+    for w in sorted({w for p in points for w in p.rss}):
+        rss = [p.rss.get(w) for p in points]
+        now = next((v for v in reversed(rss) if v is not None), 0)
+        bar = sparkline([None if v is None else float(v) for v in rss], width, limit)
+        tail = f"{human_bytes(now)}" + (f" (recycles at {human_bytes(limit)})" if limit else "")
+        lines.append(f"RSS worker {w:<2} {bar}  {tail}")
+    minutes = (points[-1].t - points[0].t) / 60
+    lines.append(f"(last {minutes:.1f} min; RSS bars are drawn against max_memory when set)")
+    return "\n".join(lines)

@@ -198,6 +198,8 @@ class Agent:
             call.emit("error", error=_cancelled(call.id, spec.name))
             return
         outcome: dict[str, Any]
+        trace = job.get("trace")
+        traced = _enter_trace(trace) if trace else None
         try:
             capture.set_current(call)
             try:
@@ -224,6 +226,8 @@ class Agent:
             except CallCancelled:
                 continue
         capture.set_current(None)
+        if traced is not None:
+            _leave_trace(traced)
         call.flush()
         kind = outcome.pop("k")
         call.emit(kind, **outcome)
@@ -267,6 +271,34 @@ class Agent:
             asyncio.run(drain())
             return None
         return func(*args, **kwargs)
+
+
+_otel: Any = None  # (context, propagator) once a traced call came; False: not installed here
+
+
+def _enter_trace(carrier: dict[str, str]) -> Any:
+    """Make the caller's W3C trace context current on this thread (the tool's spans become its
+    children); a token for :func:`_leave_trace`, or None when OpenTelemetry is not installed in
+    the worker (then the tool runs untraced).  OpenTelemetry is imported on the first traced
+    call, never before."""
+    global _otel
+    if _otel is None:
+        try:
+            from opentelemetry import context
+            from opentelemetry.trace.propagation.tracecontext import \
+                TraceContextTextMapPropagator
+        except ImportError:
+            _otel = False
+        else:
+            _otel = (context, TraceContextTextMapPropagator())
+    if _otel is False:
+        return None
+    context, propagator = _otel
+    return context.attach(propagator.extract(carrier))
+
+
+def _leave_trace(token: Any) -> None:
+    _otel[0].detach(token)
 
 
 def progress(done: float, total: float | None = None, message: str = "") -> None:

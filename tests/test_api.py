@@ -162,3 +162,27 @@ def test_untaint_of_a_tool_that_is_not_quarantined(pool):
     assert pool.untaint("add") is False
     with pytest.raises(kernelpit.ToolNotFound):
         pool.untaint("no_such_tool")
+
+
+def test_subscribe_pushes_each_calls_events_in_order(pool):
+    events = []
+    stream = pool.subscribe(["call.*", "session.*"])
+    reader = threading.Thread(target=lambda: events.extend(stream), daemon=True)
+    reader.start()
+    # through a bridge the subscription starts when the RPC arrives: call until it is live
+    wait_until(lambda: pool.call("add", 1, 2) == 3 and any(e.kind == "call.finished"
+                                                           for e in events))
+    with pool.session() as s:
+        s.call("add", 2, 2)
+        sid = s.id
+    wait_until(lambda: any(e.kind == "session.closed" for e in events))
+    stream.close()
+    reader.join(timeout=5)
+    for call_id in {e.call_id for e in events if e.kind == "call.queued"}:
+        mine = [e for e in events if e.call_id == call_id]
+        assert [e.kind for e in mine] == ["call.queued", "call.started", "call.finished"]
+        assert mine[-1].data["outcome"] == "ok" and mine[-1].tool == "add"
+        assert mine[1].worker == mine[2].worker is not None and mine[0].pool == "default"
+    assert [e.data["session"] for e in events if e.kind.startswith("session.")] == [sid, sid]
+    with pytest.raises(ValueError, match="unknown telemetry event kind"):
+        pool.subscribe(["calls.finished"])

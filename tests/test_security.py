@@ -367,3 +367,20 @@ def test_config_file_tls_paths_are_relative_to_it(tmp_path):
     _, bridge = config_file.load(path)
     assert bridge["tls_cert"] == str(tmp_path / "certs" / "server.pem")
     assert bridge["tls_key"] == "/abs/server.key"
+
+
+def test_metrics_of_a_tls_bridge_are_served_over_https_with_its_certificate(portal, pki):
+    import ssl
+    import urllib.request
+    bridge = serve(portal, tls_cert=pki.server.cert, tls_key=pki.server.key, discovery=False,
+                   metrics_address="127.0.0.1:0")
+    try:
+        url = bridge.metrics.url
+        assert url.startswith("https://")
+        trusted = ssl.create_default_context(cafile=str(pki.ca.pem))
+        with urllib.request.urlopen(url, context=trusted, timeout=10) as reply:
+            assert b"kernelpit_workers" in reply.read()
+        with pytest.raises(OSError):  # a plaintext scrape gets no metrics (reset or refused)
+            urllib.request.urlopen(url.replace("https://", "http://"), timeout=10).read()
+    finally:
+        portal.call(bridge.stop, 0)

@@ -15,9 +15,20 @@ import threading
 import time
 from typing import Any, Callable
 
+from kernelpit.telemetry.series import LiveSeries
+
 from .connection import Connector
 
 _END = object()
+_EVENTS_OVER = object()  # the call-event stream ended (or the bridge has no Subscribe)
+
+
+def _quiet(stream: Any) -> Any:
+    """A stream whose failure only ends it (charts then go without call events)."""
+    try:
+        yield from stream
+    except Exception:  # noqa: BLE001 - an older bridge, or it went away (the watch says so)
+        return
 
 
 def pump(stream: Any, out: "queue.SimpleQueue[Any]", end: Any = _END) -> Any:
@@ -55,6 +66,10 @@ class LiveState:
         self.updated = 0.0
         self.renders = 0
         self._calls_hist: list[tuple[float, int]] = []
+        #: the last minutes as time series, for the charts (calls/s, queue, latency, RSS)
+        self.series = LiveSeries()
+        self._events: Any = None
+        self._sampled = 0.0
         self._stop = threading.Event()
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._fut: Any = None
@@ -71,9 +86,9 @@ class LiveState:
     def stop(self) -> None:
         self._stop.set()
         self._q.put(_END)
-        fut = self._fut
-        if fut is not None:
-            fut.close()
+        for stream in (self._fut, self._events):
+            if stream is not None:
+                stream.close()
 
     # -- derived figures ------------------------------------------------------------------
     def calls_per_second(self) -> float:
@@ -93,8 +108,18 @@ class LiveState:
         return out
 
     # -- the background thread ------------------------------------------------------------
+    def sample(self) -> None:
+        """Close one point of :attr:`series` (at most one a second)."""
+        now = time.monotonic()
+        if now - self._sampled >= 1.0:
+            self._sampled = now
+            self.series.sample()
+
     def _apply(self, item: Any) -> None:
         kind = getattr(item, "kind", "")
+        if kind.startswith("call."):
+            self.series.feed(item)
+            return
         if kind == "snapshot":
             self.workers = {w.id: w for w in item.workers}
             self.sessions = {s.id: s for s in item.sessions}
@@ -111,6 +136,7 @@ class LiveState:
         self.connected = True
         self.error = ""
         self.updated = time.time()
+        self.series.workers(self.workers.values())
         now = time.monotonic()
         total = sum(w.calls for w in self.workers.values())
         self._calls_hist.append((now, total))
@@ -123,6 +149,9 @@ class LiveState:
         client = self.connector.get(timeout=2.0)
         self.address = getattr(client, "address", "") or "embedded pool"
         self._fut = pump(client.watch(self.interval), self._q)
+        if hasattr(client, "subscribe"):
+            self._events = client.subscribe("call.*")
+            pump(_quiet(self._events), self._q, _EVENTS_OVER)
         return client
 
     def _run(self) -> None:
@@ -144,11 +173,17 @@ class LiveState:
             except queue.Empty:
                 item = None
             while item is not None:
+                if item is _EVENTS_OVER:
+                    item = None
+                    continue
                 if item is _END or isinstance(item, BaseException):
                     if self._stop.is_set():
                         return
                     self.connector.invalidate(client)
                     client = None
+                    if self._events is not None:
+                        self._events.close()
+                        self._events = None
                     self.connected = False
                     self.error = ("the bridge went away" if item is _END
                                   else f"{type(item).__name__}: {item}")

@@ -19,21 +19,25 @@ def colour(state: str) -> str:
     return STATE_COLOURS.get(state, "#555555")
 
 
-def recycle_text(reason: str | None, recycle_in: dict[str, float] | None) -> str:
-    """``recycled: memory`` or the nearest recycle trigger, e.g. ``in 3 calls``."""
+def recycle_text(reason: str | None, recycle_in: dict[str, float] | None, rss: float = 0,
+                 calls: int = 0, uptime: float = 0.0) -> str:
+    """When the worker will be recycled, in words: ``recycles at 400.0 MiB (now 51.0 MiB)``,
+    ``recycles after 100 calls (now 12)``, ``recycles at age 10m00s (now 3m05s)``; or
+    ``recycling: memory`` while it is."""
     if reason:
         return f"recycling: {reason}"
     parts = []
-    for key, value in sorted((recycle_in or {}).items()):
-        if key == "calls":
-            parts.append(f"{value:g} calls")
+    for key, left in sorted((recycle_in or {}).items()):
+        if key in ("bytes", "memory"):
+            parts.append(f"recycles at {human_bytes(rss + left)} (now {human_bytes(rss)})")
+        elif key == "calls":
+            parts.append(f"recycles after {calls + left:g} calls (now {calls})")
         elif key in ("seconds", "age"):
-            parts.append(human_seconds(value))
-        elif key in ("bytes", "memory"):
-            parts.append(human_bytes(value))
+            parts.append(f"recycles at age {human_seconds(uptime + left)} "
+                         f"(now {human_seconds(uptime)})")
         else:
-            parts.append(f"{key} {value:g}")
-    return ("recycle in " + " / ".join(parts)) if parts else "-"
+            parts.append(f"{key} {left:g} left")
+    return "; ".join(parts) if parts else "-"
 
 
 def html_table(rows: Iterable[Sequence[Any]], header: Sequence[str], cls: str = "") -> str:

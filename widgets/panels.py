@@ -21,13 +21,18 @@ from typing import Any
 
 import ipywidgets as W
 
+from . import charts as charts_mod
 from . import fmt
 from .connection import Connector
 from .feed import LiveState
 
-CELL = {"id": "62px", "pool": "70px", "state": "84px", "pid": "64px", "uptime": "64px",
-        "calls": "52px", "current": "150px", "rss": "78px", "cpu": "52px", "heartbeat": "78px",
-        "recycle": "170px"}
+CELL = {"id": "50px", "pool": "64px", "state": "76px", "pid": "56px", "uptime": "56px",
+        "calls": "44px", "current": "110px", "rss": "72px", "cpu": "40px", "heartbeat": "70px",
+        "recycle": "222px"}
+BUTTONS = ("88px",) * 3
+#: one column template for the header and every row: each is a grid of these columns, so a
+#: header sits over its values whatever they hold
+GRID = " ".join([*CELL.values(), *BUTTONS])
 HEADERS = {"id": "worker", "pool": "pool", "state": "state", "pid": "pid", "uptime": "uptime",
            "calls": "calls", "current": "current call", "rss": "RSS", "cpu": "CPU",
            "heartbeat": "heartbeat", "recycle": "recycle"}
@@ -50,7 +55,7 @@ def state_badge(state: str) -> str:
 def recycle_cell(w: Any) -> str:
     if w.state in ("stopping", "recycling") and w.recycle_reason:
         return f"recycling: {w.recycle_reason}"
-    text = fmt.recycle_text(None, w.recycle_in)
+    text = fmt.recycle_text(None, w.recycle_in, w.rss, w.calls, w.uptime)
     if w.recycles and w.recycle_reason:
         done = f"replaced ×{w.recycles} ({w.recycle_reason})"
         return done if text == "-" else f"{text}; {done}"
@@ -161,10 +166,17 @@ class _Panel(W.VBox):
 
 
 def _cell(key: str, value: str) -> W.HTML:
-    return W.HTML(value, layout=W.Layout(width=CELL[key], overflow="hidden"))
+    cell = W.HTML(value, layout=W.Layout(width="auto", overflow="hidden", margin="0 4px 0 0"))
+    cell.add_class(f"kp-col-{key}")
+    return cell
 
 
-class _WorkerRow(W.HBox):
+def _grid(children: list[W.Widget], **layout: Any) -> dict[str, Any]:
+    return dict(children=children, layout=W.Layout(grid_template_columns=GRID, width="auto",
+                                                   grid_gap="0px", **layout))
+
+
+class _WorkerRow(W.GridBox):
     def __init__(self, panel: "HealthPanel", worker_id: int) -> None:
         self.worker_id = worker_id
         self.cells = {k: _cell(k, "") for k in CELL}
@@ -174,13 +186,12 @@ class _WorkerRow(W.HBox):
                                 ("restart", "refresh", "Restart: kill it, start a fresh one"),
                                 ("recycle", "recycle", "Recycle: successor first, then drain")):
             b = W.Button(description=name, icon=icon, tooltip=tip,
-                         layout=W.Layout(width="112px", height="26px"))
+                         layout=W.Layout(width="84px", height="26px"))
             b.add_class(f"kp-{name}")
             b.on_click(lambda _b, n=name: panel._act(
                 f"{n} worker {worker_id}", lambda c, wid, n=n: getattr(c, n)(wid), worker_id))
             buttons.append(b)
-        super().__init__([*self.cells.values(), *buttons],
-                         layout=W.Layout(align_items="center"))
+        super().__init__(**_grid([*self.cells.values(), *buttons], align_items="center"))
         self.add_class("kp-worker-row")
 
     def update(self, cells: dict[str, str]) -> None:
@@ -188,6 +199,31 @@ class _WorkerRow(W.HBox):
             value = state_badge(cells[key]) if key == "state" else html.escape(cells[key])
             if widget.value != value:
                 widget.value = value
+
+
+def charts_html(series: Any) -> str:
+    """The live charts of the last minutes: calls/s, queue depth, p50/p99 latency, RSS per
+    worker with the max_memory line (a leak shows before the recycle)."""
+    points = list(series.points)
+    if len(points) < 2:
+        return ""
+    ms = lambda v: None if v is None else v * 1e3  # noqa: E731
+    workers = sorted({w for p in points for w in p.rss})
+    mib = 2**20
+    rss = {f"w{w}": [p.rss[w] / mib if w in p.rss else None for p in points] for w in workers}
+    limit = series.max_memory / mib if series.max_memory else None
+    charts = [
+        charts_mod.line_chart("calls/s", {"": [p.calls_per_s for p in points]}, fmt="{:.0f}"),
+        charts_mod.line_chart("queue depth", {"": [float(p.queue_depth) for p in points]},
+                              fmt="{:.0f}"),
+        charts_mod.line_chart("latency (ms)", {"p50": [ms(p.p50) for p in points],
+                                               "p99": [ms(p.p99) for p in points]}),
+        charts_mod.line_chart("RSS (MiB)", rss, limit=limit, fmt="{:.0f}",
+                              limit_label=f"max_memory {limit:.0f}" if limit else ""),
+    ]
+    minutes = (points[-1].t - points[0].t) / 60
+    return (f"<div style='display:flex;gap:8px;flex-wrap:wrap;margin:6px 0'>{''.join(charts)}"
+            f"</div><div style='color:#777;font-size:90%'>last {minutes:.1f} min</div>")
 
 
 class HealthPanel(_Panel):
@@ -198,12 +234,18 @@ class HealthPanel(_Panel):
 
     def __init__(self, source: Any = None, **kwargs: Any) -> None:
         self._rows: dict[int, _WorkerRow] = {}
+        self._charts = W.HTML("")
+        self._charts.add_class("kp-charts")
         super().__init__(source, **kwargs)
+        self.children = (*self.children[:-1], self._charts, self.children[-1])
         self.add_class("kp-health")
 
     def _header(self) -> W.Widget:
-        return W.HBox([_cell(k, f"<b>{HEADERS[k]}</b>") for k in CELL],
-                      layout=W.Layout(border_bottom="1px solid #ccc"))
+        header = W.GridBox(**_grid([*(_cell(k, f"<b>{HEADERS[k]}</b>") for k in CELL),
+                                    *(W.HTML("") for _ in BUTTONS)],
+                                   border_bottom="1px solid #ccc"))
+        header.add_class("kp-header")
+        return header
 
     def summary_text(self) -> str:
         live = self.live
@@ -233,6 +275,8 @@ class HealthPanel(_Panel):
                 self._rows_box.children = list(self._rows.values())
             for wid, row in self._rows.items():
                 row.update(worker_cells(live.workers[wid], now))
+            live.sample()
+            self._set(self._charts, charts_html(live.series))
             summary = self.summary_text()
             prefix = self._summary_prefix()
             self._set(self._summary, prefix if not live.connected else

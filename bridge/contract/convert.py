@@ -17,6 +17,8 @@ from ..info import SessionInfo, TokenInfo, ToolInfo, WorkerInfo
 from ..options import CallOptions
 from ..v1 import bridge_pb2 as pb
 from .. import watch
+from ..telemetry import tracing
+from ..telemetry.events import TelemetryEvent
 from . import errors
 from .values import PLAIN, BadValue, Codec, from_value, to_value
 
@@ -52,6 +54,9 @@ def call_request(tool: str, args: Any, kwargs: dict[str, Any], options: CallOpti
     """The request of a call; a value that cannot be sent raises InvalidArguments, as the
     embedded pool does."""
     req = pb.CallRequest(tool=tool, options=options_to_proto(options))
+    trace = tracing.carrier()
+    if trace is not None:
+        req.options.trace_context.update(trace)
     with unsendable(tool):
         if args:
             req.args.CopyFrom(codec.encode(list(args)))
@@ -96,8 +101,12 @@ def map_request(tool: str, columns: list[list[Any]], options: CallOptions,
                 chunksize: int | None, codec: Codec = PLAIN) -> pb.MapRequest:
     with unsendable(tool):
         encoded = codec.encode(columns)
-    return pb.MapRequest(tool=tool, columns=encoded, options=options_to_proto(options),
-                         chunksize=chunksize)
+    req = pb.MapRequest(tool=tool, columns=encoded, options=options_to_proto(options),
+                        chunksize=chunksize)
+    trace = tracing.carrier()
+    if trace is not None:
+        req.options.trace_context.update(trace)
+    return req
 
 
 def map_from_request(req: pb.MapRequest, codec: Codec = PLAIN
@@ -304,3 +313,19 @@ def watch_from_proto(m: pb.WatchEvent) -> "watch.WatchEvent":
         return watch.SessionChanged(session_from_proto(c.session),
                                     change=_CHANGE_NAMES.get(c.change, "opened"), time=m.time)
     raise BadValue(f"a watch event of unknown kind {kind!r}; upgrade kernelpit on this client")
+
+
+# -- telemetry -------------------------------------------------------------------------------
+
+def telemetry_to_proto(e: TelemetryEvent) -> pb.TelemetryEvent:
+    out = pb.TelemetryEvent(kind=e.kind, time=e.time, pool=e.pool, tool=e.tool,
+                            worker=e.worker, call_id=e.call_id)
+    if e.data:
+        out.data.CopyFrom(to_value(e.data))
+    return out
+
+
+def telemetry_from_proto(m: pb.TelemetryEvent) -> TelemetryEvent:
+    return TelemetryEvent(m.kind, m.time, m.pool, m.worker if m.HasField("worker") else None,
+                          m.tool, m.call_id if m.HasField("call_id") else None,
+                          from_value(m.data, "data") if m.HasField("data") else {})

@@ -39,6 +39,12 @@ class Call:
     idempotent: bool = False
     transport: Transport | None = None
 
+    #: the W3C trace context (``traceparent``...) the worker runs the tool in; None: untraced
+    trace: dict[str, str] | None = None
+    #: (not a field) set by the pool while telemetry is on: told ``(call, exc)`` once, when the
+    #: call ends (exc None: a result)
+    observer = None
+
     def __post_init__(self) -> None:
         self.frames = self._encode()
         loop = asyncio.get_running_loop()
@@ -56,6 +62,8 @@ class Call:
             msg["kwargs"] = self.kwargs
         if self.options.session:
             msg["session"] = self.options.session
+        if self.trace is not None:
+            msg["trace"] = self.trace
         transport = self.transport
         if transport is not None and transport.shm_dir:
             transport = Transport(transport.shm_dir, transport.threshold, f"c{self.id}",
@@ -91,6 +99,8 @@ class Call:
             return
         self.future.set_result(value)
         self.emit(ev.Result(value=value))
+        if self.observer is not None:
+            self.observer(self, None)
 
     def fail(self, exc: BaseException) -> None:
         self._cancel_timer()
@@ -99,6 +109,8 @@ class Call:
         self.future.set_exception(exc)
         self.future.exception()  # a stream consumer may never await it: mark as retrieved
         self.emit(ev.Error(error=exc))
+        if self.observer is not None:
+            self.observer(self, exc)
 
     def on_worker_event(self, msg: dict[str, Any]) -> bool:
         """Apply one event from the worker; True when it was the call's last."""

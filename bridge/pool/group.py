@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ from .crash import TaintTracker, start_failure_backs_off
 from .dispatch import WaitQueue, pick
 from .kernel import worker_spec
 from .worker import Worker
+from ..telemetry.bus import TelemetryBus
 
 log = logging.getLogger("kernelpit")
 
@@ -31,8 +33,10 @@ class WorkerGroup:
 
     def __init__(self, config: PoolConfig, channel: Channel, run_dir: Path, run_id: str,
                  new_id: Callable[[], int], on_worker_exit: Callable[[Worker], None],
-                 start_slots: asyncio.Semaphore, shm_dir: str | None = None) -> None:
+                 start_slots: asyncio.Semaphore, shm_dir: str | None = None,
+                 telemetry: TelemetryBus | None = None) -> None:
         self.config = config
+        self.telemetry = telemetry or TelemetryBus()
         self.transport = Transport(shm_dir, int(config.shm_threshold), "host", config.pickle)
         self.name = config.name
         self.spec = worker_spec(config)
@@ -56,12 +60,17 @@ class WorkerGroup:
 
     # -- starting workers --------------------------------------------------------------------
     def _make_worker(self, spare: bool = False) -> Worker:
-        return Worker(self._new_id(), self.config, self.spec, self._channel, self._run_dir,
-                      self._run_id, self._on_worker_exit, self.transport, spare)
+        worker = Worker(self._new_id(), self.config, self.spec, self._channel, self._run_dir,
+                        self._run_id, self._on_worker_exit, self.transport, spare,
+                        self.telemetry)
+        self.telemetry.publish("worker.starting", self.name, worker.id, spare=spare)
+        return worker
 
     async def _start_one(self, worker: Worker) -> None:
         async with self._start_slots:
             await worker.start()
+        self.telemetry.publish("worker.ready", self.name, worker.id, spare=worker.spare,
+                               seconds=time.time() - worker.started_at)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -187,6 +196,8 @@ class WorkerGroup:
             return
         log.info("pool '%s': recycling worker %d (%s); worker %d takes its place",
                  self.name, old.id, reason, new.id)
+        self.telemetry.publish("worker.recycled", self.name, old.id, reason=reason,
+                               successor=new.id, calls=old.calls)
         on_switch()
         self.pump(new)
         if not old.inflight:

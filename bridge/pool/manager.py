@@ -30,6 +30,9 @@ from ..kernels.arrow import SHM_BASE, Transport, reclaim, shared_dir
 from .crash import classify, counts_toward_taint, crash_message, should_retry
 from .state import RECYCLING
 from .worker import Worker
+from ..telemetry import tracing
+from ..telemetry.bus import TelemetryBus
+from ..telemetry.events import outcome_of
 
 log = logging.getLogger("kernelpit")
 
@@ -67,11 +70,18 @@ class PoolManager:
         self._health: HealthMonitor | None = None
         self.closed = False
         self.started = False
+        #: lifecycle events (docs/observability.md): metrics, subscribe(), the job runner
+        self.telemetry = TelemetryBus()
+        self._quarantined: set[tuple[str, str]] = set()  # (pool, tool) awaiting tool.untainted
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         # -- orphan-proof process management: record this run, end what dead runs left --
-        await asyncio.to_thread(reaper.reap_on_start, run_registry.open_run(self.run_id))
+        reaped = await asyncio.to_thread(reaper.reap_on_start, run_registry.open_run(self.run_id))
+        if reaped is not None and reaped.orphans:
+            self.telemetry.publish("orphans.reaped", kernels=len(reaped.orphans),
+                                   runs=len({o.run_id for o in reaped.orphans}),
+                                   files=len(reaped.removed_files))
         self._run_dir = leftovers.make_run_dir(self.run_id)
         self.shm_dir = shared_memory_dir(self.run_id)
         self._channel = await Channel.open(self._run_dir, self._on_message, Transport(
@@ -80,7 +90,7 @@ class PoolManager:
         for cfg in self.configs:
             self.groups[cfg.name] = WorkerGroup(cfg, self._channel, self._run_dir, self.run_id,
                                                 lambda: next(self._ids), self._on_worker_exit,
-                                                slots, self.shm_dir)
+                                                slots, self.shm_dir, self.telemetry)
         try:
             await asyncio.gather(*(g.start() for g in self.groups.values()))
         except BaseException:
@@ -112,6 +122,7 @@ class PoolManager:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         if self.shm_dir is not None:
             leftovers.remove_shared_dir(self.shm_dir)
+        self.telemetry.close()  # (a closed pool's gauges leave the metrics by themselves)
 
     # -- messages from workers -------------------------------------------------------------
     def _on_message(self, worker_id: int, msg: dict[str, Any]) -> None:
@@ -174,6 +185,7 @@ class PoolManager:
         if not worker.mark_unhealthy():
             return
         log.warning("worker %d of pool '%s' %s; replacing it", worker.id, worker.config.name, why)
+        self.telemetry.publish("worker.unhealthy", worker.config.name, worker.id, why=why)
         worker.note_kill("unhealthy")
         activity = worker.activity()
         self._lose_calls(worker, False, lambda call: WorkerCrashed(
@@ -187,6 +199,12 @@ class PoolManager:
         how = death.describe()
         group = self.groups[worker.config.name]
         reclaim(self.shm_dir, f"w{worker.id}")  # values it wrote that nobody received
+        if self.telemetry.active:
+            self.telemetry.publish(
+                "worker.crashed", group.name, worker.id,
+                reason=(worker.killed_by or death.reason).replace(" ", "_"),
+                exit_code=death.returncode, signal=death.signal, rss=death.rss,
+                calls_lost=len(worker.inflight))
 
         def crashed(call: Call) -> WorkerCrashed:
             message = crash_message(worker.id, death, f"while running {call.describe()}")
@@ -227,6 +245,7 @@ class PoolManager:
                 log.warning("pool '%s': tool %s() crashed %d workers within %g s; it is "
                             "quarantined for %g s", group.name, call.tool,
                             group.taints.count(call.tool), group.taints.window, group.taints.period)
+                self._tainted(group, call.tool)
             if not self._retry(group, call):
                 call.fail(error(call))
 
@@ -289,7 +308,30 @@ class PoolManager:
         lifted = [g.taints.untaint(tool) for g in serving]
         if any(lifted):
             log.warning("tool %s() was taken out of quarantine by hand", tool)
+        for group, was in zip(serving, lifted):
+            if was:
+                self._quarantined.discard((group.name, tool))
+                self.telemetry.publish("tool.untainted", group.name, tool=tool, by="hand")
         return any(lifted)
+
+    def _tainted(self, group: WorkerGroup, tool: str) -> None:
+        """``tool`` was just quarantined: say so, and say so again when it lifts by itself."""
+        self._quarantined.add((group.name, tool))
+        period = group.taints.period
+        self.telemetry.publish("tool.tainted", group.name, tool=tool,
+                               crashes=group.taints.count(tool), period=period,
+                               until=time.time() + period)
+        asyncio.get_running_loop().call_later(period, self._taint_expiry, group, tool)
+
+    def _taint_expiry(self, group: WorkerGroup, tool: str) -> None:
+        if (group.name, tool) not in self._quarantined or self.closed:
+            return  # lifted by hand meanwhile
+        left = group.taints.tainted(tool)
+        if left is not None:  # the timer ran a little early
+            asyncio.get_running_loop().call_later(left, self._taint_expiry, group, tool)
+            return
+        self._quarantined.discard((group.name, tool))
+        self.telemetry.publish("tool.untainted", group.name, tool=tool, by="expiry")
 
     # -- calls ---------------------------------------------------------------------
     def _worker(self, worker_id: int) -> Worker | None:
@@ -345,7 +387,8 @@ class PoolManager:
         idempotent = desc.get("idempotent") if options.idempotent is None else options.idempotent
         call = Call(tool, list(args), dict(kwargs), options, streaming=streaming,
                     transport=group.transport,
-                    thread_safe=bool(desc.get("thread_safe")), idempotent=bool(idempotent))
+                    thread_safe=bool(desc.get("thread_safe")), idempotent=bool(idempotent),
+                    trace=tracing.carrier())
         if session is not None:
             call.pinned = session.worker
         elif options.worker is not None:
@@ -356,7 +399,18 @@ class PoolManager:
         return group, call
 
     def _submit(self, group: WorkerGroup, call: Call) -> None:
-        position = group.submit(call)
+        if self.telemetry.active:
+            call.observer = self._call_ended
+            self.telemetry.publish("call.queued", group.name, None, call.tool, call.id,
+                                   waiting=len(group.queue),
+                                   **({"items": len(call.columns[0])} if call.columns else {}))
+            try:
+                position = group.submit(call)
+            except Exception as exc:  # QueueFull: this accepted call ends here, rejected
+                call.fail(exc)
+                raise
+        else:
+            position = group.submit(call)
         self.calls[call.id] = call
         call.set_deadline(self._expired)
         if position is not None:
@@ -392,8 +446,45 @@ class PoolManager:
                         worker.id, call.describe(), worker.config.cancel_grace)
             asyncio.ensure_future(worker.kill("cancel grace"))
 
+    def _call_ended(self, call: Call, exc: BaseException | None) -> None:
+        """A call accepted while telemetry was on has ended (Call.finish / Call.fail)."""
+        now = time.monotonic()
+        started = call.started
+        worker = call.worker
+        self.telemetry.publish(
+            "call.finished", worker.config.name if worker is not None else
+            self._pool_of(call.tool, call.options), worker.id if worker is not None else None,
+            call.tool, call.id, outcome=outcome_of(exc),
+            queue_wait=(started if started is not None else now) - call.submitted,
+            run_time=None if started is None else now - started,
+            **({} if exc is None else {"error": type(exc).__name__}))
+
+    def _pool_of(self, tool: str, options: CallOptions) -> str:
+        """The pool a call of ``tool`` goes to, or "" when none serves it."""
+        if options.pool is not None:
+            return options.pool if options.pool in self.groups else ""
+        for group in self.groups.values():
+            if tool in group.tools:
+                return group.name
+        return ""
+
+    def _rejected(self, tool: Any, options: CallOptions, exc: BaseException) -> None:
+        """A call refused before it was accepted (arguments, queue full, not found, tainted):
+        ``call.finished`` with outcome ``rejected`` (``tool`` only when it is a registered
+        tool's name, so that no label takes arbitrary values)."""
+        pool = self._pool_of(tool, options) if isinstance(tool, str) else ""
+        known = pool and tool in self.groups[pool].tools
+        self.telemetry.publish("call.finished", pool, None, tool if known else "", None,
+                               outcome="rejected", queue_wait=0.0, run_time=None,
+                               error=type(exc).__name__)
+
     async def call(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions) -> Any:
-        group, call = self._prepare(tool, args, kwargs, options, streaming=False)
+        try:
+            group, call = self._prepare(tool, args, kwargs, options, streaming=False)
+        except Exception as exc:
+            if self.telemetry.active:
+                self._rejected(tool, options, exc)
+            raise
         self._submit(group, call)
         try:
             # Not shielded: a cancelled caller cancels call.future too, and then self.cancel
@@ -405,7 +496,12 @@ class PoolManager:
 
     async def stream(self, tool: str, args: Any, kwargs: dict[str, Any],
                      options: CallOptions) -> AsyncIterator[ev.Event]:
-        group, call = self._prepare(tool, args, kwargs, options, streaming=True)
+        try:
+            group, call = self._prepare(tool, args, kwargs, options, streaming=True)
+        except Exception as exc:
+            if self.telemetry.active:
+                self._rejected(tool, options, exc)
+            raise
         self._submit(group, call)
         assert call.events is not None
         try:
@@ -433,8 +529,12 @@ class PoolManager:
         try:
             group, first = self._prepare(tool, [c[0] for c in columns], {}, options,
                                          streaming=False)
-        except InvalidArguments as exc:
-            raise InvalidArguments(f"item 0: {exc.message}", tool=tool) from None
+        except Exception as exc:
+            if self.telemetry.active:
+                self._rejected(tool, options, exc)
+            if isinstance(exc, InvalidArguments):
+                raise InvalidArguments(f"item 0: {exc.message}", tool=tool) from None
+            raise
         first.reclaim()  # only its options and flags are used; its request is never sent
         desc = group.tools[tool]
         if desc.get("streaming"):
@@ -442,7 +542,10 @@ class PoolManager:
                                    "generator, use stream() for it", tool=tool)
         bad = check_columns(tool, desc["params"], columns)
         if bad is not None:
-            raise InvalidArguments(f"item {bad[0]}: {bad[1]}", tool=tool)
+            exc = InvalidArguments(f"item {bad[0]}: {bad[1]}", tool=tool)
+            if self.telemetry.active:
+                self._rejected(tool, options, exc)
+            raise exc
         if chunksize is None:
             slots = max(1, sum(w.config.concurrency for w in group.workers.values()))
             chunksize = max(1, min(2000, -(-n // (slots * 4))))
@@ -452,7 +555,7 @@ class PoolManager:
         for start in range(0, n, chunksize):
             call = Call(tool, [], {}, first.options, thread_safe=first.thread_safe,
                         transport=group.transport, idempotent=first.idempotent,
-                        columns=[c[start:start + chunksize] for c in columns])
+                        columns=[c[start:start + chunksize] for c in columns], trace=first.trace)
             call.pinned = first.pinned
             chunks.append((start, call))
         try:
@@ -506,10 +609,15 @@ class PoolManager:
         worker = min(ready, key=lambda w: (w.sessions, len(w.inflight), w.calls))
         session = self.sessions.open(group.name, worker.id, ttl, metadata, session_id)
         worker.sessions += 1
+        self.telemetry.publish("session.opened", group.name, worker.id, session=session.id)
         return session.info()
 
-    async def close_session(self, session_id: str) -> SessionInfo:
+    async def close_session(self, session_id: str, reason: str = "closed") -> SessionInfo:
+        """Close a session (``reason``: "closed", or "expired" by its ttl)."""
         session = self.sessions.close(session_id)
+        self.telemetry.publish("session.closed", session.pool, session.worker,
+                               session=session.id, reason=reason,
+                               **({"lost": session.lost} if session.lost else {}))
         worker = self._worker(session.worker)
         if worker is not None:
             worker.sessions = max(0, worker.sessions - 1)
@@ -527,7 +635,7 @@ class PoolManager:
             await asyncio.sleep(0.5)
             for session in self.sessions.expired(time.time()):
                 with contextlib.suppress(Exception):
-                    await self.close_session(session.id)
+                    await self.close_session(session.id, "expired")
 
     # -- introspection and control ------------------------------------------------------
     def tools(self, pool: str | None = None) -> list[ToolInfo]:

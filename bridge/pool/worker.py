@@ -27,6 +27,7 @@ from ..kernels.arrow import Transport
 from .kernel import channel_url, launch, worker_env
 from . import registry as run_registry
 from .state import DEAD, STARTING, STOPPING, WorkerBase
+from ..telemetry.bus import TelemetryBus
 
 _ping_ids = itertools.count(1)
 
@@ -48,9 +49,11 @@ class Worker(WorkerBase):
 
     def __init__(self, worker_id: int, config: PoolConfig, spec: KernelSpec, channel: Channel,
                  run_dir: Path, run_id: str, on_exit: Callable[["Worker"], None],
-                 transport: Transport | None = None, spare: bool = False) -> None:
+                 transport: Transport | None = None, spare: bool = False,
+                 telemetry: TelemetryBus | None = None) -> None:
         super().__init__(worker_id, config, spare)
         self.transport = transport
+        self.telemetry = telemetry or TelemetryBus()
         self._spec = spec
         self._channel = channel
         self._run_dir = run_dir
@@ -202,9 +205,12 @@ class Worker(WorkerBase):
     def begin(self, call: Call) -> None:
         self.inflight[call.id] = call
         call.worker = self
-        call.started = time.monotonic()
+        call.started = now = time.monotonic()
         call.emit(Started(worker=self.id))
         self._channel.send(self.id, call.frames)
+        if self.telemetry.active:
+            self.telemetry.publish("call.started", self.config.name, self.id, call.tool, call.id,
+                                   queue_wait=now - call.submitted, attempt=call.attempts)
 
     def cancel(self, call: Call) -> None:
         if call.id in self.inflight and not call.cancel_sent:

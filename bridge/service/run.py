@@ -34,6 +34,8 @@ async def serve(configs: list[PoolConfig], *, out: TextIO = sys.stderr, **settin
             f"({transport}, pid {os.getpid()})")
         if bridge.discovery_path is not None:
             say(f"discovery file {bridge.discovery_path}")
+        if bridge.metrics.url is not None:
+            say(f"Prometheus metrics at {bridge.metrics.url}")
         idle = bridge.idle.timeout
         say("stop with Ctrl-C, SIGTERM or `kernelpit stop`" + (
             f"; it stops by itself after {idle:g} s with no calls and no connected client"

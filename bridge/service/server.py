@@ -37,6 +37,7 @@ from .idle import IdleMonitor
 from .servicer import BridgeServicer
 from .tokens import FILENAME as TOKEN_FILENAME
 from .tokens import TokenStore
+from .metrics import BridgeMetrics
 
 log = logging.getLogger("kernelpit.service")
 
@@ -61,6 +62,9 @@ class Bridge:
     the bridge with (written to the discovery file; default: the certificate chain itself).
     Without TLS only a loopback ``host`` is accepted, unless ``insecure_bind_anywhere``
     (see :mod:`.transport`); the check is made here, before anything starts.
+    ``metrics_address``: serve Prometheus ``/metrics`` there (HOST:PORT; see
+    docs/observability.md), plaintext on loopback only; ``metrics_ssl_context`` (an
+    ``ssl.SSLContext``, made from the bridge's TLS settings) serves it over HTTPS anywhere.
     """
 
     def __init__(self, configs: list[PoolConfig], *, host: str = "127.0.0.1", port: int = 0,
@@ -71,7 +75,8 @@ class Bridge:
                  tls_cert: Path | str | None = None, tls_key: Path | str | None = None,
                  tls_client_ca: Path | str | None = None, tls_ca: Path | str | None = None,
                  insecure_bind_anywhere: bool = False,
-                 token_file: Path | str | None = None) -> None:
+                 token_file: Path | str | None = None,
+                 metrics_address: str | None = None, metrics_ssl_context: Any = None) -> None:
         self.tls = transport.ServerTLS.load(tls_cert, tls_key, tls_client_ca, tls_ca)
         self.warnings = [w for w in (
             transport.check_bind(host, self.tls is not None, insecure_bind_anywhere),
@@ -105,6 +110,9 @@ class Bridge:
         self._stop_requested = asyncio.Event()
         self._stop_grace: float | None = None
         self._stopped = False
+        if metrics_ssl_context is None and self.tls is not None and metrics_address is not None:
+            metrics_ssl_context = transport.https_context(tls_cert, tls_key)  # same certificate
+        self.metrics = BridgeMetrics(self.manager, metrics_address, metrics_ssl_context)
 
     async def start(self) -> "Bridge":
         """Start the kernels, then bind and serve; returns when clients can connect."""
@@ -118,6 +126,7 @@ class Bridge:
         await self.manager.start()
         try:
             await self._serve()
+            self.metrics.serve()
         except BaseException:
             await self.manager.close()
             raise
@@ -227,6 +236,7 @@ class Bridge:
         finally:
             if self.blobs is not None:
                 self.blobs.close()
+            self.metrics.close()
             await self.manager.close()
             if self.tokens is not None:
                 with contextlib.suppress(OSError):

@@ -29,6 +29,7 @@ from .idle import IdleMonitor
 from .pump import EventPump
 from .auth import caller_identity
 from .tokens import TokenStore
+from ..telemetry import tracing
 
 log = logging.getLogger("kernelpit.service")
 
@@ -89,7 +90,12 @@ class BridgeServicer(pb_grpc.BridgeServicer):
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallResponse:
         try:
             args, kwargs, options = convert.call_from_request(request, self._requests)
-            value = await self._manager.call(request.tool, args, kwargs, options)
+            if tracing.tracer() is None:
+                value = await self._manager.call(request.tool, args, kwargs, options)
+            else:
+                with tracing.server_span(request.tool, request.options.trace_context,
+                                         context.invocation_metadata()):
+                    value = await self._manager.call(request.tool, args, kwargs, options)
             if value is None:
                 return pb.CallResponse()
             return pb.CallResponse(result=self._result_codec(context).encode(value))
@@ -110,12 +116,17 @@ class BridgeServicer(pb_grpc.BridgeServicer):
 
     async def _run(self, request: pb.CallRequest) -> Any:
         args, kwargs, options = convert.call_from_request(request, self._requests)
-        return await self._manager.call(request.tool, args, kwargs, options)
+        if tracing.tracer() is None:
+            return await self._manager.call(request.tool, args, kwargs, options)
+        with tracing.server_span(request.tool, request.options.trace_context):
+            return await self._manager.call(request.tool, args, kwargs, options)
 
     @handles_errors
     async def Map(self, request: pb.MapRequest, context: Any) -> pb.MapResponse:
         columns, options, chunksize = convert.map_from_request(request, self._requests)
-        results = await self._manager.map(request.tool, columns, options, chunksize)
+        with tracing.server_span(request.tool, request.options.trace_context,
+                                 context.invocation_metadata()):
+            results = await self._manager.map(request.tool, columns, options, chunksize)
         return pb.MapResponse(results=self._result_codec(context).encode(results))
 
     async def CallStream(self, request: pb.CallRequest,
@@ -132,7 +143,10 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         # Events that pile up while a batch is being written go out together in the next.
         # Leaving this generator early (client gone, RPC cancelled) cancels the pump, which
         # closes the core's stream: that cancels the call and interrupts the tool.
-        pump = EventPump(self._manager.stream(request.tool, args, kwargs, options))
+        span = tracing.server_span(request.tool, request.options.trace_context,
+                                   context.invocation_metadata())
+        with span:  # the pump's task (so the call) starts inside it: context is copied
+            pump = EventPump(self._manager.stream(request.tool, args, kwargs, options))
         try:
             while True:
                 batch, failure = await pump.next_batch()
@@ -248,6 +262,23 @@ class BridgeServicer(pb_grpc.BridgeServicer):
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEvent]:
         async for event in self._backend.watch(request.snapshot_interval):
             yield convert.watch_to_proto(event)
+
+    # -- observability -----------------------------------------------------------------
+    async def Subscribe(self, request: pb.SubscribeRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.TelemetryBatch]:
+        try:
+            subscription = self._backend.subscribe(list(request.kinds) or None)
+        except ValueError as exc:
+            await abort(context, InvalidArguments(str(exc)))
+            raise  # unreachable
+        try:
+            while True:
+                batch = await subscription.next_batch()
+                if not batch:
+                    return
+                yield pb.TelemetryBatch(events=[convert.telemetry_to_proto(e) for e in batch])
+        finally:
+            await subscription.aclose()
 
     # -- the bridge ------------------------------------------------------------------
     async def GetServerInfo(self, request: Any, context: Any) -> pb.ServerInfo:

@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
-import ipaddress
-import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+from ..addresses import is_loopback
 
 INSECURE_FLAG = "--insecure-bind-anywhere"
 
@@ -72,21 +73,11 @@ def _read(path: str | Path, what: str) -> bytes:
     return data
 
 
-def is_loopback(host: str) -> bool:
-    """Whether every address ``host`` names is a loopback one (127.0.0.0/8, ::1)."""
-    host = host.strip("[]")
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback
-                               for i in infos)
+def https_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
+    """A server-side TLS context from the bridge's certificate and key (for ``/metrics``)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    return context
 
 
 def check_bind(host: str, tls: bool, insecure_bind_anywhere: bool) -> str | None:

@@ -20,18 +20,27 @@ SESSION_CHANGE_CLOSED: SessionChange
 SESSION_CHANGE_LOST: SessionChange
 
 class CallOptions(_message.Message):
-    __slots__ = ("deadline", "session", "pool", "worker", "idempotent")
+    __slots__ = ("deadline", "session", "pool", "worker", "idempotent", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     deadline: float
     session: str
     pool: str
     worker: int
     idempotent: bool
-    def __init__(self, deadline: _Optional[float] = ..., session: _Optional[str] = ..., pool: _Optional[str] = ..., worker: _Optional[int] = ..., idempotent: _Optional[bool] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, deadline: _Optional[float] = ..., session: _Optional[str] = ..., pool: _Optional[str] = ..., worker: _Optional[int] = ..., idempotent: _Optional[bool] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CallRequest(_message.Message):
     __slots__ = ("tool", "args", "kwargs", "options")
@@ -419,6 +428,36 @@ class SessionChanged(_message.Message):
     session: Session
     change: SessionChange
     def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., change: _Optional[_Union[SessionChange, str]] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("kinds",)
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TelemetryEvent(_message.Message):
+    __slots__ = ("kind", "time", "pool", "worker", "tool", "call_id", "data")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    time: float
+    pool: str
+    worker: int
+    tool: str
+    call_id: int
+    data: _values_pb2.Value
+    def __init__(self, kind: _Optional[str] = ..., time: _Optional[float] = ..., pool: _Optional[str] = ..., worker: _Optional[int] = ..., tool: _Optional[str] = ..., call_id: _Optional[int] = ..., data: _Optional[_Union[_values_pb2.Value, _Mapping]] = ...) -> None: ...
+
+class TelemetryBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[TelemetryEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[TelemetryEvent, _Mapping]]] = ...) -> None: ...
 
 class ServerInfoRequest(_message.Message):
     __slots__ = ()

@@ -125,6 +125,11 @@ class BridgeStub:
                 request_serializer=kernelpit_dot_v1_dot_bridge__pb2.WatchRequest.SerializeToString,
                 response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.Subscribe = channel.unary_stream(
+                '/kernelpit.v1.Bridge/Subscribe',
+                request_serializer=kernelpit_dot_v1_dot_bridge__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.TelemetryBatch.FromString,
+                _registered_method=True)
         self.GetServerInfo = channel.unary_unary(
                 '/kernelpit.v1.Bridge/GetServerInfo',
                 request_serializer=kernelpit_dot_v1_dot_bridge__pb2.ServerInfoRequest.SerializeToString,
@@ -305,6 +310,19 @@ class BridgeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Subscribe(self, request, context):
+        """-- observability (docs/observability.md) --
+        Telemetry events as the pool pushes them (never sampled), in the order they
+        happened: worker.*, tool.*, call.*, session.*, orphans.reaped (see
+        TelemetryEvent).  kinds filters them: exact kinds or prefixes like "worker.*";
+        empty: all.  An unknown kind fails with INVALID_ARGUMENT.  A subscriber that
+        reads too slowly loses events (the pool never waits for it); the next batch
+        then starts with a "telemetry.dropped" event whose data.count says how many.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetServerInfo(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -452,6 +470,11 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.WatchRequest.FromString,
                     response_serializer=kernelpit_dot_v1_dot_bridge__pb2.WatchEvent.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.SubscribeRequest.FromString,
+                    response_serializer=kernelpit_dot_v1_dot_bridge__pb2.TelemetryBatch.SerializeToString,
             ),
             'GetServerInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServerInfo,
@@ -975,6 +998,33 @@ class Bridge:
             '/kernelpit.v1.Bridge/Watch',
             kernelpit_dot_v1_dot_bridge__pb2.WatchRequest.SerializeToString,
             kernelpit_dot_v1_dot_bridge__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kernelpit.v1.Bridge/Subscribe',
+            kernelpit_dot_v1_dot_bridge__pb2.SubscribeRequest.SerializeToString,
+            kernelpit_dot_v1_dot_bridge__pb2.TelemetryBatch.FromString,
             options,
             channel_credentials,
             insecure,

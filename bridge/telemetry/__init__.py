@@ -1,0 +1,1 @@
+"""Telemetry: lifecycle events of the pool, Prometheus metrics and OpenTelemetry traces."""
