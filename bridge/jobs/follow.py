@@ -20,25 +20,36 @@ FALLBACK = 1.0
 PAGE = 1000
 
 
-async def follow(store: JobStore, job_id: str, after: int = 0) -> AsyncIterator[JobEvent]:
-    """The job's events with seq > ``after``, replayed then live, until its last one."""
+async def follow_batches(store: JobStore, job_id: str, after: int = 0
+                         ) -> AsyncIterator[list[JobEvent]]:
+    """The job's events with seq > ``after``, replayed then live, until its last one; in
+    batches of what one read returned (a replay comes in pages of :data:`PAGE`)."""
     with store.subscribe(job_id) as watch:
         last = after
         while True:
             watch.clear()
             batch = await store.events(job_id, last, PAGE)
-            for event in batch:
-                yield event
-                last = event.seq
+            for i, event in enumerate(batch):
                 if event.kind in FINAL_KINDS:
+                    yield batch[:i + 1]
                     return
-            if len(batch) == PAGE:
-                continue
-            if not batch:
+            if batch:
+                yield batch
+                last = batch[-1].seq
+                if len(batch) == PAGE:
+                    continue
+            else:
                 info = await store.get(job_id)
                 if info.done and info.last_seq <= last:
                     return  # finished, and everything after `after` was delivered
             await watch.wait(FALLBACK)
+
+
+async def follow(store: JobStore, job_id: str, after: int = 0) -> AsyncIterator[JobEvent]:
+    """The job's events with seq > ``after``, replayed then live, until its last one."""
+    async for batch in follow_batches(store, job_id, after):
+        for event in batch:
+            yield event
 
 
 async def result(store: JobStore, job_id: str, timeout: float | None = None) -> Any:
