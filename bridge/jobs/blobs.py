@@ -80,8 +80,8 @@ class TableBlobs(Blobs):
         view = memoryview(data)
         rows = [(job, name, i, view[at:at + CHUNK].tobytes())
                 for i, at in enumerate(range(0, len(view), CHUNK))]
-        cur.executemany(f"INSERT INTO job_blobs(job, name, part, data) VALUES ({p},{p},{p},{p})",
-                        rows)
+        for row in rows:
+            cur.put(f"INSERT INTO job_blobs(job, name, part, data) VALUES ({p},{p},{p},{p})", row)
         return name
 
     def get(self, cur: Any, job: str, ref: str) -> bytes:
@@ -95,4 +95,5 @@ class TableBlobs(Blobs):
 
     def drop(self, cur: Any, jobs: list[str]) -> None:
         p = self._p
-        cur.executemany(f"DELETE FROM job_blobs WHERE job={p}", [(j,) for j in jobs])
+        for job in jobs:
+            cur.put(f"DELETE FROM job_blobs WHERE job={p}", (job,))

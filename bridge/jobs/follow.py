@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, AsyncIterator
 
-from .model import FINAL_KINDS, JobEvent
+from .model import FINAL_KINDS, JobEvent, error_from
 from .store import JobStore
 
 #: a wake-up can be missed only when another process's notification is lost (a dropped
@@ -69,9 +69,17 @@ async def result(store: JobStore, job_id: str, timeout: float | None = None) -> 
                                    "ask for its result again later, or cancel it")
             await watch.wait(FALLBACK if left is None else min(left, FALLBACK))
     final = await store.events(job_id, info.last_seq - 1, 1)
-    if final and final[0].kind == "result":
-        return final[0].data.get("value")
-    if final and final[0].kind == "error":
-        raise final[0].error
+    if final:
+        return outcome(final[0].kind, final[0].data, job_id, info.tool)
     raise info.error or RuntimeError(f"job {job_id} is {info.state} but its journal has no "
                                      "result or error; the store was changed by hand")
+
+
+def outcome(kind: str, data: dict[str, Any], job_id: str, tool: str = "") -> Any:
+    """The value of a job's last journal entry, or its error raised."""
+    if kind == "result":
+        return data.get("value")
+    if kind == "error":
+        raise error_from(data["error"], tool) or RuntimeError("no error")
+    raise RuntimeError(f"the last journal entry of job {job_id} is a {kind!r}, not a result "
+                       "or an error; the store was changed by hand")

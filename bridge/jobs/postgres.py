@@ -19,12 +19,13 @@ import uuid
 from typing import Any
 
 from .blobs import FileBlobs, TableBlobs
-from .sql import Dialect, SqlStore
+from .sql import Dialect, SqlStore, Tx
 from .store import StoreError
 
 log = logging.getLogger("kernelpit.jobs")
 CHANNEL = "kernelpit_jobs"
 CONNECT_TIMEOUT = 5
+COPY_ABOVE = 32  # journal rows per commit beyond which COPY beats one INSERT
 _NOTIFY_MAX = 7000  # bytes per NOTIFY payload (PostgreSQL allows just under 8000)
 
 SCHEMA = """
@@ -56,6 +57,68 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
+class PostgresTx(Tx):
+    """Statements that are only put are held back and sent with the next one that is
+    executed, or with COMMIT, as one simple query (``BEGIN; ...; COMMIT``): a journal batch
+    or a submission costs one round trip, not one per statement.  Parameters are bound
+    client-side (psycopg's ClientCursor) for that."""
+
+    def __init__(self, conn: Any) -> None:
+        import psycopg
+
+        self._cur = psycopg.ClientCursor(conn)
+        self._held: list[str] = ["BEGIN"]
+        self._sent = False
+
+    def put(self, sql: str, params: Any = ()) -> None:
+        self._held.append(self._cur.mogrify(sql, params))
+
+    def _send(self) -> None:
+        if self._held:
+            self._cur.execute("; ".join(self._held))
+            self._held = []
+            self._sent = True
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        self._send()
+        self._sent = True
+        return self._cur.execute(sql, params)
+
+    def insert(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        names = ", ".join(columns)
+        if len(rows) <= COPY_ABOVE:  # held back with the rest of the commit: no round trip
+            marks = "(" + ", ".join(["%s"] * len(columns)) + ")"
+            self.put(f"INSERT INTO {table}({names}) VALUES " + ",".join([marks] * len(rows)),
+                     [v for row in rows for v in row])
+            return
+        self._send()  # a flood of events: binary COPY, a few round trips for the whole batch
+        self._sent = True
+        with self._cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cur.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+    def commit(self) -> None:
+        self._held.append("COMMIT")
+        self._send()
+        self._cur.close()
+
+    def rollback(self) -> None:
+        if self._sent:
+            with contextlib.suppress(Exception):
+                self._cur.execute("ROLLBACK")
+        self._cur.close()
+
+
 class PostgresStore(SqlStore):
     dialect = Dialect(param="%s", now="EXTRACT(EPOCH FROM clock_timestamp())::float8",
                       same="IS NOT DISTINCT FROM")
@@ -75,8 +138,8 @@ class PostgresStore(SqlStore):
 
         return psycopg.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
 
-    def transaction(self, conn: Any) -> Any:
-        return conn.transaction()
+    def begin(self, conn: Any) -> "PostgresTx":
+        return PostgresTx(conn)
 
     # -- open ------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -144,7 +207,7 @@ class PostgresStore(SqlStore):
             while ids and size + len(ids[-1]) + 1 < _NOTIFY_MAX:
                 size += len(ids[0]) + 1
                 part.append(ids.pop())
-            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, head + ",".join(part)))
+            cur.put("SELECT pg_notify(%s, %s)", (CHANNEL, head + ",".join(part)))
             if not ids:
                 return
 

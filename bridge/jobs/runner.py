@@ -65,6 +65,7 @@ class JobRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelling: dict[str, BaseException] = {}  # job -> why its task was cancelled
         self._final: set[str] = set()  # jobs whose last event is journaled (a late cancel is moot)
+        self._outcomes: dict[str, asyncio.Future[Entry]] = {}  # job -> its committed last entry
         self._loops: list[asyncio.Task[None]] = []
         self._check_cancels = asyncio.Event()
         self.closing = False
@@ -135,9 +136,22 @@ class JobRunner:
                        deadline=deadline if deadline is not None else options.deadline,
                        session=session, pool=options.pool, namespace=self.store.namespace,
                        max_attempts=max_attempts or self.max_attempts, owner=self.owner)
-        info, new = await self.store.create(NewJob(info, request, values.digest_of(tool, request)))
+        job = NewJob(info, request, values.digest_of(tool, request))
+        # shielded: a submitter that goes away after the job is stored must not leave it
+        # stored but never started
+        return await asyncio.shield(self._create(job, args, kwargs, options.worker))
+
+    async def _create(self, job: NewJob, args: list[Any], kwargs: dict[str, Any],
+                      worker: int | None) -> JobInfo:
+        if job.info.key is None:
+            # Nothing can make the insert return another job: start the call while it
+            # commits (the job's events are written only after it)
+            created = asyncio.ensure_future(self.store.create(job))
+            self._schedule(job.info, args, kwargs, worker, created)
+            return (await created)[0]
+        info, new = await self.store.create(job)
         if new:
-            self._schedule(info, args, kwargs, options.worker)
+            self._schedule(info, args, kwargs, worker)
         return info
 
     async def get(self, job_id: str) -> JobInfo:
@@ -156,6 +170,18 @@ class JobRunner:
         return follow.follow(self.store, job_id, after)
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
+        """The job's value, or its error raised; the builtin TimeoutError after ``timeout``
+        seconds (the job keeps running).  A job running here is answered from memory once
+        its last event is committed; any other is read (and followed) in the store."""
+        outcome, task = self._outcomes.get(job_id), self._tasks.get(job_id)
+        if outcome is not None and task is not None:
+            start = time.monotonic()
+            await asyncio.wait([outcome, task], timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if outcome.done():
+                return follow.outcome(outcome.result().kind, outcome.result().data, job_id)
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - start))
         return await follow.result(self.store, job_id, timeout)
 
     async def cancel(self, job_id: str) -> JobInfo:
@@ -212,15 +238,25 @@ class JobRunner:
 
     # -- running --------------------------------------------------------------------------
     def _schedule(self, info: JobInfo, args: list[Any], kwargs: dict[str, Any],
-                  worker: int | None = None) -> None:
-        task = asyncio.ensure_future(self._drive(info, args, kwargs, worker))
+                  worker: int | None = None, created: asyncio.Future[Any] | None = None) -> None:
+        """Run the job in a task; ``created``: the insert, if it is still committing."""
+        self._journal.begin(info.id, info.last_seq, created)
+        self._outcomes[info.id] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(self._drive(info, args, kwargs, worker, created))
         self._tasks[info.id] = task
+        if created is not None:  # never stored: stop the call (submit() raises the error)
+            created.add_done_callback(
+                lambda f: task.cancel() if f.cancelled() or f.exception() else None)
         task.add_done_callback(lambda _t, job=info.id: self._forget(job))
 
     def _forget(self, job_id: str) -> None:
         self._tasks.pop(job_id, None)
         self._cancelling.pop(job_id, None)
         self._final.discard(job_id)
+        self._journal.end(job_id)
+        outcome = self._outcomes.pop(job_id, None)
+        if outcome is not None and not outcome.done():
+            outcome.cancel()
 
     def _finish(self, job_id: str, kind: str, data: dict[str, Any], state: str,
                 at: float | None = None) -> None:
@@ -229,21 +265,27 @@ class JobRunner:
         changes: dict[str, Any] = {"state": state, "finished": at, "owner": None}
         if kind == "error":
             changes["error"] = data["error"]
-        self._journal.add(Entry(job_id, kind, at, data, changes))
+        self._journal.add(Entry(job_id, kind, at, data, changes,
+                                committed=self._outcomes.get(job_id)))
 
     async def _drive(self, info: JobInfo, args: list[Any], kwargs: dict[str, Any],
-                     worker: int | None) -> None:
+                     worker: int | None, created: asyncio.Future[Any] | None) -> None:
         job = info.id
         assert self._slots is not None
         try:
             async with self._slots:
                 await self._run(info, args, kwargs, worker)
+            outcome = self._outcomes.get(job)
+            if outcome is not None:
+                await asyncio.shield(outcome)  # the job counts as done once that is durable
         except asyncio.CancelledError:
             why = self._cancelling.get(job)
             if why is not None and job not in self._final:  # else: stopping, or already over
                 self._finish(job, "error", {"error": error_payload(why)}, "cancelled")
                 await self._journal.flush()
         except Exception as exc:  # noqa: BLE001 - the call could not start: the job fails
+            if created is not None and created.done() and created.exception() is not None:
+                return  # it was never stored: submit() raises that error to the submitter
             self._finish(job, "error", {"error": error_payload(exc)}, "failed")
 
     async def _run(self, info: JobInfo, args: list[Any], kwargs: dict[str, Any],
@@ -255,8 +297,6 @@ class JobRunner:
             if deadline <= 0:
                 raise DeadlineExceeded(f"job {job} ({info.tool}()) did not start within its "
                                        f"deadline of {info.deadline:g} s", tool=info.tool)
-        add(Entry(job, None, changes={"state": "running", "started": time.time(),
-                                      "attempt": info.attempt}))
         options = CallOptions(deadline=deadline, session=info.session, pool=info.pool,
                               worker=worker, idempotent=info.idempotent)
         async for event in self.manager.stream(info.tool, args, kwargs, options):
@@ -268,8 +308,10 @@ class JobRunner:
                 self._finish(job, kind, data, "failed", event.time)
             elif kind == "progress":
                 add(Entry(job, kind, event.time, data, {"progress": data}))
-            elif kind == "started":
-                add(Entry(job, kind, event.time, data, {"worker": data["worker"]}))
+            elif kind == "started":  # handed to a worker: running from now on
+                add(Entry(job, kind, event.time, data, {"worker": data["worker"],
+                                                        "state": "running",
+                                                        "started": event.time}))
             else:
                 add(Entry(job, kind, event.time, data))
 
@@ -365,3 +407,4 @@ class JobRunner:
                 raise
             except Exception as exc:  # noqa: BLE001
                 log.warning("job retention could not prune %s: %s", self.store.url, exc)
+

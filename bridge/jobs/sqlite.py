@@ -18,7 +18,7 @@ import stat
 from typing import Any
 
 from .blobs import FileBlobs
-from .sql import Dialect, SqlStore
+from .sql import Dialect, SqlStore, Tx
 from .store import StoreError
 
 POLL = 0.2
@@ -43,6 +43,44 @@ CREATE TABLE IF NOT EXISTS runners(id TEXT PRIMARY KEY, namespace TEXT NOT NULL,
 """
 
 
+class SqliteTx(Tx):
+    """Statements run at once (in-process: nothing to gain by holding them back)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._cur = conn.cursor()
+        self._cur.execute("BEGIN IMMEDIATE")  # the write lock now: no upgrade deadlock later
+
+    def put(self, sql: str, params: Any = ()) -> None:
+        self._cur.execute(sql, params)
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        return self._cur.execute(sql, params)
+
+    def insert(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        self._cur.executemany(f"INSERT INTO {table}({', '.join(columns)}) VALUES "
+                              f"({', '.join('?' * len(columns))})", rows)
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cur.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+    def commit(self) -> None:
+        self._cur.execute("COMMIT")
+        self._cur.close()
+
+    def rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._cur.execute("ROLLBACK")
+        self._cur.close()
+
+
 class SqliteStore(SqlStore):
     dialect = Dialect(param="?", now="(julianday('now') - 2440587.5) * 86400.0", same="IS")
 
@@ -65,15 +103,8 @@ class SqliteStore(SqlStore):
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
-    @contextlib.contextmanager
-    def transaction(self, conn: sqlite3.Connection) -> Any:
-        conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlock later
-        try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def begin(self, conn: sqlite3.Connection) -> "SqliteTx":
+        return SqliteTx(conn)
 
     # -- open ------------------------------------------------------------------------------
     async def open(self) -> None:

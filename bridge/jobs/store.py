@@ -40,15 +40,19 @@ class NewJob:
 
 @dataclass
 class Entry:
-    """One write of the journal: an event (``kind`` set) and/or ``changes`` to the job's
-    columns (state, attempt, started, finished, worker, owner, error, progress), applied
-    in order in one transaction with the rest of its batch."""
+    """One write of the journal: an event (``kind`` set, numbered ``seq`` by the job's
+    owner: the only writer of a job's events) and/or ``changes`` to the job's columns
+    (state, attempt, started, finished, worker, owner, error, progress), applied in order
+    in one transaction with the rest of its batch."""
 
     job: str
     kind: str | None = None
     time: float = 0.0
     data: dict[str, Any] | None = None
     changes: dict[str, Any] | None = None
+    seq: int = 0
+    #: resolved with this entry once it is committed (not stored)
+    committed: "asyncio.Future[Entry] | None" = None
 
 
 @dataclass
@@ -154,9 +158,9 @@ class JobStore(ABC):
     # -- the journal ----------------------------------------------------------------------
     @abstractmethod
     async def record(self, entries: list[Entry]) -> None:
-        """Append events and apply changes, in order, in one transaction.  Each event gets
-        the next seq of its job (contiguous from 1).  Entries of a job that no longer
-        exists are dropped.  Readers of the jobs touched are woken after the commit."""
+        """Append events and apply changes, in order, in one transaction.  The owner numbers
+        each job's events 1, 2, 3, ... (a seq that exists already fails the batch: someone
+        else took the job over).  Readers of the jobs touched are woken after the commit."""
 
     @abstractmethod
     async def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:
@@ -181,7 +185,9 @@ class JobStore(ABC):
                     entries: list[Entry]) -> JobInfo | None:
         """Take a job over: set its owner to ``owner`` if it is still unfinished and still
         owned by ``previous`` (compare-and-set, so two runners never both win), then
-        record ``entries`` in the same transaction.  None when someone else won."""
+        record ``entries`` in the same transaction, numbered after the job's last seq.
+        Returns the job as it is then (its ``last_seq`` is where the new owner goes on);
+        None when someone else won."""
 
     @abstractmethod
     async def request_cancel(self, job_id: str) -> JobInfo:
