@@ -14,8 +14,8 @@ See docs/jobs.md for the model, the stores, ownership, restarts and retention.
 """
 
 from .model import TERMINAL, JobEvent, JobInfo, JobState
-from .runner import JobRunner
+from .runner import JobRunner, namespace_of
 from .store import JobStore, StoreError, open_store
 
 __all__ = ["JobEvent", "JobInfo", "JobRunner", "JobState", "JobStore", "StoreError", "TERMINAL",
-           "open_store"]
+           "namespace_of", "open_store"]

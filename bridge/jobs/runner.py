@@ -14,6 +14,7 @@ idempotent, has attempts left and no session (``restarted`` in its journal), els
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -40,13 +41,59 @@ DEFAULT_MAX_ATTEMPTS = 3
 PRUNE_EVERY = 3600.0
 
 
+class Slots:
+    """How many jobs may be in the pool at once; waiters are served in order."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def take_now(self) -> bool:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.take_now():
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiters.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.give()  # handed a slot just as it was cancelled: pass it on
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            turn = self._waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.free += 1
+
+
+def namespace_of(configs: Any) -> str:
+    """The store namespace of a pool: its pools' names and adapters, so that a ``Pool()``
+    never picks up another program's jobs for tools it does not serve."""
+    import hashlib
+
+    parts = sorted(f"{c.name}={','.join(sorted(c.adapters))}" for c in configs)
+    digest = hashlib.sha256(";".join(parts).encode()).hexdigest()[:12]
+    return f"{'+'.join(sorted(c.name for c in configs))}-{digest}"
+
+
 class JobRunner:
     """Runs the jobs of one store namespace on ``manager`` (started by the caller).
 
     ``lease``: seconds a runner's ownership lasts without renewal (renewed every third of
     it).  ``job_ttl``: finished jobs older than this are deleted (rows and files).
-    ``max_running``: jobs handed to the pool at once (default: twice its worker slots);
-    the others wait ``queued``.  ``owner``: this runner's id in the store (default: host,
+    ``max_running``: jobs handed to the pool at once (default: its worker slots); the
+    others wait ``queued``.  A job is ``running`` from the moment it is handed to the pool,
+    and that is committed *before* it is handed over: so a job that a dead runner left
+    ``queued`` never started, and running it cannot run a non-idempotent tool twice.  ``owner``: this runner's id in the store (default: host,
     pid and a random part, new at each start).
     """
 
@@ -60,7 +107,7 @@ class JobRunner:
         self.max_attempts = max_attempts
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._max_running = max_running
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: Slots | None = None
         self._journal = Journal(store)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelling: dict[str, BaseException] = {}  # job -> why its task was cancelled
@@ -74,9 +121,8 @@ class JobRunner:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> "JobRunner":
         """Register this runner's lease, take over orphans, start renewing and pruning."""
-        slots = self._max_running or max(1, 2 * sum(
-            c.workers * c.concurrency for c in self.manager.configs))
-        self._slots = asyncio.Semaphore(slots)
+        self._slots = Slots(self._max_running or max(1, sum(
+            c.workers * c.concurrency for c in self.manager.configs)))
         self._journal.start()
         await self.store.heartbeat(self.owner, self.lease)
         self.store.on_cancel(self._cancel_signal)
@@ -143,9 +189,12 @@ class JobRunner:
 
     async def _create(self, job: NewJob, args: list[Any], kwargs: dict[str, Any],
                       worker: int | None) -> JobInfo:
-        if job.info.key is None:
-            # Nothing can make the insert return another job: start the call while it
-            # commits (the job's events are written only after it)
+        assert self._slots is not None
+        if job.info.key is None and self._slots.take_now():
+            # A free slot, and nothing can make the insert return another job: the row goes
+            # in as running and the call starts while it commits (the job's events are
+            # written after it; a crash before the commit leaves no job to run again)
+            job.info.state, job.info.started = "running", time.time()
             created = asyncio.ensure_future(self.store.create(job))
             self._schedule(job.info, args, kwargs, worker, created)
             return (await created)[0]
@@ -270,11 +319,20 @@ class JobRunner:
 
     async def _drive(self, info: JobInfo, args: list[Any], kwargs: dict[str, Any],
                      worker: int | None, created: asyncio.Future[Any] | None) -> None:
-        job = info.id
-        assert self._slots is not None
+        job, slots = info.id, self._slots
+        assert slots is not None
         try:
-            async with self._slots:
+            if created is None:  # not yet committed as running: take a slot, then say so
+                await slots.take()
+            try:
+                if created is None:
+                    running = Entry(job, None, changes={"state": "running", "started": time.time()},
+                                    committed=asyncio.get_running_loop().create_future())
+                    self._journal.add(running)
+                    await running.committed  # type: ignore[misc]
                 await self._run(info, args, kwargs, worker)
+            finally:
+                slots.give()
             outcome = self._outcomes.get(job)
             if outcome is not None:
                 await asyncio.shield(outcome)  # the job counts as done once that is durable
@@ -308,10 +366,8 @@ class JobRunner:
                 self._finish(job, kind, data, "failed", event.time)
             elif kind == "progress":
                 add(Entry(job, kind, event.time, data, {"progress": data}))
-            elif kind == "started":  # handed to a worker: running from now on
-                add(Entry(job, kind, event.time, data, {"worker": data["worker"],
-                                                        "state": "running",
-                                                        "started": event.time}))
+            elif kind == "started":
+                add(Entry(job, kind, event.time, data, {"worker": data["worker"]}))
             else:
                 add(Entry(job, kind, event.time, data))
 

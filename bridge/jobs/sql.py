@@ -241,10 +241,12 @@ class SqlStore(JobStore):
             ref = self.blobs.put(cur, i.id, "request", request)
             request = b""
         cur.put(self._q(
-            "INSERT INTO jobs(id, namespace, tool, state, attempt, max_attempts, created, key, "
-            "digest, idempotent, deadline, session, pool, pin_worker, owner, last_seq, request, "
-            "request_ref, cancel_requested) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,0)"),
-            (i.id, self.namespace, i.tool, i.state, i.attempt, i.max_attempts, i.created, i.key,
+            "INSERT INTO jobs(id, namespace, tool, state, attempt, max_attempts, created, "
+            "started, key, digest, idempotent, deadline, session, pool, pin_worker, owner, "
+            "last_seq, request, request_ref, cancel_requested) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,0)"),
+            (i.id, self.namespace, i.tool, i.state, i.attempt, i.max_attempts, i.created,
+             i.started, i.key,
              job.digest, int(i.idempotent), i.deadline, i.session, i.pool, None, i.owner,
              request, ref))
         return i, True
