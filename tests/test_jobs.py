@@ -343,3 +343,30 @@ def test_an_unreachable_postgresql_fails_at_open(loop):
         loop.run(open_store(url))
     text = str(caught.value)
     assert f"127.0.0.1:{port}" in text and "secret" not in text and "server runs" in text
+
+
+def test_the_store_takes_a_jobs_events_only_in_seq_order(loop, target):
+    """A batch whose events do not follow the job's last seq is refused as a whole, so a
+    failed batch can never be overtaken by the next one of the same job."""
+    from kernelpit.jobs import values
+    from kernelpit.jobs.model import JobInfo
+    from kernelpit.jobs.store import Entry, NewJob
+
+    async def scenario():
+        store = await open_store(target[1], namespace=f"order-{os.getpid()}")
+        try:
+            info = JobInfo(id=f"ordered-{os.getpid()}", tool="plus", created=1.0, owner="me")
+            await store.create(NewJob(info, values.pack({"args": [], "kwargs": {}}), "d"))
+            await store.record([Entry(info.id, "stdout", 2.0, {"text": "a"}, seq=1)])
+            with pytest.raises(Exception):
+                await store.record([Entry(info.id, "stdout", 3.0, {"text": "c"}, seq=3),
+                                    Entry(info.id, None, changes={"state": "failed"})])
+            await store.record([Entry(info.id, "stdout", 4.0, {"text": "b"}, seq=2)])
+            got = await store.events(info.id)
+            return [(e.seq, e.text) for e in got], (await store.get(info.id))
+        finally:
+            await store.close()
+
+    events, info = loop.run(scenario())
+    assert events == [(1, "a"), (2, "b")]
+    assert info.last_seq == 2 and info.state == "queued"  # the refused batch left nothing

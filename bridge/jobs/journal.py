@@ -1,4 +1,4 @@
-"""Batched journal writes: whatever piles up while one commit runs goes in the next one.
+"""Batched journal writes: whatever piles up while a commit runs goes in the next one.
 
 A tool that floods events (thousands of progress updates or partials a second) costs one
 commit per batch, not per event.  Progress is coalesced while it waits: a progress entry
@@ -7,17 +7,25 @@ so the last progress before every other event, and the last one of all, are alwa
 written.  The journal numbers each job's events: the runner that owns a job is the
 only writer of its events.  A job's entries are written only once its row is: a job
 can start running while its insert commits, and its first events wait for that.
+
+Two batches may be in flight at once (the store's writer runs them in order), so an
+event that arrives while one commits does not wait for that commit to come back before
+its own is sent.  The store refuses a job's events unless they follow its last seq, so a
+batch that fails can never be overtaken by the next one of the same job: both are
+retried, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 
 from .store import Entry, JobStore
 
 log = logging.getLogger("kernelpit.jobs")
 RETRY = 1.0
+IN_FLIGHT = 2
 
 
 class Journal:
@@ -27,6 +35,9 @@ class Journal:
         self._last: dict[str, int] = {}  # job -> index in _pending of its last entry
         self._seq: dict[str, int] = {}  # job -> seq of its last event
         self._stored: dict[str, asyncio.Future[object]] = {}  # job -> its insert, committing
+        self._flight: collections.deque[tuple[list[Entry], asyncio.Future[None]]] = \
+            collections.deque()
+        self._failed: list[Entry] = []  # entries of batches that failed, in order
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -63,11 +74,14 @@ class Journal:
         self._idle.clear()
         self._wake.set()
 
-    def _held(self, pending: list[Entry]) -> list[Entry]:
-        """The entries that can be written now; those of jobs whose row is still being
-        inserted go back to ``_pending`` (in order), those of jobs never stored are dropped."""
-        if not self._stored:
-            return pending
+    async def flush(self) -> None:
+        """Wait until everything added so far is committed."""
+        await self._idle.wait()
+
+    def _ready(self) -> list[Entry]:
+        """Take the entries that can be written now; those of jobs whose row is still
+        being inserted stay pending (in order), those of jobs never stored are dropped."""
+        pending, self._pending, self._last = self._pending, [], {}
         for job, stored in list(self._stored.items()):
             if stored.done():
                 del self._stored[job]
@@ -82,37 +96,39 @@ class Journal:
         self._last = {e.job: i for i, e in enumerate(held)}
         return ready
 
-    async def flush(self) -> None:
-        """Wait until everything added so far is committed."""
-        await self._idle.wait()
-
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            pending, self._pending, self._last = self._pending, [], {}
-            batch = self._held(pending)
-            if not batch:
-                if not self._pending:
-                    self._idle.set()
-                continue
-            try:
-                await self._store.record(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep the entries and try again
-                log.warning("cannot write %d journal entries to the job store %s (%s); "
-                            "retrying in %g s", len(batch), self._store.url, exc, RETRY)
-                self._pending = batch + self._pending
-                self._last = {e.job: i for i, e in enumerate(self._pending)}
-                self._wake.set()
+            while self._flight and self._flight[0][1].done():
+                self._land(*self._flight.popleft())
+            if self._failed and not self._flight:
                 await asyncio.sleep(RETRY)
-                continue
+                self._pending, self._failed = self._failed + self._pending, []
+                self._last = {e.job: i for i, e in enumerate(self._pending)}
+            if not self._failed and len(self._flight) < IN_FLIGHT:
+                batch = self._ready()
+                if batch:
+                    done = asyncio.ensure_future(self._store.record(batch))
+                    done.add_done_callback(lambda _f: self._wake.set())
+                    self._flight.append((batch, done))
+                    if self._pending:
+                        self._wake.set()
+            if not self._flight and not self._pending and not self._failed:
+                self._idle.set()
+
+    def _land(self, batch: list[Entry], done: asyncio.Future[None]) -> None:
+        """A batch came back: resolve its entries, or keep them to try again."""
+        failure = None if done.cancelled() else done.exception()
+        if failure is None and not done.cancelled():
             for entry in batch:
                 if entry.committed is not None and not entry.committed.done():
                     entry.committed.set_result(entry)
-            if not self._pending:
-                self._idle.set()
+            return
+        log.warning("cannot write %d journal entries to the job store %s (%s); retrying in "
+                    "%g s", len(batch), self._store.url, failure, RETRY)
+        self._failed.extend(batch)
+        self._wake.set()
 
     async def close(self) -> None:
         """Write what is pending, then stop."""

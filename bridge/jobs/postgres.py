@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS jobs(
     started DOUBLE PRECISION, finished DOUBLE PRECISION, worker BIGINT, progress TEXT,
     error TEXT, key TEXT, digest TEXT NOT NULL, idempotent BIGINT NOT NULL,
     deadline DOUBLE PRECISION, session TEXT, pool TEXT, pin_worker BIGINT, owner TEXT,
-    cancel_requested BIGINT NOT NULL DEFAULT 0, last_seq BIGINT NOT NULL DEFAULT 0,
+    cancel_requested BIGINT NOT NULL DEFAULT 0,
+    last_seq BIGINT NOT NULL DEFAULT 0 CHECK (last_seq >= 0),
     request BYTEA, request_ref TEXT);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(namespace, key) WHERE key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_namespace ON jobs(namespace, num);
@@ -75,9 +76,9 @@ class PostgresTx(Tx):
 
     def _send(self) -> None:
         if self._held:
-            self._cur.execute("; ".join(self._held))
-            self._held = []
-            self._sent = True
+            held, self._held = self._held, []
+            self._sent = True  # even if it fails: BEGIN may have gone through, roll it back
+            self._cur.execute("; ".join(held))
 
     def execute(self, sql: str, params: Any = ()) -> Any:
         self._send()

@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 from ..exceptions import InvalidArguments, JobNotFound
 from . import values
 from .blobs import INLINE_LIMIT, Blobs
-from .model import TERMINAL, JobEvent, JobInfo, error_from
+from .model import TERMINAL, JobEvent, JobInfo, error_from, error_payload
 from .store import Entry, JobStore, NewJob, Orphan
 
 log = logging.getLogger("kernelpit.jobs")
@@ -35,7 +35,7 @@ _CHANGES: dict[str, Callable[[Any], Any]] = {
     "worker": lambda v: None if v is None else int(v), "owner": lambda v: v,
     "error": lambda v: None if v is None else json.dumps(v),
     "progress": lambda v: None if v is None else json.dumps(v),
-    "cancel_requested": int, "last_seq": int,
+    "cancel_requested": int,
 }
 INSERT_ROWS = 500  # ids per DELETE statement (SQLite allows 32,766 parameters)
 JOURNAL_COLUMNS = ("job", "seq", "kind", "time", "data", "ref")
@@ -327,34 +327,61 @@ class SqlStore(JobStore):
 
     def _record(self, cur: Any, entries: list[Entry]) -> set[str]:
         rows, changes, touched = [], {}, set()
+        seqs: dict[str, tuple[int, int]] = {}  # job -> (first, last) seq in this batch
         for e in entries:
             if e.kind is not None:
-                data = values.pack(e.data or {}, f"a {e.kind} event")
+                data = self._packed(e)
                 ref = None
                 if len(data) > INLINE_LIMIT:
                     ref = self.blobs.put(cur, e.job, f"{e.seq}", data)
                     data = None
                 rows.append((e.job, e.seq, e.kind, e.time, data, ref))
-                change = changes.setdefault(e.job, {})
-                change["last_seq"] = max(change.get("last_seq", 0), e.seq)
+                first, _ = seqs.get(e.job, (e.seq, e.seq))
+                seqs[e.job] = (first, e.seq)
             if e.changes:
                 changes.setdefault(e.job, {}).update(e.changes)
             touched.add(e.job)
         if rows:
             cur.insert("journal", JOURNAL_COLUMNS, rows)
-        for job, change in changes.items():
-            self._apply(cur, job, change)
+        for job in touched:
+            self._apply(cur, job, changes.get(job, {}), seqs.get(job))
         self.after_commit(cur, touched)
         return touched
 
-    def _apply(self, cur: Any, job: str, change: dict[str, Any]) -> None:
+    @staticmethod
+    def _packed(e: Entry) -> bytes:
+        """The event's data as stored.  A value the store cannot hold (an object that
+        travelled pickled) does not block the journal: a partial keeps a note instead, and
+        a result becomes the job's error."""
+        try:
+            return values.pack(e.data or {}, f"a {e.kind} event")
+        except InvalidArguments as exc:
+            note = (f"the {e.kind} value of this job cannot be stored in the job store "
+                    f"({exc.message}); return plain values, bytes or Arrow data from tools "
+                    "run as jobs")
+            if e.kind != "result":
+                return values.pack({**{k: None for k in e.data or {}}, "unstored": note})
+            payload = error_payload(InvalidArguments(note))
+            e.kind, e.data = "error", {"error": payload}
+            e.changes = {**(e.changes or {}), "state": "failed", "error": payload}
+            return values.pack(e.data)
+
+    def _apply(self, cur: Any, job: str, change: dict[str, Any],
+               seqs: tuple[int, int] | None) -> None:
         cols = sorted(change)
         unknown = set(cols) - set(_CHANGES)
         if unknown:
             raise ValueError(f"cannot change job column(s) {', '.join(sorted(unknown))}")
-        sets = ", ".join(f"{c}=?" for c in cols)
-        cur.put(self._q(f"UPDATE jobs SET {sets} WHERE id=?"),
-                    (*(_CHANGES[c](change[c]) for c in cols), job))
+        sets = [f"{c}=?" for c in cols]
+        params: list[Any] = [_CHANGES[c](change[c]) for c in cols]
+        if seqs is not None:
+            # Events go in only right after the job's last one: else last_seq becomes -1,
+            # which its CHECK refuses, and the whole batch rolls back (so a batch that
+            # failed can never be overtaken by the next one of the same job)
+            sets.append("last_seq = CASE WHEN last_seq = ? THEN ? ELSE -1 END")
+            params += [seqs[0] - 1, seqs[1]]
+        if sets:
+            cur.put(self._q(f"UPDATE jobs SET {', '.join(sets)} WHERE id=?"), (*params, job))
 
     async def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:
         return await self._read(self._events, job_id, after, limit)

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS jobs(
     started REAL, finished REAL, worker INTEGER, progress TEXT, error TEXT,
     key TEXT, digest TEXT NOT NULL, idempotent INTEGER NOT NULL, deadline REAL, session TEXT,
     pool TEXT, pin_worker INTEGER, owner TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0,
-    last_seq INTEGER NOT NULL DEFAULT 0, request BLOB, request_ref TEXT);
+    last_seq INTEGER NOT NULL DEFAULT 0 CHECK (last_seq >= 0), request BLOB, request_ref TEXT);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(namespace, key) WHERE key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_namespace ON jobs(namespace, num);
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(namespace, state, owner);
