@@ -12,7 +12,7 @@ import pytest
 
 from conftest import wait_until
 from jobs_fixtures import HERE, STORES, BridgeProcess, LoopThread, remote, store_target
-from kernelpit.exceptions import Cancelled, JobLost
+from kernelpit.exceptions import Cancelled, InvalidArguments, JobLost, JobNotFound
 
 SUBMIT_AND_DIE = """
 import asyncio, json, os, sys
@@ -66,6 +66,19 @@ def test_a_submitter_dies_and_another_process_reattaches(kind, bridges, loop, tm
     middle = len(events) // 2
     assert [e.seq for e in jobs.events(job_id, after=middle)] == \
         [e.seq for e in events[middle:]]
+    # the rest of the gRPC surface: list, keys, errors, delete
+    keyed = jobs.submit("plus", [1, 2], {}, key="k1")
+    assert jobs.submit("plus", [1, 2], {}, key="k1").id == keyed.id
+    with pytest.raises(InvalidArguments, match="k1"):
+        jobs.submit("plus", [1, 3], {}, key="k1")
+    assert jobs.result(keyed.id) == 3
+    newest = jobs.list(limit=1)
+    assert [j.id for j in newest] == [keyed.id]
+    assert [j.id for j in jobs.list(limit=5, before=keyed.id)] == [job_id]
+    assert [j.id for j in jobs.list(state="succeeded", tool="ticks")] == [job_id]
+    jobs.delete(job_id)
+    with pytest.raises(JobNotFound):
+        jobs.get(job_id)
 
 
 def _runs(path) -> int:
