@@ -18,6 +18,8 @@ from ..kernels import wire
 from ..kernels.protocol import EncodeError, decode, encode
 
 _COUNT = struct.Struct("<I")
+_LENGTH = struct.Struct("<Q")
+_ONE = _COUNT.pack(1)
 
 
 def pack(value: dict[str, Any], what: str = "value") -> bytes:
@@ -26,6 +28,8 @@ def pack(value: dict[str, Any], what: str = "value") -> bytes:
         frames = encode(value)
     except (EncodeError, ValueError, RecursionError) as exc:
         raise InvalidArguments(f"{what} cannot be stored: {exc}") from None
+    if len(frames) == 1:  # most events: the JSON header alone
+        return _ONE + _LENGTH.pack(len(frames[0])) + frames[0]
     return b"".join(bytes(p) if not isinstance(p, bytes) else p for p in wire.pieces(frames))
 
 
