@@ -39,6 +39,7 @@ DEFAULT_LEASE = 10.0
 DEFAULT_TTL = 7 * 86400.0
 DEFAULT_MAX_ATTEMPTS = 3
 PRUNE_EVERY = 3600.0
+CLOSE_TIMEOUT = 10.0  # seconds a stop waits for the store to take the last entries
 
 
 class Slots:
@@ -152,9 +153,14 @@ class JobRunner:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        await self._journal.close()
+        try:
+            await asyncio.wait_for(self._journal.close(), CLOSE_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.warning("job runner %s stopped with journal entries not written: the job "
+                        "store %s did not take them within %g s", self.owner, self.store.url,
+                        CLOSE_TIMEOUT)
         with contextlib.suppress(Exception):
-            await self.store.release(self.owner)
+            await asyncio.wait_for(self.store.release(self.owner), CLOSE_TIMEOUT)
 
     # -- the job API ----------------------------------------------------------------------
     async def submit(self, tool: str, args: Any = (), kwargs: dict[str, Any] | None = None,
