@@ -4,14 +4,13 @@ two bridges sharing one PostgreSQL store.  Each bridge is tests/jobs_bridge.py."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from conftest import wait_until
-from jobs_fixtures import HERE, STORES, BridgeProcess, LoopThread, remote, store_target
+from jobs_fixtures import STORES, BridgeProcess, LoopThread, remote, store_target
 from kernelpit.exceptions import Cancelled, InvalidArguments, JobLost, JobNotFound
 
 SUBMIT_AND_DIE = """

@@ -23,7 +23,6 @@ import time
 import uuid
 from typing import Any, AsyncIterator
 
-from .. import events as ev
 from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, JobLost, PoolClosed,
                           ToolNotFound)
 from ..kernels.schema import check_arguments
@@ -40,6 +39,23 @@ DEFAULT_TTL = 7 * 86400.0
 DEFAULT_MAX_ATTEMPTS = 3
 PRUNE_EVERY = 3600.0
 CLOSE_TIMEOUT = 10.0  # seconds a stop waits for the store to take the last entries
+
+
+class Run:
+    """A job this runner is running: its task, why it was cancelled (None: the runner is
+    stopping), whether its last event is journaled, and that event once committed."""
+
+    def __init__(self, info: JobInfo, task: asyncio.Task[None]) -> None:
+        self.info = info
+        self.task = task
+        self.why: BaseException | None = None
+        self.final = False
+        self.outcome: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+
+    def cancel(self, why: BaseException) -> None:
+        if self.why is None:
+            self.why = why
+            self.task.cancel()
 
 
 class Slots:
@@ -110,10 +126,7 @@ class JobRunner:
         self._max_running = max_running
         self._slots: Slots | None = None
         self._journal = Journal(store)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._cancelling: dict[str, BaseException] = {}  # job -> why its task was cancelled
-        self._final: set[str] = set()  # jobs whose last event is journaled (a late cancel is moot)
-        self._outcomes: dict[str, asyncio.Future[Entry]] = {}  # job -> its committed last entry
+        self._runs: dict[str, Run] = {}  # the jobs this runner is running (or waiting to)
         self._loops: list[asyncio.Task[None]] = []
         self._check_cancels = asyncio.Event()
         self.closing = False
@@ -144,12 +157,13 @@ class JobRunner:
         if self.closing:
             return
         self.closing = True
-        tasks = list(self._tasks.values())
+        tasks = [run.task for run in self._runs.values()]
         if tasks and grace > 0:
             await asyncio.wait(tasks, timeout=grace)
-        for task in self._tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        tasks = [run.task for run in self._runs.values()]
+        for task in tasks:
+            task.cancel()  # no reason given: left to the next runner, not cancelled
+        await asyncio.gather(*tasks, return_exceptions=True)
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -228,13 +242,14 @@ class JobRunner:
         """The job's value, or its error raised; the builtin TimeoutError after ``timeout``
         seconds (the job keeps running).  A job running here is answered from memory once
         its last event is committed; any other is read (and followed) in the store."""
-        outcome, task = self._outcomes.get(job_id), self._tasks.get(job_id)
-        if outcome is not None and task is not None:
+        run = self._runs.get(job_id)
+        if run is not None:
             start = time.monotonic()
-            await asyncio.wait([outcome, task], timeout=timeout,
+            await asyncio.wait([run.outcome, run.task], timeout=timeout,
                                return_when=asyncio.FIRST_COMPLETED)
-            if outcome.done():
-                return follow.outcome(outcome.result().kind, outcome.result().data, job_id)
+            if run.outcome.done() and not run.outcome.cancelled():
+                last = run.outcome.result()
+                return follow.outcome(last.kind, last.data or {}, job_id, run.info.tool)
             if timeout is not None:
                 timeout = max(0.0, timeout - (time.monotonic() - start))
         return await follow.result(self.store, job_id, timeout)
@@ -243,12 +258,11 @@ class JobRunner:
         """Cancel a queued or running job wherever it runs (a finished one stays as it is).
         Here: the task's stream is closed, which interrupts the tool.  Elsewhere: the
         owner is told through the store; an orphan is cancelled at once."""
-        task = self._tasks.get(job_id)
-        if task is not None:
-            self._cancelling.setdefault(job_id, Cancelled(f"job {job_id} was cancelled"))
-            task.cancel()
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.cancel(Cancelled(f"job {job_id} was cancelled", tool=run.info.tool))
             with contextlib.suppress(BaseException):
-                await asyncio.shield(task)
+                await asyncio.shield(run.task)
             return await self.store.get(job_id)
         info = await self.store.request_cancel(job_id)
         if not info.done:
@@ -296,32 +310,31 @@ class JobRunner:
                   worker: int | None = None, created: asyncio.Future[Any] | None = None) -> None:
         """Run the job in a task; ``created``: the insert, if it is still committing."""
         self._journal.begin(info.id, info.last_seq, created)
-        self._outcomes[info.id] = asyncio.get_running_loop().create_future()
-        task = asyncio.ensure_future(self._drive(info, args, kwargs, worker, created))
-        self._tasks[info.id] = task
+        run = Run(info, asyncio.ensure_future(self._drive(info, args, kwargs, worker, created)))
+        self._runs[info.id] = run
         if created is not None:  # never stored: stop the call (submit() raises the error)
             created.add_done_callback(
-                lambda f: task.cancel() if f.cancelled() or f.exception() else None)
-        task.add_done_callback(lambda _t, job=info.id: self._forget(job))
+                lambda f: run.task.cancel() if f.cancelled() or f.exception() else None)
+        run.task.add_done_callback(lambda _t: self._forget(run))
 
-    def _forget(self, job_id: str) -> None:
-        self._tasks.pop(job_id, None)
-        self._cancelling.pop(job_id, None)
-        self._final.discard(job_id)
-        self._journal.end(job_id)
-        outcome = self._outcomes.pop(job_id, None)
-        if outcome is not None and not outcome.done():
-            outcome.cancel()
+    def _forget(self, run: Run) -> None:
+        if self._runs.get(run.info.id) is run:
+            del self._runs[run.info.id]
+        self._journal.end(run.info.id)
+        if not run.outcome.done():
+            run.outcome.cancel()
 
     def _finish(self, job_id: str, kind: str, data: dict[str, Any], state: str,
                 at: float | None = None) -> None:
         at = time.time() if at is None else at
-        self._final.add(job_id)
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.final = True
         changes: dict[str, Any] = {"state": state, "finished": at, "owner": None}
         if kind == "error":
             changes["error"] = data["error"]
         self._journal.add(Entry(job_id, kind, at, data, changes,
-                                committed=self._outcomes.get(job_id)))
+                                committed=run.outcome if run is not None else None))
 
     async def _drive(self, info: JobInfo, args: list[Any], kwargs: dict[str, Any],
                      worker: int | None, created: asyncio.Future[Any] | None) -> None:
@@ -339,12 +352,15 @@ class JobRunner:
                 await self._run(info, args, kwargs, worker)
             finally:
                 slots.give()
-            outcome = self._outcomes.get(job)
-            if outcome is not None:
-                await asyncio.shield(outcome)  # the job counts as done once that is durable
+            run = self._runs.get(job)
+            if run is not None:
+                await asyncio.shield(run.outcome)  # the job is done once that is durable
         except asyncio.CancelledError:
-            why = self._cancelling.get(job)
-            if why is not None and job not in self._final:  # else: stopping, or already over
+            run = self._runs.get(job)
+            why = run.why if run is not None else None
+            if why is not None and not run.final:  # type: ignore[union-attr]
+                # else: the runner is stopping (the job is left to the next one), or its
+                # last event was already journaled
                 self._finish(job, "error", {"error": error_payload(why)}, "cancelled")
                 await self._journal.flush()
         except Exception as exc:  # noqa: BLE001 - the call could not start: the job fails
@@ -441,24 +457,23 @@ class JobRunner:
 
     # -- cancels from elsewhere -----------------------------------------------------------
     def _cancel_signal(self, job_id: str | None) -> None:
-        if job_id is None or job_id in self._tasks:
+        if job_id is None or job_id in self._runs:
             self._check_cancels.set()
 
     async def _serve_cancels(self) -> None:
         while True:
             await self._check_cancels.wait()
             self._check_cancels.clear()
-            if not self._tasks:
+            if not self._runs:
                 continue
             try:
                 wanted = await self.store.cancel_requests(self.owner)
             except Exception:  # noqa: BLE001 - the next wake-up or lease tick looks again
                 continue
             for job in wanted:
-                task = self._tasks.get(job)
-                if task is not None and job not in self._cancelling:
-                    self._cancelling[job] = Cancelled(f"job {job} was cancelled")
-                    task.cancel()
+                run = self._runs.get(job)
+                if run is not None:
+                    run.cancel(Cancelled(f"job {job} was cancelled", tool=run.info.tool))
 
     async def _prune_loop(self) -> None:
         while True:

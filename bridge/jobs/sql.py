@@ -300,7 +300,6 @@ class SqlStore(JobStore):
         self._remove(cur, [job_id])
 
     def _remove(self, cur: Any, jobs: list[str]) -> None:
-        rows = [(j,) for j in jobs]
         for at in range(0, len(jobs), INSERT_ROWS):
             part = jobs[at:at + INSERT_ROWS]
             marks = ",".join("?" * len(part))
