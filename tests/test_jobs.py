@@ -13,8 +13,8 @@ import pytest
 from conftest import ADAPTERS, wait_until
 from jobs_fixtures import STORES, LoopThread, Sync, store_target
 from kernelpit.config import PoolConfig
-from kernelpit.exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, JobNotFound,
-                                  SessionLost, ToolNotFound)
+from kernelpit.exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, JobLost,
+                                  JobNotFound, SessionLost, ToolNotFound)
 from kernelpit.jobs import JobRunner, StoreError, open_store
 from kernelpit.pool import PoolManager
 from kernelpit.pool.call import CallOptions
@@ -370,3 +370,46 @@ def test_the_store_takes_a_jobs_events_only_in_seq_order(loop, target):
     events, info = loop.run(scenario())
     assert events == [(1, "a"), (2, "b")]
     assert info.last_seq == 2 and info.state == "queued"  # the refused batch left nothing
+
+
+def test_takeover_reruns_runs_or_loses_what_a_dead_runner_left(loop, manager, target):
+    """Rows as a runner that died would leave them; a new runner on the store decides."""
+    from kernelpit.jobs import values
+    from kernelpit.jobs.model import JobInfo
+    from kernelpit.jobs.store import NewJob
+
+    namespace = f"takeover-{os.getpid()}"
+    request = values.pack({"args": [20, 1], "kwargs": {}})
+
+    def left(name, **kw):
+        return NewJob(JobInfo(id=f"{name}-{os.getpid()}", tool="plus", created=1.0,
+                              owner="dead-runner", namespace=namespace, **kw), request, "d")
+
+    jobs = {"queued": left("queued"),
+            "again": left("again", state="running", idempotent=True, attempt=1),
+            "spent": left("spent", state="running", idempotent=True, attempt=3),
+            "plain": left("plain", state="running"),
+            "session": left("session", state="running", idempotent=True, session="s1")}
+
+    async def leave():
+        store = await open_store(target[1], namespace=namespace)
+        for job in jobs.values():
+            await store.create(job)
+        await store.close()
+    loop.run(leave())
+
+    runner = _runner(loop, manager, target[1], namespace=namespace)
+    api = Sync(runner, loop)
+    try:
+        ids = {k: j.info.id for k, j in jobs.items()}
+        assert api.result(ids["queued"]) == 21 and api.get(ids["queued"]).attempt == 1
+        assert api.result(ids["again"]) == 21
+        assert api.get(ids["again"]).attempt == 2
+        assert [e.kind for e in api.events(ids["again"])][0] == "restarted"
+        for name, why in (("spent", "already run 3 time"), ("plain", "not idempotent"),
+                          ("session", "session")):
+            with pytest.raises(JobLost, match=why):
+                api.result(ids[name])
+            assert api.get(ids[name]).state == "lost"
+    finally:
+        _stop(loop, runner)
