@@ -28,6 +28,9 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"
            # a raylet waits for its node's agent (a Python process) this long before it gives
            # up; on a loaded 2-core machine that start can take well over Ray's 30 s default
            "RAY_agent_register_timeout_ms": "180000", "RAY_raylet_start_wait_time_s": "180",
+           # a removed node is declared dead after ~3 s instead of ~15 s
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+           "RAY_health_check_failure_threshold": "3",
            # one Ray worker process at a time is plenty on a shared 2-core machine
            "RAY_num_prestart_python_workers": "0"}
 NAMESPACE = "kernelpit-tests"

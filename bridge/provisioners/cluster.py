@@ -10,6 +10,7 @@ this process (their owner) ends, by exit or by ``kill -9``.
 
 from __future__ import annotations
 
+import socket
 import threading
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..exceptions import StartError
 
 DEFAULT_ADDRESS = "auto"
 DEFAULT_NAMESPACE = "kernelpit"
+PROBE_TIMEOUT = 5.0  # seconds to reach the head's GCS port before giving up
 _init_lock = threading.Lock()
 
 
@@ -49,15 +51,34 @@ def connect(address: str | None = DEFAULT_ADDRESS, namespace: str = DEFAULT_NAME
         if ray.is_initialized():
             return ray
         try:
+            _probe(ray, address or DEFAULT_ADDRESS)
             ray.init(address=address or DEFAULT_ADDRESS, namespace=namespace,
                      log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
             raise RayUnavailable(
-                f"could not join the Ray cluster at {address or DEFAULT_ADDRESS!r}: {exc}. "
+                f"could not join the Ray cluster at {address or DEFAULT_ADDRESS!r}: {str(exc).rstrip('.')}. "
                 f"Start one with `ray start --head` (then use 'auto' on that machine, or "
                 f"'HEAD_IP:6379' elsewhere), or set ray_address to a running cluster's "
                 f"address (`ray status` on the head prints it)") from exc
     return ray
+
+
+def _probe(ray: Any, address: str) -> None:
+    """Fail fast when nothing listens at the cluster's address.
+
+    ``ray.init`` on an address where no GCS answers retries for minutes; a TCP connect
+    to the resolved address (``auto`` resolved as Ray does it) fails in seconds.
+    Ray Client addresses (``ray://``) are left to Ray.
+    """
+    if address.startswith("ray://"):
+        return
+    resolve = getattr(ray._private.services, "canonicalize_bootstrap_address_or_die", None)
+    target = resolve(address) if resolve is not None else address
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), PROBE_TIMEOUT).close()
+    except (OSError, ValueError) as exc:
+        raise ConnectionError(f"nothing answers at {target} ({exc})") from None
 
 
 def actor_options(resources: dict[str, float], node_id: str | None = None) -> dict[str, Any]:

@@ -62,11 +62,14 @@ def spawn_tied(argv: list[str], env: dict[str, str], cwd: str, log: IO[bytes]) -
 
     Call it from a thread that lives as long as the process (see the module docstring).
     Between the fork and ``prctl`` the parent may already have died; the child checks
-    its parent afterwards and exits at once if it was reparented.
+    its parent afterwards and exits at once if it was reparented.  The child's signal
+    mask is cleared: a Ray worker's threads block SIGINT, a blocked mask survives exec,
+    and a kernel that inherits it never sees an interrupt.
     """
     parent = os.getpid()
 
     def tie() -> None:  # runs in the child, between fork and exec
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
         if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
             os._exit(70)
 
