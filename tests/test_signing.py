@@ -198,3 +198,15 @@ def test_signed_messages_over_a_real_tcp_connection_with_the_wire_format():
     server.join(10)
     listener.close()
     assert refused and "greeting" in refused[0]
+
+
+def test_the_signing_benchmark_runs_every_path(monkeypatch):
+    """Each option of benchmarks/signing.py runs once and verifies (speed is its own business)."""
+    from benchmarks import signing as bench
+
+    monkeypatch.setattr(bench, "SIZES", {"256 KB": 256 << 10})
+    monkeypatch.setattr(bench, "best", lambda fn, nbytes, budget=0.0: (fn(), 1.0)[1])
+    results = bench.measure()
+    rows = results["sizes"]["256 KB"]
+    assert rows["TCP, HMAC streamed (chosen)"] == 1.0 and rows["HMAC-SHA256, every byte (chosen)"]
+    assert "256 KB" in bench.report(results)
