@@ -37,8 +37,9 @@ TESTS = Path(__file__).parent
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster():
+    """One cluster for the module (about 15 s to start), gone before the next module runs."""
     made = raycluster.start_cluster()
     yield made
     raycluster.stop_cluster(made)
@@ -180,7 +181,8 @@ DRIVER = textwrap.dedent("""
     import raycluster
     from jupyter_client.kernelspec import KernelSpec
     from jupyter_client.manager import KernelManager
-    spec = KernelSpec(**raycluster.ray_kernel_json({address!r}, resources={{"CPU": 1, "node_a": 1}}))
+    spec = KernelSpec(**raycluster.ray_kernel_json({address!r},
+                                                   resources={{"CPU": 1, "node_a": 1}}))
     km = KernelManager(kernel_name="ray-test", kernel_spec_manager=raycluster.SpecManager(spec))
     km.start_kernel()
     print(json.dumps({{**km.provisioner.node, "actor": km.provisioner.actor_name}}), flush=True)
@@ -282,7 +284,8 @@ def test_an_unreachable_cluster_is_named_with_how_to_start_one(tmp_path):
         from jupyter_client.kernelspec import KernelSpec
         from jupyter_client.manager import KernelManager
         spec = KernelSpec(**raycluster.ray_kernel_json({address!r}))
-        KernelManager(kernel_name="x", kernel_spec_manager=raycluster.SpecManager(spec)).start_kernel()
+        km = KernelManager(kernel_name="x", kernel_spec_manager=raycluster.SpecManager(spec))
+        km.start_kernel()
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120)
@@ -316,7 +319,8 @@ def test_the_kernel_process_dies_with_the_process_that_started_it():
         child = process(int(parent.stdout.readline()))
         assert os.getpgid(child.pid) == child.pid  # leads its own process group
         status = Path(f"/proc/{child.pid}/status").read_text()
-        blocked = int(next(ln for ln in status.splitlines() if ln.startswith("SigBlk")).split()[1], 16)
+        mask = next(ln for ln in status.splitlines() if ln.startswith("SigBlk")).split()[1]
+        blocked = int(mask, 16)
         assert not blocked & (1 << (signal.SIGINT - 1))
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)

@@ -55,8 +55,9 @@ def connect(address: str | None = DEFAULT_ADDRESS, namespace: str = DEFAULT_NAME
             ray.init(address=address or DEFAULT_ADDRESS, namespace=namespace,
                      log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
+            why = str(exc).rstrip(".")
             raise RayUnavailable(
-                f"could not join the Ray cluster at {address or DEFAULT_ADDRESS!r}: {str(exc).rstrip('.')}. "
+                f"could not join the Ray cluster at {address or DEFAULT_ADDRESS!r}: {why}. "
                 f"Start one with `ray start --head` (then use 'auto' on that machine, or "
                 f"'HEAD_IP:6379' elsewhere), or set ray_address to a running cluster's "
                 f"address (`ray status` on the head prints it)") from exc

@@ -160,7 +160,7 @@ class RayProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         return self._exit_code
 
     async def wait(self) -> int | None:
-        """Wait until the kernel has ended (callers bound it with a timeout, as for local kernels)."""
+        """Wait until the kernel has ended (callers bound it with a timeout, as for local ones)."""
         while (code := await self.poll()) is None:
             await asyncio.sleep(WAIT_POLL)
         self._waited = True
