@@ -31,6 +31,7 @@ from jupyter_client.kernelspec import KernelSpec  # noqa: E402
 from jupyter_client.manager import KernelManager  # noqa: E402
 from jupyter_client.provisioning.factory import KernelProvisionerFactory  # noqa: E402
 
+from kernelpit.exceptions import StartError  # noqa: E402
 from kernelpit.provisioners import RayProvisioner, ResourcesUnavailable  # noqa: E402
 
 TESTS = Path(__file__).parent
@@ -145,6 +146,16 @@ def test_resources_that_no_node_has_fail_at_once(cluster):
     assert "ray start" in message
 
 
+def test_a_kernel_that_fails_to_start_says_why_with_its_output(cluster):
+    spec = KernelSpec(**{**raycluster.ray_kernel_json(cluster.address),
+                         "argv": ["python", "-c", "import sys; print('no kernel here'); "
+                                  "sys.exit(3)", "{connection_file}"]})
+    km = KernelManager(kernel_name="ray-test", kernel_spec_manager=raycluster.SpecManager(spec))
+    with pytest.raises(StartError) as err:
+        km.start_kernel()
+    assert "exited with code 3" in str(err.value) and "no kernel here" in str(err.value)
+
+
 # -- the kernel dies with its actor, the actor with its owner --------------------------------
 
 def test_sigkill_of_the_actor_leaves_no_kernel(cluster):
@@ -251,19 +262,26 @@ def test_a_kernelspec_naming_the_provisioner_runs_a_notebook_kernel_on_the_clust
     kc.start_channels()
     try:
         kc.wait_for_ready(timeout=60)
-        msg_id = kc.execute("import time; time.sleep(120)")
-        while True:  # wait until the cell runs
+        msg_id = kc.execute("import time; print('sleeping', flush=True); time.sleep(120)")
+        # wait until the cell's own code runs: a SIGINT in the moment between execute_input
+        # and the cell starting is swallowed by ipykernel ("KeyboardInterrupt caught in
+        # kernel") and the request never gets a reply, with local kernels too
+        while True:
             msg = kc.get_iopub_msg(timeout=30)
-            if (msg["parent_header"].get("msg_id") == msg_id
-                    and msg["msg_type"] == "execute_input"):
+            if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream"
+                    and "sleeping" in msg["content"]["text"]):
                 break
         km.interrupt_kernel()
         reply = kc.get_shell_msg(timeout=30)
         assert reply["parent_header"]["msg_id"] == msg_id
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
-        after = kc.execute_interactive("1 + 1", timeout=30)
-        assert after["content"]["status"] == "ok"  # the kernel survived its interrupt
+        # the kernel survived its interrupt (ipykernel aborts requests that arrive just after
+        # an error, stop_on_error: those come back "aborted", and the next one runs)
+        statuses = []
+        while not statuses or statuses[-1] == "aborted" and len(statuses) < 20:
+            statuses.append(kc.execute_interactive("1 + 1", timeout=30)["content"]["status"])
+        assert statuses[-1] == "ok", statuses
     finally:
         kc.stop_channels()
         km.shutdown_kernel()

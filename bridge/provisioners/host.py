@@ -20,7 +20,8 @@ chosen here and then lost to another process before the kernel binds it.  The
 kernel writes the ports it bound back into the connection file; the actor reads
 them and deletes the file at once, so the HMAC key is on this node only in the
 kernel's memory (and for the second or two of start-up in a 0600 file in a
-0700 directory).
+0700 directory).  The kernel's output goes to an unnamed temporary file, so an
+actor killed at any later moment leaves no file behind.
 
 Only the standard library and psutil are used here: Ray imports this module on
 every node.
@@ -91,9 +92,9 @@ class KernelHost:
     def __init__(self) -> None:
         import ray
 
-        self._dir = tempfile.mkdtemp(prefix="kp-kernel-")  # 0700
-        self._log_path = os.path.join(self._dir, "kernel.log")
-        self._log: IO[bytes] | None = None
+        # the kernel's stdout and stderr: a file with no name, gone with the last process
+        # holding it, so a killed actor leaves nothing on the node's disk
+        self._log: IO[bytes] = tempfile.TemporaryFile(prefix="kp-kernel-log-")
         self._proc: subprocess.Popen | None = None
         self._ps: psutil.Process | None = None
         self._forker = concurrent.futures.ThreadPoolExecutor(1, "kernelpit-forker")
@@ -112,7 +113,8 @@ class KernelHost:
         """
         if self._proc is not None:
             raise RuntimeError("this host already started a kernel; a Ray kernel host serves one")
-        cf = os.path.join(self._dir, "kernel.json")
+        workdir = tempfile.mkdtemp(prefix="kp-kernel-")  # 0700; holds the key until the bind
+        cf = os.path.join(workdir, "kernel.json")
         host = self._node["host"]
         fd = os.open(cf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -132,10 +134,11 @@ class KernelHost:
                     "KERNELPIT_CONTROLLER_START": repr(psutil.Process().create_time())}
         if not (cwd and os.path.isdir(cwd)):
             cwd = os.path.expanduser("~")
-        self._log = open(self._log_path, "ab")
-        self._proc = self._forker.submit(spawn_tied, argv, full_env, cwd, self._log).result()
-        ports = self._await_ports(cf, timeout)
-        os.unlink(cf)  # the key now lives only in the kernel's memory on this node
+        try:
+            self._proc = self._forker.submit(spawn_tied, argv, full_env, cwd, self._log).result()
+            ports = self._await_ports(cf, timeout)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)  # the key now lives only in the kernel
         return {"connection": {"transport": "tcp", "ip": host, **ports},
                 "pid": self._proc.pid, "pgid": self._proc.pid, **self._node}
 
@@ -212,14 +215,14 @@ class KernelHost:
     def log_tail(self, limit: int = LOG_TAIL) -> str:
         """The end of the kernel's stdout and stderr (kept in a file on this node)."""
         try:
-            with open(self._log_path, "rb") as f:
-                f.seek(max(0, os.path.getsize(self._log_path) - limit))
-                return f.read().decode("utf-8", "replace")
-        except OSError:
+            fd = self._log.fileno()
+            size = os.fstat(fd).st_size
+            return os.pread(fd, limit, max(0, size - limit)).decode("utf-8", "replace")
+        except (OSError, ValueError):
             return ""
 
     def cleanup(self) -> int | None:
-        """Kill the kernel if it still runs, reap it, and remove this host's files."""
+        """Kill the kernel if it still runs, reap it, and close its log."""
         code = None
         if self._proc is not None:
             if self._proc.poll() is None:
@@ -228,8 +231,6 @@ class KernelHost:
                 code = self._proc.wait(5)
             except subprocess.TimeoutExpired:
                 code = None
-        if self._log is not None:
-            self._log.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._log.close()
         return code
 

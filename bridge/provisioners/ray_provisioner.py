@@ -26,6 +26,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Dict, Float, Unicode
 
+from ..exceptions import StartError
 from . import cluster
 from .cluster import ResourcesUnavailable
 from .host import KernelHost
@@ -136,6 +137,9 @@ class RayProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 f"{cluster.requested(dict(self.resources))}, within {self.launch_timeout:g} s "
                 f"(free now: {cluster.free_resources(ray)}); stop other kernels or add nodes, "
                 f"or raise launch_timeout") from None
+        except ray.exceptions.RayTaskError as exc:  # the kernel exited or never bound its ports
+            self._forget(ray)
+            raise StartError(f"kernel {self.kernel_id}: {exc.cause if exc.cause else exc}") from None
         except BaseException:
             self._forget(ray)
             raise
