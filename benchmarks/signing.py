@@ -83,7 +83,8 @@ def in_memory(buf: bytes) -> dict[str, Callable[[], Any] | None]:
     except ImportError:
         return options
     nonce = os.urandom(12)
-    aes, chacha = AESGCM(AESGCM.generate_key(256)), ChaCha20Poly1305(ChaCha20Poly1305.generate_key())
+    aes = AESGCM(AESGCM.generate_key(256))
+    chacha = ChaCha20Poly1305(ChaCha20Poly1305.generate_key())
     options["AES-256-GCM (cryptography)"] = lambda: aes.encrypt(nonce, buf, header)
     options["ChaCha20-Poly1305 (cryptography)"] = lambda: chacha.encrypt(nonce, buf, header)
     return options

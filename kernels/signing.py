@@ -78,7 +78,8 @@ def _views(frames: Iterable[Any]) -> list[Any]:
 
 
 def _head(context: bytes, lengths: list[int]) -> bytes:
-    return b"".join([context, _COUNT.pack(len(lengths)), struct.pack(f"<{len(lengths)}Q", *lengths)])
+    count = len(lengths)
+    return b"".join([context, _COUNT.pack(count), struct.pack(f"<{count}Q", *lengths)])
 
 
 def sign(frames: Iterable[Any], key: bytes, *, context: bytes = b"") -> bytes:
