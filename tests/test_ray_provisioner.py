@@ -146,6 +146,22 @@ def test_resources_that_no_node_has_fail_at_once(cluster):
     assert "ray start" in message
 
 
+def test_resources_held_by_other_kernels_are_waited_for_up_to_launch_timeout(cluster):
+    holder = start(cluster, resources={"CPU": 1, "node_a": 8})  # all of node_a's label
+    try:
+        spec = KernelSpec(**raycluster.ray_kernel_json(
+            cluster.address, resources={"CPU": 1, "node_a": 1}, launch_timeout=3))
+        km = KernelManager(kernel_name="ray-test",
+                           kernel_spec_manager=raycluster.SpecManager(spec))
+        with pytest.raises(ResourcesUnavailable) as err:
+            km.start_kernel()
+        assert "after 3 s" in str(err.value) and "node_a" in str(err.value)
+    finally:
+        holder.shutdown_kernel(now=True)
+    # the waiting actor was removed: the label is whole again once the holder is gone
+    wait_until(lambda: ray.available_resources().get("node_a") == 8, timeout=30)
+
+
 def test_a_kernel_that_fails_to_start_says_why_with_its_output(cluster):
     spec = KernelSpec(**{**raycluster.ray_kernel_json(cluster.address),
                          "argv": ["python", "-c", "import sys; print('no kernel here'); "

@@ -133,13 +133,14 @@ class RayProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         except asyncio.TimeoutError:
             self._forget(ray)
             raise ResourcesUnavailable(
-                f"no Ray node freed the resources a kernel asks for, "
-                f"{cluster.requested(dict(self.resources))}, within {self.launch_timeout:g} s "
-                f"(free now: {cluster.free_resources(ray)}); stop other kernels or add nodes, "
-                f"or raise launch_timeout") from None
+                f"kernel {self.kernel_id} was not running after {self.launch_timeout:g} s: no "
+                f"Ray node freed the resources it asks for, "
+                f"{cluster.requested(dict(self.resources))} (free now: "
+                f"{cluster.free_resources(ray)}), or the node was too slow to start it; stop "
+                f"other kernels, add nodes, or raise launch_timeout") from None
         except ray.exceptions.RayTaskError as exc:  # the kernel exited or never bound its ports
             self._forget(ray)
-            raise StartError(f"kernel {self.kernel_id}: {exc.cause if exc.cause else exc}") from None
+            raise StartError(f"kernel {self.kernel_id}: {exc.cause or exc}") from None
         except BaseException:
             self._forget(ray)
             raise
