@@ -1,0 +1,212 @@
+"""kernels/signing.py: what a signed call channel refuses, and what it lets through."""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import threading
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from kernelpit.kernels import signing, wire
+from kernelpit.kernels.signing import Link, SignatureError
+
+KEY = signing.new_key()
+HEADER = b'{"op":"call","id":7,"tool":"add"}'
+
+
+def frames(big: int = 1 << 20) -> list:
+    return [HEADER, os.urandom(big), bytearray(b"xyz"), array.array("d", [1.5, 2.5])]
+
+
+def test_a_signed_message_verifies_with_its_key_in_any_buffer_type():
+    message = frames()
+    tag = signing.sign(message, KEY)
+    assert len(tag) == signing.TAG_BYTES
+    signing.verify(message, tag, KEY)
+    signing.verify([bytes(memoryview(f).cast("B")) for f in message], tag, KEY)
+
+
+@pytest.mark.parametrize("tamper", ["header", "buffer", "key", "truncated frame", "dropped frame",
+                                    "moved byte", "truncated tag", "context"])
+def test_tampering_of_any_kind_is_refused(tamper):
+    message = frames()
+    tag, key, context = signing.sign(message, KEY, context=b"x"), KEY, b"x"
+    if tamper == "header":
+        message[0] = message[0].replace(b"add", b"rm!")
+    elif tamper == "buffer":
+        buf = bytearray(message[1])
+        buf[len(buf) // 2] ^= 1
+        message[1] = buf
+    elif tamper == "key":
+        key = signing.new_key()
+    elif tamper == "truncated frame":
+        message[1] = message[1][:-1]
+    elif tamper == "dropped frame":
+        message = message[:-1]
+    elif tamper == "moved byte":  # the same bytes back to back, split differently
+        message[0], message[1] = message[0] + message[1][:1], message[1][1:]
+    elif tamper == "truncated tag":
+        tag = tag[:-1]
+    elif tamper == "context":
+        context = b"y"
+    with pytest.raises(SignatureError):
+        signing.verify(message, tag, key, context=context)
+
+
+def linked(server_key: bytes = KEY, client_key: bytes = KEY) -> tuple[Link, Link]:
+    hello, nonce = signing.challenge()
+    reply, client = signing.answer(hello, client_key, b"3")
+    identity, server = signing.accept(reply, server_key, nonce)
+    assert identity == b"3"
+    return server, client
+
+
+def test_a_link_carries_messages_both_ways():
+    server, client = linked()
+    for _ in range(3):
+        sent = frames(1000)
+        assert [bytes(memoryview(f).cast("B")) for f in server.open(client.seal(sent))] == \
+            [bytes(memoryview(f).cast("B")) for f in sent]
+        sealed = server.seal([b"result", b"\x00" * 10])
+        assert client.open(sealed) == [b"result", b"\x00" * 10]
+
+
+def test_replayed_reordered_reflected_and_foreign_messages_are_refused():
+    server, client = linked()
+    first, second = client.seal([b"a"]), client.seal([b"b"])
+    with pytest.raises(SignatureError):  # reordered
+        server.open(second)
+    server2, client2 = linked()
+    m = client2.seal([b"a"])
+    server2.open(m)
+    with pytest.raises(SignatureError):  # replayed on the same connection
+        server2.open(m)
+    server3, _ = linked()
+    with pytest.raises(SignatureError):  # recorded on another connection
+        server3.open(first)
+    server4, client4 = linked()
+    with pytest.raises(SignatureError):  # reflected back to its sender
+        client4.open(client4.seal([b"a"]))
+    with pytest.raises(SignatureError):  # unsigned (a plain wire message)
+        server4.open([HEADER, b"payload"])
+
+
+def test_a_peer_without_the_run_key_cannot_connect_or_pose_as_the_pool():
+    with pytest.raises(SignatureError, match="not signed with this run's key"):
+        linked(client_key=signing.new_key())
+    with pytest.raises(SignatureError, match="greeting"):
+        signing.answer([b"HTTP/1.1 200 OK", b"x" * 16], KEY, b"3")
+    with pytest.raises(SignatureError):  # a client that just sends frames
+        signing.accept([b"3"], KEY, os.urandom(16))
+    # a "pool" without the key: its messages do not verify at the agent
+    hello, nonce = signing.challenge()
+    reply, client = signing.answer(hello, KEY, b"3")
+    impostor = Link(signing.new_key(), nonce, reply[1], server=True)
+    with pytest.raises(SignatureError):
+        client.open(impostor.seal([b'{"op":"call"}']))
+
+
+def test_feeding_frames_as_they_arrive_gives_the_same_verdict():
+    server, client = linked()
+    message = client.seal(frames(3 << 20))
+    data, tag = message[:-1], message[-1]
+    mac = server.verifier([len(memoryview(f).cast("B")) for f in data])
+    for frame in data:
+        view = memoryview(frame).cast("B")
+        for at in range(0, len(view), 65536):
+            mac.update(view[at:at + 65536])
+    Link.check(mac, tag)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=1, max_size=5), st.data())
+def test_any_single_flipped_bit_is_refused(parts, data):
+    server, client = linked()
+    sealed = client.seal(parts)
+    which = data.draw(st.sampled_from([i for i, f in enumerate(sealed) if len(f)]))
+    at = data.draw(st.integers(0, len(sealed[which]) - 1))
+    bit = data.draw(st.integers(0, 7))
+    frame = bytearray(sealed[which])
+    frame[at] ^= 1 << bit
+    sealed[which] = bytes(frame)
+    with pytest.raises(SignatureError):
+        server.open(sealed)
+
+
+def test_signed_messages_over_a_real_tcp_connection_with_the_wire_format():
+    """The frame format extension as the later phase plugs it into wire.py: a challenge, a
+    signed answer, then sealed wire messages (a large one too), and a stranger refused."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    got: list = []
+    refused: list = []
+
+    def serve(conn: socket.socket) -> None:
+        hello, nonce = signing.challenge()
+        wire.send(conn, hello)
+        state: dict = {}
+
+        def handle(msg: list) -> bool:
+            if "link" not in state:
+                try:
+                    _, state["link"] = signing.accept(msg, KEY, nonce)
+                except SignatureError as exc:
+                    refused.append(str(exc))
+                    return False
+                return True
+            got.append(state["link"].open(msg))
+            wire.send(conn, state["link"].seal([b"ack"]))
+            return True
+
+        wire.receive_forever(conn, handle)
+        conn.close()
+
+    def accept_two() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            serve(conn)
+
+    server = threading.Thread(target=accept_two, daemon=True)
+    server.start()
+    port = listener.getsockname()[1]
+
+    agent = socket.create_connection(("127.0.0.1", port))
+    replies: list = []
+    state: dict = {}
+
+    def agent_handle(msg: list) -> bool:
+        if "link" not in state:
+            reply, state["link"] = signing.answer(msg, KEY, b"5")
+            wire.send(agent, reply)
+            wire.send(agent, state["link"].seal([HEADER, os.urandom(8 << 20)]))
+            return True
+        replies.append(state["link"].open(msg))
+        return False
+
+    wire.receive_forever(agent, agent_handle)
+    agent.close()
+    assert replies == [[b"ack"]] and len(got) == 1 and len(got[0][1]) == 8 << 20
+
+    stranger = socket.create_connection(("127.0.0.1", port))
+    wire.send(stranger, [b"5"])  # an unsigned introduction, as today's Unix-socket agent sends
+    stranger.settimeout(10)
+    stranger.recv(4096)  # the challenge
+    assert stranger.recv(4096) == b""  # then the pool hangs up
+    stranger.close()
+    server.join(10)
+    listener.close()
+    assert refused and "greeting" in refused[0]
+
+
+def test_the_signing_benchmark_runs_every_path(monkeypatch):
+    """Each option of benchmarks/signing.py runs once and verifies (speed is its own business)."""
+    from benchmarks import signing as bench
+
+    monkeypatch.setattr(bench, "SIZES", {"256 KB": 256 << 10})
+    monkeypatch.setattr(bench, "best", lambda fn, nbytes, budget=0.0: (fn(), 1.0)[1])
+    results = bench.measure()
+    rows = results["sizes"]["256 KB"]
+    assert rows["TCP, HMAC streamed (chosen)"] == 1.0 and rows["HMAC-SHA256, every byte (chosen)"]
+    assert "256 KB" in bench.report(results)
