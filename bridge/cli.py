@@ -118,7 +118,7 @@ POOL_FLAGS = ("concurrency", "max_calls", "max_age", "max_memory", "spares", "sh
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .config import PoolConfig
+    from .config import PoolConfig, SchedulerConfig
     from .service import config as config_file
     from .service.run import serve
 
@@ -157,6 +157,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          f"itself), got {idle!r}")
     if args.insecure_bind_anywhere:
         settings["insecure_bind_anywhere"] = True
+    if args.scheduler or args.tenant_weight or args.quota_running or args.quota_queued \
+            or args.quota_sessions:
+        try:
+            settings["scheduler"] = settings.get("scheduler", SchedulerConfig()).with_flags(
+                args.scheduler, args.tenant_weight or [], quota_running=args.quota_running or [],
+                quota_queued=args.quota_queued or [], quota_sessions=args.quota_sessions or [])
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     asyncio.run(serve(configs, auth=auth, token=args.token,
                       discovery=False if args.no_discovery else None, **settings))
     return 0
@@ -474,6 +482,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-address", metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; "
                         "plaintext on loopback only, e.g. 127.0.0.1:9464)")
+    p.add_argument("--scheduler", choices=("fair", "fifo"),
+                   help="how waiting calls are shared between tenants (token names; each client "
+                   "of the owner's token): fair (default: weighted fair queuing) or fifo")
+    p.add_argument("--tenant-weight", action="append", metavar="NAME=W",
+                   help="token NAME gets W shares of busy workers (default 1; repeatable)")
+    p.add_argument("--quota-running", action="append", metavar="[NAME=]N",
+                   help="calls a tenant may run at once per pool, more wait (N: every tenant; "
+                   "NAME=N: that token name; repeatable; default no limit)")
+    p.add_argument("--quota-queued", action="append", metavar="[NAME=]N",
+                   help="calls a tenant may have waiting per pool, more fail at once with "
+                   "QueueFull (as --quota-running)")
+    p.add_argument("--quota-sessions", action="append", metavar="[NAME=]N",
+                   help="sessions a tenant may hold open per pool, more fail with QueueFull "
+                   "(as --quota-running)")
     p.add_argument("--no-discovery", action="store_true",
                    help="do not write the discovery file (clients then need --address/--token)")
     p.set_defaults(func=cmd_serve)
