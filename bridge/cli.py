@@ -26,7 +26,8 @@ from typing import Any, Iterable, Sequence, TextIO
 from . import __version__
 from .exceptions import BridgeError, CallError, KernelpitError, StartError
 from .kernels import markers
-from .terminal import EventPrinter, charts_text, human_bytes, human_seconds, table
+from .terminal import (EventPrinter, charts_text, human_bytes, human_seconds, queue_summary,
+                       table, tenants_table)
 
 DEMO_ADAPTER = "kernelpit.kernels.demo"
 
@@ -176,11 +177,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     with connect_from(args) as client:
         info = client.server_info()
         workers, sessions = client.workers(), client.sessions()
+        tenants = first_snapshot(client).tenants
     if args.json:
         from dataclasses import asdict
         print(to_json({"address": info.address, "pid": info.pid, "version": info.version,
                        "pools": list(info.pools), "workers": [asdict(w) for w in workers],
-                       "sessions": [asdict(s) for s in sessions]}))
+                       "sessions": [asdict(s) for s in sessions],
+                       "tenants": [asdict(t) for t in tenants]}))
         return 0
     sec = info.security
     transport = ("mutual TLS" if sec.client_certificates else "TLS" if sec.tls else "plaintext")
@@ -193,7 +196,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(workers_table(workers))
     print()
     print(sessions_table(sessions) if sessions else "no open sessions")
+    print()
+    print(f"queue: {queue_summary(tenants)}")
+    if tenants:
+        print(tenants_table(tenants))
     return 0
+
+
+def first_snapshot(client: Any) -> Any:
+    """The watch stream's first event: workers, sessions and tenants' queues, at one time."""
+    stream = client.watch()
+    try:
+        return next(iter(stream))
+    finally:
+        stream.close()
 
 
 def watch_status(args: argparse.Namespace) -> int:
