@@ -160,7 +160,7 @@ class WorkerGroup:
         """Start ``call`` on a free worker, or queue it; returns its position among its
         tenant's waiting calls, or None when it started."""
         queue = self.queue
-        if queue.may_start(call):
+        if not queue.tenants.limits_running or queue.may_start(call):
             worker = pick(self.workers.values(), call)
             if worker is not None:
                 queue.started(call)
@@ -185,7 +185,10 @@ class WorkerGroup:
         if worker.inflight.get(call.id) is not call:
             return
         worker.end(call)
-        self.lost(worker, [call])
+        queue = self.queue
+        queue.ended(call)
+        if queue.tenants.limits_running and len(queue):
+            self._pump_others(worker)
 
     def lost(self, worker: Worker, calls: list[Call]) -> None:
         """``calls`` left ``worker`` (ended, or the worker was lost): count them out of their
@@ -195,9 +198,12 @@ class WorkerGroup:
         for call in calls:
             queue.ended(call)
         if queue.tenants.limits_running and len(queue):
-            for other in list(self.workers.values()):
-                if other is not worker:
-                    self.pump(other)
+            self._pump_others(worker)
+
+    def _pump_others(self, worker: Worker) -> None:
+        for other in list(self.workers.values()):
+            if other is not worker:
+                self.pump(other)
 
     # -- replacement and recycling -------------------------------------------------------------
     def remove(self, worker: Worker) -> None:
