@@ -21,6 +21,12 @@ def noop() -> None:
     """Do nothing (call overhead)."""
 
 
+@tool
+def nap(seconds: float = 0.05) -> None:
+    """Sleep ``seconds``: a call of known duration (S10's heavy tenant)."""
+    time.sleep(seconds)
+
+
 @tool(thread_safe=True, idempotent=True)
 def inc(x: int) -> int:
     """x + 1: one small item of a map."""

@@ -59,8 +59,9 @@ class RemoteBridge:
     it never collides with a bridge someone else is running).
     """
 
-    def __init__(self, workers: int = 2) -> None:
+    def __init__(self, workers: int = 2, extra: tuple[str, ...] = ()) -> None:
         self.workers = workers
+        self.extra = extra  # more `kernelpit serve` flags (e.g. --scheduler fifo)
         self.proc: subprocess.Popen | None = None
         self.address = ""
         self.token = secrets.token_urlsafe(16)
@@ -75,7 +76,8 @@ class RemoteBridge:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kernelpit", "serve", "--adapter", ADAPTER,
              "--workers", str(self.workers), "--path", str(ROOT), "--host", "127.0.0.1",
-             "--port", str(port), f"--token={self.token}", "--no-discovery"],  # may start with "-"
+             "--port", str(port), f"--token={self.token}", "--no-discovery",  # may start with "-"
+             *self.extra],
             cwd=str(ROOT), stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:

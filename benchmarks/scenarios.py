@@ -19,6 +19,7 @@ from typing import Any, Callable
 from . import kp, payloads, peerfuncs as pf, quiet
 from .peers import DaskPeer, IppPeer, RawKernel
 from .stats import add_ratios, failed, find, row, skipped, target
+from .fairness import s10_fairness
 
 MB = 1_000_000
 GB = 1_000_000_000
@@ -893,4 +894,5 @@ SCENARIOS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {
     "s6": ("s6_stream", s6_stream),
     "s7": ("s7_payload", s7_payload),
     "s8": ("s8_memory", s8_memory),
+    "s10": ("s10_fairness", s10_fairness),
 }

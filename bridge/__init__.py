@@ -16,7 +16,7 @@
 from typing import TYPE_CHECKING, Any
 
 from . import events
-from .config import PoolConfig, parse_size
+from .config import PoolConfig, SchedulerConfig, TenantSettings, parse_size
 from .events import Display, Error, Event, Partial, Progress, Queued, Result, Started, Stderr, Stdout
 from .exceptions import (BridgeError, BridgeNotFound, CallError, Cancelled, DeadlineExceeded,
                          InvalidArguments, JobLost, JobNotFound, KernelpitError, NotFound,
@@ -85,7 +85,8 @@ def unload_ipython_extension(ip: Any) -> None:
 
 
 __all__ = [
-    "Pool", "Session", "Caller", "connect", "CallOptions", "PoolConfig", "parse_size",
+    "Pool", "Session", "Caller", "connect", "CallOptions", "PoolConfig", "SchedulerConfig",
+    "TenantSettings", "parse_size",
     "ToolInfo", "WorkerInfo", "SessionInfo",
     "events", "Event", "Queued", "Started", "Progress", "Stdout", "Stderr", "Display", "Partial",
     "Result", "Error",

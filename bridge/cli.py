@@ -26,7 +26,8 @@ from typing import Any, Iterable, Sequence, TextIO
 from . import __version__
 from .exceptions import BridgeError, CallError, KernelpitError, StartError
 from .kernels import markers
-from .terminal import EventPrinter, charts_text, human_bytes, human_seconds, table
+from .terminal import (EventPrinter, charts_text, human_bytes, human_seconds, queue_summary,
+                       table, tenants_table)
 
 DEMO_ADAPTER = "kernelpit.kernels.demo"
 
@@ -118,7 +119,7 @@ POOL_FLAGS = ("concurrency", "max_calls", "max_age", "max_memory", "spares", "sh
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .config import PoolConfig
+    from .config import PoolConfig, SchedulerConfig
     from .service import config as config_file
     from .service.run import serve
 
@@ -157,6 +158,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          f"itself), got {idle!r}")
     if args.insecure_bind_anywhere:
         settings["insecure_bind_anywhere"] = True
+    if args.scheduler or args.tenant_weight or args.quota_running or args.quota_queued \
+            or args.quota_sessions:
+        try:
+            settings["scheduler"] = settings.get("scheduler", SchedulerConfig()).with_flags(
+                args.scheduler, args.tenant_weight or [], quota_running=args.quota_running or [],
+                quota_queued=args.quota_queued or [], quota_sessions=args.quota_sessions or [])
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     asyncio.run(serve(configs, auth=auth, token=args.token,
                       discovery=False if args.no_discovery else None, **settings))
     return 0
@@ -168,11 +177,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     with connect_from(args) as client:
         info = client.server_info()
         workers, sessions = client.workers(), client.sessions()
+        tenants = first_snapshot(client).tenants
     if args.json:
         from dataclasses import asdict
         print(to_json({"address": info.address, "pid": info.pid, "version": info.version,
                        "pools": list(info.pools), "workers": [asdict(w) for w in workers],
-                       "sessions": [asdict(s) for s in sessions]}))
+                       "sessions": [asdict(s) for s in sessions],
+                       "tenants": [asdict(t) for t in tenants]}))
         return 0
     sec = info.security
     transport = ("mutual TLS" if sec.client_certificates else "TLS" if sec.tls else "plaintext")
@@ -185,7 +196,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(workers_table(workers))
     print()
     print(sessions_table(sessions) if sessions else "no open sessions")
+    print()
+    print(f"queue: {queue_summary(tenants)}")
+    if tenants:
+        print(tenants_table(tenants))
     return 0
+
+
+def first_snapshot(client: Any) -> Any:
+    """The watch stream's first event: workers, sessions and tenants' queues, at one time."""
+    stream = client.watch()
+    try:
+        return next(iter(stream))
+    finally:
+        stream.close()
 
 
 def watch_status(args: argparse.Namespace) -> int:
@@ -474,6 +498,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-address", metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; "
                         "plaintext on loopback only, e.g. 127.0.0.1:9464)")
+    p.add_argument("--scheduler", choices=("fair", "fifo"),
+                   help="how waiting calls are shared between tenants (token names; each client "
+                   "of the owner's token): fair (default: weighted fair queuing) or fifo")
+    p.add_argument("--tenant-weight", action="append", metavar="NAME=W",
+                   help="token NAME gets W shares of busy workers (default 1; repeatable)")
+    p.add_argument("--quota-running", action="append", metavar="[NAME=]N",
+                   help="calls a tenant may run at once per pool, more wait (N: every tenant; "
+                   "NAME=N: that token name; repeatable; default no limit)")
+    p.add_argument("--quota-queued", action="append", metavar="[NAME=]N",
+                   help="calls a tenant may have waiting per pool, more fail at once with "
+                   "QueueFull (as --quota-running)")
+    p.add_argument("--quota-sessions", action="append", metavar="[NAME=]N",
+                   help="sessions a tenant may hold open per pool, more fail with QueueFull "
+                   "(as --quota-running)")
     p.add_argument("--no-discovery", action="store_true",
                    help="do not write the discovery file (clients then need --address/--token)")
     p.set_defaults(func=cmd_serve)

@@ -116,3 +116,143 @@ class PoolConfig:
             raise ValueError(f"pool '{name}': unknown setting(s) {', '.join(sorted(unknown))}; "
                              f"known: {', '.join(sorted(known - {'name'}))}")
         return cls(name=name, **{k: v for k, v in data.items() if k != "name"})
+
+
+#: the tenant of calls that name none (an embedded pool's single user)
+DEFAULT_TENANT = "default"
+SCHEDULERS = ("fair", "fifo")
+QUOTAS = ("quota_running", "quota_queued", "quota_sessions")
+
+
+def tenant_name(tenant: str) -> str:
+    """The configured name a tenant answers to: a bridge tenant is ``TOKEN`` or, for a
+    token several clients share, ``TOKEN/CLIENT``; settings are looked up by ``TOKEN``."""
+    return tenant.partition("/")[0]
+
+
+@dataclass(frozen=True)
+class TenantSettings:
+    """One tenant's share and limits; None: unset (the default applies, else no limit).
+
+    weight          its share of busy workers against other waiting tenants (default 1)
+    quota_running   calls it may run at once in a pool; more wait in the queue
+    quota_queued    calls it may have waiting in a pool; more fail at once with QueueFull
+    quota_sessions  sessions it may hold open in a pool; more fail with QueueFull
+    """
+
+    weight: float | None = None
+    quota_running: int | None = None
+    quota_queued: int | None = None
+    quota_sessions: int | None = None
+
+    def __post_init__(self) -> None:
+        w = self.weight
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0):
+            raise ValueError(f"a tenant weight must be a number > 0, got {w!r}")
+        for name in QUOTAS:
+            value, least = getattr(self, name), 1 if name == "quota_running" else 0
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < least):
+                raise ValueError(f"{name} must be an integer >= {least} (or unset: no limit), "
+                                 f"got {value!r}")
+
+    def over(self, default: "TenantSettings") -> "TenantSettings":
+        """These settings, with ``default``'s where these are unset."""
+        return TenantSettings(*(getattr(default, f.name) if getattr(self, f.name) is None
+                                else getattr(self, f.name) for f in fields(self)))
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """How the tenants (users) of a pool share its workers (docs/architecture.md, "The
+    scheduler").
+
+    scheduler   "fair": weighted fair queuing between tenants; "fifo": one queue in arrival
+                order (no weights, no priorities), as before tenants existed
+    default     the settings of every tenant (weight, quotas) not named in ``tenants``
+    tenants     settings by tenant (token) name, over ``default``
+
+    The defaults (weight 1, no quotas) keep a single user's behaviour: one tenant, its
+    calls in arrival order, priority first.
+    """
+
+    scheduler: str = "fair"
+    default: TenantSettings = field(default_factory=TenantSettings)
+    tenants: dict[str, TenantSettings] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, "
+                             f"got {self.scheduler!r}")
+
+    def settings(self, tenant: str) -> TenantSettings:
+        """The effective settings of ``tenant`` (its name's, over the defaults, weight 1)."""
+        own = self.tenants.get(tenant_name(tenant))
+        merged = self.default if own is None else own.over(self.default)
+        return merged if merged.weight is not None else \
+            TenantSettings(1.0, merged.quota_running, merged.quota_queued, merged.quota_sessions)
+
+    @property
+    def limits_running(self) -> bool:
+        return any(s.quota_running is not None for s in (self.default, *self.tenants.values()))
+
+    def with_flags(self, scheduler: str | None = None, weights: list[str] = (),  # type: ignore[assignment]
+                   **quotas: list[str]) -> "SchedulerConfig":
+        """These settings with ``kernelpit serve``'s flags applied: ``weights`` as
+        ``NAME=W``, each quota (``quota_running=[...]``...) as ``N`` (the default) or
+        ``NAME=N``.  Raises ValueError saying which flag is wrong."""
+        default, named = self.default, dict(self.tenants)
+
+        def put(name: str | None, key: str, value: Any) -> None:
+            nonlocal default
+            if name is None:
+                default = TenantSettings(**{**default.__dict__, key: value})
+            else:
+                own = named.get(name, TenantSettings())
+                named[name] = TenantSettings(**{**own.__dict__, key: value})
+
+        for item in weights:
+            name, sep, text = item.partition("=")
+            try:
+                if not sep or not name:
+                    raise ValueError
+                put(name, "weight", float(text))
+            except ValueError:
+                raise ValueError(f"--tenant-weight {item!r}: write NAME=W, a token name and a "
+                                 "weight > 0 (e.g. --tenant-weight ci=0.5)") from None
+        for key, items in quotas.items():
+            for item in items:
+                name, sep, text = item.rpartition("=")
+                try:
+                    put(name if sep else None, key, int(text))
+                except ValueError as exc:
+                    flag = "--" + key.replace("_", "-")
+                    raise ValueError(f"{flag} {item!r}: write N (every tenant) or NAME=N (one "
+                                     f"token name), N an integer >= 0 ({exc})") from None
+        return SchedulerConfig(scheduler or self.scheduler, default, named)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SchedulerConfig":
+        """From a ``[scheduler]`` table: ``scheduler``, ``weight`` and the quotas as defaults,
+        and ``[scheduler.tenants.NAME]`` tables with the same keys for one token name."""
+        own = {f.name for f in fields(TenantSettings)}
+        unknown = set(data) - own - {"scheduler", "tenants"}
+        if unknown:
+            raise ValueError(f"unknown [scheduler] setting(s) {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(sorted(own | {'scheduler', 'tenants'}))}")
+        tenants = data.get("tenants", {})
+        if not isinstance(tenants, dict) or not all(isinstance(v, dict) for v in tenants.values()):
+            raise ValueError("[scheduler.tenants] must hold tables like [scheduler.tenants.ci]")
+        named = {}
+        for name, spec in tenants.items():
+            bad = set(spec) - own
+            if bad:
+                raise ValueError(f"[scheduler.tenants.{name}]: unknown setting(s) "
+                                 f"{', '.join(sorted(bad))}; known: {', '.join(sorted(own))}")
+            try:
+                named[name] = TenantSettings(**spec)
+            except ValueError as exc:
+                raise ValueError(f"[scheduler.tenants.{name}]: {exc}") from None
+        return cls(scheduler=data.get("scheduler", "fair"),
+                   default=TenantSettings(**{k: v for k, v in data.items() if k in own}),
+                   tenants=named)

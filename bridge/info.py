@@ -103,6 +103,16 @@ class SessionInfo:
 
 
 @dataclass(frozen=True)
+class TenantLoad:
+    """One tenant's calls in one pool: ``waiting`` in its queue, ``running`` on workers."""
+
+    pool: str
+    tenant: str
+    waiting: int = 0
+    running: int = 0
+
+
+@dataclass(frozen=True)
 class TokenInfo:
     """A named bearer token of a bridge (``client.list_tokens()``).  ``secret`` is set only in
     what ``add_token`` and ``rotate_token`` return: the bridge keeps its hash, never the secret."""

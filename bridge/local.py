@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Awaitable
 
 from .backend import Backend
 from .caller import AsyncHandle
-from .config import PoolConfig
+from .config import PoolConfig, SchedulerConfig
 from .events import Event
 from .exceptions import ToolNotFound
 from .info import SessionInfo, ToolInfo, WorkerInfo
@@ -123,7 +123,8 @@ class LocalBackend(Backend):
     def watch(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
         if self._hub is None:
             self._hub = WatchHub(self.worker_states, self.manager.workers,
-                                 self.manager.list_sessions, self.closing)
+                                 self.manager.list_sessions, self.closing,
+                                 self.manager.tenant_loads)
         return self._hub.subscribe(interval)
 
     # -- control ------------------------------------------------------------------------------------
@@ -167,8 +168,8 @@ class AsyncPool(AsyncHandle):
 
     def __init__(self, adapters: Any = (), workers: int | None = None, *,
                  pools: dict[str, Any] | None = None, metrics: Any = False,
-                 **settings: Any) -> None:
-        manager = PoolManager(build_configs(adapters, workers, pools, settings))
+                 scheduler: SchedulerConfig | None = None, **settings: Any) -> None:
+        manager = PoolManager(build_configs(adapters, workers, pools, settings), scheduler)
         if metrics:
             from .telemetry.metrics import attach
             attach(manager, metrics)
@@ -201,7 +202,9 @@ class Pool(Handle):
     ``env``, ``cwd``, ...) for the default pool, plus ``pools={name: {...}}``
     for named pools.  ``metrics=True`` publishes the pool's Prometheus metrics on
     prometheus_client's default registry, ``metrics=registry`` on that one (see
-    docs/observability.md).  The constructor returns once every worker is ready.
+    docs/observability.md).  ``scheduler=SchedulerConfig(...)`` sets how tenants
+    (``options(tenant=...)``) share the workers: weights, quotas, ``fair`` or ``fifo``.
+    The constructor returns once every worker is ready.
     """
 
     _async: AsyncPool

@@ -15,6 +15,11 @@ class CallOptions:
     pool        the named pool to use (default: the one serving the tool)
     worker      pin the call to this worker id
     idempotent  safe to retry on a fresh worker after a crash (default: the tool's flag)
+    tenant      whose call it is, for fair queuing and quotas (default: the one tenant of an
+                embedded pool; over a bridge the caller's token, and only an admin token may
+                name another)
+    priority    higher runs first among the same tenant's waiting calls (default 0); between
+                tenants fairness still holds
     """
 
     deadline: float | None = None
@@ -22,6 +27,14 @@ class CallOptions:
     pool: str | None = None
     worker: int | None = None
     idempotent: bool | None = None
+    tenant: str | None = None
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tenant is not None and (not isinstance(self.tenant, str) or not self.tenant):
+            raise TypeError(f"tenant must be a non-empty str, got {self.tenant!r}")
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise TypeError(f"priority must be an int (higher runs first), got {self.priority!r}")
 
     def merged(self, **changes: Any) -> "CallOptions":
         """These options with ``changes`` applied; an unknown name raises TypeError."""
@@ -33,3 +46,5 @@ class CallOptions:
 
 
 _NAMES = {f.name for f in fields(CallOptions)}
+#: the options of a call that sets none (one shared object: ``is`` tells it apart cheaply)
+DEFAULTS = CallOptions()

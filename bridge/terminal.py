@@ -134,6 +134,28 @@ class EventPrinter:
 SPARK = "▁▂▃▄▅▆▇█"
 
 
+def queue_summary(tenants: Sequence[Any], most: int = 3) -> str:
+    """Calls waiting, in all and for the tenants with the most (``TenantLoad``\\ s):
+    ``5 waiting (ci 3, owner/ab12cd34 2)``; ``0 waiting`` when none."""
+    per: dict[str, int] = {}
+    for t in tenants:
+        if t.waiting:
+            per[t.tenant] = per.get(t.tenant, 0) + t.waiting
+    total = sum(per.values())
+    if not per:
+        return "0 waiting"
+    top = sorted(per.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{name} {n}" for name, n in top[:most])
+    more = f", {len(top) - most} more" if len(top) > most else ""
+    return f"{total} waiting ({shown}{more})"
+
+
+def tenants_table(tenants: Sequence[Any]) -> str:
+    """Each tenant's calls waiting and running, per pool (``TenantLoad``\\ s)."""
+    return table([(t.tenant, t.pool, t.waiting, t.running) for t in tenants],
+                 ("TENANT", "POOL", "WAITING", "RUNNING"))
+
+
 def sparkline(values: Sequence[float | None], width: int = 40, top: float | None = None) -> str:
     """The last ``width`` values as block characters (a blank for a missing one)."""
     values = list(values)[-width:]

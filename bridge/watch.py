@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
-from .info import SessionInfo, WorkerInfo
+from .info import SessionInfo, TenantLoad, WorkerInfo
 
 POLL = 0.1          # seconds between samples for change detection
 DEFAULT_INTERVAL = 2.0
@@ -22,11 +22,13 @@ DEFAULT_INTERVAL = 2.0
 
 @dataclass
 class Snapshot:
-    """Every worker's health and every open session, at ``time``."""
+    """Every worker's health, every open session and each tenant's calls waiting and
+    running (per pool, tenants with none left out), at ``time``."""
 
     kind = "snapshot"
     workers: list[WorkerInfo]
     sessions: list[SessionInfo]
+    tenants: list[TenantLoad] = field(default_factory=list)
     time: float = field(default_factory=time.time)
 
 
@@ -65,8 +67,10 @@ class WatchHub:
 
     def __init__(self, states: Callable[[], dict[int, str]],
                  workers: Callable[[], list[WorkerInfo]],
-                 sessions: Callable[[], list[SessionInfo]], closing: asyncio.Event) -> None:
+                 sessions: Callable[[], list[SessionInfo]], closing: asyncio.Event,
+                 tenants: Callable[[], list[TenantLoad]] = list) -> None:
         self._states = states
+        self._tenants = tenants
         self._workers = workers
         self._sessions = sessions
         self._closing = closing
@@ -81,14 +85,14 @@ class WatchHub:
         if self._sampler is None or self._sampler.done():
             self._sampler = asyncio.ensure_future(self._sample())
         try:
-            yield Snapshot(self._workers(), self._sessions())
+            yield Snapshot(self._workers(), self._sessions(), self._tenants())
             due = time.monotonic() + interval
             while not self._closing.is_set():
                 try:
                     event = await asyncio.wait_for(queue.get(), max(0.0, due - time.monotonic()))
                 except asyncio.TimeoutError:
                     due = time.monotonic() + interval
-                    yield Snapshot(self._workers(), self._sessions())
+                    yield Snapshot(self._workers(), self._sessions(), self._tenants())
                     continue
                 if event is None:
                     return

@@ -60,6 +60,7 @@ class LiveState:
         self.min_gap = 1.0 / max_rate
         self.workers: dict[int, Any] = {}
         self.sessions: dict[str, Any] = {}
+        self.tenants: list[Any] = []   # calls waiting and running per tenant (TenantLoad)
         self.connected = False
         self.error = ""
         self.address = ""
@@ -123,6 +124,7 @@ class LiveState:
         if kind == "snapshot":
             self.workers = {w.id: w for w in item.workers}
             self.sessions = {s.id: s for s in item.sessions}
+            self.tenants = list(getattr(item, "tenants", ()))
         elif kind == "worker_changed":
             if item.removed:
                 self.workers.pop(item.worker.id, None)

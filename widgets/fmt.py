@@ -6,7 +6,7 @@ import html
 import time
 from typing import Any, Iterable, Sequence
 
-from kernelpit.terminal import human_bytes, human_seconds, table  # noqa: F401 - the panels' too
+from kernelpit.terminal import human_bytes, human_seconds, queue_summary, table  # noqa: F401 - the panels' too
 
 STATE_COLOURS = {
     "idle": "#2e7d32", "ready": "#2e7d32", "busy": "#1565c0", "starting": "#8d6e00",

@@ -260,6 +260,7 @@ class HealthPanel(_Panel):
         for extra in ("stopping", "dead", "spare"):
             if counts.get(extra):
                 parts.append(f"{counts[extra]} {extra}")
+        parts.append(fmt.queue_summary(live.tenants))
         parts.append(f"{live.calls_per_second():.1f} calls/s")
         return ", ".join(parts)
 

@@ -13,8 +13,8 @@ from typing import Any, Iterator
 
 from .. import events as ev
 from ..exceptions import InvalidArguments
-from ..info import SessionInfo, TokenInfo, ToolInfo, WorkerInfo
-from ..options import CallOptions
+from ..info import SessionInfo, TenantLoad, TokenInfo, ToolInfo, WorkerInfo
+from ..options import DEFAULTS, CallOptions
 from ..v1 import bridge_pb2 as pb
 from .. import watch
 from ..telemetry import tracing
@@ -29,13 +29,13 @@ _NO_OPTIONS = pb.CallOptions()
 
 def options_to_proto(o: CallOptions) -> pb.CallOptions:
     if o.deadline is None and o.session is None and o.pool is None and o.worker is None \
-            and o.idempotent is None:
+            and o.idempotent is None and o.tenant is None and not o.priority:
         return _NO_OPTIONS
     return pb.CallOptions(deadline=o.deadline, session=o.session, pool=o.pool, worker=o.worker,
-                          idempotent=o.idempotent)
+                          idempotent=o.idempotent, tenant=o.tenant, priority=o.priority)
 
 
-_DEFAULT_OPTIONS = CallOptions()
+_DEFAULT_OPTIONS = DEFAULTS
 
 
 def options_from_proto(o: pb.CallOptions) -> CallOptions:
@@ -46,7 +46,8 @@ def options_from_proto(o: pb.CallOptions) -> CallOptions:
         session=o.session if o.HasField("session") else None,
         pool=o.pool if o.HasField("pool") else None,
         worker=o.worker if o.HasField("worker") else None,
-        idempotent=o.idempotent if o.HasField("idempotent") else None)
+        idempotent=o.idempotent if o.HasField("idempotent") else None,
+        tenant=o.tenant if o.HasField("tenant") else None, priority=o.priority)
 
 
 def call_request(tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions,
@@ -288,6 +289,8 @@ def watch_to_proto(e: "watch.WatchEvent") -> pb.WatchEvent:
     if isinstance(e, watch.Snapshot):
         out.snapshot.workers.extend(worker_to_proto(w) for w in e.workers)
         out.snapshot.sessions.extend(session_to_proto(s) for s in e.sessions)
+        out.snapshot.tenants.extend(pb.TenantLoad(pool=t.pool, tenant=t.tenant, waiting=t.waiting,
+                                                  running=t.running) for t in e.tenants)
         out.snapshot.SetInParent()
     elif isinstance(e, watch.WorkerChanged):
         out.worker_changed.worker.CopyFrom(worker_to_proto(e.worker))
@@ -303,7 +306,9 @@ def watch_from_proto(m: pb.WatchEvent) -> "watch.WatchEvent":
     kind = m.WhichOneof("kind")
     if kind == "snapshot":
         return watch.Snapshot([worker_from_proto(w) for w in m.snapshot.workers],
-                              [session_from_proto(s) for s in m.snapshot.sessions], time=m.time)
+                              [session_from_proto(s) for s in m.snapshot.sessions],
+                              [TenantLoad(t.pool, t.tenant, t.waiting, t.running)
+                               for t in m.snapshot.tenants], time=m.time)
     if kind == "worker_changed":
         c = m.worker_changed
         return watch.WorkerChanged(worker_from_proto(c.worker), previous_state=c.previous_state,

@@ -15,7 +15,7 @@ from .call import Call
 from .channel import Channel
 from ..kernels.arrow import Transport
 from .crash import TaintTracker, start_failure_backs_off
-from .dispatch import WaitQueue, pick
+from .dispatch import Tenants, WaitQueue, pick
 from .kernel import worker_spec
 from .worker import Worker
 from ..telemetry.bus import TelemetryBus
@@ -34,7 +34,7 @@ class WorkerGroup:
     def __init__(self, config: PoolConfig, channel: Channel, run_dir: Path, run_id: str,
                  new_id: Callable[[], int], on_worker_exit: Callable[[Worker], None],
                  start_slots: asyncio.Semaphore, shm_dir: str | None = None,
-                 telemetry: TelemetryBus | None = None) -> None:
+                 telemetry: TelemetryBus | None = None, tenants: Tenants | None = None) -> None:
         self.config = config
         self.telemetry = telemetry or TelemetryBus()
         self.transport = Transport(shm_dir, int(config.shm_threshold), "host", config.pickle)
@@ -47,7 +47,7 @@ class WorkerGroup:
         self._on_worker_exit = on_worker_exit
         self._start_slots = start_slots
         self.workers: dict[int, Worker] = {}
-        self.queue = WaitQueue(config.queue_size, config.name)
+        self.queue = WaitQueue(config.queue_size, config.name, tenants)
         self.tools: dict[str, dict[str, Any]] = {}
         self.taints = TaintTracker(config.taint_threshold, config.taint_window,
                                    config.taint_period)
@@ -154,23 +154,56 @@ class WorkerGroup:
         return new
 
     # -- dispatch ----------------------------------------------------------------------------
+    # Every call reaches a worker through submit (new calls, map chunks, retries) or pump
+    # (the queue, in the scheduler's order): nothing bypasses the tenants' shares and quotas.
     def submit(self, call: Call) -> int | None:
-        """Start ``call`` on a free worker, or queue it; returns the queue position or None."""
-        worker = pick(self.workers.values(), call)
-        if worker is not None:
-            worker.begin(call)
-            return None
-        return self.queue.push(call)
+        """Start ``call`` on a free worker, or queue it; returns its position among its
+        tenant's waiting calls, or None when it started."""
+        queue = self.queue
+        if not queue.tenants.limits_running or queue.may_start(call):
+            worker = pick(self.workers.values(), call)
+            if worker is not None:
+                queue.started(call)
+                worker.begin(call)
+                return None
+        return queue.push(call)
 
     def pump(self, worker: Worker) -> None:
         """Give ``worker`` as many waiting calls as it can take."""
-        if self.queue.openers and worker.serving:
-            self.queue.wake()
+        queue = self.queue
+        if queue.openers and worker.serving:
+            queue.wake()
         while worker.serving:
-            call = self.queue.take_for(worker)
+            call = queue.take_for(worker)
             if call is None:
                 return
+            queue.started(call)
             worker.begin(call)
+
+    def ended(self, worker: Worker, call: Call) -> None:
+        """``call`` left ``worker``: its last event came (the caller then pumps ``worker``)."""
+        if worker.inflight.get(call.id) is not call:
+            return
+        worker.end(call)
+        queue = self.queue
+        queue.ended(call)
+        if queue.tenants.limits_running and len(queue):
+            self._pump_others(worker)
+
+    def lost(self, worker: Worker, calls: list[Call]) -> None:
+        """``calls`` left ``worker`` (ended, or the worker was lost): count them out of their
+        tenants' running calls.  A tenant below its running quota again may have waiting
+        calls that other free workers can take: those are pumped."""
+        queue = self.queue
+        for call in calls:
+            queue.ended(call)
+        if queue.tenants.limits_running and len(queue):
+            self._pump_others(worker)
+
+    def _pump_others(self, worker: Worker) -> None:
+        for other in list(self.workers.values()):
+            if other is not worker:
+                self.pump(other)
 
     # -- replacement and recycling -------------------------------------------------------------
     def remove(self, worker: Worker) -> None:

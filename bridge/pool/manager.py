@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from .. import events as ev
-from ..config import PoolConfig
+from ..config import DEFAULT_TENANT, PoolConfig, SchedulerConfig
 from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, PoolClosed, PoolNotFound,
                           SessionLost, ToolNotFound, ToolTainted, WorkerCrashed, WorkerNotFound)
-from ..info import SessionInfo, ToolInfo, WorkerInfo
+from ..info import SessionInfo, TenantLoad, ToolInfo, WorkerInfo
 from ..kernels.schema import check_arguments, check_columns
 from .call import Call, CallOptions
 from .channel import Channel
+from .dispatch import Tenants, tenant_of
 from .group import WorkerGroup
 from . import leftovers, reaper, registry as run_registry
 from .health import HealthMonitor
@@ -53,11 +54,14 @@ def shared_memory_dir(run_id: str) -> str | None:
 class PoolManager:
     """Owns every worker of every named pool, and every call from submit to last event."""
 
-    def __init__(self, configs: list[PoolConfig]) -> None:
+    def __init__(self, configs: list[PoolConfig],
+                 scheduler: SchedulerConfig | None = None) -> None:
         names = [c.name for c in configs]
         if len(set(names)) != len(names):
             raise ValueError(f"pool names must be unique, got {names}")
         self.configs = configs
+        #: how tenants share every pool (weights, quotas; docs/architecture.md "The scheduler")
+        self.tenants = Tenants(scheduler)
         self.run_id = uuid.uuid4().hex[:12]
         self.groups: dict[str, WorkerGroup] = {}
         self.sessions = SessionTable()
@@ -90,7 +94,8 @@ class PoolManager:
         for cfg in self.configs:
             self.groups[cfg.name] = WorkerGroup(cfg, self._channel, self._run_dir, self.run_id,
                                                 lambda: next(self._ids), self._on_worker_exit,
-                                                slots, self.shm_dir, self.telemetry)
+                                                slots, self.shm_dir, self.telemetry,
+                                                self.tenants)
         try:
             await asyncio.gather(*(g.start() for g in self.groups.values()))
         except BaseException:
@@ -142,8 +147,8 @@ class PoolManager:
         worker = call.worker
         if worker is None:
             return
-        worker.end(call)
         group = self.groups[worker.config.name]
+        group.ended(worker, call)
         if worker.state is RECYCLING:
             if not worker.inflight:
                 group.retire_soon(worker)
@@ -237,7 +242,9 @@ class PoolManager:
         loss ``taints``, then resubmitted elsewhere if it may be retried, else failed with
         ``error(call)``."""
         group = self.groups[worker.config.name]
-        for call in worker.take_inflight():
+        calls = worker.take_inflight()
+        group.lost(worker, calls)
+        for call in calls:
             self.calls.pop(call.id, None)
             if call.shared:
                 call.reclaim()
@@ -401,8 +408,10 @@ class PoolManager:
     def _submit(self, group: WorkerGroup, call: Call) -> None:
         if self.telemetry.active:
             call.observer = self._call_ended
+            tenant = tenant_of(call)
             self.telemetry.publish("call.queued", group.name, None, call.tool, call.id,
-                                   waiting=len(group.queue),
+                                   waiting=len(group.queue), tenant=tenant,
+                                   tenant_waiting=group.queue.waiting.get(tenant, 0),
                                    **({"items": len(call.columns[0])} if call.columns else {}))
             try:
                 position = group.submit(call)
@@ -454,7 +463,7 @@ class PoolManager:
         self.telemetry.publish(
             "call.finished", worker.config.name if worker is not None else
             self._pool_of(call.tool, call.options), worker.id if worker is not None else None,
-            call.tool, call.id, outcome=outcome_of(exc),
+            call.tool, call.id, outcome=outcome_of(exc), tenant=tenant_of(call),
             queue_wait=(started if started is not None else now) - call.submitted,
             run_time=None if started is None else now - started,
             **({} if exc is None else {"error": type(exc).__name__}))
@@ -476,6 +485,7 @@ class PoolManager:
         known = pool and tool in self.groups[pool].tools
         self.telemetry.publish("call.finished", pool, None, tool if known else "", None,
                                outcome="rejected", queue_wait=0.0, run_time=None,
+                               tenant=options.tenant or DEFAULT_TENANT,
                                error=type(exc).__name__)
 
     async def call(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions) -> Any:
@@ -582,14 +592,17 @@ class PoolManager:
 
     # -- sessions --------------------------------------------------------------------
     async def open_session(self, pool: str | None, ttl: float | None, metadata: dict[str, str],
-                           session_id: str | None = None,
-                           deadline: float | None = None) -> SessionInfo:
-        """Open a session on the least-loaded serving worker.  When none serves (all starting
-        or being replaced), wait for one the way a call waits: in the pool's wait queue (its
-        bound applies: QueueFull), until ``deadline`` seconds (DeadlineExceeded)."""
+                           session_id: str | None = None, deadline: float | None = None,
+                           tenant: str | None = None) -> SessionInfo:
+        """Open a session for ``tenant`` on the least-loaded serving worker.  When none serves
+        (all starting or being replaced), wait for one the way a call waits: in the pool's wait
+        queue (its bound applies: QueueFull), until ``deadline`` seconds (DeadlineExceeded).
+        Past the tenant's quota_sessions in that pool it fails with QueueFull."""
         if self.closed or not self.started:
             raise PoolClosed("the pool is closed" if self.closed else "the pool is not started")
         group = self._pool(pool) if pool is not None else next(iter(self.groups.values()))
+        tenant = tenant or DEFAULT_TENANT
+        self._check_sessions(group, tenant)
         loop = asyncio.get_running_loop()
         end = None if deadline is None else loop.time() + deadline
         while True:
@@ -606,11 +619,26 @@ class PoolManager:
                     "(see pool.workers())") from None
             finally:
                 group.queue.stop_waiting(wake)
+        self._check_sessions(group, tenant)  # again: others may have opened some meanwhile
         worker = min(ready, key=lambda w: (w.sessions, len(w.inflight), w.calls))
-        session = self.sessions.open(group.name, worker.id, ttl, metadata, session_id)
+        session = self.sessions.open(group.name, worker.id, ttl, metadata, session_id, tenant)
         worker.sessions += 1
         self.telemetry.publish("session.opened", group.name, worker.id, session=session.id)
         return session.info()
+
+    def _check_sessions(self, group: WorkerGroup, tenant: str) -> None:
+        limit = self.tenants(tenant).quota_sessions
+        if limit is not None:
+            held = self.sessions.held(group.name, tenant)
+            if held >= limit:
+                raise self.tenants.refusal("quota_sessions", tenant, limit, group.name,
+                                           f"{held} session(s) open")
+
+    def tenant_loads(self) -> list[TenantLoad]:
+        """Each tenant's calls waiting and running, per pool (tenants with none left out)."""
+        return [TenantLoad(name, tenant, waiting, running)
+                for name, group in self.groups.items()
+                for tenant, (waiting, running) in sorted(group.queue.loads().items())]
 
     async def close_session(self, session_id: str, reason: str = "closed") -> SessionInfo:
         """Close a session (``reason``: "closed", or "expired" by its ttl)."""

@@ -21,6 +21,7 @@ class Session:
     last_used: float = field(default_factory=time.time)
     calls: int = 0
     lost: str | None = None
+    tenant: str = "default"   # who opened it (its quota_sessions counts it)
 
     def info(self) -> SessionInfo:
         return SessionInfo(id=self.id, pool=self.pool, worker=self.worker, created=self.created,
@@ -33,11 +34,12 @@ class SessionTable:
         self._sessions: dict[str, Session] = {}
 
     def open(self, pool: str, worker: int, ttl: float | None, metadata: dict[str, str],
-             session_id: str | None = None) -> Session:
+             session_id: str | None = None, tenant: str = "default") -> Session:
         sid = session_id or uuid.uuid4().hex[:12]
         if sid in self._sessions:
             raise ValueError(f"a session with id '{sid}' already exists")
-        session = Session(sid, pool, worker, ttl, {str(k): str(v) for k, v in metadata.items()})
+        session = Session(sid, pool, worker, ttl, {str(k): str(v) for k, v in metadata.items()},
+                          tenant=tenant)
         self._sessions[sid] = session
         return session
 
@@ -65,6 +67,10 @@ class SessionTable:
 
     def on_worker(self, worker: int) -> list[Session]:
         return [s for s in self._sessions.values() if s.worker == worker and not s.lost]
+
+    def held(self, pool: str, tenant: str) -> int:
+        """How many sessions ``tenant`` holds open in ``pool`` (lost ones too, until closed)."""
+        return sum(1 for s in self._sessions.values() if s.pool == pool and s.tenant == tenant)
 
     def expired(self, now: float) -> list[Session]:
         return [s for s in self._sessions.values()

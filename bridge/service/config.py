@@ -14,6 +14,14 @@
     tls_key = "server.key"
     token_file = "tokens.json"
 
+    [scheduler]              # how tenants (token names) share the workers; flags win
+    scheduler = "fair"       # or "fifo"
+    quota_queued = 1000      # defaults of every tenant: weight, quota_running, quota_queued,
+                             # quota_sessions (unset: no limit)
+    [scheduler.tenants.ci]   # one token name's own settings, over the defaults
+    weight = 0.5
+    quota_running = 1
+
     [pools.default]          # one table per named pool: the fields of PoolConfig
     adapters = ["mytools"]
     workers = 2
@@ -30,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import PoolConfig
+from ..config import PoolConfig, SchedulerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,7 +57,8 @@ class ConfigError(ValueError):
 
 
 def load(path: str | Path) -> tuple[list[PoolConfig], dict[str, Any]]:
-    """(named pools, bridge settings) from a TOML file."""
+    """(named pools, bridge settings) from a TOML file; ``[scheduler]`` is the bridge setting
+    ``scheduler``, a :class:`SchedulerConfig`."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -57,10 +66,10 @@ def load(path: str | Path) -> tuple[list[PoolConfig], dict[str, Any]]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"pools", "bridge"}
+    unknown = set(data) - {"pools", "bridge", "scheduler"}
     if unknown:
         raise ConfigError(f"config file {path}: unknown table(s) {', '.join(sorted(unknown))}; "
-                          "use [bridge] and [pools.NAME]")
+                          "use [bridge], [scheduler] and [pools.NAME]")
     bridge = data.get("bridge", {})
     bad = set(bridge) - BRIDGE_KEYS
     if bad:
@@ -70,6 +79,11 @@ def load(path: str | Path) -> tuple[list[PoolConfig], dict[str, Any]]:
         if not isinstance(bridge[key], str):
             raise ConfigError(f"config file {path}: [bridge] {key} must be a file path (a string)")
         bridge[key] = str(path.parent / Path(bridge[key]).expanduser())
+    if "scheduler" in data:
+        try:
+            bridge["scheduler"] = SchedulerConfig.from_dict(data["scheduler"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
     pools = data.get("pools", {})
     if not isinstance(pools, dict) or not all(isinstance(v, dict) for v in pools.values()):
         raise ConfigError(f"config file {path}: [pools] must hold tables like [pools.default]")

@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .. import __version__
-from ..config import PoolConfig, parse_size
+from ..config import PoolConfig, SchedulerConfig, parse_size
 from ..local import LocalBackend
 from ..pool import PoolManager
 from ..v1 import bridge_pb2 as pb
@@ -65,6 +65,8 @@ class Bridge:
     ``metrics_address``: serve Prometheus ``/metrics`` there (HOST:PORT; see
     docs/observability.md), plaintext on loopback only; ``metrics_ssl_context`` (an
     ``ssl.SSLContext``, made from the bridge's TLS settings) serves it over HTTPS anywhere.
+    ``scheduler``: how tenants (token names; each client of the owner's token) share the
+    workers: fair or fifo, weights, quotas (:class:`~kernelpit.config.SchedulerConfig`).
     """
 
     def __init__(self, configs: list[PoolConfig], *, host: str = "127.0.0.1", port: int = 0,
@@ -76,13 +78,14 @@ class Bridge:
                  tls_client_ca: Path | str | None = None, tls_ca: Path | str | None = None,
                  insecure_bind_anywhere: bool = False,
                  token_file: Path | str | None = None,
-                 metrics_address: str | None = None, metrics_ssl_context: Any = None) -> None:
+                 metrics_address: str | None = None, metrics_ssl_context: Any = None,
+                 scheduler: SchedulerConfig | None = None) -> None:
         self.tls = transport.ServerTLS.load(tls_cert, tls_key, tls_client_ca, tls_ca)
         self.warnings = [w for w in (
             transport.check_bind(host, self.tls is not None, insecure_bind_anywhere),
             None if auth else "authentication is OFF (--no-auth): anyone who can reach the port "
             "can run tools as this user") if w]
-        self.manager = PoolManager(configs)
+        self.manager = PoolManager(configs, scheduler)
         self._closing = asyncio.Event()
         self.backend = LocalBackend(self.manager, self._closing)
         self.host = host
@@ -100,6 +103,10 @@ class Bridge:
                           self.discovery_path.with_name(TOKEN_FILENAME))
             self.tokens = TokenStore(store_path, on_owner_rotated=self._owner_rotated)
             self.tokens.set_owner(self.token)
+            tokens = self.tokens  # token names are metric labels of their own (tenants)
+            self.manager.tenants.named = lambda: [t.name for t in tokens.list()]
+        else:
+            self.manager.tenants.named = lambda: [auth_module.ANONYMOUS]
         self.blob_ttl = blob_ttl
         self.idle = IdleMonitor(idle_timeout, lambda seconds: self.request_stop())
         self.blobs: BlobStore | None = None  # large values waiting to be read or used

@@ -29,6 +29,7 @@ from .idle import IdleMonitor
 from .pump import EventPump
 from .auth import caller_identity
 from .tokens import TokenStore
+from .tenancy import Resolver, Tenancy
 from ..telemetry import tracing
 
 log = logging.getLogger("kernelpit.service")
@@ -74,6 +75,7 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         self._server_info = server_info
         self._shutdown = shutdown
         self._tokens = tokens
+        self._tenancy = Tenancy()  # whose call it is: fair queuing and quotas
 
     # -- calls -----------------------------------------------------------------------
     @staticmethod
@@ -90,6 +92,7 @@ class BridgeServicer(pb_grpc.BridgeServicer):
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallResponse:
         try:
             args, kwargs, options = convert.call_from_request(request, self._requests)
+            options = self._tenancy.options(options, context)
             if tracing.tracer() is None:
                 value = await self._manager.call(request.tool, args, kwargs, options)
             else:
@@ -110,12 +113,14 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         # Headers at once: the client writes its first calls only after them (see
         # kernelpit.remote.multiplex), so a refused stream is never raced by a write.
         await context.send_initial_metadata(())
-        async for batch in serve_calls(requests, self._run, self._closing,
-                                       self._result_codec(context)):
+        resolve = self._tenancy.resolver(context)  # one caller for the whole stream
+        async for batch in serve_calls(requests, lambda request: self._run(request, resolve),
+                                       self._closing, self._result_codec(context)):
             yield batch
 
-    async def _run(self, request: pb.CallRequest) -> Any:
+    async def _run(self, request: pb.CallRequest, resolve: Resolver) -> Any:
         args, kwargs, options = convert.call_from_request(request, self._requests)
+        options = resolve(options)
         if tracing.tracer() is None:
             return await self._manager.call(request.tool, args, kwargs, options)
         with tracing.server_span(request.tool, request.options.trace_context):
@@ -124,6 +129,7 @@ class BridgeServicer(pb_grpc.BridgeServicer):
     @handles_errors
     async def Map(self, request: pb.MapRequest, context: Any) -> pb.MapResponse:
         columns, options, chunksize = convert.map_from_request(request, self._requests)
+        options = self._tenancy.options(options, context)
         with tracing.server_span(request.tool, request.options.trace_context,
                                  context.invocation_metadata()):
             results = await self._manager.map(request.tool, columns, options, chunksize)
@@ -133,6 +139,7 @@ class BridgeServicer(pb_grpc.BridgeServicer):
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EventBatch]:
         try:
             args, kwargs, options = convert.call_from_request(request, self._requests)
+            options = self._tenancy.options(options, context)
         except Exception as exc:
             await abort(context, exc)
         # Blobs of this stream's partials and result; freed if the stream is cut short.
@@ -213,9 +220,10 @@ class BridgeServicer(pb_grpc.BridgeServicer):
     # -- sessions --------------------------------------------------------------------
     @handles_errors
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Any) -> pb.Session:
-        info = await self._backend.open_session(
+        info = await self._manager.open_session(
             request.pool or None, request.ttl if request.HasField("ttl") else None,
-            dict(request.metadata), request.id or None)
+            dict(request.metadata), request.id or None,
+            tenant=self._tenancy.resolver(context).tenant)
         return convert.session_to_proto(info)
 
     @handles_errors

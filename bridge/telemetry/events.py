@@ -37,12 +37,14 @@ KINDS: dict[str, tuple[str, str]] = {
                      "quarantined", "crashes (int), period (float s), until (epoch s)"),
     "tool.untainted": ("a tool's quarantine was lifted", "by: hand | expiry"),
     "call.queued": ("the pool accepted a call (its arguments checked)",
-                    "position (int, -1 when it starts at once); items (int, map chunks)"),
+                    "waiting (int): entries in the pool's wait queue before it; tenant (str); "
+                    "tenant_waiting (int): that tenant's calls waiting before it; "
+                    "items (int, map chunks)"),
     "call.started": ("a call was sent to a worker", "queue_wait (float s); attempt (int)"),
     "call.finished": ("a call ended, in one of six outcomes",
                       "outcome: ok | error | crashed | cancelled | deadline | rejected; "
                       "queue_wait (float s), run_time (float s, null when it never ran), "
-                      "error (exception type name, absent when ok)"),
+                      "error (exception type name, absent when ok); tenant (str)"),
     "session.opened": ("a session was opened on a worker", "session (id)"),
     "session.closed": ("a session was closed or expired",
                        "session (id); reason: closed | expired; lost (str, when its worker died)"),

@@ -3,7 +3,7 @@
 Counters and histograms move with the events a pool publishes (``call.finished``,
 ``worker.crashed``, ``worker.recycled``, ``orphans.reaped``): :class:`PoolMetrics` is a sink
 on each attached pool's :class:`~kernelpit.telemetry.bus.TelemetryBus`.  Gauges (workers
-by state, RSS per worker, queue depth, sessions) are read from the pools' state when
+by state, RSS per worker, queue depth, per tenant too, sessions) are read from the pools' state when
 scraped, by one custom collector, so a worker that is gone has no series any more.
 
 One :class:`PoolMetrics` per registry holds the collectors; every pool attached to that
@@ -197,14 +197,25 @@ def _state(managers: "list[PoolManager]") -> Iterator[Any]:
     rss = GaugeMetricFamily("kernelpit_worker_rss_bytes", "Resident memory of a worker kernel "
                             "and its children, last sample.", labels=["pool", "worker"])
     sessions = GaugeMetricFamily("kernelpit_sessions", "Open sessions.", labels=["pool"])
+    by_tenant = GaugeMetricFamily(
+        "kernelpit_queue_depth_by_tenant", "Calls waiting for a worker, by tenant: a configured "
+        "or token name (every client of a shared token under its name), else other.",
+        labels=["pool", "tenant"])
     for manager in managers:
         if manager.closed:
             continue
+        label = manager.tenants.labeller()
         per_pool_sessions: dict[str, int] = {}
         for session in list(manager.sessions):
             per_pool_sessions[session.pool] = per_pool_sessions.get(session.pool, 0) + 1
         for name, group in list(manager.groups.items()):
             depth.add_metric([name], len(group.queue))
+            per_label: dict[str, int] = {}
+            for tenant, n in dict(group.queue.waiting).items():
+                key = label(tenant)
+                per_label[key] = per_label.get(key, 0) + n
+            for key, n in sorted(per_label.items()):
+                by_tenant.add_metric([name, key], n)
             counts = dict.fromkeys(WORKER_STATES, 0)
             for w in list(group.workers.values()):
                 state = str(w.state)
@@ -217,7 +228,7 @@ def _state(managers: "list[PoolManager]") -> Iterator[Any]:
             for state, n in counts.items():
                 workers.add_metric([name, state], n)
             sessions.add_metric([name], per_pool_sessions.get(name, 0))
-    yield from (depth, workers, rss, sessions)
+    yield from (depth, by_tenant, workers, rss, sessions)
 
 
 def for_registry(registry: Any) -> PoolMetrics:

@@ -20,7 +20,7 @@ SESSION_CHANGE_CLOSED: SessionChange
 SESSION_CHANGE_LOST: SessionChange
 
 class CallOptions(_message.Message):
-    __slots__ = ("deadline", "session", "pool", "worker", "idempotent", "trace_context")
+    __slots__ = ("deadline", "session", "pool", "worker", "idempotent", "trace_context", "tenant", "priority")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -34,13 +34,17 @@ class CallOptions(_message.Message):
     WORKER_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     deadline: float
     session: str
     pool: str
     worker: int
     idempotent: bool
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, deadline: _Optional[float] = ..., session: _Optional[str] = ..., pool: _Optional[str] = ..., worker: _Optional[int] = ..., idempotent: _Optional[bool] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    tenant: str
+    priority: int
+    def __init__(self, deadline: _Optional[float] = ..., session: _Optional[str] = ..., pool: _Optional[str] = ..., worker: _Optional[int] = ..., idempotent: _Optional[bool] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class CallRequest(_message.Message):
     __slots__ = ("tool", "args", "kwargs", "options")
@@ -404,12 +408,26 @@ class WatchEvent(_message.Message):
     def __init__(self, time: _Optional[float] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., worker_changed: _Optional[_Union[WorkerChanged, _Mapping]] = ..., session_changed: _Optional[_Union[SessionChanged, _Mapping]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("workers", "sessions")
+    __slots__ = ("workers", "sessions", "tenants")
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[Worker]
     sessions: _containers.RepeatedCompositeFieldContainer[Session]
-    def __init__(self, workers: _Optional[_Iterable[_Union[Worker, _Mapping]]] = ..., sessions: _Optional[_Iterable[_Union[Session, _Mapping]]] = ...) -> None: ...
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantLoad]
+    def __init__(self, workers: _Optional[_Iterable[_Union[Worker, _Mapping]]] = ..., sessions: _Optional[_Iterable[_Union[Session, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[TenantLoad, _Mapping]]] = ...) -> None: ...
+
+class TenantLoad(_message.Message):
+    __slots__ = ("pool", "tenant", "waiting", "running")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    tenant: str
+    waiting: int
+    running: int
+    def __init__(self, pool: _Optional[str] = ..., tenant: _Optional[str] = ..., waiting: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
 
 class WorkerChanged(_message.Message):
     __slots__ = ("worker", "previous_state", "removed")

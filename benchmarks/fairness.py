@@ -1,0 +1,153 @@
+"""S10, light tenant behind a heavy one: ``python -m benchmarks --only s10``.
+
+Two bridges (``kernelpit serve --scheduler fair`` and ``--scheduler fifo``), each with the
+suite's workers.  Client A keeps 64 threads calling ``nap(0.05)`` (50 ms each), so about 62
+calls always wait; client B, meanwhile, makes one no-op call at a time.  B's latency is
+reported as a multiple of A's call duration (target <= 3x under fair).  The same run
+measures S2's and S3's main cases (32 threads of no-op calls; a map of small items) on each
+bridge and on an embedded pool of each scheduler, as the ratio fair / fifo (target >= 0.95).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import kp
+from .stats import row, target
+
+DURATION = 0.05   # seconds per call of the heavy tenant
+HEAVY = 64        # its threads
+
+
+def _light_latency(bridge: Any, samples: int) -> list[float]:
+    """B's no-op latencies, in multiples of DURATION, while A floods the bridge."""
+    heavy, light = bridge.connect(), bridge.connect()
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            heavy.call("nap", DURATION)
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(HEAVY)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # the backlog builds up (64 callers on 2 workers)
+        out = []
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            light.call("noop")
+            out.append((time.perf_counter() - t0) / DURATION)
+            time.sleep(DURATION * 3)  # a fresh arrival each time, not right behind its last
+        return out
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        heavy.close()
+        light.close()
+
+
+def _calls_per_second(handle: Any, total: int, callers: int = 32) -> float:
+    per = total // callers
+    with ThreadPoolExecutor(callers) as ex:
+        def caller(k: int) -> None:
+            for _ in range(k):
+                handle.call("noop")
+        list(ex.map(caller, [5] * callers))
+        t0 = time.perf_counter()
+        list(ex.map(caller, [per] * callers))
+        return per * callers / (time.perf_counter() - t0)
+
+
+def _items_per_second(handle: Any, n: int, workers: int) -> float:
+    items = list(range(n))
+    opts = kp.map_options(handle.map, n, workers)
+    handle.map("inc", items[:200], **opts)
+    t0 = time.perf_counter()
+    handle.map("inc", items, **opts)
+    return n / (time.perf_counter() - t0)
+
+
+def s10_fairness(ctx: Any) -> dict[str, Any]:
+    """Light tenant behind a heavy one: B's latency / call duration, fair and fifo."""
+    import kernelpit
+    from kernelpit.config import SchedulerConfig
+
+    samples = ctx.repeats(10, 30)
+    reps = ctx.repeats(3, 5)
+    total, n = ctx.size(1024, 4096), ctx.size(10_000, 20_000)
+    rows: list[dict[str, Any]] = []
+    rates: dict[tuple[str, str, str], list[float]] = {}
+    why = kp.remote_unavailable()
+    bridges = {}
+    try:
+        if why is None:
+            for scheduler in ("fair", "fifo"):
+                bridges[scheduler] = kp.RemoteBridge(ctx.workers, ("--scheduler", scheduler))
+                bridges[scheduler].start()
+            for scheduler, bridge in bridges.items():
+                ctx.log(f"  {scheduler}: light tenant behind a heavy one ...")
+                rows.append(row("kernelpit-remote", case=f"B latency / call, {scheduler}",
+                                unit="x call", better="lower",
+                                samples=_light_latency(bridge, samples),
+                                api=f"kernelpit serve --scheduler {scheduler}; A: {HEAVY} "
+                                f"threads of nap({DURATION}); B: one noop at a time"))
+            clients = {s: b.connect() for s, b in bridges.items()}
+        pools = {s: kernelpit.Pool(**kp.pool_settings(ctx.workers),
+                                   scheduler=SchedulerConfig(scheduler=s))
+                 for s in ("fair", "fifo")}
+        try:
+            for _ in range(reps):  # interleaved: drift of the shared machine hits both alike
+                for s in ("fair", "fifo"):
+                    handles = {"embedded": pools[s]}
+                    if why is None:
+                        handles["remote"] = clients[s]
+                    for where, h in handles.items():
+                        rates.setdefault(("s2", where, s), []).append(_calls_per_second(h, total))
+                        rates.setdefault(("s3", where, s), []).append(
+                            _items_per_second(h, n, ctx.workers))
+        finally:
+            for p in pools.values():
+                p.close()
+            if why is None:
+                for c in clients.values():
+                    c.close()
+    finally:
+        for b in bridges.values():
+            b.stop()
+    for (scenario, where, s), xs in rates.items():
+        unit = "calls/s" if scenario == "s2" else "items/s"
+        rows.append(row(f"kernelpit-{where}", case=f"{scenario.upper()} {unit}, {s}", unit=unit,
+                        better="higher", samples=xs, kind="per-repeat"))
+
+    def median(case: str, system: str = "kernelpit-remote") -> float | None:
+        r = next((r for r in rows if r["case"] == case and r["system"] == system
+                  and r.get("status") == "ok"), None)
+        return None if r is None else r["median"]
+
+    def ratio(scenario: str, unit: str, where: str) -> float | None:
+        fair, fifo = (median(f"{scenario} {unit}, {s}", f"kernelpit-{where}")
+                      for s in ("fair", "fifo"))
+        return None if not fair or not fifo else fair / fifo
+
+    fair_b, fifo_b = median("B latency / call, fair"), median("B latency / call, fifo")
+    targets = [target("S10-fair", "B's latency under fair <= 3x the heavy tenant's call",
+                      fair_b, 3.0, "<=", why or ""),
+               target("S10-fifo", "(for reference) B's latency under fifo, x call",
+                      fifo_b, 0.0, ">=", why or "")]
+    for scenario, unit in (("S2", "calls/s"), ("S3", "items/s")):
+        for where in ("embedded", "remote"):
+            targets.append(target(f"{scenario}-fair-{where}",
+                                  f"{scenario} {where} throughput fair / fifo >= 0.95",
+                                  ratio(scenario, unit, where), 0.95, ">=",
+                                  why or "" if where == "remote" else ""))
+    return {"title": "S10 light tenant behind a heavy one", "rows": rows, "targets": targets,
+            "notes": [f"A: {HEAVY} threads of {DURATION * 1000:g} ms calls on {ctx.workers} "
+                      "workers; B's latency in multiples of that call. Throughput rows: S2's 32 "
+                      "threads of no-op calls and S3's map, on each scheduler, interleaved."],
+            "params": {"samples": samples, "repeats": reps, "calls": total, "items": n,
+                       "workers": ctx.workers}}
