@@ -48,7 +48,8 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str], width: int = 200
     for row in rows:
         grid.add_row(*("" if cell is None else str(cell) for cell in row))
     out = io.StringIO()
-    Console(file=out, width=width, color_system=None, highlight=False).print(grid)
+    Console(file=out, width=width, color_system=None, highlight=False,
+            force_jupyter=False).print(grid)  # in a notebook too: text, never a display
     return "\n".join(line.rstrip() for line in out.getvalue().splitlines() if line.strip())
 
 
@@ -82,7 +83,7 @@ class ProgressBar:
 
         self._live = Progress(BarColumn(), TaskProgressColumn(),
                               TextColumn("{task.fields[message]}"),
-                              console=Console(file=self.out), transient=True,
+                              console=Console(file=self.out, force_jupyter=False), transient=True,
                               refresh_per_second=10)
         self._task = self._live.add_task("", total=None, message="")
         self._live.start()

@@ -351,3 +351,11 @@ def test_map_columns_are_checked_and_the_first_bad_item_is_named():
     assert check_columns("add", params, [[1, 2, 3], [4, 5, 6]]) is None
     index, message = check_columns("add", params, [[1, 2, "x"], [4, 5, 6]])
     assert index == 2 and "parameter 'a'" in message
+
+
+def test_a_malformed_registry_row_is_passed_over_not_fatal(tmp_path):
+    from kernelpit.pool.registry import RunRegistry
+    reg = RunRegistry(tmp_path / "registry.sqlite")
+    reg.open_run("good")
+    reg._db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, NULL)", ("bad", 2, "active", 1.0))
+    assert [r.run_id for r in reg.runs()] == ["good"]  # the reaper still sees the good run

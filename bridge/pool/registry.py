@@ -24,6 +24,7 @@ pool.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -249,17 +250,38 @@ class RunRegistry:
 
     # -- reads -------------------------------------------------------------------------
     def runs(self) -> list[RunRow]:
-        return [RunRow(*r) for r in self._query(
-            "SELECT run_id, controller_pid, controller_start, started, closed FROM runs")]
+        return _typed(RunRow, self._query(
+            "SELECT run_id, controller_pid, controller_start, started, closed FROM runs"))
 
     def kernels(self, run_id: str | None = None) -> list[KernelRow]:
         sql = ("SELECT k.run_id, k.worker_id, k.state, k.controller_pid, k.controller_start, k.pid, "
                "k.pgid, k.create_time, k.reserved, k.activated, k.ended, r.closed FROM kernels k "
                "LEFT JOIN runs r ON r.run_id = k.run_id")
         if run_id is not None:
-            return [KernelRow(*r) for r in self._query(sql + " WHERE k.run_id = ? ORDER BY "
-                                                       "k.worker_id", (run_id,))]
-        return [KernelRow(*r) for r in self._query(sql + " ORDER BY k.run_id, k.worker_id")]
+            return _typed(KernelRow, self._query(sql + " WHERE k.run_id = ? ORDER BY "
+                                                 "k.worker_id", (run_id,)))
+        return _typed(KernelRow, self._query(sql + " ORDER BY k.run_id, k.worker_id"))
+
+
+def _typed(row_type: Any, rows: Any) -> list[Any]:
+    """The rows whose values have their columns' types; a malformed row (written by hand, or
+    by another program) is passed over, so it cannot stop the reaper from seeing the rest."""
+    fields = dataclasses.fields(row_type)
+    out = []
+    for row in rows:
+        if all(_fits(value, f.type) for value, f in zip(row, fields)):
+            out.append(row_type(*row))
+        else:
+            log.warning("kernelpit: passing over a malformed row of the run registry: %r", row)
+    return out
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    if value is None:
+        return "None" in annotation
+    if annotation.startswith("str"):
+        return isinstance(value, str)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # -- the pool's hooks: one registry per run, failures logged and ignored ---------------------
