@@ -228,9 +228,9 @@ def test_quickstart_renders_live_panels_in_jupyterlab(lab, browser):
     assert len(rows) == 2
     states = [r.query_selector(".kp-state").inner_text().strip() for r in rows]
     assert states == ["idle", "idle"]
-    for r in rows:  # each row has its three control buttons
-        assert {b.inner_text().strip() for b in r.query_selector_all("button")} == \
-            {"interrupt", "restart", "recycle"}
+    for r in rows:  # each row has its three control buttons (icons, named by their tooltips)
+        assert {b.get_attribute("title").split(":")[0].lower()
+                for b in r.query_selector_all("button")} == {"interrupt", "restart", "recycle"}
     summary = page.inner_text(".kp-health .kp-summary")
     assert "2 workers, 2 ready, 0 busy" in summary
     # it is live: the uptime column moves on after the cell has finished

@@ -113,7 +113,8 @@ def test_health_panel_shows_a_row_per_worker_and_its_buttons_act(client):
 
         # Its recycle button replaces the worker; the panel follows.
         target = min(idle_workers(client))
-        buttons = {b.description: b for b in panel._rows[target].children[len(row.cells):]}
+        buttons = {b.tooltip.split(":")[0].lower(): b
+                   for b in panel._rows[target].children[len(row.cells):]}
         buttons["recycle"].click()
         assert panel.wait_for(lambda p: target not in p._rows and len(p._rows) == 2
                               and all(w.state == "idle" for w in p.live.workers.values()), 90)
@@ -131,8 +132,8 @@ def test_panels_redraw_at_most_ten_times_a_second(client):
         for _ in range(3):
             client.options(display=False).call("train", epochs=2, seconds_per_epoch=0.05)
         elapsed = time.monotonic() - t0
-        rate = (panel.live.renders - start) / elapsed
-        assert rate <= 10.5, rate
+        # one redraw per 0.1 s at most: the first may come at once (the window starts with one)
+        assert panel.live.renders - start <= 10 * elapsed + 1, (panel.live.renders - start, elapsed)
     finally:
         panel.close()
 

@@ -26,10 +26,11 @@ from . import fmt
 from .connection import Connector
 from .feed import LiveState
 
-CELL = {"id": "50px", "pool": "64px", "state": "76px", "pid": "56px", "uptime": "56px",
-        "calls": "44px", "current": "110px", "rss": "72px", "cpu": "40px", "heartbeat": "70px",
-        "recycle": "222px"}
-BUTTONS = ("88px",) * 3
+# sized so the whole row fits a notebook's output area (about 1,000 px) without wrapping
+CELL = {"id": "56px", "pool": "60px", "state": "70px", "pid": "52px", "uptime": "52px",
+        "calls": "44px", "current": "100px", "rss": "72px", "cpu": "40px", "heartbeat": "80px",
+        "recycle": "270px"}
+BUTTONS = ("34px",) * 3
 #: one column template for the header and every row: each is a grid of these columns, so a
 #: header sits over its values whatever they hold
 GRID = " ".join([*CELL.values(), *BUTTONS])
@@ -185,8 +186,8 @@ class _WorkerRow(W.GridBox):
         for name, icon, tip in (("interrupt", "stop", "Interrupt: cancel its calls, SIGINT"),
                                 ("restart", "refresh", "Restart: kill it, start a fresh one"),
                                 ("recycle", "recycle", "Recycle: successor first, then drain")):
-            b = W.Button(description=name, icon=icon, tooltip=tip,
-                         layout=W.Layout(width="84px", height="26px"))
+            b = W.Button(icon=icon, tooltip=tip, layout=W.Layout(width="30px", height="26px",
+                                                                 padding="0"))
             b.add_class(f"kp-{name}")
             b.on_click(lambda _b, n=name: panel._act(
                 f"{n} worker {worker_id}", lambda c, wid, n=n: getattr(c, n)(wid), worker_id))
