@@ -276,6 +276,8 @@ class Zygote:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         sys.argv = [AGENT_MODULE, *req["argv"][3:]]
+        retitle(req["argv"])
+
 
     def _reap(self, child: _Child, poller: select.poll) -> None:
         poller.unregister(child.pidfd)
@@ -299,6 +301,27 @@ class Zygote:
                 for fd, _ in poller.poll(100):
                     if fd in self.children:
                         self._reap(self.children.pop(fd), poller)
+
+
+def retitle(argv: list[str]) -> None:
+    """Show the worker's own command line (``ps``, psutil, the reaper's reports) instead of
+    the zygote's: rewrite this process's argument area in place (Linux), keeping the
+    arguments that fit."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        start, end = (int(v) for v in stat[stat.rindex(b")") + 2:].split()[45:47])
+        title = b""
+        for arg in argv:
+            item = arg.encode() + b"\0"
+            if len(title) + len(item) > end - start:
+                break
+            title += item
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(title.ljust(end - start, b"\0"))
+    except (OSError, ValueError):
+        pass  # cosmetic: the worker runs the same either way
 
 
 class _suppress:
