@@ -307,6 +307,9 @@ class Zygote:
         os.chdir(req["cwd"])
         os.environ.clear()
         os.environ.update(req["env"])
+        # ipykernel's parent poller would end the kernel when the zygote (its parent) ends,
+        # e.g. after a reload; the lifeline watches the controller instead
+        os.environ.pop("JPY_PARENT_PID", None)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         sys.argv = [AGENT_MODULE, *req["argv"][3:]]
