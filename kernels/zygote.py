@@ -54,7 +54,7 @@ PRELOAD = ("IPython", "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zm
            "sqlite3", "psutil", "kernelpit.kernels.agent", "kernelpit.kernels.capture",
            "kernelpit.kernels.lifeline", "kernelpit.kernels.registry",
            "kernelpit.kernels.arrow", "kernelpit.kernels.wire", "kernelpit.kernels.protocol")
-_HEADER = struct.Struct("!I")
+HEADER = struct.Struct("!I")  # each message: its length, then JSON
 
 
 # -- the client side (the fork provisioner) -----------------------------------------------------
@@ -71,7 +71,7 @@ def request(path: str, argv: list[str], env: dict[str, str], cwd: str, stdout: i
         sock.settimeout(timeout)
         sock.connect(path)
         body = json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode()
-        socket.send_fds(sock, [_HEADER.pack(len(body)) + body], [stdout, stderr])
+        socket.send_fds(sock, [HEADER.pack(len(body)) + body], [stdout, stderr])
         reply = _read_message(sock)
         if reply is None:
             raise ConnectionError("the zygote closed the connection without an answer")
@@ -97,10 +97,10 @@ def read_exit(sock: socket.socket, timeout: float | None) -> int | None:
 
 
 def _read_message(sock: socket.socket) -> dict | None:
-    head = _read_exact(sock, _HEADER.size)
+    head = _read_exact(sock, HEADER.size)
     if head is None:
         return None
-    body = _read_exact(sock, _HEADER.unpack(head)[0])
+    body = _read_exact(sock, HEADER.unpack(head)[0])
     return None if body is None else json.loads(body)
 
 
@@ -117,7 +117,7 @@ def _read_exact(sock: socket.socket, n: int) -> bytes | None:
 def _send(sock: socket.socket, msg: dict) -> None:
     body = json.dumps(msg).encode()
     try:
-        sock.sendall(_HEADER.pack(len(body)) + body)
+        sock.sendall(HEADER.pack(len(body)) + body)
     except OSError:
         pass  # the provisioner is gone (its manager was dropped): nothing to tell
 
@@ -241,7 +241,7 @@ class Zygote:
         try:
             conn.settimeout(10.0)
             data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 2)
-            size, body = _HEADER.unpack(data[:_HEADER.size])[0], data[_HEADER.size:]
+            size, body = HEADER.unpack(data[:HEADER.size])[0], data[HEADER.size:]
             if len(body) < size:
                 body += _read_exact(conn, size - len(body)) or b""
             req = json.loads(body)

@@ -89,7 +89,10 @@ class ForkedChild:
         while self.poll() is None:
             if deadline is not None and time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
-            select.select([self._pidfd], [], [], 0.1)
+            if self._pidfd >= 0:
+                select.select([self._pidfd], [], [], 0.1)
+            else:
+                time.sleep(0.05)
         return self.returncode
 
     def send_signal(self, signum: int) -> None:
@@ -278,10 +281,10 @@ class ForkProvisioner(LocalProvisioner):  # type: ignore[misc]
 async def _read_report(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> dict | None:
     """The zygote's preload report (one framed message), or None when it exited first."""
     buf = b""
-    size = zygote_protocol._HEADER.size
+    size = zygote_protocol.HEADER.size
     while True:
         if len(buf) >= size:
-            need = size + zygote_protocol._HEADER.unpack(buf[:size])[0]
+            need = size + zygote_protocol.HEADER.unpack(buf[:size])[0]
             if len(buf) >= need:
                 import json
 
