@@ -99,6 +99,12 @@ class Backend(abc.ABC):
         """Replace the worker without downtime: its successor first, then it drains."""
 
     @abc.abstractmethod
+    async def reload(self, pool: str | None = None) -> int:
+        """Load the adapters' code anew in ``pool`` (None: every pool): a new zygote where
+        workers are forked, and every serving worker recycled onto the code on disk now.
+        Returns how many workers are being recycled."""
+
+    @abc.abstractmethod
     async def untaint(self, tool: str, pool: str | None = None) -> bool:
         """Lift ``tool``'s crash quarantine now; True when there was one."""
 

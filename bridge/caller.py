@@ -191,6 +191,12 @@ class AsyncHandle(AsyncCaller):
         """Replace a worker without downtime: its successor starts first, then it drains."""
         await self._backend.recycle(worker_id)
 
+    async def reload(self, pool: str | None = None) -> int:
+        """Load the adapters' code anew after editing it: every serving worker of ``pool``
+        (None: all pools) is recycled onto the code on disk now (a forking pool builds a
+        new zygote first).  Returns how many workers are being recycled."""
+        return await self._backend.reload(pool)
+
     async def untaint(self, tool: str, pool: str | None = None) -> bool:
         """Lift the crash quarantine of ``tool`` now (ToolTainted); True when there was one."""
         return await self._backend.untaint(tool, pool)

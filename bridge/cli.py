@@ -125,6 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings: dict[str, Any] = {}
     configs: list[PoolConfig] = []
+    if args.spawn:  # the default of every pool that does not set its own (as KERNELPIT_SPAWN)
+        os.environ["KERNELPIT_SPAWN"] = args.spawn
     if args.config:
         configs, settings = config_file.load(args.config)
     if args.adapter or not configs:
@@ -466,6 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spares", type=int, help="warm spare kernels kept ready (default 0)")
     p.add_argument("--shm-threshold", help="values this big or bigger go through shared "
                    "memory, e.g. 1MB (default)")
+    p.add_argument("--spawn", choices=("fork", "exec"),
+                   help="how workers start, for every pool that does not set it: fork them "
+                   "from a per-pool zygote (fast, shared memory; Linux) or exec a fresh "
+                   "Python each (default: $KERNELPIT_SPAWN, else exec)")
     p.add_argument("--config", metavar="FILE", help="TOML file with [pools.NAME] tables "
                    "(PoolConfig fields) and an optional [bridge] table")
     p.add_argument("--host", help="interface to listen on (default 127.0.0.1); anything but "

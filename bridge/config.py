@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -19,6 +21,23 @@ def parse_size(value: int | float | str | None) -> int | None:
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"cannot read {value!r} as a size; write bytes or e.g. '512MB', '2GiB'")
     return int(float(m.group(1).replace("_", "")) * _UNITS[m.group(2).lower()])
+
+
+SPAWNS = ("fork", "exec")
+
+
+def fork_supported() -> bool:
+    """Forking workers from a zygote needs fork and pidfds (Linux >= 5.3)."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and hasattr(os, "pidfd_open")
+
+
+def default_spawn() -> str:
+    """``KERNELPIT_SPAWN`` when set (so a test suite can run both ways), else "exec".
+
+    "fork" becomes the default (where :func:`fork_supported`) once it meets its start
+    target (docs/performance.md, S4): it already replaces workers 6x faster and halves
+    their memory, but 8 workers still take 1.2-1.9x one plain kernel's start, not <= 1.0x."""
+    return os.environ.get("KERNELPIT_SPAWN", "").strip().lower() or "exec"
 
 
 @dataclass
@@ -51,6 +70,11 @@ class PoolConfig:
                      by reference instead of inline (bytes or "1MB")
     pickle           let objects of other types travel pickled (unpickling runs code: enable it
                      only for code you trust)
+    spawn         "fork": workers are forked from a per-pool zygote that has imported the
+                  kernel and the adapters once (fast starts, shared memory); "exec": each
+                  worker is a fresh ``python -m kernelpit.kernels``.  Default: $KERNELPIT_SPAWN,
+                  else "exec".  Fork needs Linux; pools with ``python`` or ``kernelspec``
+                  always exec.
     """
 
     name: str = "default"
@@ -79,6 +103,14 @@ class PoolConfig:
     taint_period: float = 60.0
     shm_threshold: int | str = 1 << 20
     pickle: bool = False
+    spawn: str = field(default_factory=default_spawn)
+
+    @property
+    def forks(self) -> bool:
+        """True when this pool's workers are forked from a zygote: asked for, supported,
+        and the workers run this very Python (no ``python``, no kernelspec)."""
+        return (self.spawn == "fork" and fork_supported() and not self.python
+                and not self.kernelspec)
 
     def __post_init__(self) -> None:
         if isinstance(self.adapters, str):
@@ -95,6 +127,9 @@ class PoolConfig:
             raise ValueError(f"queue_size must be >= 0, got {self.queue_size!r}")
         if self.kernelspec and self.python:
             raise ValueError("give either kernelspec or python, not both")
+        if self.spawn not in SPAWNS:
+            raise ValueError(f"spawn must be 'fork' or 'exec', got {self.spawn!r} (check "
+                             f"KERNELPIT_SPAWN in the environment)")
         if self.spares < 0:
             raise ValueError(f"spares must be >= 0, got {self.spares!r}")
         self.max_memory = parse_size(self.max_memory)

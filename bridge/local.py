@@ -137,6 +137,9 @@ class LocalBackend(Backend):
     async def recycle(self, worker_id: int) -> None:
         await self.manager.recycle(worker_id)
 
+    async def reload(self, pool: str | None = None) -> int:
+        return await self.manager.reload(pool)
+
     async def untaint(self, tool: str, pool: str | None = None) -> bool:
         return self.manager.untaint(tool, pool)
 

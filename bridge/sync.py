@@ -260,6 +260,7 @@ class Handle(Caller):
     interrupt = blocking(AsyncHandle.interrupt)
     restart = blocking(AsyncHandle.restart)
     recycle = blocking(AsyncHandle.recycle)
+    reload = blocking(AsyncHandle.reload)
     untaint = blocking(AsyncHandle.untaint)
 
     def shutdown(self, grace: float | None = None) -> None:

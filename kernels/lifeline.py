@@ -45,7 +45,7 @@ def _start_time(pid: int) -> float | None:
     return None
 
 
-def _is_same(pid: int, start: float | None) -> bool:
+def is_same(pid: int, start: float | None) -> bool:
     """True when ``pid`` is (still) the controller that started at ``start``."""
     if start is None:
         return True
@@ -62,7 +62,7 @@ def _wait_pidfd(pid: int, start: float | None) -> bool:
     except (AttributeError, OSError):
         return False
     try:
-        if not _is_same(pid, start):
+        if not is_same(pid, start):
             return True  # the pid was reused: our controller is long gone
         poller = select.poll()
         poller.register(fd, select.POLLIN)
@@ -84,7 +84,7 @@ def _wait_polling(pid: int, start: float | None) -> None:
             return
         except PermissionError:
             pass
-        if not _is_same(pid, start):
+        if not is_same(pid, start):
             return
         time.sleep(POLL)
 
@@ -119,21 +119,29 @@ def _watch(pid: int, start: float | None) -> None:
     _end_group()
 
 
+def controller() -> tuple[int, float | None] | None:
+    """The controller's (pid, create time) named in the environment; None without one or
+    when the lifeline is disabled (the fork-server's zygote watches it too)."""
+    pid = os.environ.get("KERNELPIT_CONTROLLER_PID", "")
+    if os.environ.get("KERNELPIT_LIFELINE", "1") == "0" or not pid.isdigit():
+        return None
+    try:
+        return int(pid), float(os.environ.get("KERNELPIT_CONTROLLER_START", ""))
+    except ValueError:
+        return int(pid), None
+
+
 def start() -> threading.Thread | None:
     """Watch the controller named in the environment; a no-op without one or when disabled."""
-    pid = os.environ.get("KERNELPIT_CONTROLLER_PID", "")
     if os.environ.get("KERNELPIT_LIFELINE", "1") == "0":
         # a kernel with no parent-death detection at all: ipykernel's own parent poller
         # (JPY_PARENT_PID, 1 s polling, ends the kernel but not its children) is off too
         os.environ.pop("JPY_PARENT_PID", None)
         return None
-    if not pid.isdigit():
+    found = controller()
+    if found is None:
         return None
-    try:
-        start_time: float | None = float(os.environ.get("KERNELPIT_CONTROLLER_START", ""))
-    except ValueError:
-        start_time = None
-    thread = threading.Thread(target=_watch, args=(int(pid), start_time),
+    thread = threading.Thread(target=_watch, args=found,
                               name="kernelpit-lifeline", daemon=True)
     thread.start()
     return thread

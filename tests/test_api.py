@@ -186,3 +186,14 @@ def test_subscribe_pushes_each_calls_events_in_order(pool):
     assert [e.data["session"] for e in events if e.kind.startswith("session.")] == [sid, sid]
     with pytest.raises(ValueError, match="unknown telemetry event kind"):
         pool.subscribe(["calls.finished"])
+
+
+def test_reload_recycles_every_serving_worker_onto_the_code_on_disk(pool):
+    before = {w.id for w in pool.workers()}
+    assert pool.reload() == 2
+    wait_until(lambda: len(pool.workers()) == 2 and before.isdisjoint(w.id for w in pool.workers())
+               and all(w.state == "idle" for w in pool.workers()), timeout=60)
+    assert {w.recycle_reason for w in pool.workers()} == {"reload"}
+    assert pool.call("add", 1, 2) == 3
+    with pytest.raises(kernelpit.PoolNotFound, match="'nope'"):
+        pool.reload("nope")

@@ -96,7 +96,7 @@ class Controller:
             else:
                 raise AssertionError("kernelpit serve did not start")
             threading.Thread(target=self.proc.stderr.read, daemon=True).start()
-            self.kernels = [p for p in psutil.Process(self.proc.pid).children()
+            self.kernels = [p for p in psutil.Process(self.proc.pid).children(recursive=True)
                             if "kernelpit.kernels" in p.cmdline()]
             self.run_id = self.kernels[0].environ()["KERNELPIT_RUN_ID"]
             self.others = []

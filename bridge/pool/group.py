@@ -16,7 +16,7 @@ from .channel import Channel
 from ..kernels.arrow import Transport
 from .crash import TaintTracker, start_failure_backs_off
 from .dispatch import Tenants, WaitQueue, pick
-from .kernel import worker_spec
+from .kernel import release, worker_spec
 from .worker import Worker
 from ..telemetry.bus import TelemetryBus
 
@@ -39,7 +39,7 @@ class WorkerGroup:
         self.telemetry = telemetry or TelemetryBus()
         self.transport = Transport(shm_dir, int(config.shm_threshold), "host", config.pickle)
         self.name = config.name
-        self.spec = worker_spec(config)
+        self.spec = worker_spec(config, run_dir)
         self._channel = channel
         self._run_dir = run_dir
         self._run_id = run_id
@@ -241,6 +241,12 @@ class WorkerGroup:
         self.workers.pop(worker.id, None)
         await worker.stop()
 
+    def renew_spares(self) -> None:
+        """Replace the warm spares (started on code that changed since) with new ones."""
+        for spare in [w for w in self.workers.values() if w.spare]:
+            self.retire_soon(spare)
+            self._spawn(self._add_spare())
+
     def retire_soon(self, worker: Worker) -> None:
         self._spawn(self.retire(worker))
 
@@ -251,3 +257,4 @@ class WorkerGroup:
         await asyncio.gather(*(w.stop() for w in list(self.workers.values())),
                              return_exceptions=True)
         self.workers.clear()
+        await release(self.spec)

@@ -9,8 +9,10 @@ launches ipykernel; its ``-m ipykernel_launcher`` is swapped for ours.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+from pathlib import Path
 from typing import IO
 
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
@@ -36,7 +38,7 @@ class _OneSpec(KernelSpecManager):
         return self._spec
 
 
-def worker_spec(config: PoolConfig) -> KernelSpec:
+def worker_spec(config: PoolConfig, run_dir: Path) -> KernelSpec:
     """The kernelspec a pool's workers are launched with."""
     env: dict[str, str] = {}
     if config.kernelspec:
@@ -61,8 +63,41 @@ def worker_spec(config: PoolConfig) -> KernelSpec:
     # Workers keep no IPython history on disk: it costs start time, and many kernels sharing
     # ~/.ipython's history.sqlite contend for its lock.
     argv.append("--HistoryManager.hist_file=:memory:")
+    metadata = fork_metadata(config, run_dir) if config.forks else {}
     return KernelSpec(argv=argv, env=env, display_name=f"Kernelpit worker ({config.name})",
-                      language="python", interrupt_mode="signal")
+                      language="python", interrupt_mode="signal", metadata=metadata)
+
+
+# -- spawn="fork": the same launch, through the fork provisioner (provisioners/fork.py) ----------
+
+def zygote_socket(spec: KernelSpec) -> str | None:
+    """The zygote socket of a pool whose workers are forked; None when they are exec'd."""
+    stanza = (spec.metadata or {}).get("kernel_provisioner", {})
+    if stanza.get("provisioner_name") == "kernelpit-fork-provisioner":
+        return stanza["config"]["zygote"]
+    return None
+
+
+def fork_metadata(config: PoolConfig, run_dir: Path) -> dict[str, object]:
+    name = hashlib.sha1(config.name.encode()).hexdigest()[:10]
+    return {"kernel_provisioner": {"provisioner_name": "kernelpit-fork-provisioner",
+                                   "config": {"zygote": str(run_dir / f"zygote-{name}.sock")}}}
+
+
+async def reload_code(spec: KernelSpec) -> None:
+    """The next worker launched runs the adapters' code as it is on disk now."""
+    path = zygote_socket(spec)
+    if path is not None:
+        from ..provisioners.fork import zygotes
+        zygotes.rebuild(path)
+
+
+async def release(spec: KernelSpec) -> None:
+    """The pool closed: end its zygote (after its workers)."""
+    path = zygote_socket(spec)
+    if path is not None:
+        from ..provisioners.fork import zygotes
+        await zygotes.close(path)
 
 
 def worker_env(config: PoolConfig, worker_id: int, endpoint: str, run_id: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from .call import Call, CallOptions
 from .channel import Channel
 from .dispatch import Tenants, tenant_of
 from .group import WorkerGroup
+from .kernel import reload_code
 from . import leftovers, reaper, registry as run_registry
 from .health import HealthMonitor
 from .sessions import SessionTable
@@ -38,7 +39,7 @@ from ..telemetry.events import outcome_of
 log = logging.getLogger("kernelpit")
 
 # Recycle reasons that do not wait for the worker's sessions to close (their state is lost).
-HARD_RECYCLE = frozenset({"memory", "manual", "unhealthy"})
+HARD_RECYCLE = frozenset({"memory", "manual", "unhealthy", "reload"})
 
 
 def shared_memory_dir(run_id: str) -> str | None:
@@ -706,6 +707,19 @@ class PoolManager:
     async def restart(self, worker_id: int) -> None:
         """Kill a worker now; the pool starts a fresh one in its place."""
         await self._require_worker(worker_id).kill("restart")
+
+    async def reload(self, pool: str | None = None) -> int:
+        """New code: the next workers start from it (a new zygote where they fork), and
+        every serving worker is recycled onto it; returns how many."""
+        groups = [self._pool(pool)] if pool is not None else list(self.groups.values())
+        serving = [w for g in groups for w in g.workers.values()
+                   if w.serving and not w.recycle_pending and not w.spare]
+        for group in groups:
+            await reload_code(group.spec)
+            group.renew_spares()
+        for worker in serving:
+            self._recycle(worker, "reload")
+        return len(serving)
 
     async def recycle(self, worker_id: int) -> None:
         """Replace a worker without downtime: a successor first, then it drains and stops."""

@@ -276,6 +276,10 @@ class RemoteBackend(Backend):
     async def recycle(self, worker_id: int) -> None:
         await self._rpc(self.stub.RecycleWorker, pb.WorkerRequest(id=worker_id))
 
+    async def reload(self, pool: str | None = None) -> int:
+        reply = await self._rpc(self.stub.Reload, pb.ReloadRequest(pool=pool or ""))
+        return reply.workers
+
     async def untaint(self, tool: str, pool: str | None = None) -> bool:
         reply = await self._rpc(self.stub.Untaint, pb.UntaintRequest(tool=tool, pool=pool or ""))
         return reply.lifted

@@ -31,7 +31,7 @@ METHOD_ROLES: dict[str, str] = {
         "CloseSession")},
     **{_BRIDGE + m: "admin" for m in (
         "RestartWorker", "InterruptWorker", "RecycleWorker", "Untaint", "Shutdown",
-        "AddToken", "ListTokens", "RevokeToken", "RotateToken")},
+        "Reload", "AddToken", "ListTokens", "RevokeToken", "RotateToken")},
     **{_JOBS + m: "read" for m in ("GetJob", "ListJobs", "WatchJob")},
     **{_JOBS + m: "call" for m in ("SubmitJob", "CancelJob", "DeleteJob")},
 }

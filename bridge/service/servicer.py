@@ -261,6 +261,10 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         return pb.WorkerResponse()
 
     @handles_errors
+    async def Reload(self, request: pb.ReloadRequest, context: Any) -> pb.ReloadResponse:
+        return pb.ReloadResponse(workers=await self._backend.reload(request.pool or None))
+
+    @handles_errors
     async def Untaint(self, request: pb.UntaintRequest, context: Any) -> pb.UntaintResponse:
         return pb.UntaintResponse(lifted=await self._backend.untaint(request.tool,
                                                                      request.pool or None))

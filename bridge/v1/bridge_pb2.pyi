@@ -383,6 +383,18 @@ class UntaintRequest(_message.Message):
     pool: str
     def __init__(self, tool: _Optional[str] = ..., pool: _Optional[str] = ...) -> None: ...
 
+class ReloadRequest(_message.Message):
+    __slots__ = ("pool",)
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    def __init__(self, pool: _Optional[str] = ...) -> None: ...
+
+class ReloadResponse(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: int
+    def __init__(self, workers: _Optional[int] = ...) -> None: ...
+
 class UntaintResponse(_message.Message):
     __slots__ = ("lifted",)
     LIFTED_FIELD_NUMBER: _ClassVar[int]

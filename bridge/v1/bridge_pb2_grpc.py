@@ -165,6 +165,11 @@ class BridgeStub:
                 request_serializer=kernelpit_dot_v1_dot_bridge__pb2.TokenRequest.SerializeToString,
                 response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.TokenSecret.FromString,
                 _registered_method=True)
+        self.Reload = channel.unary_unary(
+                '/kernelpit.v1.Bridge/Reload',
+                request_serializer=kernelpit_dot_v1_dot_bridge__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=kernelpit_dot_v1_dot_bridge__pb2.ReloadResponse.FromString,
+                _registered_method=True)
 
 
 class BridgeServicer:
@@ -378,6 +383,14 @@ class BridgeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reload(self, request, context):
+        """Load the adapters' code anew (role admin): a pool whose workers are forked gets a new
+        zygote, and every serving worker is recycled onto the code as it is on disk now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -510,6 +523,11 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.RotateToken,
                     request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.TokenRequest.FromString,
                     response_serializer=kernelpit_dot_v1_dot_bridge__pb2.TokenSecret.SerializeToString,
+            ),
+            'Reload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=kernelpit_dot_v1_dot_bridge__pb2.ReloadRequest.FromString,
+                    response_serializer=kernelpit_dot_v1_dot_bridge__pb2.ReloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1214,6 +1232,33 @@ class Bridge:
             '/kernelpit.v1.Bridge/RotateToken',
             kernelpit_dot_v1_dot_bridge__pb2.TokenRequest.SerializeToString,
             kernelpit_dot_v1_dot_bridge__pb2.TokenSecret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kernelpit.v1.Bridge/Reload',
+            kernelpit_dot_v1_dot_bridge__pb2.ReloadRequest.SerializeToString,
+            kernelpit_dot_v1_dot_bridge__pb2.ReloadResponse.FromString,
             options,
             channel_credentials,
             insecure,
