@@ -26,10 +26,10 @@ from typing import Any, AsyncIterator
 from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, JobLost, PoolClosed,
                           ToolNotFound)
 from ..kernels.schema import check_arguments
-from ..pool.call import CallOptions
+from ..options import CallOptions
 from . import follow, values
 from .journal import Journal
-from .model import JobEvent, JobInfo, error_payload, event_data
+from .model import STATES, JobEvent, JobInfo, check_state, error_payload, event_data
 from .store import Entry, JobStore, NewJob, Orphan
 
 log = logging.getLogger("kernelpit.jobs")
@@ -129,14 +129,19 @@ class JobRunner:
         self._runs: dict[str, Run] = {}  # the jobs this runner is running (or waiting to)
         self._loops: list[asyncio.Task[None]] = []
         self._check_cancels = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.closing = False
         self.started = False
+        #: told ``enter()`` when a job is taken on here and ``exit()`` when it leaves (a
+        #: bridge's idle monitor: a bridge never idles out while it holds a job)
+        self.activity: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> "JobRunner":
         """Register this runner's lease, take over orphans, start renewing and pruning."""
         self._slots = Slots(self._max_running or max(1, sum(
             c.workers * c.concurrency for c in self.manager.configs)))
+        self._loop = asyncio.get_running_loop()
         self._journal.start()
         await self.store.heartbeat(self.owner, self.lease)
         self.store.on_cancel(self._cancel_signal)
@@ -191,7 +196,7 @@ class JobRunner:
         options = options or CallOptions()
         args, kwargs = list(args), dict(kwargs or {})
         session = session if session is not None else options.session
-        desc = self._check(tool, args, kwargs, options.merged(session=session))
+        pool, desc = self._check(tool, args, kwargs, options.merged(session=session))
         if idempotent is None:
             idempotent = options.idempotent if options.idempotent is not None else bool(
                 desc.get("idempotent"))
@@ -217,22 +222,53 @@ class JobRunner:
             job.info.state, job.info.started = "running", time.time()
             created = asyncio.ensure_future(self.store.create(job))
             self._schedule(job.info, args, kwargs, worker, created)
-            return (await created)[0]
+            info = (await created)[0]
+            self._publish("job.submitted", info, state=info.state)
+            return info
         info, new = await self.store.create(job)
         if new:
             self._schedule(info, args, kwargs, worker)
+            self._publish("job.submitted", info, state=info.state)
         return info
+
+    async def counts(self) -> dict[str, int]:
+        """How many jobs of the store's namespace are in each state (every state listed)."""
+        return {**dict.fromkeys(STATES, 0), **await self.store.counts()}
+
+    def counts_now(self, timeout: float = 2.0) -> dict[str, int] | None:
+        """:meth:`counts` from another thread (a metrics scrape); None when the runner is
+        stopped or the store does not answer within ``timeout`` seconds."""
+        loop = self._loop
+        if loop is None or self.closing or loop.is_closed():
+            return None
+        future = asyncio.run_coroutine_threadsafe(self.counts(), loop)
+        try:
+            return future.result(timeout)
+        except Exception:  # noqa: BLE001 - a scrape shows no job gauge rather than failing
+            future.cancel()
+            return None
+
+    def _publish(self, kind: str, info: JobInfo, worker: int | None = None,
+                 **data: Any) -> None:
+        """A ``job.*`` telemetry event (docs/observability.md) on the pool's bus."""
+        telemetry = self.manager.telemetry
+        if not telemetry.active:
+            return
+        pool = info.pool
+        if pool is None:
+            try:
+                pool = self.manager.group_for(info.tool, CallOptions()).name
+            except Exception:  # noqa: BLE001 - a tool no pool serves any more
+                pool = ""
+        telemetry.publish(kind, pool, worker, info.tool, None, job=info.id,
+                          attempt=info.attempt, **data)
 
     async def get(self, job_id: str) -> JobInfo:
         return await self.store.get(job_id)
 
     async def list(self, state: str | None = None, tool: str | None = None, limit: int = 100,
                    before: str | None = None) -> list[JobInfo]:
-        if state is not None and state not in ("queued", "running", "succeeded", "failed",
-                                               "cancelled", "lost"):
-            raise InvalidArguments(f"unknown job state '{state}'; use queued, running, "
-                                   "succeeded, failed, cancelled or lost")
-        return await self.store.list(state, tool, limit, before)
+        return await self.store.list(check_state(state), tool, limit, before)
 
     def events(self, job_id: str, after: int = 0) -> AsyncIterator[JobEvent]:
         """Replay the journal after seq ``after``, then follow live until the job ends."""
@@ -289,21 +325,22 @@ class JobRunner:
 
     # -- checks ---------------------------------------------------------------------------
     def _check(self, tool: str, args: list[Any], kwargs: dict[str, Any],
-               options: CallOptions) -> dict[str, Any]:
-        """The tool's description; InvalidArguments / ToolNotFound before anything is stored."""
+               options: CallOptions) -> tuple[str, dict[str, Any]]:
+        """The pool serving the tool and its description; InvalidArguments / ToolNotFound
+        before anything is stored."""
         if not isinstance(tool, str):
             raise InvalidArguments(f"the tool name must be a str, got {type(tool).__name__}")
         if options.session is not None:
             session = self.manager.sessions.get(options.session)
             options = options.merged(pool=session.pool)
-        group = self.manager._group_for(tool, options)
+        group = self.manager.group_for(tool, options)
         desc = group.tools.get(tool)
         if desc is None:
             raise ToolNotFound(f"pool '{group.name}' has no tool named '{tool}'", tool=tool)
         problem = check_arguments(tool, desc["params"], args, kwargs)
         if problem:
             raise InvalidArguments(problem, tool=tool)
-        return desc
+        return group.name, desc
 
     # -- running --------------------------------------------------------------------------
     def _schedule(self, info: JobInfo, args: list[Any], kwargs: dict[str, Any],
@@ -312,12 +349,16 @@ class JobRunner:
         self._journal.begin(info.id, info.last_seq, created)
         run = Run(info, asyncio.ensure_future(self._drive(info, args, kwargs, worker, created)))
         self._runs[info.id] = run
+        if self.activity is not None:
+            self.activity.enter()
         if created is not None:  # never stored: stop the call (submit() raises the error)
             created.add_done_callback(
                 lambda f: run.task.cancel() if f.cancelled() or f.exception() else None)
         run.task.add_done_callback(lambda _t: self._forget(run))
 
     def _forget(self, run: Run) -> None:
+        if self.activity is not None:
+            self.activity.exit()
         if self._runs.get(run.info.id) is run:
             del self._runs[run.info.id]
         self._journal.end(run.info.id)
@@ -335,6 +376,9 @@ class JobRunner:
             changes["error"] = data["error"]
         self._journal.add(Entry(job_id, kind, at, data, changes,
                                 committed=run.outcome if run is not None else None))
+        if run is not None:
+            self._publish("job.finished", run.info, state=state,
+                          seconds=at - (run.info.started or run.info.created))
 
     async def _drive(self, info: JobInfo, args: list[Any], kwargs: dict[str, Any],
                      worker: int | None, created: asyncio.Future[Any] | None) -> None:
@@ -390,6 +434,7 @@ class JobRunner:
                 add(Entry(job, kind, event.time, data, {"progress": data}))
             elif kind == "started":
                 add(Entry(job, kind, event.time, data, {"worker": data["worker"]}))
+                self._publish("job.started", info, data["worker"])
             else:
                 add(Entry(job, kind, event.time, data))
 
@@ -418,9 +463,11 @@ class JobRunner:
     async def _cancel_orphan(self, info: JobInfo) -> None:
         exc = Cancelled(f"job {info.id} was cancelled", tool=info.tool)
         now = time.time()
-        await self.store.claim(info.id, self.owner, info.owner, [Entry(
-            info.id, "error", now, {"error": error_payload(exc)},
-            {"state": "cancelled", "finished": now, "owner": None, "error": error_payload(exc)})])
+        if await self.store.claim(info.id, self.owner, info.owner, [Entry(
+                info.id, "error", now, {"error": error_payload(exc)},
+                {"state": "cancelled", "finished": now, "owner": None,
+                 "error": error_payload(exc)})]) is not None:
+            self._publish("job.finished", info, state="cancelled", seconds=now - info.created)
 
     async def _adopt(self, orphan: Orphan) -> None:
         info = orphan.info
@@ -434,6 +481,7 @@ class JobRunner:
             if claimed is not None:
                 log.info("job %s (%s()): its runner stopped while it ran; running it again "
                          "(attempt %d of %d)", info.id, info.tool, attempt, info.max_attempts)
+                self._publish("job.restarted", claimed)
         else:
             await self._lose(info)
             return
@@ -451,9 +499,11 @@ class JobRunner:
                       f"it stopped while it ran, and {why}; submit it again (mark the tool or "
                       "the job idempotent to have it re-run after a restart)", tool=info.tool)
         now = time.time()
-        await self.store.claim(info.id, self.owner, info.owner, [Entry(
-            info.id, "error", now, {"error": error_payload(exc)},
-            {"state": "lost", "finished": now, "owner": None, "error": error_payload(exc)})])
+        if await self.store.claim(info.id, self.owner, info.owner, [Entry(
+                info.id, "error", now, {"error": error_payload(exc)},
+                {"state": "lost", "finished": now, "owner": None,
+                 "error": error_payload(exc)})]) is not None:
+            self._publish("job.finished", info, state="lost", seconds=now - info.created)
 
     # -- cancels from elsewhere -----------------------------------------------------------
     def _cancel_signal(self, job_id: str | None) -> None:

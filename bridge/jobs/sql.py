@@ -280,6 +280,14 @@ class SqlStore(JobStore):
                             "ORDER BY num DESC LIMIT ?"), (*params, int(limit)))
         return [self._info(r) for r in cur.fetchall()]
 
+    async def counts(self) -> dict[str, int]:
+        return await self._read(self._counts)
+
+    def _counts(self, cur: Any) -> dict[str, int]:
+        cur.execute(self._q("SELECT state, count(*) FROM jobs WHERE namespace=? GROUP BY state"),
+                    (self.namespace,))
+        return {state: int(n) for state, n in cur.fetchall()}
+
     async def request(self, job_id: str) -> dict[str, Any]:
         return await self._read(self._request, job_id)
 

@@ -143,6 +143,10 @@ class JobStore(ABC):
         submitted before that one."""
 
     @abstractmethod
+    async def counts(self) -> dict[str, int]:
+        """How many jobs of this namespace are in each state (states with none left out)."""
+
+    @abstractmethod
     async def request(self, job_id: str) -> dict[str, Any]:
         """The ``{"args": [...], "kwargs": {...}}`` the job was submitted with."""
 
