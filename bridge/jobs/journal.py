@@ -8,7 +8,9 @@ written.  The journal numbers each job's events: the runner that owns a job is t
 only writer of its events.  A job's entries are written only once its row is: a job
 can start running while its insert commits, and its first events wait for that.
 
-Two batches may be in flight at once (the store's writer runs them in order), so an
+Entries wait up to :data:`WINDOW` for others to join their commit (group commit), except a
+state change (``running``) that a job waits for.  Two batches may be in flight at once
+(the store's writer runs them in order), so an
 event that arrives while one commits does not wait for that commit to come back before
 its own is sent.  The store refuses a job's events unless they follow its last seq, so a
 batch that fails can never be overtaken by the next one of the same job: both are
@@ -26,6 +28,11 @@ from .store import Entry, JobStore
 log = logging.getLogger("kernelpit.jobs")
 RETRY = 1.0
 IN_FLIGHT = 2
+#: group commit: entries nobody waits for are held this long for more to join them, so a
+#: short job's started and result events are one commit, and a flood makes big batches
+WINDOW = 0.001
+#: ... unless this many are pending already
+FULL = 256
 
 
 class Journal:
@@ -99,6 +106,9 @@ class Journal:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            if self._pending and len(self._pending) < FULL and not self._failed and not any(
+                    e.kind is None for e in self._pending):  # a state change is awaited: now
+                await asyncio.sleep(WINDOW)
             self._wake.clear()
             while self._flight and self._flight[0][1].done():
                 self._land(*self._flight.popleft())

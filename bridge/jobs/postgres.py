@@ -134,6 +134,8 @@ class PostgresStore(SqlStore):
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
 
+    separate_inserts = True  # a submission never waits behind a journal round trip
+
     def connect(self) -> Any:
         import psycopg
 

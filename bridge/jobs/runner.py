@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -43,14 +44,17 @@ CLOSE_TIMEOUT = 10.0  # seconds a stop waits for the store to take the last entr
 
 class Run:
     """A job this runner is running: its task, why it was cancelled (None: the runner is
-    stopping), whether its last event is journaled, and that event once committed."""
+    stopping), its last event as soon as the call gave it (``reported``: handed to waiters
+    in this process while its commit is in flight) and once committed (``outcome``)."""
 
     def __init__(self, info: JobInfo, task: asyncio.Task[None]) -> None:
         self.info = info
         self.task = task
         self.why: BaseException | None = None
         self.final = False
-        self.outcome: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.reported: asyncio.Future[Entry] = loop.create_future()
+        self.outcome: asyncio.Future[Entry] = loop.create_future()
 
     def cancel(self, why: BaseException) -> None:
         if self.why is None:
@@ -90,6 +94,24 @@ class Slots:
                 turn.set_result(None)
                 return
         self.free += 1
+
+
+_ID_PREFIX = os.urandom(10).hex()  # 20 random hex digits per process (renewed after fork)
+_id_count = itertools.count()
+
+
+def _new_id() -> str:
+    """A job id: 32 hex digits, unique everywhere (a random per-process prefix and a
+    counter); cheaper than uuid4, which reads the OS random source each time."""
+    return f"{_ID_PREFIX}{next(_id_count) & 0xFFFFFFFFFFFF:012x}"
+
+
+def _renew_prefix() -> None:
+    global _ID_PREFIX, _id_count
+    _ID_PREFIX, _id_count = os.urandom(10).hex(), itertools.count()
+
+
+os.register_at_fork(after_in_child=_renew_prefix)
 
 
 def namespace_of(configs: Any) -> str:
@@ -202,7 +224,7 @@ class JobRunner:
                 desc.get("idempotent"))
         request = values.pack({"args": args, "kwargs": dict(sorted(kwargs.items()))},
                               f"the arguments of {tool}()")
-        info = JobInfo(id=uuid.uuid4().hex, tool=tool, state="queued", created=time.time(),
+        info = JobInfo(id=_new_id(), tool=tool, state="queued", created=time.time(),
                        key=key, idempotent=bool(idempotent),
                        deadline=deadline if deadline is not None else options.deadline,
                        session=session, pool=options.pool, namespace=self.store.namespace,
@@ -264,11 +286,22 @@ class JobRunner:
                           attempt=info.attempt, **data)
 
     async def get(self, job_id: str) -> JobInfo:
+        run = self._runs.get(job_id)
+        if run is not None and run.final:
+            await self._settled([run])
         return await self.store.get(job_id)
 
     async def list(self, state: str | None = None, tool: str | None = None, limit: int = 100,
                    before: str | None = None) -> list[JobInfo]:
+        await self._settled([run for run in self._runs.values() if run.final])
         return await self.store.list(check_state(state), tool, limit, before)
+
+    @staticmethod
+    async def _settled(runs: list[Run]) -> None:
+        """Wait until the last events of ``runs`` (already handed to result() waiters) are
+        committed, so that a read in this process after result() sees the job finished."""
+        if runs:
+            await asyncio.wait([asyncio.shield(run.outcome) for run in runs])
 
     def events(self, job_id: str, after: int = 0) -> AsyncIterator[JobEvent]:
         """Replay the journal after seq ``after``, then follow live until the job ends."""
@@ -276,15 +309,16 @@ class JobRunner:
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
         """The job's value, or its error raised; the builtin TimeoutError after ``timeout``
-        seconds (the job keeps running).  A job running here is answered from memory once
-        its last event is committed; any other is read (and followed) in the store."""
+        seconds (the job keeps running).  A job running here is answered from memory as soon
+        as the call ends, while its last event is being committed (docs/jobs.md, "When a
+        result is reported"); any other is read (and followed) in the store."""
         run = self._runs.get(job_id)
         if run is not None:
             start = time.monotonic()
-            await asyncio.wait([run.outcome, run.task], timeout=timeout,
+            await asyncio.wait([run.reported, run.task], timeout=timeout,
                                return_when=asyncio.FIRST_COMPLETED)
-            if run.outcome.done() and not run.outcome.cancelled():
-                last = run.outcome.result()
+            if run.reported.done() and not run.reported.cancelled():
+                last = run.reported.result()
                 return follow.outcome(last.kind, last.data or {}, job_id, run.info.tool)
             if timeout is not None:
                 timeout = max(0.0, timeout - (time.monotonic() - start))
@@ -362,8 +396,9 @@ class JobRunner:
         if self._runs.get(run.info.id) is run:
             del self._runs[run.info.id]
         self._journal.end(run.info.id)
-        if not run.outcome.done():
-            run.outcome.cancel()
+        for future in (run.reported, run.outcome):
+            if not future.done():
+                future.cancel()
 
     def _finish(self, job_id: str, kind: str, data: dict[str, Any], state: str,
                 at: float | None = None) -> None:
@@ -374,8 +409,11 @@ class JobRunner:
         changes: dict[str, Any] = {"state": state, "finished": at, "owner": None}
         if kind == "error":
             changes["error"] = data["error"]
-        self._journal.add(Entry(job_id, kind, at, data, changes,
-                                committed=run.outcome if run is not None else None))
+        last = Entry(job_id, kind, at, data, changes,
+                     committed=run.outcome if run is not None else None)
+        self._journal.add(last)
+        if run is not None and not run.reported.done():
+            run.reported.set_result(last)
         if run is not None:
             self._publish("job.finished", run.info, state=state,
                           seconds=at - (run.info.started or run.info.created))

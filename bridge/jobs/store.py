@@ -53,6 +53,8 @@ class Entry:
     seq: int = 0
     #: resolved with this entry once it is committed (not stored)
     committed: "asyncio.Future[Entry] | None" = None
+    #: ``data`` as stored, when a store packed it before its transaction (not stored)
+    packed: bytes | None = None
 
 
 @dataclass
