@@ -198,7 +198,7 @@ class Caller:
         job live (a panel in a notebook, a text bar in a terminal) without waiting for it."""
         job = Job(self._portal, self._portal.call(self._async.submit, tool, *args, **kwargs))
         if self._display:
-            from .widgets.stream import display_job
+            from .widgets.jobs import display_job
             display_job(job)
         return job
 

@@ -247,6 +247,8 @@ class JobRunner:
             info = (await created)[0]
             self._publish("job.submitted", info, state=info.state)
             return info
+        if job.info.key is not None:
+            await self._settled()  # the job of that key may have just finished here
         info, new = await self.store.create(job)
         if new:
             self._schedule(info, args, kwargs, worker)
@@ -286,20 +288,20 @@ class JobRunner:
                           attempt=info.attempt, **data)
 
     async def get(self, job_id: str) -> JobInfo:
-        run = self._runs.get(job_id)
-        if run is not None and run.final:
-            await self._settled([run])
+        await self._settled(job_id)
         return await self.store.get(job_id)
 
     async def list(self, state: str | None = None, tool: str | None = None, limit: int = 100,
                    before: str | None = None) -> list[JobInfo]:
-        await self._settled([run for run in self._runs.values() if run.final])
+        await self._settled()
         return await self.store.list(check_state(state), tool, limit, before)
 
-    @staticmethod
-    async def _settled(runs: list[Run]) -> None:
-        """Wait until the last events of ``runs`` (already handed to result() waiters) are
-        committed, so that a read in this process after result() sees the job finished."""
+    async def _settled(self, job_id: str | None = None) -> None:
+        """Wait until the last events of finished jobs (of ``job_id``; None: of all), which
+        result() waiters here may already have, are committed: so a read in this process
+        after result() sees the job finished."""
+        runs = [r for r in ([self._runs.get(job_id)] if job_id else self._runs.values())
+                if r is not None and r.final]
         if runs:
             await asyncio.wait([asyncio.shield(run.outcome) for run in runs])
 
@@ -343,7 +345,7 @@ class JobRunner:
 
     async def delete(self, job_id: str) -> None:
         """Remove a finished job, its journal and files (its key is free again)."""
-        info = await self.store.get(job_id)
+        info = await self.get(job_id)
         if not info.done:
             raise InvalidArguments(f"job {job_id} ({info.tool}()) is {info.state}; cancel it "
                                    "first, then delete it")
@@ -355,6 +357,7 @@ class JobRunner:
         age = self.job_ttl if older_than is None else older_than
         if age is None:
             return 0
+        await self._settled()
         return await self.store.prune(time.time() - age)
 
     # -- checks ---------------------------------------------------------------------------
