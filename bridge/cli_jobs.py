@@ -54,16 +54,17 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def prune(client: Any, older_than: float) -> int:
     """Delete the finished jobs that finished more than ``older_than`` seconds ago."""
-    cutoff, deleted, before = time.time() - older_than, 0, None
-    while True:
+    cutoff, doomed, before = time.time() - older_than, [], None
+    while True:  # list first: deleting while paging would remove the page's anchor
         page = client.jobs(limit=500, before=before)
         if not page:
-            return deleted
-        for info in page:
-            if info.done and info.finished is not None and info.finished <= cutoff:
-                client.delete_job(info.id)
-                deleted += 1
+            break
+        doomed += [i.id for i in page
+                   if i.done and i.finished is not None and i.finished <= cutoff]
         before = page[-1].id
+    for job_id in doomed:
+        client.delete_job(job_id)
+    return len(doomed)
 
 
 def cmd_job(args: argparse.Namespace) -> int:
