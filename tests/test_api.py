@@ -285,6 +285,41 @@ def test_the_asyncio_job_handle(pool):
     assert pool._portal.call(scenario)
 
 
+def test_jobs_publish_telemetry_events(pool):
+    events = []
+    stream = pool.subscribe("job.*")
+    reader = threading.Thread(target=lambda: events.extend(stream), daemon=True)
+    reader.start()
+    # through a bridge the subscription starts when the RPC arrives: submit until it is live
+    wait_until(lambda: pool.submit("add", 1, 2).result(timeout=60) == 3 and any(
+        e.kind == "job.finished" for e in events))
+    failed = pool.submit("raise_key")
+    with pytest.raises(KeyError):
+        failed.result(timeout=60)
+    wait_until(lambda: [e.data["state"] for e in events if e.kind == "job.finished"
+                        and e.data["job"] == failed.id] == ["failed"])
+    stream.close()
+    reader.join(timeout=5)
+    mine = [e for e in events if e.data["job"] == failed.id]
+    assert [e.kind for e in mine] == ["job.submitted", "job.started", "job.finished"]
+    assert mine[0].tool == "raise_key" and mine[0].pool == "default"
+    assert mine[1].worker is not None and mine[2].data["attempt"] == 1
+
+
+def test_an_embedded_pool_exports_the_jobs_gauge(tmp_path):
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    with kernelpit.Pool(**{**SETTINGS, "workers": 1}, store=tmp_path / "jobs.sqlite",
+                        metrics=registry) as p:
+        p.submit("add", 1).result(timeout=60)
+        with pytest.raises(KeyError):
+            p.submit("raise_key").result(timeout=60)
+        p.jobs()  # settles the commits
+        assert registry.get_sample_value("kernelpit_jobs", {"state": "succeeded"}) == 1
+        assert registry.get_sample_value("kernelpit_jobs", {"state": "failed"}) == 1
+        assert registry.get_sample_value("kernelpit_jobs", {"state": "running"}) == 0
+
+
 def test_jobs_need_a_store_and_say_how_to_enable_them():
     with kernelpit.Pool(**{**SETTINGS, "workers": 1}) as p:
         with pytest.raises(kernelpit.JobsDisabled, match=r"Pool\(\.\.\., store="):

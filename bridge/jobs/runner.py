@@ -243,10 +243,9 @@ class JobRunner:
             # written after it; a crash before the commit leaves no job to run again)
             job.info.state, job.info.started = "running", time.time()
             created = asyncio.ensure_future(self.store.create(job))
+            self._publish("job.submitted", job.info, state="running")
             self._schedule(job.info, args, kwargs, worker, created)
-            info = (await created)[0]
-            self._publish("job.submitted", info, state=info.state)
-            return info
+            return (await created)[0]
         if job.info.key is not None:
             await self._settled()  # the job of that key may have just finished here
         info, new = await self.store.create(job)

@@ -46,7 +46,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "session.opened": ("a session was opened on a worker", "session (id)"),
     "session.closed": ("a session was closed or expired",
                        "session (id); reason: closed | expired; lost (str, when its worker died)"),
-    "job.submitted": ("a durable job was stored (docs/jobs.md)",
+    "job.submitted": ("a durable job was accepted (its arguments checked) and is being stored; "
+                      "docs/jobs.md",
                       "job (id); attempt (int); state: queued | running"),
     "job.started": ("a job's call was sent to a worker", "job (id); attempt (int)"),
     "job.restarted": ("a job whose runner died while it ran is queued again (idempotent)",
