@@ -198,10 +198,9 @@ class JobsPanel:
     def open(self, job_id: str) -> JobPanel:
         """Show the job's live panel below the list."""
         panel = JobPanel(self.client.job(job_id))
-        self.opened.clear_output()
-        with self.opened:
-            from IPython.display import display
-            display(panel)
+        # set as the Output's content (a live widget view), not captured from this thread
+        self.opened.outputs = ({"output_type": "display_data", "metadata": {},
+                                "data": panel._repr_mimebundle_()},)
         return panel
 
     def cancel(self, job_id: str) -> None:
