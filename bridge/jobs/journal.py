@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from typing import Callable
 
 from .store import Entry, JobStore
 
@@ -52,6 +53,36 @@ class Journal:
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
+        self._store.rider = self
+
+    # -- riding along with another transaction (the store's submissions) --------------------
+    def take(self, accept: "Callable[[list[Entry]], bool]") -> list[Entry]:
+        """The entries ready to be written, for the store to commit with a submission's
+        insert (one transaction instead of two); ``accept`` says whether it can take them
+        (else they stay pending).  Nothing while a batch of ours is in flight or failed,
+        so the order of a job's entries holds."""
+        if self._flight or self._failed or not self._pending:
+            return []
+        batch = self._ready()
+        if batch and not accept(batch):
+            self.put_back(batch)
+            return []
+        return batch
+
+    def put_back(self, batch: list[Entry]) -> None:
+        """Entries taken but not written: pending again, first."""
+        self._pending = batch + self._pending
+        self._last = {e.job: i for i, e in enumerate(self._pending)}
+
+    def landed(self, batch: list[Entry], failure: BaseException | None) -> None:
+        """Entries taken were committed (or their part of the transaction failed)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if failure is None:
+            done.set_result(None)
+        else:
+            done.set_exception(failure)
+        self._land(batch, done)
+        self._wake.set()
 
     def begin(self, job: str, last_seq: int, stored: asyncio.Future[object] | None = None) -> None:
         """Number ``job``'s next event ``last_seq + 1``; ``stored``: the job's insert, when

@@ -52,6 +52,7 @@ class Run:
         self.task = task
         self.why: BaseException | None = None
         self.final = False
+        self.slot = False  # holds one of the runner's slots
         loop = asyncio.get_running_loop()
         self.reported: asyncio.Future[Entry] = loop.create_future()
         self.outcome: asyncio.Future[Entry] = loop.create_future()
@@ -230,22 +231,24 @@ class JobRunner:
                        session=session, pool=options.pool, namespace=self.store.namespace,
                        max_attempts=max_attempts or self.max_attempts, owner=self.owner)
         job = NewJob(info, request, values.digest_of(tool, request))
+        assert self._slots is not None
+        if key is None and self._slots.take_now():
+            # A free slot, and nothing can make the insert return another job: the row goes
+            # in as running and the call starts while it commits (the job's events are
+            # written after it; a crash before the commit leaves no job to run again).
+            # Everything up to the await happens now, so a submitter that goes away while
+            # the insert commits leaves a job that runs.
+            info.state, info.started = "running", time.time()
+            created = self.store.create_soon(job)
+            self._publish("job.submitted", info, state="running")
+            self._schedule(info, args, kwargs, options.worker, created)
+            return (await asyncio.shield(created))[0]
         # shielded: a submitter that goes away after the job is stored must not leave it
         # stored but never started
         return await asyncio.shield(self._create(job, args, kwargs, options.worker))
 
     async def _create(self, job: NewJob, args: list[Any], kwargs: dict[str, Any],
                       worker: int | None) -> JobInfo:
-        assert self._slots is not None
-        if job.info.key is None and self._slots.take_now():
-            # A free slot, and nothing can make the insert return another job: the row goes
-            # in as running and the call starts while it commits (the job's events are
-            # written after it; a crash before the commit leaves no job to run again)
-            job.info.state, job.info.started = "running", time.time()
-            created = asyncio.ensure_future(self.store.create(job))
-            self._publish("job.submitted", job.info, state="running")
-            self._schedule(job.info, args, kwargs, worker, created)
-            return (await created)[0]
         if job.info.key is not None:
             await self._settled()  # the job of that key may have just finished here
         info, new = await self.store.create(job)
@@ -414,19 +417,30 @@ class JobRunner:
         last = Entry(job_id, kind, at, data, changes,
                      committed=run.outcome if run is not None else None)
         self._journal.add(last)
+        if run is not None:
+            self._give_slot(run)  # the call is over: the next job may start (also the next
+            # submit, which then takes the fast path)
         if run is not None and not run.reported.done():
             run.reported.set_result(last)
         if run is not None:
             self._publish("job.finished", run.info, state=state,
                           seconds=at - (run.info.started or run.info.created))
 
+    def _give_slot(self, run: Run) -> None:
+        if run.slot:
+            run.slot = False
+            assert self._slots is not None
+            self._slots.give()
+
     async def _drive(self, info: JobInfo, args: list[Any], kwargs: dict[str, Any],
                      worker: int | None, created: asyncio.Future[Any] | None) -> None:
         job, slots = info.id, self._slots
         assert slots is not None
+        run = self._runs[job]
         try:
             if created is None:  # not yet committed as running: take a slot, then say so
                 await slots.take()
+            run.slot = True
             try:
                 if created is None:
                     running = Entry(job, None, changes={"state": "running", "started": time.time()},
@@ -435,10 +449,8 @@ class JobRunner:
                     await running.committed  # type: ignore[misc]
                 await self._run(info, args, kwargs, worker)
             finally:
-                slots.give()
-            run = self._runs.get(job)
-            if run is not None:
-                await asyncio.shield(run.outcome)  # the job is done once that is durable
+                self._give_slot(run)
+            await asyncio.shield(run.outcome)  # the job is done once that is durable
         except asyncio.CancelledError:
             run = self._runs.get(job)
             why = run.why if run is not None else None

@@ -37,6 +37,10 @@ _CHANGES: dict[str, Callable[[Any], Any]] = {
     "progress": lambda v: None if v is None else json.dumps(v),
     "cancel_requested": int,
 }
+INSERT_JOB = ("INSERT INTO jobs(id, namespace, tool, state, attempt, max_attempts, created, "
+              "started, key, digest, idempotent, deadline, session, pool, pin_worker, owner, "
+              "last_seq, request, request_ref, cancel_requested) "
+              "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,0)")
 INSERT_ROWS = 500  # ids per DELETE statement (SQLite allows 32,766 parameters)
 JOURNAL_COLUMNS = ("job", "seq", "kind", "time", "data", "ref")
 _OPEN = ("queued", "running")
@@ -236,12 +240,15 @@ class SqlStore(JobStore):
 
     # -- jobs ----------------------------------------------------------------------------------
     async def create(self, job: NewJob) -> tuple[JobInfo, bool]:
+        return await self.create_soon(job)
+
+    def create_soon(self, job: NewJob) -> "asyncio.Future[tuple[JobInfo, bool]]":
         # Group commit: jobs submitted while a commit runs are inserted together in the next.
-        done = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[tuple[JobInfo, bool]] = asyncio.get_running_loop().create_future()
         self._creates.append((job, done))
         if self._creating is None or self._creating.done():
             self._creating = asyncio.ensure_future(self._create_pending())
-        return await done
+        return done
 
     async def _create_pending(self) -> None:
         while self._creates:
@@ -284,16 +291,15 @@ class SqlStore(JobStore):
         if len(request) > INLINE_LIMIT:
             ref = self.blobs.put(cur, i.id, "request", request)
             request = b""
-        cur.put(self._q(
-            "INSERT INTO jobs(id, namespace, tool, state, attempt, max_attempts, created, "
-            "started, key, digest, idempotent, deadline, session, pool, pin_worker, owner, "
-            "last_seq, request, request_ref, cancel_requested) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,0)"),
-            (i.id, self.namespace, i.tool, i.state, i.attempt, i.max_attempts, i.created,
-             i.started, i.key,
-             job.digest, int(i.idempotent), i.deadline, i.session, i.pool, None, i.owner,
-             request, ref))
+        cur.put(self._q(INSERT_JOB), self._job_row(job, request, ref))
         return i, True
+
+    def _job_row(self, job: NewJob, request: bytes, ref: str | None) -> tuple[Any, ...]:
+        """The values of :data:`INSERT_JOB` for ``job``."""
+        i = job.info
+        return (i.id, self.namespace, i.tool, i.state, i.attempt, i.max_attempts, i.created,
+                i.started, i.key, job.digest, int(i.idempotent), i.deadline, i.session, i.pool,
+                None, i.owner, request, ref)
 
     async def get(self, job_id: str) -> JobInfo:
         return await self._read(self._one, job_id)

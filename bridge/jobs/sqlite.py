@@ -123,16 +123,48 @@ class SqliteStore(SqlStore):
         locked (tried without waiting, then handed over), and checkpoints (the only syncs)."""
         if self._wconn is None or not self._small(fn, args):
             return False, None
+        riders: list[Entry] = []
+        if fn == self._create_many and self.rider is not None:
+            # the journal's waiting entries go in the same commit (group commit)
+            riders = self.rider.take(lambda batch: self._small(self._record, (batch,)))
         try:
-            out = SqlStore._in_tx(self, fn, args)  # once: busy goes to the writer thread
+            if riders:
+                out, touched, failure = SqlStore._in_tx(self, self._create_with, args + (riders,))
+            else:
+                out = SqlStore._in_tx(self, fn, args)  # once: busy goes to the writer thread
         except sqlite3.OperationalError as exc:
+            if riders:
+                self.rider.put_back(riders)
             if "locked" in str(exc) or "busy" in str(exc):
                 return False, None  # rolled back: the writer thread waits for the lock
             raise
+        except BaseException:
+            if riders:
+                self.rider.put_back(riders)
+            raise
+        if riders:
+            self._notify(touched)
+            self.rider.landed(riders, failure)
         self._unchecked += 1
         if self._unchecked >= 100 and self._checkpoint is None:
             self._checkpoint = asyncio.ensure_future(self._checkpoint_soon())
         return True, out
+
+    def _create_with(self, tx: Any, jobs: list[NewJob], entries: list[Entry]
+                     ) -> tuple[list[Any], set[str], BaseException | None]:
+        """Insert ``jobs`` and record the journal's ``entries`` in one transaction; the
+        entries under a savepoint, so that a batch refused (its seqs do not follow) fails
+        alone and the submissions still commit."""
+        out = self._create_many(tx, jobs)
+        tx.execute("SAVEPOINT journal")
+        try:
+            touched = self._record(tx, entries)
+        except Exception as exc:  # noqa: BLE001 - handed to the journal, which retries
+            tx.execute("ROLLBACK TO journal")
+            tx.execute("RELEASE journal")
+            return out, set(), exc
+        tx.execute("RELEASE journal")
+        return out, touched, None
 
     def _small(self, fn: Any, args: tuple[Any, ...]) -> bool:
         if fn == self._create_many:

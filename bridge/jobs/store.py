@@ -112,6 +112,9 @@ class JobStore(ABC):
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
+        #: the runner's Journal, whose ready entries a store may commit in the transaction
+        #: of a submission (``take`` / ``put_back`` / ``landed``); None: no runner
+        self.rider: Any = None
         self._watches: dict[str | None, set[Watch]] = {}
         self._listeners = _Listeners()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -133,6 +136,10 @@ class JobStore(ABC):
         """Insert a job; (its info, True).  When ``job.info.key`` names a job that exists
         in this namespace, nothing is inserted: (that job's info, False) when its digest
         is equal, else InvalidArguments naming the key."""
+
+    def create_soon(self, job: NewJob) -> "asyncio.Future[tuple[JobInfo, bool]]":
+        """:meth:`create`, started now; the future resolves once it is committed."""
+        return asyncio.ensure_future(self.create(job))
 
     @abstractmethod
     async def get(self, job_id: str) -> JobInfo:
