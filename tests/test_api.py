@@ -320,6 +320,27 @@ def test_an_embedded_pool_exports_the_jobs_gauge(tmp_path):
         assert registry.get_sample_value("kernelpit_jobs", {"state": "running"}) == 0
 
 
+def test_an_embedded_pools_jobs_end_with_it_and_are_rerun_or_lost_at_its_next_start(tmp_path):
+    store = tmp_path / "jobs.sqlite"
+    settings = {**SETTINGS, "workers": 2, "store": store}
+    with kernelpit.Pool(**settings) as p:
+        again = p.options(idempotent=True).submit("wait_file", path=str(tmp_path / "go"))
+        gone = p.submit("wait_file", path=str(tmp_path / "go"))
+        wait_until(lambda: again.state == gone.state == "running")
+    # the pool closed with both running; a new one on the same store takes them over
+    (tmp_path / "go").write_text("")
+    with kernelpit.Pool(**settings) as p:
+        assert p.job(again.id).result(timeout=60) == "released"
+        info = p.job(again.id).info()
+        assert info.attempt == 2 and info.state == "succeeded"
+        assert "restarted" in [e.kind for e in p.job(again.id).events()]
+        with pytest.raises(kernelpit.JobLost, match="not idempotent"):
+            p.job(gone.id).result(timeout=60)
+    with kernelpit.Pool(**{**settings, "adapters": ["kp_jobs"], "workers": 1}) as other:
+        with pytest.raises(kernelpit.JobNotFound):  # other adapters: another namespace
+            other.job(again.id)
+
+
 def test_jobs_need_a_store_and_say_how_to_enable_them():
     with kernelpit.Pool(**{**SETTINGS, "workers": 1}) as p:
         with pytest.raises(kernelpit.JobsDisabled, match=r"Pool\(\.\.\., store="):
