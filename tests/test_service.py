@@ -31,11 +31,12 @@ async def _start(bridge):
 
 
 @pytest.fixture(scope="module")
-def bridge():
+def bridge(tmp_path_factory):
     portal = Portal("test-bridge")
     b = Bridge([PoolConfig(name="default", adapters=["kp_tools"], workers=2, path=[ADAPTERS]),
                 PoolConfig(name="demo", adapters=["kernelpit.kernels.demo"], workers=1)],
-               max_message_size=MAX_MESSAGE, grace=5)
+               max_message_size=MAX_MESSAGE, grace=5,
+               store=str(tmp_path_factory.mktemp("service-jobs") / "jobs.sqlite"))
     portal.call(_start, b)
     yield b
     portal.call(b.stop, 0)
@@ -441,7 +442,7 @@ def test_reflection_lists_the_services(bridge):
         reply = next(stub.ServerReflectionInfo(iter([
             reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = {s.name for s in reply.list_services_response.service}
-        assert {"kernelpit.v1.Bridge", "grpc.health.v1.Health"} <= names
+        assert {"kernelpit.v1.Bridge", "kernelpit.v1.Jobs", "grpc.health.v1.Health"} <= names
 
 
 def test_server_info(bridge, client):
