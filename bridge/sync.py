@@ -195,7 +195,9 @@ class Caller:
     def submit(self, tool: str, /, *args: Any, **kwargs: Any) -> "Job":
         """Run ``tool`` as a durable job; returns its :class:`Job` at once (see
         :meth:`kernelpit.caller.AsyncCaller.submit`).  With ``display=True`` it shows the
-        job live (a panel in a notebook, a text bar in a terminal) without waiting for it."""
+        job live: in a notebook a panel that follows it while the cell returns; in a
+        terminal a text progress bar that follows it to its end (Ctrl-C stops following;
+        the job runs on)."""
         job = Job(self._portal, self._portal.call(self._async.submit, tool, *args, **kwargs))
         if self._display:
             from .widgets.jobs import display_job

@@ -115,11 +115,14 @@ def display_job(job: Any, wait_replayed: float = 30.0) -> JobPanel | None:
     if not in_notebook():
         from kernelpit.terminal import EventPrinter
         printer = EventPrinter()
+        events = job.events()
         try:
-            for entry in job.events():
+            for entry in events:
                 event = entry.to_event()
                 if event is not None:
                     printer.feed(event)
+        except KeyboardInterrupt:  # stop following; the job runs on
+            events.close()
         finally:
             printer.flush()
         return None
