@@ -258,6 +258,13 @@ def test_oversize_message_is_refused_and_the_bridge_keeps_serving(client, stub, 
     assert client.call("echo", blob=b"\x00" * (MAX_MESSAGE // 2))["blob"] == b"\x00" * (MAX_MESSAGE // 2)
 
 
+def test_a_job_takes_and_returns_values_beyond_one_message_as_blobs(client):
+    big = bytes(range(256)) * ((MAX_MESSAGE + 5000) // 256)
+    job = client.submit("echo", blob=big)  # the argument uploaded as a blob
+    assert job.result(timeout=60)["blob"] == big  # the journaled result read as one
+    assert [e for e in job.events()][-1].value["blob"] == big  # and in a replay
+
+
 def test_unknown_session_is_not_found(client, stub, auth):
     with pytest.raises(kernelpit.SessionNotFound, match="no session 'nope'"):
         client.options(session="nope").call("add", 1)
