@@ -20,7 +20,6 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, 
 from .caller import AsyncCaller, AsyncHandle, AsyncJob, AsyncSession
 from .events import Event
 from .info import SessionInfo
-from .jobs.model import JobInfo
 from .telemetry import tracing
 
 T = TypeVar("T")
