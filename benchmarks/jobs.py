@@ -1,6 +1,7 @@
 """Durable jobs against plain calls, as ratios measured in one run (targets from issue 13).
 
     python -m benchmarks.jobs [--store sqlite|postgres|both] [--calls N] [--flood N]
+    python -m benchmarks.jobs --only latency --calls 3000     # one phase, for a profiler
 
 * latency: submit -> result p50 over the p50 of a plain call (<= 3x SQLite, <= 5x PostgreSQL)
 * submissions/s (N submits in flight together) over plain calls/s the same way (>= 0.25x)
@@ -51,7 +52,7 @@ async def _rate(fn: Any, n: int, concurrency: int = 64) -> float:
 
 
 async def measure(manager: Any, store_kind: str, target: str, calls: int,
-                  flood: int) -> dict[str, Any]:
+                  flood: int, only: str | None = None) -> dict[str, Any]:
     from kernelpit.jobs import JobRunner, open_store
     from kernelpit.pool.call import CallOptions
 
@@ -70,6 +71,9 @@ async def measure(manager: Any, store_kind: str, target: str, calls: int,
             await job()
         call_p50 = await _p50(plain, calls)
         job_p50 = await _p50(job, calls)
+        if only == "latency":
+            return {"store": store_kind, "call p50 ms": call_p50 * 1e3,
+                    "job p50 ms": job_p50 * 1e3, "latency": job_p50 / call_p50}
 
         call_rate = await _rate(plain, calls * 4)
         submitted: list[str] = []
@@ -148,7 +152,11 @@ async def main_async(opts: argparse.Namespace) -> int:
                     except LookupError as exc:
                         print(f"postgres: skipped ({exc})")
                         continue
-                result = await measure(manager, kind, target, opts.calls, opts.flood)
+                result = await measure(manager, kind, target, opts.calls, opts.flood, opts.only)
+                if opts.only == "latency":
+                    print(f"{kind}: call p50 {result['call p50 ms']:.3f} ms, job p50 "
+                          f"{result['job p50 ms']:.3f} ms: {result['latency']:.2f}x")
+                    continue
                 print(f"{kind}: call p50 {result['call p50 ms']:.3f} ms, job p50 "
                       f"{result['job p50 ms']:.3f} ms; calls/s {result['calls/s']:.0f}, "
                       f"submissions/s {result['submissions/s']:.0f}; stream "
@@ -169,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--flood", type=int, default=20_000)
+    parser.add_argument("--only", choices=["latency"], help="measure only this ratio")
     return asyncio.run(main_async(parser.parse_args(argv)))
 
 

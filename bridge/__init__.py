@@ -19,22 +19,23 @@ from . import events
 from .config import PoolConfig, SchedulerConfig, TenantSettings, parse_size
 from .events import Display, Error, Event, Partial, Progress, Queued, Result, Started, Stderr, Stdout
 from .exceptions import (BridgeError, BridgeNotFound, CallError, Cancelled, DeadlineExceeded,
-                         InvalidArguments, JobLost, JobNotFound, KernelpitError, NotFound,
+                         InvalidArguments, JobLost, JobNotFound, JobsDisabled, KernelpitError, NotFound,
                          PermissionDenied, PoolClosed, PoolNotFound, QueueFull, RemoteError,
                          RemoteTraceback,
                          SessionLost, SessionNotFound, StartError, ToolNotFound, ToolTainted,
                          Unauthenticated, WorkerCrashed, WorkerNotFound)
 from .info import SessionInfo, ToolInfo, WorkerInfo
+from .jobs.model import JobEvent, JobInfo
 from .options import CallOptions
 
 if TYPE_CHECKING:
     from . import aio, remote as _remote
     from .local import Pool
-    from .sync import Caller, Session
+    from .sync import Caller, Job, Session
 
 # The pool machinery (jupyter_client, psutil, the manager) loads on first use: every worker
 # kernel imports this package for kernelpit.kernels, and must not pay for the control plane.
-_LAZY = {"Pool": ".local", "Session": ".sync", "Caller": ".sync", "aio": ".aio"}
+_LAZY = {"Pool": ".local", "Session": ".sync", "Caller": ".sync", "Job": ".sync", "aio": ".aio"}
 
 
 def __getattr__(name: str) -> Any:
@@ -87,11 +88,11 @@ def unload_ipython_extension(ip: Any) -> None:
 __all__ = [
     "Pool", "Session", "Caller", "connect", "CallOptions", "PoolConfig", "SchedulerConfig",
     "TenantSettings", "parse_size",
-    "ToolInfo", "WorkerInfo", "SessionInfo",
+    "ToolInfo", "WorkerInfo", "SessionInfo", "JobInfo", "JobEvent", "Job",
     "events", "Event", "Queued", "Started", "Progress", "Stdout", "Stderr", "Display", "Partial",
     "Result", "Error",
     "KernelpitError", "StartError", "PoolClosed", "BridgeError", "BridgeNotFound",
     "Unauthenticated", "PermissionDenied", "CallError", "NotFound", "ToolNotFound", "SessionNotFound",
     "WorkerNotFound", "PoolNotFound", "JobNotFound", "InvalidArguments", "QueueFull", "DeadlineExceeded", "Cancelled",
-    "WorkerCrashed", "ToolTainted", "SessionLost", "JobLost", "RemoteError", "RemoteTraceback",
+    "WorkerCrashed", "ToolTainted", "SessionLost", "JobLost", "JobsDisabled", "RemoteError", "RemoteTraceback",
 ]

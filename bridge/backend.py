@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator
 
 from .events import Event
 from .info import SessionInfo, ToolInfo, WorkerInfo
+from .jobs.model import JobEvent, JobInfo
 from .options import CallOptions
 from .telemetry.events import TelemetryEvent
 from .watch import WatchEvent
@@ -60,6 +61,39 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def sessions(self) -> list[SessionInfo]:
         """Open sessions, lost ones included until they are closed."""
+
+    # -- durable jobs (docs/jobs.md) ------------------------------------------------------------
+    @abc.abstractmethod
+    async def submit(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions,
+                     key: str | None = None) -> JobInfo:
+        """Store a job running ``tool`` and start it; returns at once.  ``key``: an
+        idempotency key (the existing job when the arguments are equal).  JobsDisabled when
+        this pool keeps no job store."""
+
+    @abc.abstractmethod
+    async def job(self, job_id: str) -> JobInfo:
+        """One job as the store holds it now; JobNotFound when there is none."""
+
+    @abc.abstractmethod
+    async def jobs(self, state: str | None = None, tool: str | None = None, limit: int = 100,
+                   before: str | None = None) -> list[JobInfo]:
+        """Jobs, newest first; ``before`` (a job id) pages."""
+
+    @abc.abstractmethod
+    def job_events(self, job_id: str, after: int = 0) -> AsyncIterator[JobEvent]:
+        """The job's journal after seq ``after``, then its events live until it ends."""
+
+    @abc.abstractmethod
+    async def job_result(self, job_id: str, timeout: float | None = None) -> Any:
+        """The job's value or its error raised; the builtin TimeoutError after ``timeout``."""
+
+    @abc.abstractmethod
+    async def cancel_job(self, job_id: str) -> JobInfo:
+        """Cancel a queued or running job wherever it runs (a finished one is left as is)."""
+
+    @abc.abstractmethod
+    async def delete_job(self, job_id: str) -> None:
+        """Remove a finished job, its journal and stored values."""
 
     # -- introspection --------------------------------------------------------------------------
     @abc.abstractmethod

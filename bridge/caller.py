@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Iterable
 from .backend import Backend
 from .events import Event
 from .info import SessionInfo, ToolInfo, WorkerInfo
+from .jobs.model import JobEvent, JobInfo
 from .options import CallOptions
 from .telemetry import tracing
 from .telemetry.events import TelemetryEvent
@@ -23,19 +24,37 @@ from .watch import WatchEvent
 class AsyncCaller:
     """Runs tools.  Options bound with :meth:`options` apply to every call made through it."""
 
-    def __init__(self, backend: Backend, options: CallOptions | None = None) -> None:
+    def __init__(self, backend: Backend, options: CallOptions | None = None,
+                 key: str | None = None) -> None:
         self._backend = backend
         self._options = options or CallOptions()
+        self._key = key
 
     def options(self, **options: Any) -> "AsyncCaller":
-        """A caller with call options set: ``deadline``, ``session``, ``pool``, ``worker``,
-        ``idempotent`` (see :class:`~kernelpit.options.CallOptions`).
+        """A caller with call options set: ``deadline``, ``session`` (a session or its id),
+        ``pool``, ``worker``, ``idempotent`` (see :class:`~kernelpit.options.CallOptions`),
+        and for :meth:`submit` ``key`` (an idempotency key).
 
         Options never collide with a tool's own parameter names::
 
             await pool.options(deadline=2.0).call("train", epochs=3)
         """
-        return AsyncCaller(self._backend, self._options.merged(**options))
+        key, options = _split_options(self._key, options)
+        return AsyncCaller(self._backend, self._options.merged(**options), key)
+
+    async def submit(self, tool: str, /, *args: Any, **kwargs: Any) -> "AsyncJob":
+        """Run ``tool`` as a durable job and return its handle at once.
+
+        The job is stored before it runs and outlives this caller: closing the client or
+        ending this process does not cancel it (an embedded pool's jobs end with its
+        process, and are re-run at its next start when idempotent).  The options apply:
+        ``deadline`` counts from submission, ``idempotent`` allows a re-run after a crash,
+        ``session`` runs it in a session, ``key`` returns the existing job of that key
+        when the arguments are equal (InvalidArguments naming the key otherwise).
+        See docs/jobs.md.
+        """
+        info = await self._backend.submit(tool, args, kwargs, self._options, self._key)
+        return AsyncJob(self._backend, info)
 
     async def call(self, tool: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run ``tool`` with the given arguments and return its result."""
@@ -120,13 +139,73 @@ class AsyncSession(AsyncCaller):
     def options(self, **options: Any) -> AsyncCaller:
         if self.info is None:
             raise RuntimeError("open the session before deriving options from it")
-        return AsyncCaller(self._backend, self._options.merged(**options))
+        key, options = _split_options(self._key, options)
+        return AsyncCaller(self._backend, self._options.merged(**options), key)
 
     async def __aenter__(self) -> "AsyncSession":
         return await self.open()
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
+
+
+def _split_options(key: str | None, options: dict[str, Any]) -> tuple[str | None,
+                                                                       dict[str, Any]]:
+    """The job ``key`` (kept by the caller: it is no call option) and the call options,
+    with a session object given as ``session=`` turned into its id."""
+    options = dict(options)
+    if "key" in options:
+        key = options.pop("key")
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"key= takes a str (an idempotency key), got {type(key).__name__}")
+    session = options.get("session")
+    if session is not None and not isinstance(session, str):
+        sid = getattr(session, "id", None)
+        if not isinstance(sid, str):
+            raise TypeError(f"session= takes a session or its id, got {type(session).__name__}")
+        options["session"] = sid
+    return key, options
+
+
+class AsyncJob:
+    """A durable job: ``id`` names it everywhere (``pool.job(id)`` in any process or
+    client gives the same handle).  Every method reads the store, so it is current.
+
+    ``await job.status()`` is its state: queued, running, succeeded, failed, cancelled
+    or lost.
+    """
+
+    def __init__(self, backend: Backend, info: JobInfo) -> None:
+        self._backend = backend
+        self.id = info.id
+        self.tool = info.tool
+
+    async def status(self) -> str:
+        """The job's state now."""
+        return (await self._backend.job(self.id)).state
+
+    async def info(self) -> JobInfo:
+        """The job now: state, attempt, times, worker, last progress, error."""
+        return await self._backend.job(self.id)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job's value; raises what the call would have raised (JobLost when
+        the job was lost), or the builtin TimeoutError after ``timeout`` seconds (the job
+        keeps running)."""
+        return await self._backend.job_result(self.id, timeout)
+
+    def events(self, after: int = 0) -> AsyncIterator[JobEvent]:
+        """The job's journal after seq ``after`` (seq 1, 2, 3, ... with no gap), then its
+        events live until it ends: pool.stream()'s kinds plus ``restarted`` (``.attempt``).
+        Leaving the loop stops following; the job runs on."""
+        return self._backend.job_events(self.id, after)
+
+    async def cancel(self) -> JobInfo:
+        """Cancel the job (the tool is interrupted); a finished job is left as it is."""
+        return await self._backend.cancel_job(self.id)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.tool}()>"
 
 
 def _columns(iterables: tuple[Iterable[Any], ...]) -> list[list[Any]]:
@@ -178,6 +257,21 @@ class AsyncHandle(AsyncCaller):
         subscriber that falls behind loses events (never slowing the pool) and is told so by
         a ``telemetry.dropped`` event.  Leave the loop to stop."""
         return self._backend.subscribe([kinds] if isinstance(kinds, str) else kinds)
+
+    async def job(self, job_id: str) -> AsyncJob:
+        """The handle of a job submitted from anywhere (this process or another, this
+        client or another); JobNotFound when the store has no such job."""
+        return AsyncJob(self._backend, await self._backend.job(job_id))
+
+    async def jobs(self, state: str | None = None, tool: str | None = None, limit: int = 100,
+                   before: str | None = None) -> list[JobInfo]:
+        """Jobs, newest first (of one ``state`` / ``tool``); page with ``before`` = the id of
+        the last job of the previous page."""
+        return await self._backend.jobs(state, tool, limit, before)
+
+    async def delete_job(self, job_id: str) -> None:
+        """Remove a finished job, its journal and stored values (its key is free again)."""
+        await self._backend.delete_job(job_id)
 
     async def interrupt(self, worker_id: int) -> None:
         """Interrupt a worker: cancel its tool calls and SIGINT its kernel."""

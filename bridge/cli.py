@@ -6,6 +6,7 @@
     kernelpit status                                  # workers and sessions
     kernelpit tools                                   # what can be called
     kernelpit call train epochs=3                     # run a tool, with live progress
+    kernelpit submit train epochs=3                   # a durable job (also jobs, job, cancel)
     kernelpit untaint train                           # lift a crash quarantine now
     kernelpit stop                                    # stop the running bridge
     kernelpit token add ci --role call                # a named token (also list, revoke, rotate)
@@ -24,7 +25,7 @@ import time
 from typing import Any, Iterable, Sequence, TextIO
 
 from . import __version__
-from .exceptions import BridgeError, CallError, KernelpitError, StartError
+from .exceptions import BridgeError, CallError, JobsDisabled, KernelpitError, StartError
 from .kernels import markers
 from .terminal import (EventPrinter, charts_text, human_bytes, human_seconds, queue_summary,
                        table, tenants_table)
@@ -149,10 +150,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          "instead")
     auth = settings.pop("auth", True) and not args.no_auth
     for key in ("host", "port", "grace", "max_message_size", "idle_timeout", "tls_cert",
-                "tls_key", "tls_client_ca", "tls_ca", "token_file", "metrics_address"):
+                "tls_key", "tls_client_ca", "tls_ca", "token_file", "metrics_address", "store",
+                "job_ttl", "blob_dir"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
+    if args.no_store:
+        settings["store"] = None
+    elif settings.get("store") in (None, True):
+        settings["store"] = True  # the default store: SQLite in the Jupyter data dir
+    if settings.get("store") is False:
+        settings["store"] = None
+    if "job_ttl" in settings and (settings["job_ttl"] is not None and not settings["job_ttl"] > 0):
+        raise UsageError(f"--job-ttl must be seconds > 0, got {settings['job_ttl']!r}")
     idle = settings.get("idle_timeout")
     if idle is not None and (isinstance(idle, bool) or not isinstance(idle, (int, float))
                              or not idle >= 0):
@@ -518,6 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quota-sessions", action="append", metavar="[NAME=]N",
                    help="sessions a tenant may hold open per pool, more fail with QueueFull "
                    "(as --quota-running)")
+    p.add_argument("--store", metavar="PATH|URL",
+                   help="the job store: a SQLite file or postgresql://USER@HOST/DB (default: "
+                   "jobs.sqlite in the Jupyter data dir; see docs/jobs.md)")
+    p.add_argument("--no-store", action="store_true", help="serve no durable jobs")
+    p.add_argument("--job-ttl", type=float, metavar="SECONDS",
+                   help="keep finished jobs this long (default 604800: 7 days)")
+    p.add_argument("--blob-dir", metavar="DIR", help="large job values go here (PostgreSQL: "
+                   "a folder every bridge sharing the database reaches; default: in the store)")
     p.add_argument("--no-discovery", action="store_true",
                    help="do not write the discovery file (clients then need --address/--token)")
     p.set_defaults(func=cmd_serve)
@@ -592,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=0.3, help="seconds per epoch")
     p.set_defaults(func=cmd_demo)
 
+    from .cli_jobs import add_parsers as add_jobs  # submit, jobs, job, cancel: cli_jobs.py
+    add_jobs(sub, client_options)
     from .doctor import add_parser as add_doctor  # `kernelpit doctor`: bridge/doctor.py
     add_doctor(sub)
     return parser
@@ -607,7 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except UsageError as exc:
         parser.exit(2, f"kernelpit {args.command}: error: {exc}\n")
-    except (BridgeError, StartError, CallError, FileExistsError, OSError, ValueError) as exc:
+    except (BridgeError, StartError, CallError, JobsDisabled, FileExistsError, OSError,
+            ValueError) as exc:
         print(f"kernelpit {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@
     KernelpitError
     ├── StartError            a pool (or a worker of it) could not start
     ├── PoolClosed            the pool or client was closed
+    ├── JobsDisabled          this pool keeps no job store (Pool(store=...) enables jobs)
     ├── BridgeError           talking to a bridge service failed
     │   ├── BridgeNotFound    no running bridge was found (says how to start one)
     │   ├── Unauthenticated   the bridge refused the token
@@ -62,6 +63,13 @@ class PoolClosed(KernelpitError):
     """The pool or client is closed; open a new one."""
 
     kind = "closed"
+
+
+class JobsDisabled(KernelpitError):
+    """Jobs were asked of a pool without a job store: an embedded ``Pool()`` without
+    ``store=``, or a bridge started with ``--no-store``; the message says how to enable them."""
+
+    kind = "jobs_disabled"
 
 
 class BridgeError(KernelpitError):

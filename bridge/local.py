@@ -19,8 +19,9 @@ from .backend import Backend
 from .caller import AsyncHandle
 from .config import PoolConfig, SchedulerConfig
 from .events import Event
-from .exceptions import ToolNotFound
+from .exceptions import JobsDisabled, ToolNotFound
 from .info import SessionInfo, ToolInfo, WorkerInfo
+from .jobs.model import JobEvent, JobInfo
 from .options import CallOptions
 from .pool import PoolManager
 from .sync import Handle, Portal
@@ -57,6 +58,71 @@ class LocalBackend(Backend):
         self.closing = closing or asyncio.Event()
         self._hub: WatchHub | None = None
         self._closer: asyncio.Future[None] | None = None
+        #: the job runner (kernelpit.jobs.JobRunner) when the pool keeps a job store
+        self.runner: Any = None
+
+    async def open_job_store(self, target: Any = None, blob_dir: str | None = None) -> Any:
+        """Open the job store at ``target`` (a path or URL; None: the default SQLite file),
+        namespaced by the pools' names and adapters.  Called before the manager starts, so a
+        bad store fails at once (StoreError naming it and what to do)."""
+        from .jobs import namespace_of, open_store
+
+        return await open_store(target, namespace=namespace_of(self.manager.configs),
+                                blob_dir=blob_dir)
+
+    async def start_jobs(self, store: Any, **runner_settings: Any) -> Any:
+        """Run jobs on the opened ``store`` (after the manager started); returns the
+        :class:`~kernelpit.jobs.JobRunner`.  The store is closed if the runner cannot start."""
+        from .jobs import JobRunner
+
+        try:
+            self.runner = await JobRunner(self.manager, store, **runner_settings).start()
+        except BaseException:
+            await store.close()
+            raise
+        return self.runner
+
+    async def stop_jobs(self, grace: float = 0.0) -> None:
+        """Stop the runner (running jobs get ``grace`` seconds, then are left to the next
+        start on the store) and close its store."""
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            try:
+                await runner.stop(grace)
+            finally:
+                await runner.store.close()
+
+    def _jobs(self) -> Any:
+        if self.runner is None:
+            raise JobsDisabled(
+                "this pool keeps no job store, so it cannot run durable jobs; pass one: "
+                "kernelpit.Pool(..., store='jobs.sqlite') (a SQLite path, or a "
+                "postgresql:// URL), or use a bridge (`kernelpit serve` keeps one by default)")
+        return self.runner
+
+    # -- durable jobs ---------------------------------------------------------------------------
+    async def submit(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions,
+                     key: str | None = None) -> JobInfo:
+        return await self._jobs().submit(tool, args, kwargs, options, key=key)
+
+    async def job(self, job_id: str) -> JobInfo:
+        return await self._jobs().get(job_id)
+
+    async def jobs(self, state: str | None = None, tool: str | None = None, limit: int = 100,
+                   before: str | None = None) -> list[JobInfo]:
+        return await self._jobs().list(state, tool, limit, before)
+
+    def job_events(self, job_id: str, after: int = 0) -> AsyncIterator[JobEvent]:
+        return self._jobs().events(job_id, after)
+
+    async def job_result(self, job_id: str, timeout: float | None = None) -> Any:
+        return await self._jobs().result(job_id, timeout)
+
+    async def cancel_job(self, job_id: str) -> JobInfo:
+        return await self._jobs().cancel(job_id)
+
+    async def delete_job(self, job_id: str) -> None:
+        await self._jobs().delete(job_id)
 
     # -- calls: the manager's own coroutines, handed over as they are (no extra frame on the
     # hot path: these are plain functions that return them) -----------------------------------
@@ -150,11 +216,13 @@ class LocalBackend(Backend):
             await asyncio.wait(pending, timeout=grace)
 
     async def shutdown(self, grace: float | None = None) -> None:
+        await self.stop_jobs(grace or 0.0)
         await self.drain(grace or 0.0)
         await self.close()
 
     async def close(self) -> None:
         self.closing.set()
+        await self.stop_jobs()
         await self.manager.close()
 
 
@@ -171,11 +239,15 @@ class AsyncPool(AsyncHandle):
 
     def __init__(self, adapters: Any = (), workers: int | None = None, *,
                  pools: dict[str, Any] | None = None, metrics: Any = False,
-                 scheduler: SchedulerConfig | None = None, **settings: Any) -> None:
+                 scheduler: SchedulerConfig | None = None, store: Any = None,
+                 job_ttl: float | None = 7 * 86400.0, **settings: Any) -> None:
         manager = PoolManager(build_configs(adapters, workers, pools, settings), scheduler)
+        self._metrics = None
         if metrics:
             from .telemetry.metrics import attach
-            attach(manager, metrics)
+            self._metrics = attach(manager, metrics)
+        self._store = None if store is None else str(store)
+        self._job_ttl = job_ttl
         super().__init__(LocalBackend(manager))
 
     @property
@@ -184,8 +256,20 @@ class AsyncPool(AsyncHandle):
 
     async def start(self) -> "AsyncPool":
         """Start every worker concurrently; returns when all are ready (or raises StartError)."""
-        if not self._backend.manager.started:
-            await self._backend.manager.start()
+        backend = self._backend
+        if not backend.manager.started:
+            # a bad store fails here, before any kernel starts
+            store = None if self._store is None else await backend.open_job_store(self._store)
+            try:
+                await backend.manager.start()
+            except BaseException:
+                if store is not None:
+                    await store.close()
+                raise
+            if store is not None:
+                await backend.start_jobs(store, job_ttl=self._job_ttl)
+                if self._metrics is not None:
+                    self._metrics.add_jobs(backend.runner)
         return self
 
     async def __aenter__(self) -> "AsyncPool":
@@ -203,7 +287,10 @@ class Pool(Handle):
     Arguments are those of :class:`~kernelpit.config.PoolConfig` (``adapters``,
     ``workers``, ``concurrency``, ``queue_size``, ``kernelspec``, ``python``,
     ``env``, ``cwd``, ...) for the default pool, plus ``pools={name: {...}}``
-    for named pools.  ``metrics=True`` publishes the pool's Prometheus metrics on
+    for named pools.  ``store=`` (a SQLite path or a ``postgresql://`` URL) turns on
+    durable jobs (``pool.submit``; see docs/jobs.md), kept ``job_ttl`` seconds after they
+    finish (default 7 days; None: forever); a job ends with this process, and is re-run
+    at the next start on the same store when idempotent (``lost`` otherwise).  ``metrics=True`` publishes the pool's Prometheus metrics on
     prometheus_client's default registry, ``metrics=registry`` on that one (see
     docs/observability.md).  ``scheduler=SchedulerConfig(...)`` sets how tenants
     (``options(tenant=...)``) share the workers: weights, quotas, ``fair`` or ``fifo``.

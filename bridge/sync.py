@@ -17,7 +17,7 @@ import threading
 import weakref
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, TypeVar
 
-from .caller import AsyncCaller, AsyncHandle, AsyncSession
+from .caller import AsyncCaller, AsyncHandle, AsyncJob, AsyncSession
 from .events import Event
 from .info import SessionInfo
 from .telemetry import tracing
@@ -165,9 +165,9 @@ class Caller:
         self._display = display
 
     def options(self, *, display: bool | None = None, **options: Any) -> "Caller":
-        """A caller with call options set: ``deadline``, ``session``, ``pool``, ``worker``,
-        ``idempotent``, and ``display`` (show the call live: a panel in a notebook, a text bar
-        in a terminal)."""
+        """A caller with call options set: ``deadline``, ``session`` (a session or its id),
+        ``pool``, ``worker``, ``idempotent``, ``key`` (for :meth:`submit`), and ``display``
+        (show the call live: a panel in a notebook, a text bar in a terminal)."""
         return Caller(self._portal, self._async.options(**options),
                       self._display if display is None else display)
 
@@ -190,6 +190,18 @@ class Caller:
         """``[tool(*xs) for xs in zip(*iterables)]`` across the pool, in chunks; results in order."""
         return self._portal.call(self._async.map, tool, *(list(it) for it in iterables),
                                  chunksize=chunksize)
+
+    def submit(self, tool: str, /, *args: Any, **kwargs: Any) -> "Job":
+        """Run ``tool`` as a durable job; returns its :class:`Job` at once (see
+        :meth:`kernelpit.caller.AsyncCaller.submit`).  With ``display=True`` it shows the
+        job live: in a notebook a panel that follows it while the cell returns; in a
+        terminal a text progress bar that follows it to its end (Ctrl-C stops following;
+        the job runs on)."""
+        job = Job(self._portal, self._portal.call(self._async.submit, tool, *args, **kwargs))
+        if self._display:
+            from .widgets.jobs import display_job
+            display_job(job)
+        return job
 
     def session(self, *, ttl: float | None = None, metadata: dict[str, str] | None = None,
                 pool: str | None = None, id: str | None = None) -> "Session":
@@ -226,6 +238,37 @@ class Session(Caller):
         self.close()
 
 
+class Job:
+    """Blocking twin of :class:`~kernelpit.caller.AsyncJob`: a durable job, by ``id``.
+    ``job.state`` reads the store afresh on each access."""
+
+    def __init__(self, portal: Portal, job: AsyncJob) -> None:
+        self._portal = portal
+        self._async = job
+
+    @property
+    def id(self) -> str:
+        return self._async.id
+
+    @property
+    def tool(self) -> str:
+        return self._async.tool
+
+    @property
+    def state(self) -> str:
+        """queued, running, succeeded, failed, cancelled or lost: read now."""
+        return self._portal.call(self._async.status)
+
+    status = blocking(AsyncJob.status)
+    info = blocking(AsyncJob.info)
+    result = blocking(AsyncJob.result)
+    events = iterating(AsyncJob.events)
+    cancel = blocking(AsyncJob.cancel)
+
+    def __repr__(self) -> str:
+        return repr(self._async)
+
+
 _open_handles: "weakref.WeakSet[Handle]" = weakref.WeakSet()
 
 
@@ -257,11 +300,17 @@ class Handle(Caller):
     close_session = blocking(AsyncHandle.close_session)
     watch = iterating(AsyncHandle.watch)
     subscribe = iterating(AsyncHandle.subscribe)
+    jobs = blocking(AsyncHandle.jobs)
+    delete_job = blocking(AsyncHandle.delete_job)
     interrupt = blocking(AsyncHandle.interrupt)
     restart = blocking(AsyncHandle.restart)
     recycle = blocking(AsyncHandle.recycle)
     reload = blocking(AsyncHandle.reload)
     untaint = blocking(AsyncHandle.untaint)
+
+    def job(self, job_id: str) -> Job:
+        """The handle of a job submitted from anywhere; JobNotFound when there is none."""
+        return Job(self._portal, self._portal.call(self._async.job, job_id))
 
     def shutdown(self, grace: float | None = None) -> None:
         """Stop the pool itself (for a client: the bridge and its pool); calls in flight get

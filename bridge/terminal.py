@@ -53,6 +53,31 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str], width: int = 200
     return "\n".join(line.rstrip() for line in out.getvalue().splitlines() if line.strip())
 
 
+def progress_text(progress: dict[str, Any] | None, width: int = 10) -> str:
+    """A job's last progress as ``███░░ 40% 4/10 msg``; ``-`` for none."""
+    if not progress:
+        return "-"
+    done, total = progress.get("done") or 0, progress.get("total")
+    message = progress.get("message") or ""
+    if total:
+        share = max(0.0, min(1.0, done / total))
+        filled = round(share * width)
+        text = f"{'█' * filled}{'░' * (width - filled)} {100 * share:.0f}% {done:g}/{total:g}"
+    else:
+        text = f"{done:g}"
+    return f"{text} {message}".rstrip()
+
+
+JOB_COLUMNS = ("JOB", "STATE", "TOOL", "PROGRESS", "AGE", "WORKER", "ATTEMPT")
+
+
+def job_row(info: Any, now: float) -> tuple[Any, ...]:
+    """One job (a JobInfo) as a row of :data:`JOB_COLUMNS` (the CLI table and the panel)."""
+    return (info.id, info.state, info.tool, progress_text(info.progress),
+            human_seconds(now - info.created), "-" if info.worker is None else info.worker,
+            f"{info.attempt}/{info.max_attempts}")
+
+
 class ProgressBar:
     """A call's progress: a live bar on a terminal (rich), plain lines elsewhere."""
 

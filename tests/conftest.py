@@ -11,15 +11,20 @@ ADAPTERS = str(Path(__file__).parent / "adapters")
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_runtime_dir(tmp_path_factory):
-    """Keep connection and discovery files of the tests out of the user's runtime dir."""
+    """Keep connection and discovery files of the tests out of the user's runtime dir, and
+    the default job store of the bridges they start (`kernelpit serve`) out of the user's
+    data dir."""
     runtime = tmp_path_factory.mktemp("jupyter-runtime")
-    old = os.environ.get("JUPYTER_RUNTIME_DIR")
+    data = tmp_path_factory.mktemp("jupyter-data")
+    old = {k: os.environ.get(k) for k in ("JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR")}
     os.environ["JUPYTER_RUNTIME_DIR"] = str(runtime)
+    os.environ["JUPYTER_DATA_DIR"] = str(data)
     yield runtime
-    if old is None:
-        os.environ.pop("JUPYTER_RUNTIME_DIR", None)
-    else:
-        os.environ["JUPYTER_RUNTIME_DIR"] = old
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def kernel_processes(run_id: str | None = None) -> list[psutil.Process]:

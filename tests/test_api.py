@@ -3,6 +3,7 @@ against a client of a real bridge (``kernelpit.connect``), and expects the same 
 
 import inspect
 import math
+import os
 import threading
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 import kernelpit
 import kernelpit.aio
 from conftest import ADAPTERS, wait_until
-from kernelpit.caller import AsyncHandle
+from kernelpit.caller import AsyncHandle, AsyncJob
 from kernelpit.config import PoolConfig
 from kernelpit.remote import AsyncClient, Client
 from kernelpit.service.server import Bridge
@@ -25,13 +26,15 @@ ONLY_POOL = {"start"}
 
 
 @pytest.fixture(scope="module", params=["embedded", "remote"])
-def pool(request):
+def pool(request, tmp_path_factory):
+    store = str(tmp_path_factory.mktemp("jobs") / "jobs.sqlite")
     if request.param == "embedded":
-        with kernelpit.Pool(**SETTINGS) as p:
+        with kernelpit.Pool(**SETTINGS, store=store) as p:
             yield p
         return
     portal = Portal("test-api-bridge")
-    bridge = Bridge([PoolConfig(name="default", **SETTINGS)], discovery=False, grace=2)
+    bridge = Bridge([PoolConfig(name="default", **SETTINGS)], discovery=False, grace=2,
+                    store=store)
     portal.call(bridge.start)
     try:
         with kernelpit.connect(bridge.address, bridge.token) as client:
@@ -197,3 +200,172 @@ def test_reload_recycles_every_serving_worker_onto_the_code_on_disk(pool):
     assert pool.call("add", 1, 2) == 3
     with pytest.raises(kernelpit.PoolNotFound, match="'nope'"):
         pool.reload("nope")
+
+
+# -- durable jobs (issue 13; docs/jobs.md) ------------------------------------------------------
+
+def test_submit_returns_a_job_whose_result_state_info_and_journal_match_the_call(pool):
+    job = pool.submit("steps", n=3)
+    assert isinstance(job, kernelpit.Job) and len(job.id) == 32
+    assert job.result(timeout=60) == 3
+    assert job.state == "succeeded"
+    info = job.info()
+    assert isinstance(info, kernelpit.JobInfo)
+    assert (info.id, info.tool, info.attempt) == (job.id, "steps", 1)
+    assert info.finished >= info.started >= info.created and info.worker is not None
+    assert info.progress == {"done": 3, "total": 3, "message": "step 3"} and info.error is None
+    events = list(job.events())
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    kinds = [e.kind for e in events]
+    assert "started" in kinds and kinds[-1] == "result" and events[-1].value == 3
+    assert [e.text for e in events if e.kind == "stdout"] == ["line 0\n", "line 1\n", "line 2\n"]
+    assert [e.kind for e in job.events(after=events[-3].seq)] == kinds[-2:]
+
+
+def test_a_failed_job_raises_what_the_call_raises(pool):
+    job = pool.submit("raise_key", key="k")
+    with pytest.raises(KeyError) as info:
+        job.result(timeout=60)
+    assert info.value.args == ("k",)
+    assert job.state == "failed" and isinstance(job.info().error, KeyError)
+    with pytest.raises(kernelpit.ToolNotFound):
+        pool.submit("no_such_tool")
+    with pytest.raises(kernelpit.InvalidArguments, match="'a'"):
+        pool.submit("add", a="x")
+
+
+def test_result_timeout_leaves_the_job_running_and_cancel_interrupts_it(pool, tmp_path):
+    job = pool.submit("wait_file", path=str(tmp_path / "never"), timeout=120)
+    with pytest.raises(TimeoutError) as info:
+        job.result(timeout=0.2)
+    assert not isinstance(info.value, kernelpit.DeadlineExceeded)
+    assert job.state == "running"
+    assert job.cancel().state == "cancelled"
+    with pytest.raises(kernelpit.Cancelled):
+        job.result()
+    assert pool.job(job.id).state == "cancelled"
+    assert pool.call("add", 1, 1) == 2  # the worker was interrupted, not lost
+
+
+def test_a_job_is_found_by_id_listed_newest_first_paged_and_deleted(pool):
+    ids = [pool.submit("add", i).id for i in range(5)]
+    for i, job_id in enumerate(ids):
+        assert pool.job(job_id).result(timeout=60) == i
+    listed = [j.id for j in pool.jobs(tool="add", limit=3)]
+    assert listed == ids[::-1][:3]
+    assert [j.id for j in pool.jobs(tool="add", limit=2, before=listed[-1])] == ids[::-1][3:5]
+    assert all(j.state == "succeeded" for j in pool.jobs(state="succeeded", limit=1000))
+    with pytest.raises(kernelpit.InvalidArguments, match="unknown job state"):
+        pool.jobs(state="done")
+    pool.delete_job(ids[0])
+    with pytest.raises(kernelpit.JobNotFound):
+        pool.job(ids[0])
+
+
+def test_options_key_deadline_idempotent_and_session_apply_to_submit(pool):
+    key = f"nightly-{os.getpid()}-{id(pool)}"
+    first = pool.options(key=key, idempotent=True, deadline=3600).submit("add", 1, b=2)
+    again = pool.options(key=key).submit("add", 1, b=2)
+    assert again.id == first.id and first.result(timeout=60) == 3
+    info = first.info()
+    assert info.key == key and info.idempotent and info.deadline == 3600
+    with pytest.raises(kernelpit.InvalidArguments, match=key):
+        pool.options(key=key).submit("add", 2, b=2)
+    with pool.session() as s:
+        s.call("remember", "k", 7)
+        by_object = pool.options(session=s).submit("remember", "k")
+        by_id = pool.options(session=s.id).submit("remember", "k")
+        in_session = s.submit("remember", "k")
+        assert [j.result(timeout=60) for j in (by_object, by_id, in_session)] == [7, 7, 7]
+        assert by_object.info().session == s.id
+    late = pool.options(deadline=0.3).submit("spin", seconds=30)
+    with pytest.raises(kernelpit.DeadlineExceeded):
+        late.result(timeout=60)
+    assert late.state == "failed"
+
+
+def test_the_asyncio_job_handle(pool):
+    async def scenario():
+        job = await pool._async.submit("steps", n=2)
+        assert isinstance(job, AsyncJob) and await job.status() in ("running", "succeeded")
+        seqs = [e.seq async for e in job.events()]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert await job.result() == 2 and (await job.info()).state == "succeeded"
+        again = await pool._async.job(job.id)
+        return again.id == job.id and await again.status() == "succeeded"
+    assert pool._portal.call(scenario)
+
+
+def test_jobs_publish_telemetry_events(pool):
+    events = []
+    stream = pool.subscribe("job.*")
+    reader = threading.Thread(target=lambda: events.extend(stream), daemon=True)
+    reader.start()
+    # through a bridge the subscription starts when the RPC arrives: submit until it is live
+    wait_until(lambda: pool.submit("add", 1, 2).result(timeout=60) == 3 and any(
+        e.kind == "job.finished" for e in events))
+    failed = pool.submit("raise_key")
+    with pytest.raises(KeyError):
+        failed.result(timeout=60)
+    wait_until(lambda: [e.data["state"] for e in events if e.kind == "job.finished"
+                        and e.data["job"] == failed.id] == ["failed"])
+    stream.close()
+    reader.join(timeout=5)
+    mine = [e for e in events if e.data["job"] == failed.id]
+    assert [e.kind for e in mine] == ["job.submitted", "job.started", "job.finished"]
+    assert mine[0].tool == "raise_key" and mine[0].pool == "default"
+    assert mine[1].worker is not None and mine[2].data["attempt"] == 1
+
+
+def test_an_embedded_pool_exports_the_jobs_gauge(tmp_path):
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    with kernelpit.Pool(**{**SETTINGS, "workers": 1}, store=tmp_path / "jobs.sqlite",
+                        metrics=registry) as p:
+        p.submit("add", 1).result(timeout=60)
+        with pytest.raises(KeyError):
+            p.submit("raise_key").result(timeout=60)
+        p.jobs()  # settles the commits
+        assert registry.get_sample_value("kernelpit_jobs", {"state": "succeeded"}) == 1
+        assert registry.get_sample_value("kernelpit_jobs", {"state": "failed"}) == 1
+        assert registry.get_sample_value("kernelpit_jobs", {"state": "running"}) == 0
+
+
+def test_an_embedded_pools_jobs_end_with_it_and_are_rerun_or_lost_at_its_next_start(tmp_path):
+    store = tmp_path / "jobs.sqlite"
+    settings = {**SETTINGS, "workers": 2, "store": store}
+    with kernelpit.Pool(**settings) as p:
+        again = p.options(idempotent=True).submit("wait_file", path=str(tmp_path / "go"))
+        gone = p.submit("wait_file", path=str(tmp_path / "go"))
+        wait_until(lambda: again.state == gone.state == "running")
+    # the pool closed with both running; a new one on the same store takes them over
+    (tmp_path / "go").write_text("")
+    with kernelpit.Pool(**settings) as p:
+        assert p.job(again.id).result(timeout=60) == "released"
+        info = p.job(again.id).info()
+        assert info.attempt == 2 and info.state == "succeeded"
+        assert "restarted" in [e.kind for e in p.job(again.id).events()]
+        with pytest.raises(kernelpit.JobLost, match="not idempotent"):
+            p.job(gone.id).result(timeout=60)
+    with kernelpit.Pool(**{**settings, "adapters": ["kp_jobs"], "workers": 1}) as other:
+        with pytest.raises(kernelpit.JobNotFound):  # other adapters: another namespace
+            other.job(again.id)
+
+
+def test_jobs_need_a_store_and_say_how_to_enable_them():
+    with kernelpit.Pool(**{**SETTINGS, "workers": 1}) as p:
+        with pytest.raises(kernelpit.JobsDisabled, match=r"Pool\(\.\.\., store="):
+            p.submit("add", 1)
+        with pytest.raises(kernelpit.JobsDisabled):
+            p.jobs()
+    portal = Portal("test-api-nostore")
+    bridge = Bridge([PoolConfig(name="default", **{**SETTINGS, "workers": 1})],
+                    discovery=False, grace=0)
+    portal.call(bridge.start)
+    try:
+        with kernelpit.connect(bridge.address, bridge.token) as client:
+            with pytest.raises(kernelpit.JobsDisabled, match="--store"):
+                client.submit("add", 1)
+    finally:
+        portal.call(bridge.stop, 0)
+        portal.stop()

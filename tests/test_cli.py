@@ -104,6 +104,62 @@ def test_tools_lists_every_tool(served):
     assert tools[0]["parameters"]["type"] == "object"
 
 
+def test_serve_keeps_jobs_in_the_default_store_of_the_data_dir(served):
+    data = os.environ["JUPYTER_DATA_DIR"]  # tests/conftest.py: a private one
+    line = next(x for x in served.log if "job store" in x)
+    assert os.path.join(data, "kernelpit", "jobs.sqlite") in line
+
+
+def test_submit_prints_the_id_and_job_follow_replays_then_follows(served):
+    r = served.cli("submit", "train", "epochs=3", "seconds_per_epoch=0.3")
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip()
+    assert len(job_id) == 32
+    r = served.cli("job", job_id, "--follow")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:3] == ["epoch 1/3: loss=0.6000", "epoch 2/3: loss=0.3600",
+                         "epoch 3/3: loss=0.2160"]
+    assert json.loads(lines[-1]) == {"epochs": 3, "loss": 0.216}
+    assert "3/3 epoch 3" in r.stderr  # the progress bar
+    again = served.cli("job", job_id, "--follow", "--after", "3")  # a replay from the middle
+    assert again.stdout.splitlines()[0] == "epoch 2/3: loss=0.3600"
+    shown = served.cli("job", job_id)
+    assert shown.returncode == 0 and "succeeded" in shown.stdout and "3/3" in shown.stdout
+
+
+def test_jobs_lists_filters_and_prunes(served):
+    ids = [served.cli("submit", "add", f"a={i}", "b=1").stdout.strip() for i in range(3)]
+    keyed = served.cli("submit", "add", "a=1", "b=2", "--key", "cli-key").stdout.strip()
+    assert served.cli("submit", "add", "a=1", "b=2", "--key", "cli-key").stdout.strip() == keyed
+    for job_id in ids:
+        assert served.cli("job", job_id, "--follow").returncode == 0
+    table = served.cli("jobs", "--tool", "add")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].split()[:4] == ["JOB", "STATE", "TOOL", "PROGRESS"]
+    listed = [line.split()[0] for line in table.stdout.splitlines()[2:]]
+    assert listed[:4] == [keyed, *ids[::-1]]  # newest first
+    as_json = json.loads(served.cli("jobs", "--state", "succeeded", "--json").stdout)
+    assert {j["id"] for j in as_json} >= set(ids) and all(j["state"] == "succeeded"
+                                                          for j in as_json)
+    assert served.cli("jobs", "--state", "nope").returncode == 2  # argparse names the choices
+    pruned = served.cli("jobs", "--prune")
+    assert pruned.returncode == 0 and "deleted" in pruned.stdout
+    assert ids[0] not in served.cli("jobs").stdout
+    gone = served.cli("job", ids[0])
+    assert gone.returncode == 1 and "no job" in gone.stderr
+
+
+def test_cancel_interrupts_a_running_job(served):
+    job_id = served.cli("submit", "spin", "seconds=60").stdout.strip()
+    wait_until(lambda: "running" in served.cli("job", job_id).stdout)
+    r = served.cli("cancel", job_id)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"job {job_id} (spin()) is cancelled"
+    follow = served.cli("job", job_id, "--follow")
+    assert follow.returncode == 1 and "cancelled" in follow.stderr
+
+
 def test_client_commands_without_a_bridge_say_how_to_start_one(tmp_path):
     r = subprocess.run([sys.executable, "-m", "kernelpit", "status"], capture_output=True,
                        text=True, timeout=60, env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
@@ -176,3 +232,22 @@ def test_serve_rejects_a_bad_setting_saying_what_to_write(tmp_path):
                        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
     assert r.returncode != 0
     assert "cannot read 'lots' as a size; write bytes or e.g. '512MB'" in r.stderr
+
+
+def test_serve_fails_at_start_on_a_bad_store_and_no_store_says_how_to_enable(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    r = subprocess.run([sys.executable, "-m", "kernelpit", "serve", "--adapter",
+                        "kernelpit.kernels.demo", "--workers", "1", "--no-discovery",
+                        "--store", str(blocker / "jobs.sqlite")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert f"the job store {blocker / 'jobs.sqlite'}" in r.stderr and "--store PATH" in r.stderr
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    s = Served(runtime, "--adapter", "kernelpit.kernels.demo", "--workers", "1", "--no-store")
+    try:
+        r = s.cli("submit", "add", "a=1", "b=2")
+        assert r.returncode == 1 and "serves no jobs" in r.stderr and "--store" in r.stderr
+    finally:
+        s.stop()

@@ -1,8 +1,10 @@
 """Idle shutdown of real ``kernelpit serve`` processes: nobody using it, it stops by itself;
 a connected client (its lease) or a running call keeps it up; an unused session does not."""
 
+import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 
 import kernelpit
 from conftest import kernel_processes, wait_until
+from kernelpit.jobs import open_store
 from kernelpit.v1 import bridge_pb2 as pb
 from kernelpit.v1 import bridge_pb2_grpc as pb_grpc
 from kernelpit.v1 import values_pb2 as values_pb
@@ -153,6 +156,27 @@ def test_a_call_longer_than_the_idle_timeout_is_not_cut(bridge):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "kernelpit-client-id" in err.value.details()
     b.stopped_idle()
+
+
+def test_a_running_job_keeps_it_up_after_its_submitter_left(bridge):
+    b = bridge("--idle-timeout", str(IDLE))
+    with b.connect() as client:
+        job = client.submit("train", epochs=3, seconds_per_epoch=IDLE)
+        job_id = job.id
+    # no client, no RPC: only the job holds the bridge up, for all of its ~3 IDLE seconds
+    assert b.stays_up(IDLE * 2.5)
+    assert "stopping" not in "".join(b.log)  # not even draining: it is in use
+    b.stopped_idle()
+    # it stopped only once the job had finished: the store says so
+    path, namespace = re.search(r"job store (\S+) \(namespace (\S+)\)", "".join(b.log)).groups()
+
+    async def state() -> str:
+        store = await open_store(path, namespace=namespace)
+        try:
+            return (await store.get(job_id)).state
+        finally:
+            await store.close()
+    assert asyncio.run(state()) == "succeeded"
 
 
 def test_an_open_session_nobody_uses_does_not_keep_it_up(bridge):

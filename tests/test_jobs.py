@@ -207,6 +207,7 @@ def _stored_values(runner, job_id):
 def test_retention_removes_rows_and_stored_values(jobs):
     info = jobs.submit("blob", [], {"nbytes": BIG}, CallOptions(), key="retained")
     jobs.result(info.id)
+    assert jobs.get(info.id).state == "succeeded"  # a read after result() waits for the commit
     assert _stored_values(jobs.api, info.id)  # the large result is beside the row
     running = submit(jobs, "busy", seconds=30)
     removed = jobs.prune(older_than=0)

@@ -22,6 +22,10 @@ def under(names: set[str], *prefixes: str) -> list[str]:
     # a client process loads neither the server nor the pool machinery
     (("kernelpit", "kernelpit.remote"),
      ("kernelpit.service", "kernelpit.pool", "kernelpit.local", "jupyter_client")),
+    # the job package by itself, and its client side, load no runner, store or pool
+    (("kernelpit.jobs", "kernelpit.jobs.remote"),
+     ("kernelpit.pool", "kernelpit.service", "kernelpit.local", "kernelpit.jobs.runner",
+      "kernelpit.jobs.sqlite", "kernelpit.jobs.postgres", "jupyter_client")),
     # the server never loads the client side, the CLI or the widgets
     (("kernelpit.service.server",), ("kernelpit.remote", "kernelpit.cli", "kernelpit.widgets")),
     # the core API loads no transport, CLI or widgets

@@ -197,6 +197,60 @@ def test_sessions(workdir):
     assert attach.startswith("jupyter console --existing ") and Path(attach.split()[-1]).exists()
 
 
+def test_jobs(workdir):
+    nb = run(workdir, "jobs")
+    assert "joined the running Kernelpit bridge" in text(outputs(nb, "%kp start"))
+    submitted = outputs(nb, "%kp submit")
+    job_id = re.search(r"job ([0-9a-f]{32}) submitted", text(submitted, "stdout")).group(1)
+    panel = [o for o in submitted if o.output_type == "display_data"][0]
+    assert WIDGET_VIEW in panel.data and f"job {job_id}" in panel.data["text/plain"]
+    assert outputs(nb, "job = kp_last_job")[-1].data["text/plain"].startswith("{'epochs': 4,")
+    # reattached: the whole journal replayed into the cell, every line and the last progress
+    replayed = [o for o in outputs(nb, "%kp job") if o.output_type == "display_data"][0]
+    plain = replayed.data["text/plain"]
+    assert f"job {job_id}" in plain and "4/4 (100%)" in plain and "done" in plain
+    view = widget_states(nb)
+    lines = "".join(str(s) for s in view.values())
+    assert all(f"epoch {i}/4" in lines for i in range(1, 5))
+    assert outputs(nb, "import kernelpit")[-1].data["text/plain"] == \
+        "(10, ['partial', 'partial', 'result'], True)"
+    assert outputs(nb, "again = ")[-1].data["text/plain"] == "(True, 'succeeded')"
+    assert outputs(nb, "slow = ")[-1].data["text/plain"] == "('cancelled', 'cancelled')"
+    listing = text(outputs(nb, "%kp jobs"))
+    assert re.search(rf"^{job_id}\s+succeeded\s+train\s", listing, re.M)
+    assert re.search(r"^\w{32}\s+cancelled\s+spin\s", listing, re.M)
+
+
+def test_a_notebook_whose_kernel_restarted_mid_job_reattaches(workdir):
+    from nbclient.util import run_sync
+
+    start = json.loads((workdir / "jobs.ipynb").read_text())["cells"][2]["source"]
+    cells = [nbformat.v4.new_code_cell(src) for src in (
+        "%load_ext kernelpit", "".join(start),
+        "%kp submit train epochs=5 seconds_per_epoch=0.6")]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    client = NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(workdir)}})
+    with client.setup_kernel():
+        for i, cell in enumerate(cells):
+            client.execute_cell(cell, i)
+        job_id = re.search(r"job ([0-9a-f]{32}) submitted", text(cells[2].outputs)).group(1)
+        run_sync(client.km.restart_kernel)(now=True)
+        run_sync(client.kc.wait_for_ready)(timeout=120)
+        after = [nbformat.v4.new_code_cell(src) for src in (
+            "%load_ext kernelpit", "".join(start), f"%kp job {job_id}",
+            "kp_last_job.result(timeout=120)")]
+        first = len(client.nb.cells)
+        client.nb.cells.extend(after)
+        for i, cell in enumerate(after, start=first):
+            client.execute_cell(cell, i)
+    plain = [o for o in after[2].outputs if o.output_type == "display_data"][0].data["text/plain"]
+    assert f"job {job_id}" in plain and "train() on worker" in plain
+    done = int(re.search(r"(\d)/5", plain).group(1))
+    assert done >= 1  # the epochs run before the kernel restarted are shown
+    assert after[3].outputs[-1].data["text/plain"].startswith("{'epochs': 5,")
+
+
 def test_worker_health(workdir):
     nb = run(workdir, "worker-health")
     leak = text(outputs(nb, "first ="))

@@ -31,11 +31,12 @@ async def _start(bridge):
 
 
 @pytest.fixture(scope="module")
-def bridge():
+def bridge(tmp_path_factory):
     portal = Portal("test-bridge")
     b = Bridge([PoolConfig(name="default", adapters=["kp_tools"], workers=2, path=[ADAPTERS]),
                 PoolConfig(name="demo", adapters=["kernelpit.kernels.demo"], workers=1)],
-               max_message_size=MAX_MESSAGE, grace=5)
+               max_message_size=MAX_MESSAGE, grace=5,
+               store=str(tmp_path_factory.mktemp("service-jobs") / "jobs.sqlite"))
     portal.call(_start, b)
     yield b
     portal.call(b.stop, 0)
@@ -257,6 +258,13 @@ def test_oversize_message_is_refused_and_the_bridge_keeps_serving(client, stub, 
     assert client.call("echo", blob=b"\x00" * (MAX_MESSAGE // 2))["blob"] == b"\x00" * (MAX_MESSAGE // 2)
 
 
+def test_a_job_takes_and_returns_values_beyond_one_message_as_blobs(client):
+    big = bytes(range(256)) * ((MAX_MESSAGE + 5000) // 256)
+    job = client.submit("echo", blob=big)  # the argument uploaded as a blob
+    assert job.result(timeout=60)["blob"] == big  # the journaled result read as one
+    assert [e for e in job.events()][-1].value["blob"] == big  # and in a replay
+
+
 def test_unknown_session_is_not_found(client, stub, auth):
     with pytest.raises(kernelpit.SessionNotFound, match="no session 'nope'"):
         client.options(session="nope").call("add", 1)
@@ -441,7 +449,7 @@ def test_reflection_lists_the_services(bridge):
         reply = next(stub.ServerReflectionInfo(iter([
             reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = {s.name for s in reply.list_services_response.service}
-        assert {"kernelpit.v1.Bridge", "grpc.health.v1.Health"} <= names
+        assert {"kernelpit.v1.Bridge", "kernelpit.v1.Jobs", "grpc.health.v1.Health"} <= names
 
 
 def test_server_info(bridge, client):

@@ -219,3 +219,26 @@ def test_a_second_sigterm_cuts_the_drain_short(tmp_path):
         client.close()
     finally:
         s.stop()
+
+
+def test_sigterm_lets_running_jobs_finish_within_the_grace(tmp_path):
+    store = tmp_path / "jobs.sqlite"
+    s = Served(tmp_path, "--adapter", DEMO, "--workers", "1", "--grace", "20",
+               "--store", str(store))
+    try:
+        with s.connect() as client:
+            job = client.submit("train", epochs=4, seconds_per_epoch=0.5)
+            wait_until(lambda: job.state == "running")
+        s.proc.send_signal(signal.SIGTERM)  # nobody connected: only the job is in flight
+        assert s.proc.wait(30) == 0
+        assert any("stopping" in line for line in s.log)
+    finally:
+        s.stop()
+    s = Served(tmp_path, "--adapter", DEMO, "--workers", "1", "--store", str(store))
+    try:
+        with s.connect() as client:
+            info = client.job(job.id).info()  # finished by the first bridge, once
+            assert (info.state, info.attempt) == ("succeeded", 1)
+            assert client.job(job.id).result() == {"epochs": 4, "loss": 0.1296}
+    finally:
+        s.stop()

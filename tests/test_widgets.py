@@ -32,7 +32,8 @@ class Running:
 
     def __init__(self, runtime, workers=2):
         self.portal = Portal("test-widgets-bridge")
-        self.bridge = Bridge([PoolConfig(adapters=[DEMO], workers=workers)], grace=2)
+        self.bridge = Bridge([PoolConfig(adapters=[DEMO], workers=workers)], grace=2,
+                             store=str(Path(runtime) / "jobs.sqlite"))
         self.portal.call(_start, self.bridge)
 
     def stop(self):
@@ -164,6 +165,51 @@ def test_sessions_panel_rows_and_close_button(client):
         assert panel.wait_for(lambda p: "widgets-test" not in p._rows, 20)
         assert all(x.id != "widgets-test" for x in client.sessions())
         assert "no open sessions" in panel.text()
+    finally:
+        panel.close()
+
+
+# -- durable jobs ---------------------------------------------------------------------------
+
+def test_job_panel_replays_the_journal_then_follows_and_cancels(client):
+    from kernelpit.widgets.jobs import JobPanel
+    done = client.submit("train", epochs=3, seconds_per_epoch=0.05)
+    done.result(timeout=30)
+    replay = JobPanel(client.job(done.id))  # a finished job: the whole journal replayed
+    assert replay.wait_replayed(20)
+    wait_until(replay.done, timeout=20)
+    text = "".join(o["text"] for o in replay.panel.output.outputs
+                   if o["output_type"] == "stream")
+    assert text.splitlines() == ["epoch 1/3: loss=0.6000", "epoch 2/3: loss=0.3600",
+                                 "epoch 3/3: loss=0.2160"]
+    assert f"job {done.id}" in replay.text() and "3/3 (100%)" in replay.text()
+    live = JobPanel(client.submit("spin", seconds=60))
+    wait_until(lambda: live.panel.view.state == "running", timeout=20)
+    live.panel.cancel_button.click()  # cancels the job, not just the panel
+    wait_until(live.done, timeout=20)
+    assert live.job.state == "cancelled" and live.panel.view.state == "cancelled"
+
+
+def test_jobs_panel_rows_and_buttons(client):
+    from kernelpit.widgets.jobs import JobsPanel
+    finished = client.submit("add", a=1, b=1)
+    finished.result(timeout=30)
+    running = client.submit("spin", seconds=60)
+    panel = JobsPanel(client, interval=0.2)
+    try:
+        wait_until(lambda: running.id in panel._rows and finished.id in panel._rows)
+        row = panel._rows[running.id]
+        assert row.tool.value.startswith("<code") and "spin()" in row.tool.value
+        assert "succeeded" in panel._rows[finished.id].state.value
+        assert panel._rows[finished.id].cancel.disabled and panel._rows[finished.id].bar.value == 1
+        lines = panel.text().splitlines()
+        assert lines[1].split()[:3] == ["JOB", "STATE", "TOOL"]
+        assert any(line.startswith(running.id) for line in lines)
+        row.cancel.click()
+        wait_until(lambda: "cancelled" in panel._rows[running.id].state.value, timeout=20)
+        assert running.state == "cancelled" and panel._rows[running.id].cancel.disabled
+        panel._rows[finished.id].open.click()  # the job's panel below the list
+        assert len(panel.opened.outputs) == 1
     finally:
         panel.close()
 

@@ -5,6 +5,7 @@
     %kp start --adapter kernelpit.kernels.demo --workers 2   # or join the running bridge
     %kp status                      # worker-health panel
     %kp call train epochs=3         # streaming-output panel; the result is the cell's value
+    %kp submit train epochs=30      # a durable job: its live panel (%kp jobs, %kp job ID)
     %%kp --session model            # run the cell in that session's worker kernel
     %kp push x y --session model    # variables notebook -> worker;  %kp pull brings them back
 
@@ -33,6 +34,9 @@ SUBCOMMANDS = {
     "sessions": "the sessions panel",
     "tools": "the tools served, with signatures and docs",
     "call": "run a tool with the streaming-output panel; the result is the cell's value",
+    "submit": "run a tool as a durable job and show its live panel (it outlives the kernel)",
+    "jobs": "the jobs panel: state, tool, progress, age, worker; cancel and open buttons",
+    "job": "reattach to a job: replay its output and progress so far, then follow it",
     "push": "copy notebook variables into a session's worker kernel",
     "pull": "copy variables from a session's worker kernel into the notebook",
     "attach": "the command that attaches a console to a worker kernel",
@@ -100,6 +104,22 @@ def _parsers() -> dict[str, MagicArgumentParser]:
     a.add_argument("--worker", type=int, default=None, help="run on this worker id")
     a.add_argument("--background", action="store_true",
                    help="return at once; the panel keeps updating (its .wait() gives the result)")
+    a = parser("submit")
+    a.add_argument("tool")
+    a.add_argument("arguments", nargs="*", metavar="key=value",
+                   help="tool arguments; values parsed as JSON when they parse")
+    a.add_argument("--deadline", type=float, default=None, help="seconds from submission")
+    a.add_argument("--session", default=None, help="run in this session (by name)")
+    a.add_argument("--key", default=None, help="idempotency key (the same job if it exists)")
+    a.add_argument("--idempotent", action="store_true",
+                   help="safe to run again after a crash or a bridge restart")
+    a = parser("jobs")
+    a.add_argument("--state", default=None, help="only jobs in this state")
+    a.add_argument("--tool", default=None, help="only jobs of this tool")
+    a.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    a.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    a = parser("job")
+    a.add_argument("id", help="the job id (job.id, `kernelpit jobs`)")
     for name in ("push", "pull"):
         a = parser(name)
         a.add_argument("names", nargs="+", metavar="NAME")
@@ -129,6 +149,7 @@ class KernelpitMagics(Magics):
         self.session_workers: dict[str, int] = {}   # session name -> worker id, as last seen
         self._shells: dict[str, Any] = {}           # connection file -> WorkerShell
         self.panels: list[Any] = []
+        self.jobs_panels: list[Any] = []            # %kp jobs panels (polling until unload)
 
     # -- plumbing ------------------------------------------------------------------------------
     def client(self) -> Any:
@@ -156,7 +177,7 @@ class KernelpitMagics(Magics):
             raise UsageError(f"{exc}\n{usage(parser)}") from None
 
     def unload(self) -> None:
-        for panel in self.panels:
+        for panel in [*self.panels, *self.jobs_panels]:
             try:
                 panel.close()
             except Exception:
@@ -316,6 +337,51 @@ class KernelpitMagics(Magics):
                   "`kp_last_call.cancel()` (or the cancel button) stops it")
             return None
         return caller.options(display=True).call(args.tool, **kwargs)
+
+    # -- durable jobs --------------------------------------------------------------------------
+    def _cmd_submit(self, args: Any) -> Any:
+        from kernelpit.cli import UsageError as CliUsage
+        from kernelpit.cli import parse_assignments
+        from .jobs import display_job
+        try:
+            kwargs = parse_assignments(args.arguments)
+        except CliUsage as exc:
+            raise UsageError(f"{exc}\n{usage(self.parsers['submit'])}") from None
+        options: dict[str, Any] = {}
+        if args.deadline is not None:
+            options["deadline"] = args.deadline
+        if args.session is not None:
+            self._session(args.session)
+            options["session"] = args.session
+        if args.key is not None:
+            options["key"] = args.key
+        if args.idempotent:
+            options["idempotent"] = True
+        # not retried on a reconnect (as _rpc does): a submission must not run twice
+        job = self.client().options(**options).submit(args.tool, **kwargs)
+        self.shell.user_ns["kp_last_job"] = job
+        print(f"job {job.id} submitted; it runs on without this notebook: `%kp job {job.id}` "
+              "shows it again (also after a kernel restart), `kp_last_job.result()` waits for "
+              "its result")
+        display_job(job)
+        return None
+
+    def _cmd_job(self, args: Any) -> Any:
+        from .jobs import display_job
+        job = self._rpc(lambda c: c.job(args.id))
+        self.shell.user_ns["kp_last_job"] = job
+        display_job(job)
+        return None
+
+    def _cmd_jobs(self, args: Any) -> Any:
+        from .jobs import JobsPanel
+        client = self.client()
+        panel = JobsPanel(client, interval=args.interval, limit=args.limit, state=args.state,
+                          tool=args.tool)
+        from IPython.display import display
+        display(panel)
+        self.jobs_panels.append(panel)
+        return None
 
     # -- worker kernels ------------------------------------------------------------------------
     def _session(self, name: str) -> Any:

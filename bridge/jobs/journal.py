@@ -8,7 +8,9 @@ written.  The journal numbers each job's events: the runner that owns a job is t
 only writer of its events.  A job's entries are written only once its row is: a job
 can start running while its insert commits, and its first events wait for that.
 
-Two batches may be in flight at once (the store's writer runs them in order), so an
+Entries wait up to :data:`WINDOW` for others to join their commit (group commit), except a
+state change (``running``) that a job waits for.  Two batches may be in flight at once
+(the store's writer runs them in order), so an
 event that arrives while one commits does not wait for that commit to come back before
 its own is sent.  The store refuses a job's events unless they follow its last seq, so a
 batch that fails can never be overtaken by the next one of the same job: both are
@@ -20,12 +22,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from typing import Callable
 
 from .store import Entry, JobStore
 
 log = logging.getLogger("kernelpit.jobs")
 RETRY = 1.0
 IN_FLIGHT = 2
+#: group commit: entries nobody waits for are held this long for more to join them, so a
+#: short job's started and result events are one commit, and a flood makes big batches
+WINDOW = 0.001
+#: ... unless this many are pending already
+FULL = 256
 
 
 class Journal:
@@ -45,6 +53,36 @@ class Journal:
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
+        self._store.rider = self
+
+    # -- riding along with another transaction (the store's submissions) --------------------
+    def take(self, accept: "Callable[[list[Entry]], bool]") -> list[Entry]:
+        """The entries ready to be written, for the store to commit with a submission's
+        insert (one transaction instead of two); ``accept`` says whether it can take them
+        (else they stay pending).  Nothing while a batch of ours is in flight or failed,
+        so the order of a job's entries holds."""
+        if self._flight or self._failed or not self._pending:
+            return []
+        batch = self._ready()
+        if batch and not accept(batch):
+            self.put_back(batch)
+            return []
+        return batch
+
+    def put_back(self, batch: list[Entry]) -> None:
+        """Entries taken but not written: pending again, first."""
+        self._pending = batch + self._pending
+        self._last = {e.job: i for i, e in enumerate(self._pending)}
+
+    def landed(self, batch: list[Entry], failure: BaseException | None) -> None:
+        """Entries taken were committed (or their part of the transaction failed)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if failure is None:
+            done.set_result(None)
+        else:
+            done.set_exception(failure)
+        self._land(batch, done)
+        self._wake.set()
 
     def begin(self, job: str, last_seq: int, stored: asyncio.Future[object] | None = None) -> None:
         """Number ``job``'s next event ``last_seq + 1``; ``stored``: the job's insert, when
@@ -99,6 +137,9 @@ class Journal:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            if self._pending and len(self._pending) < FULL and not self._failed and not any(
+                    e.kind is None for e in self._pending):  # a state change is awaited: now
+                await asyncio.sleep(WINDOW)
             self._wake.clear()
             while self._flight and self._flight[0][1].done():
                 self._land(*self._flight.popleft())

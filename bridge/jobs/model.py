@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .. import events as ev
-from ..exceptions import from_payload, to_payload
+from ..exceptions import InvalidArguments, from_payload, to_payload
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "lost"]
 STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled", "lost")
@@ -15,6 +15,14 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled", "lost"})
 #: the journal kinds that end a job: exactly one, as its last entry
 FINAL_KINDS = frozenset({"result", "error"})
 RESTARTED = "restarted"
+
+
+def check_state(state: str | None) -> str | None:
+    """``state`` when it is a job state (or None); InvalidArguments listing them otherwise."""
+    if state is not None and state not in STATES:
+        raise InvalidArguments(f"unknown job state {state!r}; use {', '.join(STATES[:-1])} "
+                               f"or {STATES[-1]}")
+    return state
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -26,10 +27,10 @@ from typing import Any, AsyncIterator
 from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, JobLost, PoolClosed,
                           ToolNotFound)
 from ..kernels.schema import check_arguments
-from ..pool.call import CallOptions
+from ..options import CallOptions
 from . import follow, values
 from .journal import Journal
-from .model import JobEvent, JobInfo, error_payload, event_data
+from .model import STATES, JobEvent, JobInfo, check_state, error_payload, event_data
 from .store import Entry, JobStore, NewJob, Orphan
 
 log = logging.getLogger("kernelpit.jobs")
@@ -43,14 +44,18 @@ CLOSE_TIMEOUT = 10.0  # seconds a stop waits for the store to take the last entr
 
 class Run:
     """A job this runner is running: its task, why it was cancelled (None: the runner is
-    stopping), whether its last event is journaled, and that event once committed."""
+    stopping), its last event as soon as the call gave it (``reported``: handed to waiters
+    in this process while its commit is in flight) and once committed (``outcome``)."""
 
     def __init__(self, info: JobInfo, task: asyncio.Task[None]) -> None:
         self.info = info
         self.task = task
         self.why: BaseException | None = None
         self.final = False
-        self.outcome: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        self.slot = False  # holds one of the runner's slots
+        loop = asyncio.get_running_loop()
+        self.reported: asyncio.Future[Entry] = loop.create_future()
+        self.outcome: asyncio.Future[Entry] = loop.create_future()
 
     def cancel(self, why: BaseException) -> None:
         if self.why is None:
@@ -92,6 +97,24 @@ class Slots:
         self.free += 1
 
 
+_ID_PREFIX = os.urandom(10).hex()  # 20 random hex digits per process (renewed after fork)
+_id_count = itertools.count()
+
+
+def _new_id() -> str:
+    """A job id: 32 hex digits, unique everywhere (a random per-process prefix and a
+    counter); cheaper than uuid4, which reads the OS random source each time."""
+    return f"{_ID_PREFIX}{next(_id_count) & 0xFFFFFFFFFFFF:012x}"
+
+
+def _renew_prefix() -> None:
+    global _ID_PREFIX, _id_count
+    _ID_PREFIX, _id_count = os.urandom(10).hex(), itertools.count()
+
+
+os.register_at_fork(after_in_child=_renew_prefix)
+
+
 def namespace_of(configs: Any) -> str:
     """The store namespace of a pool: its pools' names and adapters, so that a ``Pool()``
     never picks up another program's jobs for tools it does not serve."""
@@ -129,14 +152,19 @@ class JobRunner:
         self._runs: dict[str, Run] = {}  # the jobs this runner is running (or waiting to)
         self._loops: list[asyncio.Task[None]] = []
         self._check_cancels = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.closing = False
         self.started = False
+        #: told ``enter()`` when a job is taken on here and ``exit()`` when it leaves (a
+        #: bridge's idle monitor: a bridge never idles out while it holds a job)
+        self.activity: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> "JobRunner":
         """Register this runner's lease, take over orphans, start renewing and pruning."""
         self._slots = Slots(self._max_running or max(1, sum(
             c.workers * c.concurrency for c in self.manager.configs)))
+        self._loop = asyncio.get_running_loop()
         self._journal.start()
         await self.store.heartbeat(self.owner, self.lease)
         self.store.on_cancel(self._cancel_signal)
@@ -191,48 +219,93 @@ class JobRunner:
         options = options or CallOptions()
         args, kwargs = list(args), dict(kwargs or {})
         session = session if session is not None else options.session
-        desc = self._check(tool, args, kwargs, options.merged(session=session))
+        pool, desc = self._check(tool, args, kwargs, options.merged(session=session))
         if idempotent is None:
             idempotent = options.idempotent if options.idempotent is not None else bool(
                 desc.get("idempotent"))
         request = values.pack({"args": args, "kwargs": dict(sorted(kwargs.items()))},
                               f"the arguments of {tool}()")
-        info = JobInfo(id=uuid.uuid4().hex, tool=tool, state="queued", created=time.time(),
+        info = JobInfo(id=_new_id(), tool=tool, state="queued", created=time.time(),
                        key=key, idempotent=bool(idempotent),
                        deadline=deadline if deadline is not None else options.deadline,
                        session=session, pool=options.pool, namespace=self.store.namespace,
                        max_attempts=max_attempts or self.max_attempts, owner=self.owner)
         job = NewJob(info, request, values.digest_of(tool, request))
+        assert self._slots is not None
+        if key is None and self._slots.take_now():
+            # A free slot, and nothing can make the insert return another job: the row goes
+            # in as running and the call starts while it commits (the job's events are
+            # written after it; a crash before the commit leaves no job to run again).
+            # Everything up to the await happens now, so a submitter that goes away while
+            # the insert commits leaves a job that runs.
+            info.state, info.started = "running", time.time()
+            created = self.store.create_soon(job)
+            self._publish("job.submitted", info, state="running")
+            self._schedule(info, args, kwargs, options.worker, created)
+            return (await asyncio.shield(created))[0]
         # shielded: a submitter that goes away after the job is stored must not leave it
         # stored but never started
         return await asyncio.shield(self._create(job, args, kwargs, options.worker))
 
     async def _create(self, job: NewJob, args: list[Any], kwargs: dict[str, Any],
                       worker: int | None) -> JobInfo:
-        assert self._slots is not None
-        if job.info.key is None and self._slots.take_now():
-            # A free slot, and nothing can make the insert return another job: the row goes
-            # in as running and the call starts while it commits (the job's events are
-            # written after it; a crash before the commit leaves no job to run again)
-            job.info.state, job.info.started = "running", time.time()
-            created = asyncio.ensure_future(self.store.create(job))
-            self._schedule(job.info, args, kwargs, worker, created)
-            return (await created)[0]
+        if job.info.key is not None:
+            await self._settled()  # the job of that key may have just finished here
         info, new = await self.store.create(job)
         if new:
             self._schedule(info, args, kwargs, worker)
+            self._publish("job.submitted", info, state=info.state)
         return info
 
+    async def counts(self) -> dict[str, int]:
+        """How many jobs of the store's namespace are in each state (every state listed)."""
+        return {**dict.fromkeys(STATES, 0), **await self.store.counts()}
+
+    def counts_now(self, timeout: float = 2.0) -> dict[str, int] | None:
+        """:meth:`counts` from another thread (a metrics scrape); None when the runner is
+        stopped or the store does not answer within ``timeout`` seconds."""
+        loop = self._loop
+        if loop is None or self.closing or loop.is_closed():
+            return None
+        future = asyncio.run_coroutine_threadsafe(self.counts(), loop)
+        try:
+            return future.result(timeout)
+        except Exception:  # noqa: BLE001 - a scrape shows no job gauge rather than failing
+            future.cancel()
+            return None
+
+    def _publish(self, kind: str, info: JobInfo, worker: int | None = None,
+                 **data: Any) -> None:
+        """A ``job.*`` telemetry event (docs/observability.md) on the pool's bus."""
+        telemetry = self.manager.telemetry
+        if not telemetry.active:
+            return
+        pool = info.pool
+        if pool is None:
+            try:
+                pool = self.manager.group_for(info.tool, CallOptions()).name
+            except Exception:  # noqa: BLE001 - a tool no pool serves any more
+                pool = ""
+        telemetry.publish(kind, pool, worker, info.tool, None, job=info.id,
+                          attempt=info.attempt, **data)
+
     async def get(self, job_id: str) -> JobInfo:
+        await self._settled(job_id)
         return await self.store.get(job_id)
 
     async def list(self, state: str | None = None, tool: str | None = None, limit: int = 100,
                    before: str | None = None) -> list[JobInfo]:
-        if state is not None and state not in ("queued", "running", "succeeded", "failed",
-                                               "cancelled", "lost"):
-            raise InvalidArguments(f"unknown job state '{state}'; use queued, running, "
-                                   "succeeded, failed, cancelled or lost")
-        return await self.store.list(state, tool, limit, before)
+        await self._settled()
+        return await self.store.list(check_state(state), tool, limit, before)
+
+    async def _settled(self, job_id: str | None = None) -> None:
+        """Wait until the last events of finished jobs (of ``job_id``; None: of all), which
+        result() waiters here may already have, are committed: so a read in this process
+        after result() sees the job finished."""
+        runs = [r for r in ([self._runs.get(job_id)] if job_id else self._runs.values())
+                if r is not None and r.final]
+        if runs:
+            await asyncio.wait([asyncio.shield(run.outcome) for run in runs])
 
     def events(self, job_id: str, after: int = 0) -> AsyncIterator[JobEvent]:
         """Replay the journal after seq ``after``, then follow live until the job ends."""
@@ -240,15 +313,16 @@ class JobRunner:
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
         """The job's value, or its error raised; the builtin TimeoutError after ``timeout``
-        seconds (the job keeps running).  A job running here is answered from memory once
-        its last event is committed; any other is read (and followed) in the store."""
+        seconds (the job keeps running).  A job running here is answered from memory as soon
+        as the call ends, while its last event is being committed (docs/jobs.md, "When a
+        result is reported"); any other is read (and followed) in the store."""
         run = self._runs.get(job_id)
         if run is not None:
             start = time.monotonic()
-            await asyncio.wait([run.outcome, run.task], timeout=timeout,
+            await asyncio.wait([run.reported, run.task], timeout=timeout,
                                return_when=asyncio.FIRST_COMPLETED)
-            if run.outcome.done() and not run.outcome.cancelled():
-                last = run.outcome.result()
+            if run.reported.done() and not run.reported.cancelled():
+                last = run.reported.result()
                 return follow.outcome(last.kind, last.data or {}, job_id, run.info.tool)
             if timeout is not None:
                 timeout = max(0.0, timeout - (time.monotonic() - start))
@@ -273,7 +347,7 @@ class JobRunner:
 
     async def delete(self, job_id: str) -> None:
         """Remove a finished job, its journal and files (its key is free again)."""
-        info = await self.store.get(job_id)
+        info = await self.get(job_id)
         if not info.done:
             raise InvalidArguments(f"job {job_id} ({info.tool}()) is {info.state}; cancel it "
                                    "first, then delete it")
@@ -285,25 +359,27 @@ class JobRunner:
         age = self.job_ttl if older_than is None else older_than
         if age is None:
             return 0
+        await self._settled()
         return await self.store.prune(time.time() - age)
 
     # -- checks ---------------------------------------------------------------------------
     def _check(self, tool: str, args: list[Any], kwargs: dict[str, Any],
-               options: CallOptions) -> dict[str, Any]:
-        """The tool's description; InvalidArguments / ToolNotFound before anything is stored."""
+               options: CallOptions) -> tuple[str, dict[str, Any]]:
+        """The pool serving the tool and its description; InvalidArguments / ToolNotFound
+        before anything is stored."""
         if not isinstance(tool, str):
             raise InvalidArguments(f"the tool name must be a str, got {type(tool).__name__}")
         if options.session is not None:
             session = self.manager.sessions.get(options.session)
             options = options.merged(pool=session.pool)
-        group = self.manager._group_for(tool, options)
+        group = self.manager.group_for(tool, options)
         desc = group.tools.get(tool)
         if desc is None:
             raise ToolNotFound(f"pool '{group.name}' has no tool named '{tool}'", tool=tool)
         problem = check_arguments(tool, desc["params"], args, kwargs)
         if problem:
             raise InvalidArguments(problem, tool=tool)
-        return desc
+        return group.name, desc
 
     # -- running --------------------------------------------------------------------------
     def _schedule(self, info: JobInfo, args: list[Any], kwargs: dict[str, Any],
@@ -312,17 +388,22 @@ class JobRunner:
         self._journal.begin(info.id, info.last_seq, created)
         run = Run(info, asyncio.ensure_future(self._drive(info, args, kwargs, worker, created)))
         self._runs[info.id] = run
+        if self.activity is not None:
+            self.activity.enter()
         if created is not None:  # never stored: stop the call (submit() raises the error)
             created.add_done_callback(
                 lambda f: run.task.cancel() if f.cancelled() or f.exception() else None)
         run.task.add_done_callback(lambda _t: self._forget(run))
 
     def _forget(self, run: Run) -> None:
+        if self.activity is not None:
+            self.activity.exit()
         if self._runs.get(run.info.id) is run:
             del self._runs[run.info.id]
         self._journal.end(run.info.id)
-        if not run.outcome.done():
-            run.outcome.cancel()
+        for future in (run.reported, run.outcome):
+            if not future.done():
+                future.cancel()
 
     def _finish(self, job_id: str, kind: str, data: dict[str, Any], state: str,
                 at: float | None = None) -> None:
@@ -333,16 +414,33 @@ class JobRunner:
         changes: dict[str, Any] = {"state": state, "finished": at, "owner": None}
         if kind == "error":
             changes["error"] = data["error"]
-        self._journal.add(Entry(job_id, kind, at, data, changes,
-                                committed=run.outcome if run is not None else None))
+        last = Entry(job_id, kind, at, data, changes,
+                     committed=run.outcome if run is not None else None)
+        self._journal.add(last)
+        if run is not None:
+            self._give_slot(run)  # the call is over: the next job may start (also the next
+            # submit, which then takes the fast path)
+        if run is not None and not run.reported.done():
+            run.reported.set_result(last)
+        if run is not None:
+            self._publish("job.finished", run.info, state=state,
+                          seconds=at - (run.info.started or run.info.created))
+
+    def _give_slot(self, run: Run) -> None:
+        if run.slot:
+            run.slot = False
+            assert self._slots is not None
+            self._slots.give()
 
     async def _drive(self, info: JobInfo, args: list[Any], kwargs: dict[str, Any],
                      worker: int | None, created: asyncio.Future[Any] | None) -> None:
         job, slots = info.id, self._slots
         assert slots is not None
+        run = self._runs[job]
         try:
             if created is None:  # not yet committed as running: take a slot, then say so
                 await slots.take()
+            run.slot = True
             try:
                 if created is None:
                     running = Entry(job, None, changes={"state": "running", "started": time.time()},
@@ -351,10 +449,8 @@ class JobRunner:
                     await running.committed  # type: ignore[misc]
                 await self._run(info, args, kwargs, worker)
             finally:
-                slots.give()
-            run = self._runs.get(job)
-            if run is not None:
-                await asyncio.shield(run.outcome)  # the job is done once that is durable
+                self._give_slot(run)
+            await asyncio.shield(run.outcome)  # the job is done once that is durable
         except asyncio.CancelledError:
             run = self._runs.get(job)
             why = run.why if run is not None else None
@@ -390,6 +486,7 @@ class JobRunner:
                 add(Entry(job, kind, event.time, data, {"progress": data}))
             elif kind == "started":
                 add(Entry(job, kind, event.time, data, {"worker": data["worker"]}))
+                self._publish("job.started", info, data["worker"])
             else:
                 add(Entry(job, kind, event.time, data))
 
@@ -418,9 +515,11 @@ class JobRunner:
     async def _cancel_orphan(self, info: JobInfo) -> None:
         exc = Cancelled(f"job {info.id} was cancelled", tool=info.tool)
         now = time.time()
-        await self.store.claim(info.id, self.owner, info.owner, [Entry(
-            info.id, "error", now, {"error": error_payload(exc)},
-            {"state": "cancelled", "finished": now, "owner": None, "error": error_payload(exc)})])
+        if await self.store.claim(info.id, self.owner, info.owner, [Entry(
+                info.id, "error", now, {"error": error_payload(exc)},
+                {"state": "cancelled", "finished": now, "owner": None,
+                 "error": error_payload(exc)})]) is not None:
+            self._publish("job.finished", info, state="cancelled", seconds=now - info.created)
 
     async def _adopt(self, orphan: Orphan) -> None:
         info = orphan.info
@@ -434,6 +533,7 @@ class JobRunner:
             if claimed is not None:
                 log.info("job %s (%s()): its runner stopped while it ran; running it again "
                          "(attempt %d of %d)", info.id, info.tool, attempt, info.max_attempts)
+                self._publish("job.restarted", claimed)
         else:
             await self._lose(info)
             return
@@ -451,9 +551,11 @@ class JobRunner:
                       f"it stopped while it ran, and {why}; submit it again (mark the tool or "
                       "the job idempotent to have it re-run after a restart)", tool=info.tool)
         now = time.time()
-        await self.store.claim(info.id, self.owner, info.owner, [Entry(
-            info.id, "error", now, {"error": error_payload(exc)},
-            {"state": "lost", "finished": now, "owner": None, "error": error_payload(exc)})])
+        if await self.store.claim(info.id, self.owner, info.owner, [Entry(
+                info.id, "error", now, {"error": error_payload(exc)},
+                {"state": "lost", "finished": now, "owner": None,
+                 "error": error_payload(exc)})]) is not None:
+            self._publish("job.finished", info, state="lost", seconds=now - info.created)
 
     # -- cancels from elsewhere -----------------------------------------------------------
     def _cancel_signal(self, job_id: str | None) -> None:

@@ -37,6 +37,10 @@ _CHANGES: dict[str, Callable[[Any], Any]] = {
     "progress": lambda v: None if v is None else json.dumps(v),
     "cancel_requested": int,
 }
+INSERT_JOB = ("INSERT INTO jobs(id, namespace, tool, state, attempt, max_attempts, created, "
+              "started, key, digest, idempotent, deadline, session, pool, pin_worker, owner, "
+              "last_seq, request, request_ref, cancel_requested) "
+              "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,0)")
 INSERT_ROWS = 500  # ids per DELETE statement (SQLite allows 32,766 parameters)
 JOURNAL_COLUMNS = ("job", "seq", "kind", "time", "data", "ref")
 _OPEN = ("queued", "running")
@@ -90,15 +94,22 @@ class Tx:
 class SqlStore(JobStore):
     dialect: Dialect
     blobs: Blobs
+    #: inserts run on a thread and connection of their own, so that a submission does not
+    #: wait behind a journal commit (a store whose transactions wait on the network)
+    separate_inserts = False
 
     def __init__(self, namespace: str) -> None:
         super().__init__(namespace)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="kernelpit-jobs-write")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="kernelpit-jobs-read")
+        self._inserter = ThreadPoolExecutor(1, thread_name_prefix="kernelpit-jobs-insert") \
+            if self.separate_inserts else self._writer
         self._wconn: Any = None
         self._rconn: Any = None
+        self._iconn: Any = None
         self._creates: list[tuple[NewJob, asyncio.Future[Any]]] = []
         self._creating: asyncio.Task[None] | None = None
+        self._queued = 0  # transactions handed to the writer thread and not back yet
         self.closed = False
 
     # -- subclass hooks ------------------------------------------------------------------------
@@ -114,19 +125,54 @@ class SqlStore(JobStore):
         """Tell other processes that ``jobs`` changed (PostgreSQL: NOTIFY).  Writer thread,
         inside the transaction."""
 
+    def write_now(self, fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[bool, T | None]:
+        """Run a small transaction right here, on the event loop thread: ``(True, result)``,
+        or ``(False, None)`` when this store cannot (then it goes to the writer thread).
+        Only called when the writer thread has nothing queued, so writes keep their order.
+        The default: never (PostgreSQL waits on the network)."""
+        return False, None
+
     # -- threads -------------------------------------------------------------------------------
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._writer, self._in_tx, fn,
-                                                                args)
+        if not self._queued and not self.closed:
+            done, out = self.write_now(fn, args)
+            if done:
+                return out  # type: ignore[return-value]
+        self._queued += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, self._in_tx,
+                                                                    fn, args)
+        finally:
+            self._queued -= 1
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader, self._reading, fn,
                                                                 args)
 
-    def _in_tx(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        if self._wconn is None:
-            self._wconn = self.connect()
-        tx = self.begin(self._wconn)
+    async def _on_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the writer thread (its connection), outside a transaction;
+        counted as queued, so no write runs on the loop meanwhile."""
+        self._queued += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+        finally:
+            self._queued -= 1
+
+    async def _insert(self, fn: Callable[..., T], *args: Any) -> T:
+        """A transaction that inserts jobs: on its own thread and connection when
+        :attr:`separate_inserts` (a job's journal entries wait for its insert, so order is
+        kept), else as :meth:`_write`."""
+        if not self.separate_inserts:
+            return await self._write(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._inserter, self._in_tx,
+                                                                fn, args, "_iconn")
+
+    def _in_tx(self, fn: Callable[..., T], args: tuple[Any, ...], attr: str = "_wconn") -> T:
+        conn = getattr(self, attr)
+        if conn is None:
+            conn = self.connect()
+            setattr(self, attr, conn)
+        tx = self.begin(conn)
         try:
             out = fn(tx, *args)
             tx.commit()
@@ -160,8 +206,10 @@ class SqlStore(JobStore):
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, close, "_wconn")
         await loop.run_in_executor(self._reader, close, "_rconn")
+        await loop.run_in_executor(self._inserter, close, "_iconn")
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
+        self._inserter.shutdown(wait=True)
 
     # -- rows ----------------------------------------------------------------------------------
     def _q(self, text: str) -> str:
@@ -192,18 +240,21 @@ class SqlStore(JobStore):
 
     # -- jobs ----------------------------------------------------------------------------------
     async def create(self, job: NewJob) -> tuple[JobInfo, bool]:
+        return await self.create_soon(job)
+
+    def create_soon(self, job: NewJob) -> "asyncio.Future[tuple[JobInfo, bool]]":
         # Group commit: jobs submitted while a commit runs are inserted together in the next.
-        done = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[tuple[JobInfo, bool]] = asyncio.get_running_loop().create_future()
         self._creates.append((job, done))
         if self._creating is None or self._creating.done():
             self._creating = asyncio.ensure_future(self._create_pending())
-        return await done
+        return done
 
     async def _create_pending(self) -> None:
         while self._creates:
             batch, self._creates = self._creates, []
             try:
-                outcomes = await self._write(self._create_many, [job for job, _ in batch])
+                outcomes = await self._insert(self._create_many, [job for job, _ in batch])
             except Exception as exc:  # noqa: BLE001 - the whole batch was rolled back
                 outcomes = [exc] * len(batch)
             for (_, done), outcome in zip(batch, outcomes):
@@ -240,16 +291,15 @@ class SqlStore(JobStore):
         if len(request) > INLINE_LIMIT:
             ref = self.blobs.put(cur, i.id, "request", request)
             request = b""
-        cur.put(self._q(
-            "INSERT INTO jobs(id, namespace, tool, state, attempt, max_attempts, created, "
-            "started, key, digest, idempotent, deadline, session, pool, pin_worker, owner, "
-            "last_seq, request, request_ref, cancel_requested) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,0)"),
-            (i.id, self.namespace, i.tool, i.state, i.attempt, i.max_attempts, i.created,
-             i.started, i.key,
-             job.digest, int(i.idempotent), i.deadline, i.session, i.pool, None, i.owner,
-             request, ref))
+        cur.put(self._q(INSERT_JOB), self._job_row(job, request, ref))
         return i, True
+
+    def _job_row(self, job: NewJob, request: bytes, ref: str | None) -> tuple[Any, ...]:
+        """The values of :data:`INSERT_JOB` for ``job``."""
+        i = job.info
+        return (i.id, self.namespace, i.tool, i.state, i.attempt, i.max_attempts, i.created,
+                i.started, i.key, job.digest, int(i.idempotent), i.deadline, i.session, i.pool,
+                None, i.owner, request, ref)
 
     async def get(self, job_id: str) -> JobInfo:
         return await self._read(self._one, job_id)
@@ -279,6 +329,14 @@ class SqlStore(JobStore):
         cur.execute(self._q(f"SELECT {_SELECT} FROM jobs WHERE {' AND '.join(where)} "
                             "ORDER BY num DESC LIMIT ?"), (*params, int(limit)))
         return [self._info(r) for r in cur.fetchall()]
+
+    async def counts(self) -> dict[str, int]:
+        return await self._read(self._counts)
+
+    def _counts(self, cur: Any) -> dict[str, int]:
+        cur.execute(self._q("SELECT state, count(*) FROM jobs WHERE namespace=? GROUP BY state"),
+                    (self.namespace,))
+        return {state: int(n) for state, n in cur.fetchall()}
 
     async def request(self, job_id: str) -> dict[str, Any]:
         return await self._read(self._request, job_id)
@@ -329,7 +387,7 @@ class SqlStore(JobStore):
         seqs: dict[str, tuple[int, int]] = {}  # job -> (first, last) seq in this batch
         for e in entries:
             if e.kind is not None:
-                data = self._packed(e)
+                data = e.packed if e.packed is not None else self._packed(e)
                 ref = None
                 if len(data) > INLINE_LIMIT:
                     ref = self.blobs.put(cur, e.job, f"{e.seq}", data)

@@ -15,13 +15,19 @@ import contextlib
 import os
 import sqlite3
 import stat
+import time
 from typing import Any
 
-from .blobs import FileBlobs
+from .blobs import INLINE_LIMIT, FileBlobs
 from .sql import Dialect, SqlStore, Tx
-from .store import StoreError
+from .store import Entry, NewJob, StoreError
 
 POLL = 0.2
+#: a transaction is written on the event loop thread (no hop to the writer thread) when it
+#: has at most this many journal entries and jobs, and no value beyond INLINE_LIMIT
+INLINE_ENTRIES = 64
+#: WAL pages (about 4 KiB each) after which the writer thread checkpoints (off the loop)
+CHECKPOINT_PAGES = 1000
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs(
     num INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -92,6 +98,8 @@ class SqliteStore(SqlStore):
         self.blobs = FileBlobs(blob_dir or self.path + ".values")
         self.lock_timeout = lock_timeout
         self._poller: asyncio.Task[None] | None = None
+        self._unchecked = 0  # commits since the last checkpoint
+        self._checkpoint: asyncio.Future[Any] | None = None
 
     def connect(self) -> sqlite3.Connection:
         old = os.umask(0o077)  # the database and the -wal / -shm files SQLite makes: 0600
@@ -101,10 +109,117 @@ class SqliteStore(SqlStore):
         finally:
             os.umask(old)
         conn.execute("PRAGMA synchronous=NORMAL")
+        # no checkpoint inside a commit (it syncs the files): the writer thread runs them
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         return conn
+
+    # -- small writes on the loop ------------------------------------------------------------
+    def write_now(self, fn: Any, args: tuple[Any, ...]) -> tuple[bool, Any]:
+        """Creates and journal batches that are small commit right on the event loop: in WAL
+        mode with ``synchronous=NORMAL`` a commit appends to the WAL in the OS page cache and
+        syncs nothing (tens of microseconds), while a hop to the writer thread and back costs
+        several times that (thread wake-ups and the GIL).  What could block stays on the
+        writer thread: large values (files), big batches, a file another process holds
+        locked (tried without waiting, then handed over), and checkpoints (the only syncs)."""
+        if self._wconn is None or not self._small(fn, args):
+            return False, None
+        riders: list[Entry] = []
+        if fn == self._create_many and self.rider is not None:
+            # the journal's waiting entries go in the same commit (group commit)
+            riders = self.rider.take(lambda batch: self._small(self._record, (batch,)))
+        try:
+            if riders:
+                out, touched, failure = SqlStore._in_tx(self, self._create_with, args + (riders,))
+            else:
+                out = SqlStore._in_tx(self, fn, args)  # once: busy goes to the writer thread
+        except sqlite3.OperationalError as exc:
+            if riders:
+                self.rider.put_back(riders)
+            if "locked" in str(exc) or "busy" in str(exc):
+                return False, None  # rolled back: the writer thread waits for the lock
+            raise
+        except BaseException:
+            if riders:
+                self.rider.put_back(riders)
+            raise
+        if riders:
+            self._notify(touched)
+            self.rider.landed(riders, failure)
+        self._unchecked += 1
+        if self._unchecked >= 100 and self._checkpoint is None:
+            self._checkpoint = asyncio.ensure_future(self._checkpoint_soon())
+        return True, out
+
+    def _create_with(self, tx: Any, jobs: list[NewJob], entries: list[Entry]
+                     ) -> tuple[list[Any], set[str], BaseException | None]:
+        """Insert ``jobs`` and record the journal's ``entries`` in one transaction; the
+        entries under a savepoint, so that a batch refused (its seqs do not follow) fails
+        alone and the submissions still commit."""
+        out = self._create_many(tx, jobs)
+        tx.execute("SAVEPOINT journal")
+        try:
+            touched = self._record(tx, entries)
+        except Exception as exc:  # noqa: BLE001 - handed to the journal, which retries
+            tx.execute("ROLLBACK TO journal")
+            tx.execute("RELEASE journal")
+            return out, set(), exc
+        tx.execute("RELEASE journal")
+        return out, touched, None
+
+    def _small(self, fn: Any, args: tuple[Any, ...]) -> bool:
+        if fn == self._create_many:
+            jobs: list[NewJob] = args[0]
+            return len(jobs) <= INLINE_ENTRIES and all(
+                len(j.request) <= INLINE_LIMIT for j in jobs)
+        if fn == self._record:
+            entries: list[Entry] = args[0]
+            if len(entries) > INLINE_ENTRIES:
+                return False
+            for e in entries:
+                if e.kind is not None and e.packed is None:
+                    e.packed = self._packed(e)
+                if e.packed is not None and len(e.packed) > INLINE_LIMIT:
+                    return False
+            return True
+        return False
+
+    async def _checkpoint_soon(self) -> None:
+        """Checkpoint the WAL on the writer thread once it is big (PASSIVE: writers go on)."""
+        try:
+            if self._wal_pages() >= CHECKPOINT_PAGES:
+                await self._on_writer(self._checkpoint_now)
+            self._unchecked = 0
+        except Exception:  # noqa: BLE001 - closing, or busy: the next commits try again
+            pass
+        finally:
+            self._checkpoint = None
+
+    def _wal_pages(self) -> int:
+        try:
+            return os.path.getsize(self.path + "-wal") // 4096
+        except OSError:
+            return 0
+
+    def _checkpoint_now(self) -> None:
+        if self._wconn is not None:
+            self._wconn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def begin(self, conn: sqlite3.Connection) -> "SqliteTx":
         return SqliteTx(conn)
+
+    def _in_tx(self, fn: Any, args: tuple[Any, ...], attr: str = "_wconn") -> Any:
+        """A transaction on the writer thread: it waits up to ``lock_timeout`` for a file
+        another process holds locked (the connection itself never waits: see write_now)."""
+        end = time.monotonic() + self.lock_timeout
+        pause = 0.001
+        while True:
+            try:
+                return super()._in_tx(fn, args, attr)
+            except sqlite3.OperationalError as exc:
+                if not ("locked" in str(exc) or "busy" in str(exc)) or time.monotonic() > end:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     # -- open ------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -137,6 +252,9 @@ class SqliteStore(SqlStore):
             conn.executescript(SCHEMA)
             conn.execute("BEGIN IMMEDIATE")  # proves that we can take the write lock
             conn.execute("COMMIT")
+            # from now on a busy lock fails at once (a write on the loop must not wait); the
+            # writer thread waits for it itself (_in_tx)
+            conn.execute("PRAGMA busy_timeout=0")
         except sqlite3.OperationalError as exc:
             self._drop_connection()
             text = str(exc)
@@ -190,11 +308,10 @@ class SqliteStore(SqlStore):
         return changed
 
     async def _poll(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(POLL)
             try:
-                changed = await loop.run_in_executor(self._writer, self._changed_elsewhere)
+                changed = await self._on_writer(self._changed_elsewhere)
             except Exception:  # noqa: BLE001 - closing, or a passing lock: look again later
                 continue
             if changed:

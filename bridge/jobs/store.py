@@ -53,6 +53,8 @@ class Entry:
     seq: int = 0
     #: resolved with this entry once it is committed (not stored)
     committed: "asyncio.Future[Entry] | None" = None
+    #: ``data`` as stored, when a store packed it before its transaction (not stored)
+    packed: bytes | None = None
 
 
 @dataclass
@@ -110,6 +112,9 @@ class JobStore(ABC):
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
+        #: the runner's Journal, whose ready entries a store may commit in the transaction
+        #: of a submission (``take`` / ``put_back`` / ``landed``); None: no runner
+        self.rider: Any = None
         self._watches: dict[str | None, set[Watch]] = {}
         self._listeners = _Listeners()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -132,6 +137,10 @@ class JobStore(ABC):
         in this namespace, nothing is inserted: (that job's info, False) when its digest
         is equal, else InvalidArguments naming the key."""
 
+    def create_soon(self, job: NewJob) -> "asyncio.Future[tuple[JobInfo, bool]]":
+        """:meth:`create`, started now; the future resolves once it is committed."""
+        return asyncio.ensure_future(self.create(job))
+
     @abstractmethod
     async def get(self, job_id: str) -> JobInfo:
         """The job's current info; JobNotFound when there is none in this namespace."""
@@ -141,6 +150,10 @@ class JobStore(ABC):
                    before: str | None = None) -> list[JobInfo]:
         """Jobs, newest first, at most ``limit``; ``before`` (a job id) pages: only jobs
         submitted before that one."""
+
+    @abstractmethod
+    async def counts(self) -> dict[str, int]:
+        """How many jobs of this namespace are in each state (states with none left out)."""
 
     @abstractmethod
     async def request(self, job_id: str) -> dict[str, Any]:

@@ -359,6 +359,11 @@ class PoolManager:
             raise PoolNotFound(f"no pool named '{name}'{hint} (pools: "
                                f"{', '.join(self.groups) or 'none'})") from None
 
+    def group_for(self, tool: str, options: CallOptions) -> WorkerGroup:
+        """The named pool a call of ``tool`` with ``options`` goes to (ToolNotFound, naming
+        close matches, when none serves it); the job layer checks submissions with it."""
+        return self._group_for(tool, options)
+
     def _group_for(self, tool: str, options: CallOptions) -> WorkerGroup:
         if options.pool is not None:
             return self._pool(options.pool)

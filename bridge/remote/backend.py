@@ -18,6 +18,8 @@ from ..contract.values import PLAIN, Codec, blob_refs
 from ..events import Event
 from ..exceptions import BridgeError, Unauthenticated
 from ..info import SessionInfo, TokenInfo, ToolInfo, WorkerInfo
+from ..jobs.model import JobEvent, JobInfo
+from ..jobs.remote import RemoteJobs
 from ..options import CallOptions
 from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
@@ -59,6 +61,8 @@ class RemoteBackend(Backend):
         self._write_blob = self.channel.stream_unary(
             WRITE_BLOB, request_serializer=None, response_deserializer=values_pb.BlobRef.FromString)
         self.lease = Lease(self.stub, self.metadata, self.client_id)  # renewed check() to close()
+        self.remote_jobs = RemoteJobs(self.channel, lambda: self.metadata, address=address,
+                                      incoming=self._incoming)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         # results may carry packed lists: this client reads them (values.proto)
@@ -245,6 +249,34 @@ class RemoteBackend(Backend):
     async def close_session(self, session_id: str) -> SessionInfo:
         reply = await self._rpc(self.stub.CloseSession, pb.CloseSessionRequest(id=session_id))
         return convert.session_from_proto(reply)
+
+    # -- durable jobs: the Jobs service, on the same channel ----------------------------
+    async def submit(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions,
+                     key: str | None = None) -> JobInfo:
+        uploads = self._uploads()
+        request = convert.call_request(tool, args, kwargs, options, uploads.codec)
+        if uploads.items:
+            await self._upload(uploads, request.args, request.kwargs)
+        return await self.remote_jobs.submit_request(request, key)
+
+    async def job(self, job_id: str) -> JobInfo:
+        return await self.remote_jobs.get(job_id)
+
+    async def jobs(self, state: str | None = None, tool: str | None = None, limit: int = 100,
+                   before: str | None = None) -> list[JobInfo]:
+        return await self.remote_jobs.list(state, tool, limit, before)
+
+    def job_events(self, job_id: str, after: int = 0) -> AsyncIterator[JobEvent]:
+        return self.remote_jobs.events(job_id, after)
+
+    async def job_result(self, job_id: str, timeout: float | None = None) -> Any:
+        return await self.remote_jobs.result(job_id, timeout)
+
+    async def cancel_job(self, job_id: str) -> JobInfo:
+        return await self.remote_jobs.cancel(job_id)
+
+    async def delete_job(self, job_id: str) -> None:
+        await self.remote_jobs.delete(job_id)
 
     # -- introspection and control -------------------------------------------------------
     async def get_session(self, session_id: str) -> SessionInfo:

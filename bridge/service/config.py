@@ -13,6 +13,10 @@
                              # for mutual TLS
     tls_key = "server.key"
     token_file = "tokens.json"
+    store = "jobs.sqlite"    # the job store: a SQLite path (relative to this file) or a
+                             # postgresql:// URL; false: no jobs (default: the Jupyter data dir)
+    job_ttl = 604800         # seconds finished jobs are kept (7 days)
+    blob_dir = "/shared/kp"  # PostgreSQL: large job values in files every bridge reaches
 
     [scheduler]              # how tenants (token names) share the workers; flags win
     scheduler = "fair"       # or "fifo"
@@ -47,9 +51,9 @@ else:  # pragma: no cover
 
 BRIDGE_KEYS = {"host", "port", "grace", "max_message_size", "auth", "blob_ttl", "idle_timeout",
                "tls_cert", "tls_key", "tls_client_ca", "tls_ca", "insecure_bind_anywhere",
-               "token_file"}
+               "token_file", "store", "job_ttl", "blob_dir"}
 
-PATH_KEYS = {"tls_cert", "tls_key", "tls_client_ca", "tls_ca", "token_file"}
+PATH_KEYS = {"tls_cert", "tls_key", "tls_client_ca", "tls_ca", "token_file", "blob_dir"}
 
 
 class ConfigError(ValueError):
@@ -84,6 +88,12 @@ def load(path: str | Path) -> tuple[list[PoolConfig], dict[str, Any]]:
             bridge["scheduler"] = SchedulerConfig.from_dict(data["scheduler"])
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
+    store = bridge.get("store")
+    if store is not None and not isinstance(store, (str, bool)):
+        raise ConfigError(f"config file {path}: [bridge] store must be a path, a postgresql:// "
+                          "URL, or false (no jobs)")
+    if isinstance(store, str) and not store.startswith(("postgresql://", "postgres://")):
+        bridge["store"] = str(path.parent / Path(store).expanduser())
     pools = data.get("pools", {})
     if not isinstance(pools, dict) or not all(isinstance(v, dict) for v in pools.values()):
         raise ConfigError(f"config file {path}: [pools] must hold tables like [pools.default]")

@@ -3,9 +3,13 @@
 gRPC tells a server nothing about connections, so "in use" is what the server
 can see plus what clients say:
 
-* an RPC of ``kernelpit.v1.Bridge`` counts for as long as it is open (a call,
-  a ``CallStream``, a ``Watch``, the multiplexed ``Calls`` stream); health
-  probes, reflection and ``RenewLease`` itself do not;
+* an RPC of ``kernelpit.v1.Bridge`` or ``kernelpit.v1.Jobs`` counts for as long as
+  it is open (a call, a ``CallStream``, a ``Watch``, the multiplexed ``Calls``
+  stream, a ``WatchJob``); health probes, reflection and ``RenewLease`` itself do not;
+* a durable job the bridge holds (queued or running) counts like an open RPC, from
+  when it is taken on to when it ends (the job runner's ``activity`` hook calls
+  :meth:`IdleMonitor.enter` / :meth:`IdleMonitor.exit`), so a bridge never idles out
+  with a job running;
 * a client says it is connected by holding a lease (``RenewLease``), which it
   renews every ttl/3 s (:mod:`kernelpit.remote.lease`); a lease not renewed lapses
   ttl s after its last renewal.
@@ -30,7 +34,8 @@ from ..contract.metadata import CLIENT_ID_KEY
 from ..v1 import bridge_pb2 as pb
 
 MAX_LEASE_TTL = 600.0
-COUNTED_PREFIX = "/kernelpit.v1.Bridge/"  # health probes and reflection keep nothing alive
+# health probes and reflection keep nothing alive
+COUNTED_PREFIXES = ("/kernelpit.v1.Bridge/", "/kernelpit.v1.Jobs/")
 NOT_COUNTED = "/kernelpit.v1.Bridge/RenewLease"  # a lease counts for as long as it lasts
 
 
@@ -131,7 +136,7 @@ class ActivityInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
-        if (handler is None or not details.method.startswith(COUNTED_PREFIX)
+        if (handler is None or not details.method.startswith(COUNTED_PREFIXES)
                 or details.method == NOT_COUNTED):
             return handler
         wrapped = self._wrapped.get(details.method)

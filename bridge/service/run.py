@@ -34,6 +34,8 @@ async def serve(configs: list[PoolConfig], *, out: TextIO = sys.stderr, **settin
             f"({transport}, pid {os.getpid()})")
         if bridge.discovery_path is not None:
             say(f"discovery file {bridge.discovery_path}")
+        if bridge.runner is not None:
+            say(f"job store {bridge.runner.store.url} (namespace {bridge.runner.store.namespace})")
         if bridge.metrics.url is not None:
             say(f"Prometheus metrics at {bridge.metrics.url}")
         idle = bridge.idle.timeout
@@ -46,8 +48,8 @@ async def serve(configs: list[PoolConfig], *, out: TextIO = sys.stderr, **settin
         for sig in stop_signals:  # a second signal stops now
             loop.add_signal_handler(sig, bridge.abort_drain)
         inflight = bridge.calls_in_flight
-        say(f"stopping: no new calls; {inflight} call(s) in flight get up to {grace:g} s to "
-            f"finish{' (Ctrl-C again to cancel them now)' if inflight else ''}")
+        say(f"stopping: no new calls; {inflight} call(s) in flight (jobs included) get up to "
+            f"{grace:g} s to finish{' (Ctrl-C again to cancel them now)' if inflight else ''}")
         await bridge.stop(grace)
         say("stopped; every worker kernel is shut down")
     finally:

@@ -31,7 +31,8 @@ from . import auth as auth_module
 from .. import discovery as discovery_module
 from . import transport
 from . import reflection
-from ..contract.framing import unframe
+from ..contract.framing import chunk_size, unframe
+from ..contract.values import Codec
 from .blobs import DEFAULT_TTL, BlobStore
 from .idle import IdleMonitor
 from .servicer import BridgeServicer
@@ -67,6 +68,13 @@ class Bridge:
     ``ssl.SSLContext``, made from the bridge's TLS settings) serves it over HTTPS anywhere.
     ``scheduler``: how tenants (token names; each client of the owner's token) share the
     workers: fair or fifo, weights, quotas (:class:`~kernelpit.config.SchedulerConfig`).
+    ``store``: the job store (a SQLite path or a ``postgresql://`` URL; ``True``: the
+    default SQLite file in the Jupyter data dir) that turns on the ``kernelpit.v1.Jobs``
+    service; None: no jobs (``kernelpit serve`` passes the default).  It is opened before
+    any kernel starts, so a bad store fails the start with the store's message.
+    ``job_ttl``: seconds finished jobs are kept; ``blob_dir``: where large job values go
+    (PostgreSQL: a folder every bridge on the database reaches); ``job_lease``: seconds a
+    dead bridge's jobs wait before a peer (or the next start) takes them over.
     """
 
     def __init__(self, configs: list[PoolConfig], *, host: str = "127.0.0.1", port: int = 0,
@@ -79,7 +87,9 @@ class Bridge:
                  insecure_bind_anywhere: bool = False,
                  token_file: Path | str | None = None,
                  metrics_address: str | None = None, metrics_ssl_context: Any = None,
-                 scheduler: SchedulerConfig | None = None) -> None:
+                 scheduler: SchedulerConfig | None = None,
+                 store: str | bool | None = None, job_ttl: float | None = 7 * 86400.0,
+                 blob_dir: str | None = None, job_lease: float = 10.0) -> None:
         self.tls = transport.ServerTLS.load(tls_cert, tls_key, tls_client_ca, tls_ca)
         self.warnings = [w for w in (
             transport.check_bind(host, self.tls is not None, insecure_bind_anywhere),
@@ -120,6 +130,10 @@ class Bridge:
         if metrics_ssl_context is None and self.tls is not None and metrics_address is not None:
             metrics_ssl_context = transport.https_context(tls_cert, tls_key)  # same certificate
         self.metrics = BridgeMetrics(self.manager, metrics_address, metrics_ssl_context)
+        self.store = None if store in (None, False) else store
+        self.job_settings = dict(job_ttl=job_ttl, lease=job_lease)
+        self.blob_dir = blob_dir
+        self.runner: Any = None  # kernelpit.jobs.JobRunner, from start() to stop()
 
     async def start(self) -> "Bridge":
         """Start the kernels, then bind and serve; returns when clients can connect."""
@@ -130,11 +144,26 @@ class Bridge:
                     f"a bridge is already running at {other['address']} (pid {other['pid']}, "
                     f"discovery file {self.discovery_path}); stop it with `kernelpit stop`, or "
                     "start this one with --no-discovery")
-        await self.manager.start()
+        # the store first: a bad one fails `serve` before any kernel starts
+        store = None if self.store is None else await self.backend.open_job_store(
+            None if self.store is True else self.store, self.blob_dir)
         try:
+            await self.manager.start()
+        except BaseException:
+            if store is not None:
+                await store.close()
+            raise
+        try:
+            if store is not None:
+                self.runner = await self.backend.start_jobs(store, **self.job_settings)
+                self.runner.activity = self.idle  # a bridge holding a job is in use
+                if self.metrics.registry is not None:
+                    from ..telemetry.metrics import for_registry
+                    for_registry(self.metrics.registry).add_jobs(self.runner)
             await self._serve()
             self.metrics.serve()
         except BaseException:
+            await self.backend.stop_jobs()
             await self.manager.close()
             raise
         self.started = time.time()
@@ -179,8 +208,18 @@ class Bridge:
         servicer = BridgeServicer(self.backend, self._info, self.request_stop, self.blobs,
                                   self.max_message_size, leases=self.idle, tokens=self.tokens)
         add_servicer(servicer, server)
+        services = [SERVICE, health.SERVICE_NAME]
+        if self.runner is not None:
+            from ..jobs.service import SERVICE as JOBS_SERVICE
+            from ..jobs.service import add_jobs_service
+            # large values as blobs, as in the Bridge service (same store, same limits)
+            add_jobs_service(server, self.runner,
+                             requests=Codec(fetch=self.blobs.take, untrusted=True),
+                             results=Codec(park=self.blobs.put,
+                                           limit=chunk_size(self.max_message_size)))
+            services.insert(1, JOBS_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable((SERVICE, health.SERVICE_NAME), server)  # as v1 and v1alpha
+        reflection.enable(tuple(services), server)  # as v1 and v1alpha
         try:
             where = f"{self.host}:{self.port}"
             port = (server.add_insecure_port(where) if self.tls is None else
@@ -238,8 +277,13 @@ class Bridge:
         with contextlib.suppress(Exception):
             await self._health.enter_graceful_shutdown()
         try:
+            # running jobs first get the grace to finish (their watchers still served), then
+            # the rest of it goes to the calls in flight; jobs still running are left to the
+            # next start on the store (re-run when idempotent, else lost)
+            begun = time.monotonic()
+            await self.backend.stop_jobs(grace)
             if self._server is not None:
-                await self._server.stop(grace)
+                await self._server.stop(max(0.0, grace - (time.monotonic() - begun)))
         finally:
             if self.blobs is not None:
                 self.blobs.close()

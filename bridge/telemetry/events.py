@@ -48,6 +48,15 @@ KINDS: dict[str, tuple[str, str]] = {
     "session.opened": ("a session was opened on a worker", "session (id)"),
     "session.closed": ("a session was closed or expired",
                        "session (id); reason: closed | expired; lost (str, when its worker died)"),
+    "job.submitted": ("a durable job was accepted (its arguments checked) and is being stored; "
+                      "docs/jobs.md",
+                      "job (id); attempt (int); state: queued | running"),
+    "job.started": ("a job's call was sent to a worker", "job (id); attempt (int)"),
+    "job.restarted": ("a job whose runner died while it ran is queued again (idempotent)",
+                      "job (id); attempt (int): the attempt that starts now"),
+    "job.finished": ("a job ended", "job (id); attempt (int); state: succeeded | failed | "
+                     "cancelled | lost; seconds (float): from its start (lost, cancelled while "
+                     "orphaned: from its submission)"),
     "orphans.reaped": ("at start, kernels left by dead runs were ended",
                        "kernels (int), runs (int), files (int)"),
     "telemetry.dropped": ("this subscriber fell behind and missed events: sent before the next "

@@ -94,6 +94,8 @@ class PoolMetrics:
         self.recycles: dict[tuple[str, str], int] = {}            # (pool, reason)
         self.orphans = 0
         self.managers: "weakref.WeakSet[PoolManager]" = weakref.WeakSet()
+        #: job runners (kernelpit.jobs.JobRunner) whose store's counts are kernelpit_jobs
+        self.runners: weakref.WeakSet[Any] = weakref.WeakSet()
         registry.register(_Collector(self))
 
     def sink(self, event: TelemetryEvent) -> None:
@@ -128,6 +130,10 @@ class PoolMetrics:
     def add(self, manager: "PoolManager") -> None:
         self.managers.add(manager)
         manager.telemetry.add_sink(self.sink, SINK_KINDS)
+
+    def add_jobs(self, runner: Any) -> None:
+        """Publish ``kernelpit_jobs{state}``: the jobs of the runner's store, read at scrape."""
+        self.runners.add(runner)
 
     def remove(self, manager: "PoolManager") -> None:
         self.managers.discard(manager)
@@ -184,6 +190,33 @@ class _Collector:
                                       "and ended at a pool's start.", value=m.orphans)
         yield from (calls, duration, wait, crashes, recycles, orphans)
         yield from _state(list(m.managers))
+        yield from _jobs(list(m.runners))
+
+
+def _jobs(runners: list[Any]) -> Iterator[Any]:
+    """``kernelpit_jobs{state}``: one read of each store's counts per scrape (an indexed
+    GROUP BY on the store's reader connection), never the journal."""
+    if not runners:
+        return
+    from prometheus_client.core import GaugeMetricFamily
+
+    totals: dict[str, int] = {}
+    answered = False
+    for runner in runners:
+        counts = runner.counts_now()
+        if counts is None:
+            continue
+        answered = True
+        for state, n in counts.items():
+            totals[state] = totals.get(state, 0) + n
+    if answered:
+        jobs = GaugeMetricFamily("kernelpit_jobs", "Durable jobs in the job store, by state "
+                                 "(queued, running, succeeded, failed, cancelled, lost); several "
+                                 "bridges on one store each report all of its jobs.",
+                                 labels=["state"])
+        for state, n in totals.items():
+            jobs.add_metric([state], n)
+        yield jobs
 
 
 def _state(managers: "list[PoolManager]") -> Iterator[Any]:
