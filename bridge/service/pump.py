@@ -1,10 +1,16 @@
-"""Reads a call's event stream in a task, so ready events can be sent in batches."""
+"""Reads a call's event stream in a task, so ready events can be sent in batches.
+
+While the client is behind (the gRPC stream's flow control holds the writes back), the
+events wait in a :class:`~kernelpit.backlog.AsyncBacklog`: progress coalesces there, so the
+client gets the latest progress next instead of a queue of stale ones.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import AsyncIterator
 
+from ..backlog import AsyncBacklog
 from ..events import Event
 
 MAX_BATCH = 1024
@@ -16,7 +22,7 @@ class EventPump:
 
     def __init__(self, stream: AsyncIterator[Event]) -> None:
         self._stream = stream
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._queue: AsyncBacklog[object] = AsyncBacklog()
         self._task = asyncio.ensure_future(self._run())
         self.finished = False
 
