@@ -65,6 +65,10 @@ class Backlog(Generic[T]):
             self._tail_key = None  # the tail left: the next item never replaces a taken one
         return item
 
+    def peek(self) -> T:
+        """The oldest item, left in place (IndexError when empty)."""
+        return self._items[0]
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -90,13 +94,17 @@ class AsyncBacklog(Backlog[T]):
     def get_nowait(self) -> T:
         return self.pop()
 
-    async def get(self) -> T:
+    async def wait(self) -> None:
+        """Until an item is waiting (it stays in the queue)."""
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+
+    async def get(self) -> T:
+        await self.wait()
         return self.pop()
 
 
