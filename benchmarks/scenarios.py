@@ -44,7 +44,8 @@ class Context:
 
     def settle(self, before: str) -> None:
         """Wait for a quiet machine before measuring ``before`` (see benchmarks/quiet.py)."""
-        seen = quiet.settle()
+        # quick mode waits at most 0.5 s (it must stay under 3 minutes on a shared machine)
+        seen = quiet.settle(0.5 if self.quick else quiet.MAX_WAIT)
         self.settles.append({"before": before, **seen})
         if not seen["quiet"]:
             self.log(f"  machine still busy ({seen['cpu_percent']:.0f}% CPU) after "
@@ -219,7 +220,7 @@ def s1_latency(ctx: Context) -> dict[str, Any]:
     """No-op call latency, one caller."""
     reps = ctx.repeats(2, 5)
     n = ctx.size(200, 2000)
-    n_peer = ctx.size(200, 1000)  # the peers are 10-30x slower per call: fewer calls, same repeats
+    n_peer = ctx.size(100, 1000)  # the peers are 10-30x slower per call: fewer calls, same repeats
     warm = 50
     rows: list[dict[str, Any]] = []
     unit, better = "ms", "lower"
@@ -295,7 +296,7 @@ def s1_latency(ctx: Context) -> dict[str, Any]:
 def s2_throughput(ctx: Context) -> dict[str, Any]:
     """No-op throughput with 32 concurrent callers."""
     reps = ctx.repeats(2, 5)
-    total = ctx.size(1024, 4096)
+    total = ctx.size(512, 4096)
     callers = 32
     per = total // callers
     total = per * callers
@@ -479,7 +480,7 @@ def s3_map(ctx: Context) -> dict[str, Any]:
 
     def dask_measure(peer: DaskPeer) -> dict[str, Any]:
         # one scheduler task per item runs at a few hundred items/s here: fewer items, fewer repeats
-        dn = min(n, ctx.size(2_000, 20_000))
+        dn = min(n, ctx.size(1_000, 20_000))
         client = peer.client
         client.gather(client.map(pf.inc, items[:200], pure=False))
         out = []
@@ -504,7 +505,8 @@ def s3_map(ctx: Context) -> dict[str, Any]:
 def s4_start(ctx: Context) -> dict[str, Any]:
     """Start N workers to ready."""
     reps = ctx.repeats(1, 3)
-    sizes = ctx.size([8], [1, 2, 4, 8])  # the target is 8 workers
+    sizes = ctx.size([4, 8], [1, 2, 4, 8])  # the target is 8 workers
+    peer_sizes = ctx.size([4], sizes)  # quick: the peers' 8-process starts take 10-20 s
     unit, better = "s", "lower"
     rows: list[dict[str, Any]] = []
     import kernelpit
@@ -526,7 +528,7 @@ def s4_start(ctx: Context) -> dict[str, Any]:
 
         for cls in (IppPeer, DaskPeer):
             why = None if cls.name in ctx.peers else "disabled with --peers"
-            why = why or cls.available()
+            why = why or cls.available() or (None if n in peer_sizes else "quick mode: full mode only")
             if why:
                 rows.append(skipped(cls.name, why, case=case, unit=unit))
                 continue
