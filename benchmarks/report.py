@@ -125,19 +125,36 @@ def machine_lines(doc: dict[str, Any]) -> list[str]:
     ]
 
 
+def targets_markdown(doc: dict[str, Any]) -> list[str]:
+    """The targets as the Markdown table of docs/performance.md."""
+    out = ["| id | target | value | threshold | status | from |", "|---|---|---|---|---|---|"]
+    for sc in doc["scenarios"].values():
+        for t in sc.get("targets", []):
+            x = "x" if t.get("ratio") else ""
+            val = fmt(t["value"]) + x if t["value"] is not None else "-"
+            status = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
+            out.append(f"| {t['id']} | {t['text']} | {val} | {t['op']} {fmt(t['threshold'])}{x} | "
+                       f"{status} | {t.get('detail') or t.get('note') or ''} |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.report RESULT.json``: print a result file's table again."""
+    """``python -m benchmarks.report RESULT.json [--markdown]``: print a result file's table
+    again (``--markdown``: also the machine lines and the targets table of docs/performance.md)."""
     import json
     import sys
     args = sys.argv[1:] if argv is None else argv
     if not args:
-        print("usage: python -m benchmarks.report RESULT.json", file=sys.stderr)
+        print("usage: python -m benchmarks.report RESULT.json [--markdown]", file=sys.stderr)
         return 2
     with open(args[0]) as f:
         doc = json.load(f)
     print(render(doc))
     print()
     print("\n".join(machine_lines(doc)))
+    if "--markdown" in args[1:]:
+        print()
+        print("\n".join(targets_markdown(doc)))
     return 0
 
 
