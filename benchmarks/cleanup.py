@@ -1,11 +1,33 @@
-"""Make sure no peer process outlives the suite, and say so when one tried."""
+"""Make sure no peer process outlives the suite, and say so when one tried.
+
+Only the suite's own processes are ever reaped: its descendants, and orphans that carry
+the run's mark (:data:`MARK` in their environment, inherited from the suite).  A matching
+process someone else started during the run on a shared machine is left alone.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from typing import Any
 
 import psutil
+
+MARK = "KERNELPIT_BENCH_RUN"
+
+
+def mark_run() -> str:
+    """Mark this process (and so every process it starts) as part of this run."""
+    os.environ[MARK] = secrets.token_hex(8)
+    return os.environ[MARK]
+
+
+def _marked(proc: psutil.Process) -> bool:
+    try:
+        return proc.environ().get(MARK) == os.environ.get(MARK, "-")
+    except psutil.Error:
+        return False
 
 PATTERNS = ("ipyparallel", "ipengine", "ipcontroller", "ipcluster", "distributed", "dask",
             "kernelpit.kernels", "kernelpit serve", "ipykernel")
@@ -43,7 +65,7 @@ def reap(before: set[int], started: float, wait: float = 8.0) -> list[dict[str, 
         for p in psutil.process_iter(["ppid", "create_time"]):
             try:
                 if (p.pid not in before and p.info["ppid"] == 1
-                        and p.info["create_time"] >= started - 1 and _matches(p)):
+                        and p.info["create_time"] >= started - 1 and _matches(p) and _marked(p)):
                     found[p.pid] = p
             except psutil.Error:
                 pass

@@ -2,10 +2,11 @@
 
     py-spy record -o out.txt --format raw -r 500 -- python -m benchmarks.profile_targets map
     python -m benchmarks.profile_targets start4
-    python -m benchmarks.profile_targets stream
+    python -m benchmarks.profile_targets stream 20000 3 1
 
 ``map``: Pool.map of 20,000 tiny items (scenario 3).  ``start4``: kernelpit.Pool(workers=4)
-(scenario 4), with a timeline of the start from the pool's log when available.
+(scenario 4), with a timeline of the start from the pool's log when available.  ``stream``:
+a progress flood embedded and through a bridge (scenario 6).
 """
 
 from __future__ import annotations
@@ -104,18 +105,56 @@ def run_start(n: int = 4, reps: int = 3) -> None:
             print(f"   {phase:<13}" + " ".join(f"{x - t0:6.3f}" for x in sorted(marks.get(phase, []))))
 
 
-def run_stream(n: int = 10_000) -> None:
-    with kernelpit.Pool(**kp.pool_settings(2)) as pool:
-        for _ in range(3):
-            t0 = time.perf_counter()
-            lat = []
-            for ev in pool.stream("progress_ts", n=n):
-                if ev.kind == "progress":
-                    lat.append(time.time() - float(ev.message))
-            dt = time.perf_counter() - t0
-            lat.sort()
-            print(f"stream {n}: {n / dt:,.0f} events/s, latency p50 {lat[len(lat) // 2] * 1e3:.1f} ms "
-                  f"p99 {lat[int(len(lat) * .99)] * 1e3:.1f} ms")
+def _flood_once(handle, n: int) -> tuple[float, list[float], int]:
+    """One ``progress_ts`` flood: (events/s, delivery latencies in ms, events delivered)."""
+    lat = []
+    t0 = time.perf_counter()
+    for ev in handle.stream("progress_ts", n=n):
+        if ev.kind == "progress":
+            lat.append((time.monotonic() - float(ev.message)) * 1e3)
+        elif ev.kind == "error":
+            ev.raise_()
+    return n / (time.perf_counter() - t0), lat, len(lat)
+
+
+def _noop_p50(handle, n: int = 2000) -> float:
+    for _ in range(50):
+        handle.call("noop")
+    xs = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        handle.call("noop")
+        xs.append(time.perf_counter() - t0)
+    xs.sort()
+    return xs[len(xs) // 2] * 1e3
+
+
+def _flood_report(label: str, handle, n: int, loops: int) -> None:
+    noop = _noop_p50(handle)
+    for _ in range(loops):
+        rate, lat, got = _flood_once(handle, n)
+        lat.sort()
+        p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * .99))]
+        print(f"{label} flood {n}: {rate:,.0f} events/s, {got:,} delivered ({n - got:,} coalesced), "
+              f"latency p50 {p50:.2f} ms ({p50 / noop:.1f}x no-op {noop:.3f} ms) "
+              f"p99 {p99:.2f} ms ({p99 / noop:.1f}x)", flush=True)
+
+
+def run_stream(n: int = 20_000, loops: int = 3, remote: int = 1) -> None:
+    """Scenario 6: a tool floods ``n`` progress events, embedded, then through a bridge process
+    (``remote``: 0 embedded only, 1 both, 2 remote only); latency on the shared monotonic clock,
+    as a ratio to the no-op p50 of the same handle."""
+    if remote != 2:
+        with kernelpit.Pool(**kp.pool_settings(2)) as pool:
+            _flood_report("embedded", pool, n, loops)
+    if remote:
+        bridge = kp.RemoteBridge(2)
+        bridge.start()
+        try:
+            with bridge.connect() as client:
+                _flood_report("remote", client, n, loops)
+        finally:
+            bridge.stop()
 
 
 def _cpu_split(bridge_pid: int):

@@ -31,6 +31,14 @@ def _spread(r: dict[str, Any]) -> str:
     return f"{fmt(r.get('min'))}..{fmt(r.get('max'))}"
 
 
+SHORT = {"ipyparallel": "ipp", "jupyter_client": "jc"}
+
+
+def _vs_peers(r: dict[str, Any]) -> str:
+    """``ipp 2.59x dask 0.93x``: this Kernelpit row against every peer of its case."""
+    return "  ".join(f"{SHORT.get(p, p)} {x:.2f}x" for p, x in (r.get("vs_peers") or {}).items())
+
+
 def render(doc: dict[str, Any]) -> str:
     meta = doc["meta"]
     m = meta["machine"]
@@ -53,10 +61,8 @@ def render(doc: dict[str, Any]) -> str:
                               "", (r.get("reason") or "")[:90]))
                 continue
             p99 = fmt(r.get("p99")) if r.get("kind") == "per-op" else "-"
-            ratio = r.get("kp_speedup")
             lines.append((scen, r.get("case", ""), r["system"], fmt(r.get("median")), p99,
-                          _spread(r), r["unit"], str(r.get("n", "")),
-                          f"{ratio:.2f}x" if ratio is not None else ""))
+                          _spread(r), r["unit"], str(r.get("n", "")), _vs_peers(r)))
     widths = [max(len(c), *(len(l[i]) for l in lines if i < len(l) - 1 or True)) for i, c in enumerate(cols)]
     widths[-1] = len(cols[-1])
 
@@ -72,8 +78,10 @@ def render(doc: dict[str, Any]) -> str:
         last = vals
         out.append(line(vals).rstrip())
     out.append("")
-    out.append("Kp/peer: how many times better Kernelpit's median is than the peer's "
-               "(vs the first Kernelpit row of the case; >1 = Kernelpit better).")
+    out.append("Kp/peer: for each Kernelpit row, how many times better its median is than each "
+               "peer's in the same case (>1 = Kernelpit better, <1 = the peer is ahead).")
+    out.append("ref-* rows are references for the targets (not peers): a plain ipykernel start, "
+               "a bare grpc.aio echo, a memcpy into pre-faulted memory.")
     out.append("median/p99 are over all operations for latencies; for rates, times and sizes "
                "min..max is over repeats.")
     out.append("")
@@ -81,10 +89,12 @@ def render(doc: dict[str, Any]) -> str:
     for key, sc in doc["scenarios"].items():
         for t in sc.get("targets", []):
             status = {True: "MET", False: "MISSED", None: "NOT MEASURED"}[t["met"]]
-            val = fmt(t["value"]) if t["value"] is not None else "-"
-            note = f"  ({t['note']})" if t.get("note") else ""
-            out.append(f"  {t['id']:<20} {t['text']:<52} {val:>9} {t['op']} {fmt(t['threshold']):<6} "
-                       f"{status}{note}")
+            x = "x" if t.get("ratio") else ""
+            val = fmt(t["value"]) + x if t["value"] is not None else "-"
+            note = t.get("note") or t.get("detail")
+            note = f"  ({note})" if note else ""
+            out.append(f"  {t['id']:<24} {t['text']:<62} {val:>9} {t['op']} "
+                       f"{fmt(t['threshold']) + x:<7} {status}{note}")
     if meta.get("leftover_processes"):
         out.append("")
         out.append(f"LEFTOVER PROCESSES (killed): {meta['leftover_processes']}")
@@ -115,19 +125,36 @@ def machine_lines(doc: dict[str, Any]) -> list[str]:
     ]
 
 
+def targets_markdown(doc: dict[str, Any]) -> list[str]:
+    """The targets as the Markdown table of docs/performance.md."""
+    out = ["| id | target | value | threshold | status | from |", "|---|---|---|---|---|---|"]
+    for sc in doc["scenarios"].values():
+        for t in sc.get("targets", []):
+            x = "x" if t.get("ratio") else ""
+            val = fmt(t["value"]) + x if t["value"] is not None else "-"
+            status = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
+            out.append(f"| {t['id']} | {t['text']} | {val} | {t['op']} {fmt(t['threshold'])}{x} | "
+                       f"{status} | {t.get('detail') or t.get('note') or ''} |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.report RESULT.json``: print a result file's table again."""
+    """``python -m benchmarks.report RESULT.json [--markdown]``: print a result file's table
+    again (``--markdown``: also the machine lines and the targets table of docs/performance.md)."""
     import json
     import sys
     args = sys.argv[1:] if argv is None else argv
     if not args:
-        print("usage: python -m benchmarks.report RESULT.json", file=sys.stderr)
+        print("usage: python -m benchmarks.report RESULT.json [--markdown]", file=sys.stderr)
         return 2
     with open(args[0]) as f:
         doc = json.load(f)
     print(render(doc))
     print()
     print("\n".join(machine_lines(doc)))
+    if "--markdown" in args[1:]:
+        print()
+        print("\n".join(targets_markdown(doc)))
     return 0
 
 

@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     def _terminate(signum: int, frame: Any) -> None:  # SIGTERM: still stop every peer
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, _terminate)
+    cleanup.mark_run()  # before any child starts: the reaper touches only marked processes
     started = time.time()
     info_start = machine()  # the tree under test when the run began (the core may change during it)
     before = cleanup.snapshot()

@@ -63,17 +63,34 @@ def speedup(kp: dict[str, Any] | None, peer: dict[str, Any] | None) -> float | N
     return (b / a) if kp["better"] == "lower" else (a / b)
 
 
-def add_ratios(rows: list[dict[str, Any]], reference: str = "kernelpit") -> None:
-    """Set ``kp_speedup`` on every non-Kernelpit row: vs the first Kernelpit row of its case."""
+def is_kernelpit(r: dict[str, Any]) -> bool:
+    return r["system"].startswith("kernelpit")
+
+
+def is_reference(r: dict[str, Any]) -> bool:
+    """A reference row (``ref-...``): what a target is measured against, not a competitor."""
+    return r["system"].startswith("ref-")
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Set ``vs_peers`` on every Kernelpit row: for each peer row of the same case, how many
+    times better this row's median is (>1: Kernelpit wins; a row behind a peer shows < 1)."""
     for r in rows:
-        if r["system"].startswith(reference):
+        if not is_kernelpit(r) or r.get("status") != "ok":
             continue
-        ref = next((k for k in rows if k["case"] == r["case"] and k["system"].startswith(reference)
-                    and k.get("status") == "ok"), None)
-        ratio = speedup(ref, r)
-        if ratio is not None:
-            r["kp_speedup"] = ratio
-            r["kp_reference"] = ref["system"]  # type: ignore[index]
+        ratios = {p["system"]: speedup(r, p) for p in rows
+                  if p["case"] == r["case"] and not is_kernelpit(p) and not is_reference(p)}
+        r["vs_peers"] = {k: v for k, v in ratios.items() if v is not None}
+
+
+def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, of: str = "median") -> float | None:
+    """``a[of] / b[of]`` of two measured rows, or None when either is missing."""
+    if not a or not b or a.get("status") != "ok" or b.get("status") != "ok":
+        return None
+    x, y = a.get(of), b.get(of)
+    if not x or not y or x != x or y != y:
+        return None
+    return x / y
 
 
 def find(rows: list[dict[str, Any]], system: str, case: str = "") -> dict[str, Any] | None:
@@ -84,10 +101,14 @@ def find(rows: list[dict[str, Any]], system: str, case: str = "") -> dict[str, A
 
 
 def target(tid: str, text: str, value: float | None, threshold: float, op: str,
-           why_unknown: str = "") -> dict[str, Any]:
-    """A target: ``value op threshold`` (op is ``<=`` or ``>=``); met is None when not measured."""
+           why_unknown: str = "", *, ratio: bool = False, detail: str = "") -> dict[str, Any]:
+    """A target: ``value op threshold`` (op is ``<=`` or ``>=``); met is None when not measured.
+
+    ``ratio``: value and threshold are ratios of two numbers of the same run (printed as
+    ``1.23x``); ``detail`` says what they were.
+    """
+    out = {"id": tid, "text": text, "threshold": threshold, "op": op, "ratio": ratio}
     if value is None or value != value:
-        return {"id": tid, "text": text, "value": None, "threshold": threshold, "op": op,
-                "met": None, "note": why_unknown or "not measured"}
+        return {**out, "value": None, "met": None, "note": why_unknown or "not measured"}
     met = value <= threshold if op == "<=" else value >= threshold
-    return {"id": tid, "text": text, "value": value, "threshold": threshold, "op": op, "met": met}
+    return {**out, "value": value, "met": met, **({"detail": detail} if detail else {})}

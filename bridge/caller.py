@@ -65,7 +65,10 @@ class AsyncCaller:
     def stream(self, tool: str, /, *args: Any, **kwargs: Any) -> AsyncIterator[Event]:
         """Run ``tool`` and iterate over its events; the last one is ``result`` or ``error``.
 
-        Leaving the loop early cancels the call (the tool is interrupted).
+        A consumer that falls behind gets the latest progress next (waiting progress events
+        coalesce); every other event, the last progress before it and the final progress
+        always arrive, in order.  Leaving the loop early cancels the call (the tool is
+        interrupted).
         """
         if tracing.tracer() is None:
             return self._backend.stream(tool, args, kwargs, self._options)

@@ -12,11 +12,11 @@ import asyncio
 import atexit
 import concurrent.futures
 import functools
-import queue
 import threading
 import weakref
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, TypeVar
 
+from .backlog import BlockingBacklog
 from .caller import AsyncCaller, AsyncHandle, AsyncJob, AsyncSession
 from .events import Event
 from .info import SessionInfo
@@ -69,13 +69,15 @@ class BlockingStream(Iterator[T]):
     """An async iterator, run on a portal's loop and consumed from a blocking thread.
 
     ``close()`` may be called from any thread: it cancels the iteration (and so the call
-    or RPC behind it), and the consuming loop then ends.
+    or RPC behind it), and the consuming loop then ends.  Items wait for the consuming thread
+    in a :class:`~kernelpit.backlog.BlockingBacklog`: a consumer that falls behind a flood
+    of progress gets the latest progress next, and everything else in order.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, agen: AsyncIterator[T]) -> None:
         # The pump holds only the queue, never this object: dropping the iterator (a `break`
         # out of a for loop) must free it at once, and __del__ then cancels the call.
-        self._items = items = queue.SimpleQueue()
+        self._items = items = BlockingBacklog()
         self._finished = False
 
         async def pump() -> None:

@@ -8,7 +8,8 @@ its main thread).  Beside it the agent runs:
   it never runs user code.
 * **executor threads** (``concurrency`` of them) that run tools.  Each has its
   own connection to the channel, so events and results go straight back
-  without another thread hop.
+  without another thread hop; its :class:`~.outbox.Outbox` holds back progress
+  while the pool is behind (the latest wins), so a flooding tool never blocks.
 
 Cancel raises :class:`CallCancelled` inside the executor thread running the
 call (``PyThreadState_SetAsyncExc``), which stops Python code at its next
@@ -29,6 +30,7 @@ from typing import Any
 
 from ..exceptions import Cancelled, ErrorPayload, KernelpitError, ToolNotFound
 from . import capture, wire
+from .outbox import Outbox
 from .arrow import DecodeError, Transport
 from .protocol import EncodeError, decode, encode
 from .registry import ToolSpec
@@ -173,15 +175,17 @@ class Agent:
             except OSError:
                 pass  # the pool is gone: nobody is left to tell (the lifeline ends the kernel)
 
+        outbox = Outbox(send, sock, name=f"kernelpit-outbox-{index}")
         while True:
             job = self._jobs.get()
             if job is None:
+                outbox.close()
                 sock.close()
                 return
-            self._serve(job, send)
+            self._serve(job, outbox)
 
-    def _serve(self, job: dict[str, Any], send: Any) -> None:
-        call = capture.CallContext(job["id"], send, job.get("session"))
+    def _serve(self, job: dict[str, Any], outbox: Outbox) -> None:
+        call = capture.CallContext(job["id"], outbox.put, job.get("session"))
         spec = self.tools.get(job["tool"])
         if spec is None:
             names = ", ".join(sorted(self.tools)) or "none"
@@ -225,6 +229,7 @@ class Agent:
                 break
             except CallCancelled:
                 continue
+        outbox.recover()  # a cancel may have cut this thread off in the middle of sending
         capture.set_current(None)
         if traced is not None:
             _leave_trace(traced)

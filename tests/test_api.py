@@ -79,6 +79,27 @@ def test_call_stream_and_map(pool):
     assert pool.map("add", range(50), range(50)) == [2 * i for i in range(50)]
 
 
+def test_a_consumer_behind_a_flood_gets_every_line_and_the_final_progress(pool, tmp_path):
+    n, every = 20_000, 100
+    done = tmp_path / "flood-done"
+    stream = pool.stream("flood", n=n, every=every, done_file=str(done))
+    events = [next(stream)]  # then the consumer falls behind the whole flood
+    wait_until(done.exists, timeout=60)
+    events += list(stream)
+    assert "".join(e.text for e in events if e.kind == "stdout") == "".join(
+        f"line {i}\n" for i in range(every, n + 1, every))
+    last = 0
+    for e in events:
+        if e.kind == "progress":
+            assert e.done > last and e.total == n  # in order
+            last = e.done
+        elif e.kind == "stdout":  # the progress just before a line is never coalesced away
+            assert last == int(e.text.split()[1]), (last, e.text)
+    assert last == n  # the final progress
+    assert events[-1].kind == "result" and events[-1].value == n
+    assert sum(e.kind == "progress" for e in events) < n // 10  # the rest coalesced
+
+
 def test_non_finite_floats_come_back_exactly(pool):
     assert pool.call("same", [math.inf, -math.inf, 1.5]) == [math.inf, -math.inf, 1.5]
     assert math.isnan(pool.call("same", {"x": math.nan})["x"])

@@ -49,7 +49,20 @@ def test_quick_subset_writes_json(tmp_path: Path) -> None:
     assert ("jupyter_client", "ok") in systems
     assert ("kernelpit-remote", "skipped") in systems  # --no-remote: reported, not faked
     assert ("ipyparallel", "skipped") in systems and ("dask", "skipped") in systems
-    assert {t["id"] for t in doc["scenarios"]["s1_latency"]["targets"]} >= {"S1.embedded_p50"}
-    assert {t["id"] for t in doc["scenarios"]["s5_crash"]["targets"]} >= {"S5.error", "S5.full"}
-    assert "kernelpit-embedded" in {r["system"] for r in doc["scenarios"]["s6_stream"]["rows"]}
+    assert ("ref-grpc-echo", "skipped") in systems  # the remote rows' reference goes with them
+    embedded = next(r for r in doc["scenarios"]["s1_latency"]["rows"]
+                    if r["system"] == "kernelpit-embedded")
+    assert set(embedded["vs_peers"]) == {"jupyter_client"}  # every Kernelpit row vs every peer
+    assert {t["id"] for t in doc["scenarios"]["s1_latency"]["targets"]} >= {"S1.embedded_p50",
+                                                                            "S1.remote_vs_echo"}
+    s5 = {t["id"]: t for t in doc["scenarios"]["s5_crash"]["targets"]}
+    assert set(s5) >= {"S5.error", "S5.full", "S5.replace_vs_ipykernel"}
+    assert s5["S5.replace_vs_ipykernel"]["ratio"] and s5["S5.replace_vs_ipykernel"]["value"] > 0
+    s6 = doc["scenarios"]["s6_stream"]
+    assert {(r["system"], r["case"]) for r in s6["rows"]} >= {
+        ("kernelpit-embedded", "delivery latency"), ("kernelpit-embedded", "no-op call, same run"),
+        ("kernelpit-embedded", "events/s"), ("kernelpit-embedded", "delivered of 20,000")}
+    s6_targets = {t["id"]: t for t in s6["targets"]}
+    assert s6_targets["S6.embedded_p50"]["met"] in (True, False) and s6_targets["S6.embedded_p50"]["ratio"]
+    assert s6_targets["S6.remote_p50"]["met"] is None  # --no-remote: not measured, and says so
     assert "Kp/peer" in proc.stdout and "TARGETS" in proc.stdout

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import events as ev
+from ..backlog import AsyncBacklog
 from ..exceptions import InvalidArguments, from_payload
 from ..kernels.arrow import Transport, reclaim
 from ..kernels.protocol import EncodeError, encode
@@ -49,7 +50,8 @@ class Call:
         self.frames = self._encode()
         loop = asyncio.get_running_loop()
         self.future: asyncio.Future[Any] = loop.create_future()
-        self.events: asyncio.Queue[ev.Event] | None = asyncio.Queue() if self.streaming else None
+        # a stream's events until its consumer takes them; progress coalesces while it is behind
+        self.events: AsyncBacklog[ev.Event] | None = AsyncBacklog() if self.streaming else None
         self._timer: asyncio.TimerHandle | None = None
 
     def _encode(self) -> list[bytes]:

@@ -4,6 +4,7 @@ as blobs."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from typing import Any, AsyncIterator
@@ -11,6 +12,7 @@ from typing import Any, AsyncIterator
 import grpc
 
 from ..backend import Backend
+from ..backlog import AsyncBacklog
 from ..contract import convert, errors
 from ..contract.framing import BLOB_SIZE_KEY, chunk_size, framed, unframe
 from ..contract.metadata import ACCEPT_KEY, ACCEPT_PACKED, CLIENT_ID_KEY, auth_metadata
@@ -32,6 +34,16 @@ from .multiplex import CallMultiplexer, reply_value
 from .target import Target
 READ_BLOB = "/kernelpit.v1.Bridge/ReadBlob"
 WRITE_BLOB = "/kernelpit.v1.Bridge/WriteBlob"
+
+_END = object()  # a stream's receiver is done
+
+
+class _Failed:
+    """A stream's receiver failed with ``error`` (raised to the consumer in order)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
 
 _NO_SPAN = contextlib.nullcontext()  # the blocking call's "span" when tracing is off
 
@@ -214,7 +226,25 @@ class RemoteBackend(Backend):
         rpc = self.stub.CallStream(request, metadata=self.metadata)
         if await self._refused(rpc):
             rpc = self.stub.CallStream(request, metadata=self.metadata)
-        err = None
+        # Received as fast as they come, so that while the consumer is behind the events wait
+        # here, where progress coalesces, and not in gRPC's buffers, where it cannot.
+        events: AsyncBacklog[Any] = AsyncBacklog()
+        receiver = asyncio.ensure_future(self._receive(rpc, events))
+        try:
+            while True:
+                item = await events.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item
+        finally:
+            receiver.cancel()
+            rpc.cancel()  # leaving early cancels the call; a no-op once it has ended
+
+    async def _receive(self, rpc: Any, events: "AsyncBacklog[Any]") -> None:
+        """Put the events of a ``CallStream`` into ``events``, then ``_END`` (after a
+        ``_Failed`` when the stream failed)."""
         try:
             async for batch in rpc:
                 for m in batch.events:
@@ -222,13 +252,13 @@ class RemoteBackend(Backend):
                     codec = PLAIN
                     if kind in ("partial", "result") and getattr(m, kind).blobs:
                         codec = await self._incoming(getattr(m, kind))
-                    yield convert.event_from_proto(m, codec)
+                    events.put_nowait(convert.event_from_proto(m, codec))
         except grpc.aio.AioRpcError as exc:
-            err = errors.from_rpc_error(exc, self.address)
+            events.put_nowait(_Failed(errors.from_rpc_error(exc, self.address)))
+        except Exception as exc:  # noqa: BLE001 - e.g. a blob that could not be read
+            events.put_nowait(_Failed(exc))
         finally:
-            rpc.cancel()  # leaving early cancels the call; a no-op once it has ended
-        if err is not None:
-            raise err
+            events.put_nowait(_END)
 
     async def map(self, tool: str, columns: list[list[Any]], options: CallOptions,
                   chunksize: int | None = None) -> list[Any]:

@@ -42,6 +42,20 @@ def steps(n: int = 5):
 
 
 @tool
+def flood(n: int = 20_000, every: int = 100, done_file: str = "") -> int:
+    """Progress as fast as it can, with the line ``line <i>`` printed after every ``every``-th
+    progress; touches ``done_file`` once all of it is emitted."""
+    for i in range(1, n + 1):
+        progress(i, n)
+        if i % every == 0:
+            print(f"line {i}")
+    if done_file:
+        with open(done_file, "w") as f:
+            f.write("done")
+    return n
+
+
+@tool
 def gen(n: int):
     """Yield 0..n-1, return 'done'."""
     for i in range(n):

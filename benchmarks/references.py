@@ -1,0 +1,131 @@
+"""Reference rows: what Kernelpit's targets are measured against, in the same run.
+
+* ``ref-ipykernel-start``: one plain ipykernel started through ``jupyter_client.KernelManager``
+  until it answers (the floor of any kernel start; S4 and S5 targets).
+* ``ref-grpc-echo``: a bare ``grpc.aio`` unary echo server in its own process, called from a
+  plain sync gRPC channel with the same options as Kernelpit's client (the floor of a remote
+  call; S1 and S2 targets).  Run ``python -m benchmarks.references`` to serve it alone.
+* ``ref-memcpy``: a copy of the same number of bytes into memory already faulted in (the
+  floor of moving a value; S7 targets).
+
+None of these is a competitor: the report shows them, but the Kp/peer column leaves them out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .peers import ROOT, RawKernel
+
+ECHO_METHOD = "/echo.Echo/Echo"
+ECHO_PAYLOAD = b"x" * 32  # about the size of a no-op call request
+
+
+def ipykernel_start() -> float:
+    """Seconds from ``KernelManager.start_kernel`` to a kernel that answers, for one plain ipykernel."""
+    kernel = RawKernel()
+    try:
+        return kernel.start()
+    finally:
+        kernel.stop()
+
+
+def memcpy_rate(nbytes: int, repeats: int) -> list[float]:
+    """GB/s of ``repeats`` copies of ``nbytes`` between two buffers faulted in beforehand."""
+    src, dst = bytearray(nbytes), bytearray(nbytes)  # zero-filled: every page is touched
+    a = (ctypes.c_char * nbytes).from_buffer(src)
+    b = (ctypes.c_char * nbytes).from_buffer(dst)
+    ctypes.memmove(b, a, nbytes)  # warm-up
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ctypes.memmove(b, a, nbytes)
+        out.append(nbytes / 1e9 / (time.perf_counter() - t0))
+    del a, b
+    return out
+
+
+class EchoServer:
+    """A bare grpc.aio unary echo server in its own process, and a sync client of it."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.channel: Any = None
+        self.echo: Any = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        import grpc
+        from kernelpit.remote.target import CHANNEL_OPTIONS
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.references"], cwd=str(ROOT),
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""  # "serving <port>"
+        if not line.startswith("serving "):
+            self.stop()
+            raise RuntimeError(f"the echo server did not start: {line!r}")
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{int(line.split()[1])}",
+                                             options=CHANNEL_OPTIONS)
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        self.echo = self.channel.unary_unary(ECHO_METHOD)
+
+    def call(self) -> None:
+        self.echo(ECHO_PAYLOAD)
+
+    def rate(self, callers: int, total: int, repeats: int) -> list[float]:
+        """Calls/s with ``callers`` threads sharing the channel, ``total`` calls per repeat."""
+        per = total // callers
+        out = []
+        with ThreadPoolExecutor(callers) as ex:
+            def caller(k: int) -> None:
+                for _ in range(k):
+                    self.echo(ECHO_PAYLOAD)
+            list(ex.map(caller, [5] * callers))
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                list(ex.map(caller, [per] * callers))
+                out.append(per * callers / (time.perf_counter() - t0))
+        return out
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+            if self.proc.stdout:
+                self.proc.stdout.close()
+            self.proc = None
+
+
+async def _serve() -> None:
+    import asyncio
+    import signal
+
+    import grpc
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "echo.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await server.start()
+    print(f"serving {port}", flush=True)
+    await stop.wait()
+    await server.stop(0)
+
+
+if __name__ == "__main__":
+    import asyncio
+    asyncio.run(_serve())
