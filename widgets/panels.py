@@ -27,9 +27,9 @@ from .connection import Connector
 from .feed import LiveState
 
 # sized so the whole row fits a notebook's output area (about 1,000 px) without wrapping
-CELL = {"id": "56px", "pool": "60px", "state": "70px", "pid": "52px", "uptime": "52px",
+CELL = {"id": "56px", "pool": "60px", "state": "70px", "pid": "52px", "uptime": "60px",
         "calls": "44px", "current": "100px", "rss": "72px", "cpu": "40px", "heartbeat": "80px",
-        "recycle": "270px"}
+        "recycle": "262px"}
 BUTTONS = ("34px",) * 3
 #: one column template for the header and every row: each is a grid of these columns, so a
 #: header sits over its values whatever they hold
