@@ -100,14 +100,22 @@ SIDECARS = ("", "-wal", "-shm")
 def _private(path: Path) -> None:
     """Make the registry (0600, like everything else of a run) before SQLite opens it: SQLite
     gives its ``-wal`` and ``-shm`` files the database file's mode.  Files an older version
-    made world-readable are narrowed."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # the umask can only narrow 0600
-    os.close(fd)
-    for suffix in SIDECARS:
+    made world-readable are narrowed.
+
+    An existing file is never opened here: closing any descriptor of a file drops every POSIX
+    lock this process holds on it, SQLite's included, and another process could then take
+    the database for unused and reset its WAL, losing commits.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # umask can only narrow
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)  # new and empty: no connection of this process has it open
+    for name in (str(path), *(f"{path}{suffix}" for suffix in SIDECARS)):
         with contextlib.suppress(OSError):
-            side = f"{path}{suffix}"
-            if os.stat(side).st_mode & 0o077:
-                os.chmod(side, 0o600)
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
 
 
 @dataclass
