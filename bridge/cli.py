@@ -114,7 +114,20 @@ def connect_from(args: argparse.Namespace) -> Any:
                    tls_key=args.tls_key)
 
 
-POOL_FLAGS = ("concurrency", "max_calls", "max_age", "max_memory", "spares", "shm_threshold")
+POOL_FLAGS = ("concurrency", "max_calls", "max_age", "max_memory", "spares", "shm_threshold",
+              "placement", "resources")
+
+
+def _resources(text: str) -> dict[str, float]:
+    """``--resources '{"CPU": 1, "my_label": 1}'`` as a dict."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--resources takes a JSON object such as "
+                                         f"'{{\"CPU\": 1}}': {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--resources takes a JSON object such as '{\"CPU\": 1}'")
+    return value
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -146,7 +159,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          "instead")
     auth = settings.pop("auth", True) and not args.no_auth
     for key in ("host", "port", "grace", "max_message_size", "idle_timeout", "tls_cert",
-                "tls_key", "tls_client_ca", "tls_ca", "token_file", "metrics_address"):
+                "tls_key", "tls_client_ca", "tls_ca", "token_file", "metrics_address",
+                "ray_address"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -442,6 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spares", type=int, help="warm spare kernels kept ready (default 0)")
     p.add_argument("--shm-threshold", help="values this big or bigger go through shared "
                    "memory, e.g. 1MB (default)")
+    p.add_argument("--placement", choices=("local", "ray"),
+                   help="where the workers run: this machine (default) or the nodes of a Ray "
+                        "cluster (docs/scale-out.md)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="the Ray cluster of Ray-placed pools: 'auto' (default) or HEAD:6379")
+    p.add_argument("--resources", type=_resources, metavar="JSON",
+                   help="Ray resources per worker, e.g. '{\"CPU\": 1, \"GPU\": 1}'")
     p.add_argument("--config", metavar="FILE", help="TOML file with [pools.NAME] tables "
                    "(PoolConfig fields) and an optional [bridge] table")
     p.add_argument("--host", help="interface to listen on (default 127.0.0.1); anything but "

@@ -6,6 +6,9 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+RAY_PROVISIONER = "kernelpit-ray-provisioner"
+PLACEMENTS = ("local", "ray")
+
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
           "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
           "tib": 2**40}
@@ -51,6 +54,12 @@ class PoolConfig:
                      by reference instead of inline (bytes or "1MB")
     pickle           let objects of other types travel pickled (unpickling runs code: enable it
                      only for code you trust)
+    placement     "local" (this machine) or "ray" (nodes of a Ray cluster: shorthand for
+                  provisioner="kernelpit-ray-provisioner"; docs/scale-out.md)
+    resources     Ray resources per worker, e.g. {"CPU": 1, "GPU": 1, "my_label": 1}
+    provisioner   a jupyter_client kernel provisioner (entry point name) that launches the
+                  workers; its kernels must run ipykernel (the agent is swapped in)
+    provisioner_config  that provisioner's settings (the kernelspec's provisioner "config")
     """
 
     name: str = "default"
@@ -79,8 +88,13 @@ class PoolConfig:
     taint_period: float = 60.0
     shm_threshold: int | str = 1 << 20
     pickle: bool = False
+    placement: str = "local"
+    resources: dict[str, float] = field(default_factory=dict)
+    provisioner: str | None = None
+    provisioner_config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_placement()
         if isinstance(self.adapters, str):
             self.adapters = [self.adapters]
         self.adapters = list(self.adapters)
@@ -107,6 +121,28 @@ class PoolConfig:
             raise ValueError("health_interval and health_timeout must be positive")
         self.env = {str(k): str(v) for k, v in self.env.items()}
         self.path = [str(p) for p in self.path]
+
+    def _check_placement(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got "
+                             f"{self.placement!r}")
+        if self.placement == "ray":
+            if self.provisioner not in (None, RAY_PROVISIONER):
+                raise ValueError(f"placement='ray' is provisioner={RAY_PROVISIONER!r}; give "
+                                 f"one of placement and provisioner, not both")
+            self.provisioner = RAY_PROVISIONER
+        elif self.provisioner == RAY_PROVISIONER:
+            self.placement = "ray"
+        if not isinstance(self.resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and v >= 0 for k, v in self.resources.items()):
+            raise ValueError(f"resources must map resource names to numbers >= 0, e.g. "
+                             f'{{"CPU": 1, "my_label": 1}}, got {self.resources!r}')
+        if self.resources and self.placement != "ray":
+            raise ValueError("resources are Ray resources: they need placement='ray'")
+        if self.provisioner is not None and not isinstance(self.provisioner, str):
+            raise ValueError(f"provisioner must be a provisioner's name, got {self.provisioner!r}")
+        self.provisioner_config = dict(self.provisioner_config or {})
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any]) -> "PoolConfig":

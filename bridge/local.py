@@ -167,8 +167,8 @@ class AsyncPool(AsyncHandle):
 
     def __init__(self, adapters: Any = (), workers: int | None = None, *,
                  pools: dict[str, Any] | None = None, metrics: Any = False,
-                 **settings: Any) -> None:
-        manager = PoolManager(build_configs(adapters, workers, pools, settings))
+                 ray_address: str | None = None, **settings: Any) -> None:
+        manager = PoolManager(build_configs(adapters, workers, pools, settings), ray_address)
         if metrics:
             from .telemetry.metrics import attach
             attach(manager, metrics)
@@ -199,7 +199,9 @@ class Pool(Handle):
     Arguments are those of :class:`~kernelpit.config.PoolConfig` (``adapters``,
     ``workers``, ``concurrency``, ``queue_size``, ``kernelspec``, ``python``,
     ``env``, ``cwd``, ...) for the default pool, plus ``pools={name: {...}}``
-    for named pools.  ``metrics=True`` publishes the pool's Prometheus metrics on
+    for named pools.  ``placement="ray"`` (with ``resources={...}``) places the workers on
+    a Ray cluster, joined at ``ray_address`` (``"auto"`` or ``"host:port"``; one per
+    process); see docs/scale-out.md.  ``metrics=True`` publishes the pool's Prometheus metrics on
     prometheus_client's default registry, ``metrics=registry`` on that one (see
     docs/observability.md).  The constructor returns once every worker is ready.
     """

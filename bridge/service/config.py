@@ -13,6 +13,7 @@
                              # for mutual TLS
     tls_key = "server.key"
     token_file = "tokens.json"
+    ray_address = "auto"     # the Ray cluster of Ray-placed pools (one per process)
 
     [pools.default]          # one table per named pool: the fields of PoolConfig
     adapters = ["mytools"]
@@ -22,6 +23,12 @@
     adapters = ["mytools.gpu"]
     workers = 1
     env = { CUDA_VISIBLE_DEVICES = "0" }
+
+    [pools.cluster]          # on the nodes of a Ray cluster (docs/scale-out.md)
+    adapters = ["mytools"]
+    workers = 8
+    placement = "ray"
+    resources = { CPU = 1, my_label = 1 }
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ else:  # pragma: no cover
 
 BRIDGE_KEYS = {"host", "port", "grace", "max_message_size", "auth", "blob_ttl", "idle_timeout",
                "tls_cert", "tls_key", "tls_client_ca", "tls_ca", "insecure_bind_anywhere",
-               "token_file"}
+               "token_file", "ray_address"}
 
 PATH_KEYS = {"tls_cert", "tls_key", "tls_client_ca", "tls_ca", "token_file"}
 

@@ -62,6 +62,7 @@ class Bridge:
     the bridge with (written to the discovery file; default: the certificate chain itself).
     Without TLS only a loopback ``host`` is accepted, unless ``insecure_bind_anywhere``
     (see :mod:`.transport`); the check is made here, before anything starts.
+    ``ray_address``: the Ray cluster that Ray-placed pools join (docs/scale-out.md).
     ``metrics_address``: serve Prometheus ``/metrics`` there (HOST:PORT; see
     docs/observability.md), plaintext on loopback only; ``metrics_ssl_context`` (an
     ``ssl.SSLContext``, made from the bridge's TLS settings) serves it over HTTPS anywhere.
@@ -76,13 +77,14 @@ class Bridge:
                  tls_client_ca: Path | str | None = None, tls_ca: Path | str | None = None,
                  insecure_bind_anywhere: bool = False,
                  token_file: Path | str | None = None,
-                 metrics_address: str | None = None, metrics_ssl_context: Any = None) -> None:
+                 metrics_address: str | None = None, metrics_ssl_context: Any = None,
+                 ray_address: str | None = None) -> None:
         self.tls = transport.ServerTLS.load(tls_cert, tls_key, tls_client_ca, tls_ca)
         self.warnings = [w for w in (
             transport.check_bind(host, self.tls is not None, insecure_bind_anywhere),
             None if auth else "authentication is OFF (--no-auth): anyone who can reach the port "
             "can run tools as this user") if w]
-        self.manager = PoolManager(configs)
+        self.manager = PoolManager(configs, ray_address)
         self._closing = asyncio.Event()
         self.backend = LocalBackend(self.manager, self._closing)
         self.host = host
