@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from . import kp, payloads, peerfuncs as pf, quiet
 from .peers import DaskPeer, IppPeer, RawKernel
+from .scale import s9_ray
 from .stats import add_ratios, failed, find, row, skipped, target
 
 MB = 1_000_000
@@ -893,4 +894,5 @@ SCENARIOS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {
     "s6": ("s6_stream", s6_stream),
     "s7": ("s7_payload", s7_payload),
     "s8": ("s8_memory", s8_memory),
+    "s9": ("s9_ray", s9_ray),  # benchmarks/scale.py
 }
