@@ -26,18 +26,16 @@ from . import fmt
 from .connection import Connector
 from .feed import LiveState
 
-CELL = {"id": "50px", "pool": "64px", "state": "76px", "pid": "56px", "node": "120px",
-        "uptime": "56px",
+CELL = {"id": "50px", "pool": "64px", "state": "76px", "pid": "56px", "uptime": "56px",
         "calls": "44px", "current": "110px", "rss": "72px", "cpu": "40px", "heartbeat": "70px",
-        "recycle": "222px"}
+        "recycle": "222px", "node": "120px"}
 BUTTONS = ("88px",) * 3
 #: one column template for the header and every row: each is a grid of these columns, so a
 #: header sits over its values whatever they hold
 GRID = " ".join([*CELL.values(), *BUTTONS])
-HEADERS = {"id": "worker", "pool": "pool", "state": "state", "pid": "pid", "node": "node",
-           "uptime": "uptime",
+HEADERS = {"id": "worker", "pool": "pool", "state": "state", "pid": "pid", "uptime": "uptime",
            "calls": "calls", "current": "current call", "rss": "RSS", "cpu": "CPU",
-           "heartbeat": "heartbeat", "recycle": "recycle"}
+           "heartbeat": "heartbeat", "recycle": "recycle", "node": "node"}
 
 
 def _connector(source: Any) -> Connector:
@@ -71,12 +69,13 @@ def worker_cells(w: Any, now: float) -> dict[str, str]:
     state = "spare" if getattr(w, "spare", False) and w.state == "idle" else w.state
     node = getattr(w, "node", None)
     return {"id": str(w.id), "pool": w.pool, "state": state, "pid": str(w.pid or "-"),
-            "node": f"{getattr(w, 'host', None) or '?'} {node[:8]}" if node else "local",
             "uptime": fmt.human_seconds(w.uptime), "calls": str(w.calls), "current": current,
             "rss": fmt.human_bytes(w.rss), "cpu": f"{w.cpu:.0f}%",
             "heartbeat": (fmt.human_seconds(fmt.ago(w.last_heartbeat, now)) + " ago"
                           if w.last_heartbeat else "-"),
-            "recycle": recycle_cell(w)}
+            "recycle": recycle_cell(w),
+            # where it runs: a Ray node's address and the start of its id (docs/scale-out.md)
+            "node": f"{getattr(w, 'host', None) or '?'} {node[:8]}" if node else "local"}
 
 
 class _Panel(W.VBox):
