@@ -226,7 +226,10 @@ def test_quickstart_renders_live_panels_in_jupyterlab(lab, browser):
         ".every(e => ['idle', 'ready'].includes(e.textContent.trim()))", timeout=30_000)
     rows = page.query_selector_all(".kp-health .kp-worker-row")
     assert len(rows) == 2
-    states = [r.query_selector(".kp-state").inner_text().strip() for r in rows]
+    # read in one go: the panel redraws its cells live, so an element found a moment ago may
+    # have been replaced since
+    states = page.eval_on_selector_all(".kp-health .kp-worker-row .kp-state",
+                                       "els => els.map(e => e.textContent.trim())")
     assert states == ["idle", "idle"]
     for r in rows:  # each row has its three control buttons (icons, named by their tooltips)
         assert {b.get_attribute("title").split(":")[0].lower()

@@ -311,6 +311,16 @@ class KernelpitMagics(Magics):
         display(ToolsView(self._rpc(lambda c: c.tools(args.pool))))
 
     # -- calls ---------------------------------------------------------------------------------
+    def _call_options(self, args: Any) -> dict[str, Any]:
+        """``--deadline`` and ``--session`` (opened if needed) of ``%kp call`` and ``submit``."""
+        options: dict[str, Any] = {}
+        if args.deadline is not None:
+            options["deadline"] = args.deadline
+        if args.session is not None:
+            self._session(args.session)
+            options["session"] = args.session
+        return options
+
     def _cmd_call(self, args: Any) -> Any:
         from kernelpit.cli import UsageError as CliUsage
         from kernelpit.cli import parse_assignments
@@ -319,12 +329,7 @@ class KernelpitMagics(Magics):
             kwargs = parse_assignments(args.arguments)
         except CliUsage as exc:
             raise UsageError(f"{exc}\n{usage(self.parsers['call'])}") from None
-        options: dict[str, Any] = {}
-        if args.deadline is not None:
-            options["deadline"] = args.deadline
-        if args.session is not None:
-            self._session(args.session)
-            options["session"] = args.session
+        options = self._call_options(args)
         if args.worker is not None:
             options["worker"] = args.worker
         caller = self.client().options(**options)
@@ -347,12 +352,7 @@ class KernelpitMagics(Magics):
             kwargs = parse_assignments(args.arguments)
         except CliUsage as exc:
             raise UsageError(f"{exc}\n{usage(self.parsers['submit'])}") from None
-        options: dict[str, Any] = {}
-        if args.deadline is not None:
-            options["deadline"] = args.deadline
-        if args.session is not None:
-            self._session(args.session)
-            options["session"] = args.session
+        options = self._call_options(args)
         if args.key is not None:
             options["key"] = args.key
         if args.idempotent:

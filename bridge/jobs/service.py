@@ -11,43 +11,21 @@ Every handler turns what it raises into a status with the structured error attac
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator
 
 import grpc
 
-from ..exceptions import KernelpitError
 from ..contract import convert as call_convert
 from ..contract import errors
 from ..contract.values import Codec
 from ..v1 import jobs_pb2 as pb
 from ..v1 import jobs_pb2_grpc as pb_grpc
+from ..service.servicer import abort, handles_errors
 from . import convert
 from .follow import follow_batches
 from .runner import JobRunner
 
-log = logging.getLogger("kernelpit.service")
 SERVICE = pb.DESCRIPTOR.services_by_name["Jobs"].full_name
-
-
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    if not isinstance(exc, (KernelpitError, ValueError, TypeError)):
-        log.exception("internal error while serving a Jobs RPC", exc_info=exc)
-    code, details, trailing = errors.to_status(exc)
-    await context.abort(code, details, trailing_metadata=trailing)
-
-
-def _rpc(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    @functools.wraps(fn)
-    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await fn(self, request, context)
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception as exc:  # noqa: BLE001
-            await _abort(context, exc)
-    return handler
 
 
 class JobsServicer(pb_grpc.JobsServicer):
@@ -60,7 +38,7 @@ class JobsServicer(pb_grpc.JobsServicer):
         self._requests = requests or Codec(untrusted=True)
         self._results = results or Codec()
 
-    @_rpc
+    @handles_errors
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Any) -> pb.Job:
         args, kwargs, options = call_convert.call_from_request(request.call, self._requests)
         info = await self.runner.submit(
@@ -69,11 +47,11 @@ class JobsServicer(pb_grpc.JobsServicer):
             max_attempts=request.max_attempts if request.HasField("max_attempts") else None)
         return convert.job_to_proto(info)
 
-    @_rpc
+    @handles_errors
     async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.Job:
         return convert.job_to_proto(await self.runner.get(request.id))
 
-    @_rpc
+    @handles_errors
     async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
         state = convert.STATE_FROM_PROTO.get(request.state) if request.state else None
         jobs = await self.runner.list(state, request.tool or None, request.limit or 100,
@@ -90,15 +68,15 @@ class JobsServicer(pb_grpc.JobsServicer):
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001
-            await _abort(context, exc)
+            await abort(context, exc)
         finally:
             await batches.aclose()
 
-    @_rpc
+    @handles_errors
     async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.Job:
         return convert.job_to_proto(await self.runner.cancel(request.id))
 
-    @_rpc
+    @handles_errors
     async def DeleteJob(self, request: pb.DeleteJobRequest, context: Any) -> pb.DeleteJobResponse:
         await self.runner.delete(request.id)
         return pb.DeleteJobResponse()
