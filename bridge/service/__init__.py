@@ -6,7 +6,7 @@
     run.py         `kernelpit serve` in the foreground: signals and messages
     servicer.py    the kernelpit.v1.Bridge RPC handlers
     multiplex.py   the Calls stream (many calls over one stream), the bridge's end
-    pump.py        batching of a call's events for CallStream
+    pump.py        batching of a call's events for CallStream (progress coalesced and paced)
     blobs.py       large values beside the messages: the blob store behind ReadBlob/WriteBlob
     auth.py        the bearer-token interceptor, new tokens
     idle.py        idle shutdown: open RPCs and client leases
