@@ -305,6 +305,11 @@ class WaitQueue:
         return call
 
     def _taken(self, key: str, backlog: _Backlog, call: Call) -> None:
+        self._count_out(call)
+        self._release(key, backlog)
+
+    def _count_out(self, call: Call) -> None:
+        """``call`` no longer waits (it runs, or left the queue)."""
         self._calls -= 1
         tenant = tenant_of(call)
         n = self.waiting[tenant] - 1
@@ -312,9 +317,13 @@ class WaitQueue:
             self.waiting[tenant] = n
         else:
             del self.waiting[tenant]
+
+    def _release(self, key: str, backlog: _Backlog) -> None:
+        """Drop an emptied backlog; under fair queuing its tenant keeps its tag as an idle one
+        (started() charges the call's share)."""
         if not backlog.size:
             del self._backlogs[key]
-            if self._fair:  # its tag as an idle tenant: started() charges the call's share
+            if self._fair:
                 self._idle(key, backlog.start)
 
     def _idle(self, tenant: str, finish: float) -> None:
@@ -338,17 +347,8 @@ class WaitQueue:
     def _forget(self, key: str, backlog: _Backlog, calls: list[Call]) -> None:
         """``calls`` left the queue without running (cancelled, dropped)."""
         for call in calls:
-            self._calls -= 1
-            tenant = tenant_of(call)
-            n = self.waiting[tenant] - 1
-            if n:
-                self.waiting[tenant] = n
-            else:
-                del self.waiting[tenant]
-        if not backlog.size:
-            del self._backlogs[key]
-            if self._fair:
-                self._idle(key, backlog.start)
+            self._count_out(call)
+        self._release(key, backlog)
 
     def drop_pinned(self, worker_id: int) -> list[Call]:
         """Remove the calls that can only run on ``worker_id``."""

@@ -346,15 +346,22 @@ class RemoteBackend(Backend):
         reply = await self._rpc(self.stub.Untaint, pb.UntaintRequest(tool=tool, pool=pool or ""))
         return reply.lifted
 
-    async def watch(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
-        request = pb.WatchRequest(snapshot_interval=interval)
-        rpc = self.stub.Watch(request, metadata=self.metadata)
+    def watch(self, interval: float = 0.0) -> AsyncIterator[WatchEvent]:
+        return self._follow(self.stub.Watch, pb.WatchRequest(snapshot_interval=interval),
+                            lambda m: (convert.watch_from_proto(m),))
+
+    async def _follow(self, method: Any, request: Any,
+                      items: Any) -> AsyncIterator[Any]:
+        """A server stream's ``items(message)``, with a token rotated since connecting picked
+        up once and errors mapped as for every RPC; leaving early cancels the stream."""
+        rpc = method(request, metadata=self.metadata)
         if await self._refused(rpc):
-            rpc = self.stub.Watch(request, metadata=self.metadata)
+            rpc = method(request, metadata=self.metadata)
         err = None
         try:
             async for m in rpc:
-                yield convert.watch_from_proto(m)
+                for item in items(m):
+                    yield item
         except grpc.aio.AioRpcError as exc:
             err = errors.from_rpc_error(exc, self.address)
         finally:
@@ -390,21 +397,8 @@ class RemoteBackend(Backend):
 
     def subscribe(self, kinds: list[str] | None = None) -> AsyncIterator[TelemetryEvent]:
         kind_filter(kinds)  # an unknown kind raises ValueError here, as in an embedded pool
-        return self._subscribe(kinds)
-
-    async def _subscribe(self, kinds: list[str] | None) -> AsyncIterator[TelemetryEvent]:
-        rpc = self.stub.Subscribe(pb.SubscribeRequest(kinds=kinds or ()), metadata=self.metadata)
-        err = None
-        try:
-            async for batch in rpc:
-                for m in batch.events:
-                    yield convert.telemetry_from_proto(m)
-        except grpc.aio.AioRpcError as exc:
-            err = errors.from_rpc_error(exc, self.address)
-        finally:
-            rpc.cancel()
-        if err is not None:
-            raise err
+        return self._follow(self.stub.Subscribe, pb.SubscribeRequest(kinds=kinds or ()),
+                            lambda batch: map(convert.telemetry_from_proto, batch.events))
 
     async def server_info(self, timeout: float | None = None) -> pb.ServerInfo:
         info = await self._rpc(self.stub.GetServerInfo, pb.ServerInfoRequest(), timeout)
