@@ -98,16 +98,6 @@ class PostgresTx(Tx):
             for row in rows:
                 copy.write_row(row)
 
-    def fetchone(self) -> Any:
-        return self._cur.fetchone()
-
-    def fetchall(self) -> list[Any]:
-        return self._cur.fetchall()
-
-    @property
-    def rowcount(self) -> int:
-        return self._cur.rowcount
-
     def commit(self) -> None:
         self._held.append("COMMIT")
         self._send()

@@ -62,7 +62,10 @@ class Dialect:
 class Tx:
     """One write transaction.  ``put`` is for statements whose result nobody reads: a
     store may send them later, together (PostgreSQL sends a whole commit in one round
-    trip); ``execute`` runs now, after what was put, and its rows can be read."""
+    trip); ``execute`` runs now, after what was put, and its rows can be read from the
+    database's cursor, ``_cur``."""
+
+    _cur: Any
 
     def put(self, sql: str, params: Any = ()) -> None:
         raise NotImplementedError
@@ -75,14 +78,14 @@ class Tx:
         raise NotImplementedError
 
     def fetchone(self) -> Any:
-        raise NotImplementedError
+        return self._cur.fetchone()
 
     def fetchall(self) -> list[Any]:
-        raise NotImplementedError
+        return self._cur.fetchall()
 
     @property
     def rowcount(self) -> int:
-        raise NotImplementedError
+        return int(self._cur.rowcount)
 
     def commit(self) -> None:
         raise NotImplementedError

@@ -67,16 +67,6 @@ class SqliteTx(Tx):
         self._cur.executemany(f"INSERT INTO {table}({', '.join(columns)}) VALUES "
                               f"({', '.join('?' * len(columns))})", rows)
 
-    def fetchone(self) -> Any:
-        return self._cur.fetchone()
-
-    def fetchall(self) -> list[Any]:
-        return self._cur.fetchall()
-
-    @property
-    def rowcount(self) -> int:
-        return self._cur.rowcount
-
     def commit(self) -> None:
         self._cur.execute("COMMIT")
         self._cur.close()
