@@ -183,6 +183,7 @@ class Agent:
                 sock.close()
                 return
             self._serve(job, outbox)
+            del job  # its arguments (a mapped 1 GB table) must not live until the next call
 
     def _serve(self, job: dict[str, Any], outbox: Outbox) -> None:
         call = capture.CallContext(job["id"], outbox.put, job.get("session"))

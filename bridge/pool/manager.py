@@ -90,7 +90,8 @@ class PoolManager:
         self._run_dir = leftovers.make_run_dir(self.run_id)
         self.shm_dir = shared_memory_dir(self.run_id)
         self._channel = await Channel.open(self._run_dir, self._on_message, Transport(
-            self.shm_dir, allow_pickle=any(c.pickle for c in self.configs)))
+            self.shm_dir, allow_pickle=any(c.pickle for c in self.configs),
+            arena_cap=max(int(c.shm_arena) for c in self.configs)))
         slots = asyncio.Semaphore(8)
         for cfg in self.configs:
             self.groups[cfg.name] = WorkerGroup(cfg, self._channel, self._run_dir, self.run_id,
@@ -523,12 +524,17 @@ class PoolManager:
         try:
             while True:
                 event = await call.events.get()
+                last = isinstance(event, (ev.Result, ev.Error))
                 yield event
-                if isinstance(event, (ev.Result, ev.Error)):
+                # Not kept while the next is awaited: a cancellation's traceback would hold
+                # this frame, and so the value (a mapped 1 GB table), until a full collection.
+                del event
+                if last:
                     return
         finally:
             if not call.done:
                 self.cancel(call)
+            call.events = None  # nobody reads what is still queued: let it go now
 
     async def map(self, tool: str, columns: list[list[Any]], options: CallOptions,
                   chunksize: int | None = None) -> list[Any]:

@@ -73,8 +73,9 @@ class BlobStore:
         while True:
             await asyncio.sleep(max(0.05, min(self.ttl / 4, 5.0)))
             now = time.monotonic()
-            for blob in [b for b in self._blobs.values() if b.expires < now and not b.busy]:
-                self._free(blob.id)
+            # ids only: a blob left bound here would keep its value while this sleeps
+            for blob_id in [b.id for b in self._blobs.values() if b.expires < now and not b.busy]:
+                self._free(blob_id)
 
     # -- results ---------------------------------------------------------------------------
     def put(self, segments: list[Any], size: int, owner: Any = None) -> str:

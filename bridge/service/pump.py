@@ -37,6 +37,7 @@ class EventPump:
         try:
             async for event in self._stream:
                 put(event)
+                del event  # not held by this frame (and a cancellation's traceback) meanwhile
         except Exception as exc:  # noqa: BLE001 - handed to the reader as a failure
             put(exc)
         finally:

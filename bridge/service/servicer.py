@@ -158,7 +158,9 @@ class BridgeServicer(pb_grpc.BridgeServicer):
             while True:
                 batch, failure = await pump.next_batch()
                 # several partials of up to a chunk each: never one message above the limit
-                for part in split([convert.event_to_proto(e, codec) for e in batch], self._limit):
+                parts = split([convert.event_to_proto(e, codec) for e in batch], self._limit)
+                del batch  # its values (a mapped table) are not kept while the client reads
+                for part in parts:
                     yield pb.EventBatch(events=part)
                 if failure is not None:
                     complete = True
