@@ -116,7 +116,8 @@ def connect_from(args: argparse.Namespace) -> Any:
                    tls_key=args.tls_key)
 
 
-POOL_FLAGS = ("concurrency", "max_calls", "max_age", "max_memory", "spares", "shm_threshold")
+POOL_FLAGS = ("concurrency", "max_calls", "max_age", "max_memory", "spares", "shm_threshold",
+              "shm_arena")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -478,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spares", type=int, help="warm spare kernels kept ready (default 0)")
     p.add_argument("--shm-threshold", help="values this big or bigger go through shared "
                    "memory, e.g. 1MB (default)")
+    p.add_argument("--shm-arena", help="shared memory kept for reuse by the next large "
+                   "values once received ones are dropped, e.g. 2GB (default); 0 frees it at once")
     p.add_argument("--spawn", choices=("fork", "exec"),
                    help="how workers start, for every pool that does not set it: fork them "
                    "from a per-pool zygote (fast, shared memory; Linux) or exec a fresh "

@@ -68,6 +68,8 @@ class PoolConfig:
                      that quarantine the tool for taint_period seconds
     shm_threshold    values (Arrow tables, arrays) at least this big go through shared memory
                      by reference instead of inline (bytes or "1MB")
+    shm_arena        bytes of shared memory kept for reuse once received values are dropped
+                     (their pages are rewritten instead of allocated again; 0: free at once)
     pickle           let objects of other types travel pickled (unpickling runs code: enable it
                      only for code you trust)
     spawn         "fork": workers are forked from a per-pool zygote that has imported the
@@ -102,6 +104,7 @@ class PoolConfig:
     taint_window: float = 60.0
     taint_period: float = 60.0
     shm_threshold: int | str = 1 << 20
+    shm_arena: int | str = 2 << 30
     pickle: bool = False
     spawn: str = field(default_factory=default_spawn)
 
@@ -134,6 +137,10 @@ class PoolConfig:
             raise ValueError(f"spares must be >= 0, got {self.spares!r}")
         self.max_memory = parse_size(self.max_memory)
         self.shm_threshold = parse_size(self.shm_threshold)
+        self.shm_arena = parse_size(self.shm_arena)
+        if self.shm_arena is None or self.shm_arena < 0:
+            raise ValueError(f"shm_arena must be a size >= 0 (bytes or '2GB'), got "
+                             f"{self.shm_arena!r}")
         for name in ("max_calls", "max_age", "max_memory"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -18,10 +18,12 @@ numpy scalars              JSON numbers                     ``int`` / ``float`` 
 A value smaller than the transport's ``threshold`` is an inline frame of the
 message.  A larger one is written once as an Arrow IPC *file* into the
 run's shared-memory directory (``/dev/shm/kernelpit-<run id>``, mode 0700)
-and handed over by reference: the receiver memory-maps it and unlinks it at
-once, so its buffers point into the mapping (no copy) and nothing is left on
-disk once it is received.  Files a dead worker wrote but nobody received are
-removed by the pool; the whole directory goes when the pool closes.
+and handed over by reference: the receiver memory-maps it, so its buffers
+point into the mapping (no copy).  Once the receiver is done with it, the
+file's pages are reused for the writer's next value (:mod:`.arena`), and a
+table received that way and passed on as an argument is lent, not written
+again.  A dead process's files are removed by the pool; the whole directory
+goes when the pool closes.
 
 pyarrow is imported only when such a value is actually sent.
 """
@@ -30,10 +32,10 @@ from __future__ import annotations
 
 import os
 import pickle
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from . import arena as arena_
 from .markers import MARKER
 
 ROOTS = ("pyarrow", "pandas", "numpy")
@@ -47,16 +49,20 @@ class Transport:
     threshold: int = 1 << 20         # bytes; at or above: by reference
     prefix: str = "host"             # file name prefix of this writer (workers: "w<id>")
     allow_pickle: bool = False       # encode/decode other objects with pickle (runs code on load)
+    arena: str = ""                  # whose free slabs this writer reuses (default: prefix)
+    arena_cap: int = arena_.DEFAULT_CAP  # bytes of free slabs a run keeps, at most
 
     @classmethod
     def from_env(cls, prefix: str) -> "Transport":
         env = os.environ
         shm_dir = env.get("KERNELPIT_SHM_DIR") or None
         return cls(shm_dir=shm_dir, threshold=int(env.get("KERNELPIT_SHM_THRESHOLD", 1 << 20)),
-                   prefix=prefix, allow_pickle=env.get("KERNELPIT_PICKLE") == "1")
+                   prefix=prefix, allow_pickle=env.get("KERNELPIT_PICKLE") == "1",
+                   arena_cap=int(env.get("KERNELPIT_SHM_ARENA", arena_.DEFAULT_CAP)))
 
     def env(self) -> dict[str, str]:
         out = {"KERNELPIT_SHM_THRESHOLD": str(self.threshold),
+               "KERNELPIT_SHM_ARENA": str(self.arena_cap),
                "KERNELPIT_PICKLE": "1" if self.allow_pickle else "0"}
         if self.shm_dir:
             out["KERNELPIT_SHM_DIR"] = self.shm_dir
@@ -93,10 +99,18 @@ def encode(obj: Any, buffers: list[Any], transport: Transport) -> Any:
         else payload.nbytes
     marker: dict[str, Any] = {MARKER: "arrow", "t": kind, **meta}
     if transport.shm_dir and nbytes >= transport.threshold:
-        path = os.path.join(transport.shm_dir, f"{transport.prefix}-{uuid.uuid4().hex}.arrow")
-        with pa.OSFile(path, "wb") as sink:
-            write_ipc(pa, payload, sink, file_format=True)
-        marker["shm"] = os.path.basename(path)
+        lent = arena_.lend(obj, transport.shm_dir, transport.prefix) if kind == "table" \
+            else None
+        if lent is not None:
+            marker["shm"], marker["len"] = lent
+        else:
+            arena = transport.arena or transport.prefix
+            f, marker["shm"] = arena_.open_for_write(transport.shm_dir, arena, transport.prefix,
+                                                     nbytes)
+            with f:
+                write_ipc(pa, payload, pa.PythonFile(f, mode="w"), file_format=True)
+                marker["len"] = f.tell()
+            marker["a"] = arena
         marker["n"] = nbytes
         return marker
     sink = pa.BufferOutputStream()
@@ -153,8 +167,10 @@ def decode(marker: dict[str, Any], buffers: list[Any], transport: Transport) -> 
     import pyarrow as pa
 
     kind = marker.get("t")
+    holder = None
     if "shm" in marker:
-        source = _map_shared(pa, marker["shm"], transport)
+        buffer, holder = _map_shared(pa, marker, transport)
+        source = pa.BufferReader(buffer)
         tensor_reader, table_reader = pa.ipc.read_tensor, lambda s: pa.ipc.open_file(s).read_all()
     else:
         try:
@@ -169,6 +185,8 @@ def decode(marker: dict[str, Any], buffers: list[Any], transport: Transport) -> 
     except pa.ArrowInvalid as exc:
         raise DecodeError(f"a received arrow value is corrupt: {exc}") from None
     if kind == "table":
+        if holder is not None:
+            arena_.remember(table, holder)
         return table
     if kind == "batch":
         return table.combine_chunks().to_batches()[0] if table.num_rows else \
@@ -187,21 +205,24 @@ def decode(marker: dict[str, Any], buffers: list[Any], transport: Transport) -> 
     raise DecodeError(f"unknown arrow value kind {kind!r}")
 
 
-def _map_shared(pa: Any, name: str, transport: Transport) -> Any:
-    """Memory-map a by-reference file from this run's directory, then unlink it."""
-    if not transport.shm_dir or os.path.basename(name) != name or not name.endswith(".arrow"):
+def _map_shared(pa: Any, marker: dict[str, Any], transport: Transport) -> tuple[Any, Any]:
+    """Memory-map a by-reference file from this run's directory (see :mod:`.arena`)."""
+    name, arena = marker["shm"], marker.get("a")
+    if not transport.shm_dir or not isinstance(name, str) or os.path.basename(name) != name \
+            or not name.endswith(".arrow") or (arena is not None and not (
+                isinstance(arena, str) and arena_.valid_name(arena))):
         raise DecodeError(f"refusing a shared-memory reference {name!r}: not a file of this run")
-    path = os.path.join(transport.shm_dir, name)
     try:
-        mapped = pa.memory_map(path, "r")
+        return arena_.receive(pa, transport.shm_dir, name, int(marker["len"]), arena,
+                              transport.prefix, transport.arena_cap)
     except (FileNotFoundError, OSError) as exc:
         raise DecodeError(f"a shared-memory value is gone ({exc}); its sender may have died") from None
-    os.unlink(path)
-    return mapped
 
 
 def reclaim(shm_dir: str | None, prefix: str) -> int:
-    """Remove files ``prefix`` wrote that nobody received (its writer died); returns the count."""
+    """Remove the files of ``prefix`` (a writer or receiver that died, or a call that ended):
+    those it wrote that nobody received, its free slabs, and those it held; returns the
+    count.  Other processes' mappings of them stay valid."""
     if not shm_dir:
         return 0
     removed = 0
@@ -210,7 +231,7 @@ def reclaim(shm_dir: str | None, prefix: str) -> int:
     except FileNotFoundError:
         return 0
     for name in names:
-        if name.startswith(prefix + "-"):
+        if name.startswith((prefix + "-", prefix + "@")):
             try:
                 os.unlink(os.path.join(shm_dir, name))
                 removed += 1

@@ -10,7 +10,7 @@ import pytest
 
 import kernelpit
 import arrow_cases
-from conftest import ADAPTERS
+from conftest import ADAPTERS, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +82,59 @@ def test_values_nest_inside_ordinary_structures(pool):
     assert out["t"].equals(table) and list(out["a"][0]) == [0, 1, 2] and out["a"][1] == b"raw"
 
 
-def test_large_values_go_by_reference_and_leave_no_file(pool):
-    assert pool.call("echo", TABLES["large"]).equals(TABLES["large"])
-    assert shm_files(pool) == []
+def only_free_slabs(pool):
+    return all(n.endswith(".free") for n in shm_files(pool))
+
+
+def inodes(pool, start=""):
+    d = f"/dev/shm/kernelpit-{pool.run_id}"
+    return {os.stat(os.path.join(d, n)).st_ino for n in shm_files(pool) if n.startswith(start)}
+
+
+def test_large_values_go_by_reference_and_leave_only_free_slabs(pool):
+    out = pool.call("echo", TABLES["large"])
+    assert out.equals(TABLES["large"])
+    del out
+    wait_until(lambda: only_free_slabs(pool))
+
+
+def test_the_pages_of_dropped_values_are_reused_both_ways():
+    with kernelpit.Pool(adapters=["kp_arrow"], workers=1, path=[ADAPTERS],
+                        shm_threshold=2000) as p:
+        worker = p.workers()[0].id
+        table = pa.table({"x": np.ones(50_000)})
+        for _ in range(2):  # warm: the first values of each direction allocate their slabs
+            assert p.call("numeric_table", 50_000, 1).num_rows == 50_000
+            assert p.call("describe", table)["rows"] == 50_000
+        wait_until(lambda: only_free_slabs(p))
+        results, arguments = inodes(p, f"w{worker}-"), inodes(p, "host-")
+        assert results and arguments
+        for _ in range(3):
+            assert p.call("numeric_table", 50_000, 1).num_rows == 50_000
+            assert p.call("describe", table)["rows"] == 50_000
+            wait_until(lambda: only_free_slabs(p))
+        # the same files (and so the same pages) carried every later value
+        assert inodes(p, f"w{worker}-") == results and inodes(p, "host-") == arguments
+
+
+def test_a_table_received_from_a_tool_is_passed_back_by_reference():
+    with kernelpit.Pool(adapters=["kp_arrow"], workers=1, path=[ADAPTERS],
+                        shm_threshold=2000) as p:
+        got = p.call("numeric_table", 50_000, 1)
+        held = shm_files(p)
+        assert len(held) == 1 and held[0].startswith("host@")  # the caller maps the tool's file
+        assert p.call("describe", got)["rows"] == 50_000
+        assert shm_files(p) == held  # no copy was written for the argument (it would be freed)
+        del got
+        wait_until(lambda: shm_files(p) == [])  # lent: its pages are freed, never rewritten
+
+
+def test_an_arena_of_zero_frees_shared_memory_at_once():
+    with kernelpit.Pool(adapters=["kp_arrow"], workers=1, path=[ADAPTERS],
+                        shm_threshold=2000, shm_arena=0) as p:
+        assert p.call("numeric_table", 50_000, 1).num_rows == 50_000
+        assert p.call("describe", pa.table({"x": np.ones(50_000)}))["rows"] == 50_000
+        wait_until(lambda: shm_files(p) == [])
 
 
 def test_a_generator_of_record_batches_streams_batches(pool):
@@ -96,9 +146,10 @@ def test_a_generator_of_record_batches_streams_batches(pool):
 
 
 def test_a_worker_crashing_mid_transfer_leaves_no_shared_memory(pool):
+    dead = pool.workers()[0].id
     with pytest.raises(kernelpit.WorkerCrashed):
         pool.call("die_after_writing", 100_000)
-    assert shm_files(pool) == []
+    assert [n for n in shm_files(pool) if n.startswith((f"w{dead}-", f"w{dead}@"))] == []
     assert pool.options(deadline=60).call("echo", 1) == 1
 
 
@@ -128,4 +179,6 @@ def test_a_gigabyte_table_both_ways_without_copies_in_the_worker():
         info = p.call("describe", pa.table({"x": np.ones(rows)}))
         assert info == {"rows": rows, "type": "Table", "rss": info["rss"]}
         assert info["rss"] - before < 100_000_000  # the worker mapped it, it did not copy 1 GiB
-        assert os.listdir(f"/dev/shm/kernelpit-{p.run_id}") == []
+        wait_until(lambda: only_free_slabs(p))  # kept for reuse, at most the arena's cap
+        assert sum(os.stat(f"/dev/shm/kernelpit-{p.run_id}/{n}").st_size
+                   for n in shm_files(p)) <= 2 << 30  # the default shm_arena

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -68,8 +69,9 @@ class Call:
             msg["trace"] = self.trace
         transport = self.transport
         if transport is not None and transport.shm_dir:
-            transport = Transport(transport.shm_dir, transport.threshold, f"c{self.id}",
-                                  transport.allow_pickle)
+            # its files are the call's (reclaimed when it ends), their pages the pool's
+            transport = dataclasses.replace(transport, prefix=f"c{self.id}",
+                                            arena=transport.arena or transport.prefix)
         try:
             frames = encode(msg, transport)
         except EncodeError as exc:

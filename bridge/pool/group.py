@@ -37,7 +37,8 @@ class WorkerGroup:
                  telemetry: TelemetryBus | None = None, tenants: Tenants | None = None) -> None:
         self.config = config
         self.telemetry = telemetry or TelemetryBus()
-        self.transport = Transport(shm_dir, int(config.shm_threshold), "host", config.pickle)
+        self.transport = Transport(shm_dir, int(config.shm_threshold), "host", config.pickle,
+                                   arena_cap=int(config.shm_arena))
         self.name = config.name
         self.spec = worker_spec(config, run_dir)
         self._channel = channel
