@@ -37,7 +37,7 @@ import re
 import threading
 import uuid
 import weakref
-from typing import Any, BinaryIO
+from typing import Any, Callable
 
 DEFAULT_CAP = 2 << 30
 _NAME = re.compile(r"[A-Za-z0-9]+\Z")
@@ -68,34 +68,109 @@ def free_bytes(shm_dir: str) -> int:
 
 # -- the writer ---------------------------------------------------------------------------------
 
-def open_for_write(shm_dir: str, arena: str, prefix: str, nbytes: int) -> tuple[BinaryIO, str]:
-    """A file to write a value of about ``nbytes`` into, and its name: the smallest free slab
-    of ``arena`` that fits, renamed to this writer's in-flight name, else a new file."""
+#: madvise(MADV_POPULATE_WRITE), Linux 5.14: page tables made writable in one call
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+_maps: dict[int, mmap.mmap] = {}  # inode -> this writer's mapping of a slab it wrote
+_warming: set[threading.Thread] = set()
+
+
+def write(pa: Any, shm_dir: str, arena: str, prefix: str, size: int,
+          fill: Callable[[Any], None]) -> str:
+    """Write a value of exactly ``size`` bytes (``fill(sink)`` writes it) into the smallest
+    free slab of ``arena`` that fits, renamed to this writer's in-flight name, or into a new
+    file; returns the file's name.
+
+    A slab this writer mapped before is written through that mapping: a memcpy into pages
+    that exist and are mapped (12-23 GB/s for 1 GB on this 2-core VM, two copy threads).
+    A new file is written with ``write()`` (faster than faulting fresh pages in through a
+    mapping), then mapped and its page tables filled on a thread, off the caller's path,
+    for the next value."""
     name = f"{prefix}-{uuid.uuid4().hex}.arrow"
     path = os.path.join(shm_dir, name)
-    for slab in _fitting_slabs(shm_dir, arena, nbytes):
+    free, present = _scan(shm_dir, arena, size)
+    _unmap_gone(present)
+    for capacity, slab, inode in free:
         try:
             os.rename(os.path.join(shm_dir, slab), path)
         except FileNotFoundError:  # removed meanwhile (a reclaim): try the next one
             continue
-        return open(os.open(path, os.O_RDWR), "r+b", buffering=0), name
-    return open(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), "r+b",
-                buffering=0), name
+        mapping = _maps.get(inode)
+        if mapping is None:
+            break  # not mapped here (yet): written like a new file, below
+        buffer = pa.py_buffer(mapping)
+        sink = pa.FixedSizeBufferWriter(buffer)
+        sink.set_memcopy_threads(2)
+        try:
+            fill(sink)
+        finally:
+            sink.close()
+            del sink, buffer
+        return name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    with open(fd, "r+b", buffering=0) as f:
+        fill(pa.PythonFile(f, mode="w"))
+        warm = threading.Thread(target=_map, args=(os.dup(fd),), daemon=True,
+                                name="kernelpit-arena-map")
+    _warming.add(warm)
+    warm.start()
+    return name
 
 
-def _fitting_slabs(shm_dir: str, arena: str, nbytes: int) -> list[str]:
+def _map(fd: int) -> None:
+    """Map a slab just written and fill its page tables (on a thread: this takes as long as
+    faulting every page in, which the next value written into it no longer pays)."""
+    try:
+        st = os.fstat(fd)
+        if st.st_size and st.st_ino not in _maps:
+            mapping = mmap.mmap(fd, st.st_size)
+            try:
+                mapping.madvise(MADV_POPULATE_WRITE)
+            except OSError:  # an older kernel: the first value written faults them in
+                pass
+            _maps[st.st_ino] = mapping
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(fd)
+        _warming.discard(threading.current_thread())
+
+
+def _scan(shm_dir: str, arena: str, size: int) -> tuple[list[tuple[int, str, int]], set[int]]:
+    """(the free slabs of ``arena`` of at least ``size`` bytes, smallest first, as
+    (size, name, inode)), and the inodes of every file in the directory."""
     start = arena + "-"
-    sized = []
-    with os.scandir(shm_dir) as entries:
-        for e in entries:
-            if e.name.startswith(start) and e.name.endswith(".free"):
-                try:
-                    size = e.stat().st_size
-                except FileNotFoundError:
-                    continue
-                if size >= nbytes:
-                    sized.append((size, e.name))
-    return [name for _size, name in sorted(sized)]
+    free, present = [], set()
+    try:
+        with os.scandir(shm_dir) as entries:
+            for e in entries:
+                present.add(e.inode())
+                if e.name.startswith(start) and e.name.endswith(".free"):
+                    try:
+                        capacity = e.stat().st_size
+                    except FileNotFoundError:
+                        continue
+                    if capacity >= size:
+                        free.append((capacity, e.name, e.inode()))
+    except FileNotFoundError:
+        pass
+    return sorted(free), present
+
+
+def _unmap_gone(present: set[int]) -> None:
+    """Drop the mappings of slabs that no longer exist (deleted past the cap, lent, or
+    reclaimed): this mapping is all that still keeps their pages."""
+    for inode in [i for i in _maps if i not in present]:
+        mapping = _maps.pop(inode, None)
+        if mapping is not None:
+            try:
+                mapping.close()
+            except BufferError:  # still exported: it goes with its last buffer
+                pass
+
+
+def mapped_bytes() -> int:
+    """Bytes of slabs this process keeps mapped for writing."""
+    return sum(len(m) for m in list(_maps.values()))
 
 
 # -- the receiver -------------------------------------------------------------------------------

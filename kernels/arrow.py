@@ -105,11 +105,12 @@ def encode(obj: Any, buffers: list[Any], transport: Transport) -> Any:
             marker["shm"], marker["len"] = lent
         else:
             arena = transport.arena or transport.prefix
-            f, marker["shm"] = arena_.open_for_write(transport.shm_dir, arena, transport.prefix,
-                                                     nbytes)
-            with f:
-                write_ipc(pa, payload, pa.PythonFile(f, mode="w"), file_format=True)
-                marker["len"] = f.tell()
+            size = pa.MockOutputStream()  # the exact size first: no data is copied
+            write_ipc(pa, payload, size, file_format=True)
+            marker["len"] = size.size()
+            marker["shm"] = arena_.write(pa, transport.shm_dir, arena, transport.prefix,
+                                         marker["len"], lambda sink: write_ipc(
+                                             pa, payload, sink, file_format=True))
             marker["a"] = arena
         marker["n"] = nbytes
         return marker

@@ -44,6 +44,21 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
+
+def own_rss(proc: psutil.Process) -> int:
+    """RSS without the shared-memory (tmpfs) pages the process maps: those of the pool's
+    arena (kernels/arena.py) belong to its files, so replacing the worker would not free
+    them, and counting them would recycle a worker for every large value it returned."""
+    rss = proc.memory_info().rss
+    try:
+        with open(f"/proc/{proc.pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"RssShmem:"):
+                    return max(0, rss - int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss
+
 class Worker(WorkerBase):
     """A kernel serving tool calls: its state machine (``WorkerBase``) plus the process."""
 
@@ -235,11 +250,11 @@ class Worker(WorkerBase):
                 self._proc = psutil.Process(self.pid)
                 self._proc.cpu_percent(None)
             with self._proc.oneshot():
-                rss = self._proc.memory_info().rss
+                rss = own_rss(self._proc)
                 self.cpu = self._proc.cpu_percent(None)
             for child in self._proc.children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    rss += child.memory_info().rss
+                    rss += own_rss(child)
             self.rss = rss
         except psutil.Error:
             pass
