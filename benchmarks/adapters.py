@@ -86,6 +86,12 @@ def payload_arrow(nbytes: int):
 
 
 @tool(thread_safe=True)
+def arrow_size(table) -> int:
+    """Receive a pyarrow Table argument (by reference above 1 MB) without touching its data."""
+    return payloads.arrow_nbytes(table)
+
+
+@tool(thread_safe=True)
 def drop_payloads() -> int:
     """Free the payload cache of this worker."""
     return payloads.clear()

@@ -764,6 +764,33 @@ def s6_stream(ctx: Context) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+ARGUMENT_CASES = (", argument", ", passed back")
+
+
+def _arrow_arguments(ctx: Context, pool: Any, rows: list[dict[str, Any]], size: int, reps: int,
+                     measure: Callable[..., list[float]]) -> None:
+    """The other direction (caller -> tool, embedded): a Table built in the caller, and a
+    Table received from a tool and passed back (by reference: nothing is written again)."""
+    unit, better = "GB/s", "higher"
+    expected = max(1, size // 32) * 32
+    for suffix in ARGUMENT_CASES:
+        case = f"arrow {size // MB:,} MB{suffix}"
+        ctx.log(f"  payload {case}: kernelpit")
+        try:
+            with pool.session() as s:
+                table = payloads.make_arrow(size) if suffix == ", argument" else \
+                    s.call("payload_arrow", nbytes=size)
+                xs = measure(lambda: s.call("arrow_size", table), lambda n: n == expected,
+                             size, reps)
+                del table
+                s.call("drop_payloads")
+                payloads.clear()
+            rows.append(row("kernelpit-embedded", case=case, unit=unit, better=better,
+                            samples=xs, kind="per-repeat", api="Session.call(tool, table)"))
+        except Exception as exc:  # noqa: BLE001
+            rows.append(failed("kernelpit-embedded", exc, case=case, unit=unit, better=better))
+
+
 def s7_payload(ctx: Context) -> dict[str, Any]:
     """Results of 1 MB / 100 MB / 1 GB, bytes and a numeric table, tool -> caller; GB/s."""
     sizes = {"bytes": ctx.size([MB, 100 * MB], [MB, 100 * MB, GB]),
@@ -826,6 +853,8 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
                                 samples=xs, kind="per-repeat", api="Session.call"))
             except Exception as exc:  # noqa: BLE001
                 rows.append(failed("kernelpit-embedded", exc, case=case, unit=unit, better=better))
+            if kind == "arrow":
+                _arrow_arguments(ctx, pool, rows, size, reps, measure)
             def remote_measure(bridge: Any, client: Any) -> dict[str, Any]:
                 ctx.log(f"  payload {case}: kernelpit remote")
                 with client.session() as s:
@@ -865,7 +894,8 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
     add_ratios(rows)
     targets = []
     for r in rows:  # every Kernelpit row >= 1.5x the best peer of its case
-        if r["system"] not in ("kernelpit-embedded", "kernelpit-remote") or r.get("status") != "ok":
+        if r["system"] not in ("kernelpit-embedded", "kernelpit-remote") or r.get("status") != "ok" \
+                or r["case"].endswith(ARGUMENT_CASES):
             continue
         vs = {p: x for p, x in (r.get("vs_peers") or {}).items() if p in ("ipyparallel", "dask")}
         kind_, size_ = r["case"].split(" ", 1)
@@ -881,6 +911,11 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
     targets.append(target("S7.arrow_1gb_vs_memcpy",
                           "1 GB Arrow tool -> embedded caller >= 0.5x memcpy (pre-faulted)",
                           ratio(gb, mem), 0.5, ">=", ratio=True, detail=_detail(gb, mem, "GB/s"),
+                          why_unknown="1 GB rows run in full mode only" if ctx.quick else ""))
+    arg = find(rows, "kernelpit-embedded", "arrow 1,000 MB, argument")
+    targets.append(target("S7.arrow_1gb_argument_vs_memcpy",
+                          "(for reference) 1 GB Arrow caller -> tool, x memcpy (pre-faulted)",
+                          ratio(arg, mem), 0.0, ">=", ratio=True, detail=_detail(arg, mem, "GB/s"),
                           why_unknown="1 GB rows run in full mode only" if ctx.quick else ""))
     return {"title": "payload tool -> caller (bytes, JSON table, Arrow table)", "rows": rows,
             "targets": targets,
