@@ -496,6 +496,29 @@ def test_concurrent_sync_callers_share_one_client(client):
     assert results == {i: [i + j for j in range(20)] for i in range(8)}
 
 
+def test_ctrl_c_in_a_call_on_the_shared_stream_interrupts_its_tool(client):
+    """While one thread holds the blocking fast path, another thread's call goes over the
+    multiplexed stream; Ctrl-C there must cancel that call on the bridge (tool interrupted)."""
+    import signal
+
+    first, second = (w.id for w in client.workers("default"))
+    holder = threading.Thread(target=client.options(worker=first).call, args=("sleep", 2.0))
+    holder.start()
+    wait_until(lambda: any(w.id == first and w.state == "busy" for w in client.workers()))
+    main = threading.get_ident()
+
+    def interrupt_when_busy():
+        wait_until(lambda: any(w.id == second and w.state == "busy" for w in client.workers()))
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_busy, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        client.options(worker=second).call("spin", 60)
+    # the same worker (one slot) answers: the spinning tool was stopped
+    assert client.options(worker=second, deadline=10).call("add", 3, 3) == 6
+    holder.join()
+
+
 def test_map_failures_name_the_item(client, stub, auth):
     with pytest.raises(KeyError) as info:
         client.map("raise_key", ["a", "b"])

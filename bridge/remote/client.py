@@ -130,20 +130,26 @@ class Connecting:
 
 
 class ClientPortal(Portal):
-    """A Portal that runs a lone tool call right on the calling thread.
+    """A Portal that runs tool calls from the calling thread, without a coroutine on the loop.
 
     A blocking gRPC call needs no event loop, so when no other thread is in a
-    call, ``call`` skips the hand-off to the loop thread (the biggest share of
-    a no-op call's latency).  Calls made while another is in flight go through
-    the loop and share the multiplexed stream, which scales with many threads.
-    The calling logic stays in :class:`RemoteBackend`.
+    call, ``call`` makes a blocking unary ``Call`` right here (no hand-off to the loop
+    thread, the biggest share of a no-op call's latency).  Calls made while another is
+    in flight share the multiplexed stream, which scales with many threads: the thread
+    hands its request to the stream's writer on the loop and waits for its reply on a
+    lock (no task and no Condition per call).  The calling logic stays in
+    :class:`RemoteBackend`.
     """
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(fn, "__func__", None) is AsyncCaller.call:
             caller: AsyncCaller = fn.__self__
             backend = caller._backend
-            if isinstance(backend, RemoteBackend) and backend.solo.acquire(blocking=False):
+            if isinstance(backend, RemoteBackend):
+                if not backend.solo.acquire(blocking=False):
+                    self._check_thread()  # the loop's own thread would wait for itself
+                    return backend.call_blocking(args[0], args[1:], kwargs, caller._options,
+                                                 self.loop)
                 try:
                     return backend.call_blocking(args[0], args[1:], kwargs, caller._options)
                 finally:

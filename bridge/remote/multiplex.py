@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from typing import Any, Awaitable, Callable
 
 import grpc
@@ -31,22 +32,65 @@ class CallMultiplexer:
         self._rpc: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self.max_batch_bytes = 1 << 20  # a batch above this is split (the bridge's limit / 2)
+        # calls handed over by threads (call_from_thread), admitted on the loop in one go
+        self._handoff = threading.Lock()
+        self._arrivals: list[tuple[pb.CallRequest, Waiter]] = []
 
     async def call(self, request: pb.CallRequest) -> pb.Reply:
         if self._rpc is None:
             self._open()
-        call_id = next(self._ids)
         fut: asyncio.Future[pb.Reply] = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = fut
-        self._outbox.append(pb.TaggedCall(id=call_id, request=request))
+        call_id = self._enqueue(request, fut)
         self._wake.set()  # type: ignore[union-attr]
         try:
             return await fut
         except asyncio.CancelledError:
-            if self._pending.pop(call_id, None) is not None and self._rpc is not None:
-                self._cancels.append(call_id)  # the bridge cancels the call: tool interrupted
-                self._wake.set()  # type: ignore[union-attr]
+            self._cancel(call_id)
             raise
+
+    def call_from_thread(self, request: pb.CallRequest, loop: asyncio.AbstractEventLoop) -> pb.Reply:
+        """:meth:`call` from a thread other than ``loop``'s (the loop this stream runs on).
+
+        The thread waits on a lock of its own, not on a task of the loop: a call costs the
+        loop one callback per batch of arrivals and one lock release per reply, where a
+        coroutine run from the thread costs a task, a loop wake-up and a Condition each.
+        Ctrl-C while waiting cancels the call (the tool is interrupted) and is re-raised.
+        """
+        waiter = Waiter()
+        with self._handoff:
+            self._arrivals.append((request, waiter))
+            first = len(self._arrivals) == 1  # else _admit is already on its way
+        if first:
+            loop.call_soon_threadsafe(self._admit)
+        try:
+            return waiter.wait()
+        except BaseException:
+            loop.call_soon_threadsafe(self._abandon, waiter)
+            raise
+
+    def _admit(self) -> None:
+        with self._handoff:
+            arrivals, self._arrivals = self._arrivals, []
+        if self._rpc is None:
+            self._open()
+        for request, waiter in arrivals:
+            waiter.call_id = self._enqueue(request, waiter)
+        self._wake.set()  # type: ignore[union-attr]
+
+    def _abandon(self, waiter: "Waiter") -> None:
+        if not waiter.done():
+            self._cancel(waiter.call_id)
+
+    def _enqueue(self, request: pb.CallRequest, fut: Any) -> int:
+        call_id = next(self._ids)
+        self._pending[call_id] = fut
+        self._outbox.append(pb.TaggedCall(id=call_id, request=request))
+        return call_id
+
+    def _cancel(self, call_id: int) -> None:
+        if self._pending.pop(call_id, None) is not None and self._rpc is not None:
+            self._cancels.append(call_id)  # the bridge cancels the call: tool interrupted
+            self._wake.set()  # type: ignore[union-attr]
 
     def _open(self) -> None:
         self._rpc = self._stub.Calls(metadata=self.metadata)
@@ -113,10 +157,55 @@ class CallMultiplexer:
             task.cancel()
         if rpc is not None:
             rpc.cancel()
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():  # a thread waiting on one would otherwise wait forever
+            if not fut.done():
+                fut.set_exception(BridgeError(
+                    f"the client of {self._address} was closed while this call was in flight"))
+
+
+class Waiter:
+    """The reply slot of a call made from a thread (:meth:`CallMultiplexer.call_from_thread`):
+    set on the loop like a future, waited for on a plain lock."""
+
+    __slots__ = ("_lock", "_done", "reply", "error", "call_id")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()  # released once, by the outcome
+        self._done = False
+        self.reply: pb.Reply | None = None
+        self.error: BaseException | None = None
+        self.call_id = 0
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, reply: pb.Reply) -> None:
+        self.reply = reply
+        self._done = True
+        self._lock.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        self.error = error
+        self._done = True
+        self._lock.release()
+
+    def wait(self) -> pb.Reply:
+        self._lock.acquire()
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+
+def reply_result(reply: pb.Reply) -> Any:
+    """The result Value of a reply, or raise its error."""
+    if reply.WhichOneof("outcome") == "error":
+        raise errors.from_proto(reply.error)
+    return reply.result
 
 
 def reply_value(reply: pb.Reply, codec: Codec = PLAIN) -> Any:
     """The result of a reply, or raise its error."""
-    if reply.WhichOneof("outcome") == "error":
-        raise errors.from_proto(reply.error)
-    return codec.decode(reply.result, "result")
+    return codec.decode(reply_result(reply), "result")
