@@ -13,6 +13,19 @@ receiving thread wakes.  (A ZMQ socket adds its own I/O thread at both ends,
 about 70 us more per round trip on this kind of machine.)  Frames above a few
 KiB are received straight into their own buffer and sent without joining.
 
+Over TCP (workers on other Ray nodes) the connection is signed (:mod:`.signing`): the
+pool opens it with a challenge, the agent answers with its identity and an HMAC of
+both nonces under the run key, and from then on every message carries a tag as its
+last frame.  :class:`SignedReader` verifies each message as it completes and refuses
+(:class:`~.signing.SignatureError`) anything not signed with the run's key.  A frame
+larger than :data:`CHUNK` is not sent in one message there: it goes ahead of its
+message as signed *parts* of at most :data:`CHUNK` bytes, which the reader receives
+straight into the frame's final buffer; the message itself then carries an empty
+placeholder in that frame's place.  So a 1 GB table is 256 messages of 4 MiB, each
+verified as it arrives, the sender's hashing of one part overlapping the transfer and
+the receiver's hashing of the part before; a connection that ends mid-value leaves
+only memory behind, dropped with the connection.
+
 This module is imported on both sides, so it depends on the standard library only.
 """
 
@@ -22,7 +35,9 @@ import ctypes
 import socket
 import struct
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from . import signing
 
 _COUNT = struct.Struct("<I")
 _SMALL = 64 * 1024  # frames up to this size are copied out of the shared read buffer
@@ -80,8 +95,7 @@ def pieces(frames: list[Any]) -> list[Any]:
     return [head, *views]
 
 
-def send(sock: socket.socket, frames: list[Any]) -> None:
-    """Write one message to a blocking socket (all of it, however the kernel splits it)."""
+def _write(sock: socket.socket, frames: list[Any]) -> None:
     parts = [memoryview(p) for p in pieces(frames) if len(p)]
     while parts:
         sent = sock.sendmsg(parts[:_MAX_IOV])
@@ -91,13 +105,157 @@ def send(sock: socket.socket, frames: list[Any]) -> None:
             parts[0] = parts[0][sent:]
 
 
-def connect(path: str, identity: str) -> socket.socket:
-    """A blocking connection to the channel at ``path``, introduced as ``identity``."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    tune(sock)
-    sock.connect(path)
-    send(sock, [identity.encode()])
-    return sock
+def send(sock: socket.socket, frames: list[Any]) -> None:
+    """Write one message to a blocking socket (all of it, however the kernel splits it);
+    on a :class:`SignedSocket` as signed messages (big frames in parts)."""
+    link = getattr(sock, "link", None)
+    if link is None:
+        _write(sock, frames)
+        return
+    for message in signed_messages(frames, link):
+        _write(sock, message)
+
+
+class SignedSocket(socket.socket):
+    """A TCP connection to the pool's channel whose messages are signed with ``link``."""
+
+    link: "signing.Link | None" = None
+
+
+def connect(endpoint: str, identity: str, key: bytes | None = None) -> socket.socket:
+    """A blocking connection to the channel at ``endpoint``, introduced as ``identity``.
+
+    ``unix://PATH`` (or a bare path): the run's private Unix socket.  ``tcp://HOST:PORT``:
+    a :class:`SignedSocket`, after answering the pool's challenge with ``key`` (the run key).
+    """
+    if not endpoint.startswith("tcp://"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        tune(sock)
+        sock.connect(endpoint.removeprefix("unix://"))
+        send(sock, [identity.encode()])
+        return sock
+    if key is None:
+        raise ValueError("a TCP channel needs the run key (KERNELPIT_CHANNEL_KEY)")
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    tcp = SignedSocket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    tune(tcp)
+    tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    tcp.connect((host.strip("[]"), int(port)))
+    reader = Reader()
+    greeting: list[list[Any]] = []
+    while not greeting:
+        n = tcp.recv_into(reader.buffer())
+        if n == 0:
+            tcp.close()
+            raise ConnectionError(f"the pool at {endpoint} closed the connection before its "
+                                  "greeting")
+        greeting = reader.advance(n)
+    reply, tcp.link = signing.answer(greeting[0], key, identity.encode())
+    _write(tcp, reply)
+    return tcp
+
+
+# -- signed connections: parts of big frames, and the reader that verifies ------------------
+
+CHUNK = 4 << 20  # bytes: larger frames travel as parts of this size on a signed connection
+PART = b"\x00kp-part"
+_PART_HEAD = struct.Struct("<IQQ")  # frame index in its message, frame size, offset of the part
+
+
+def signed_messages(frames: list[Any], link: "signing.Link") -> Iterator[list[Any]]:
+    """The signed wire messages that carry ``frames``: a part message per :data:`CHUNK`
+    of each larger frame (slices, not copies), then the message with empty placeholders
+    for those frames.  Send them in this order; each is sealed when it is taken."""
+    views = [f if type(f) is bytes else memoryview(f).cast("B") for f in frames]
+    for index, view in enumerate(views):
+        size = len(view)
+        if size <= CHUNK:
+            continue
+        for at in range(0, size, CHUNK):
+            yield link.seal([PART + _PART_HEAD.pack(index, size, at), view[at:at + CHUNK]])
+        views[index] = b""
+    yield link.seal(views)
+
+
+class SignedReader:
+    """:class:`Reader` for a signed connection: verifies every message and joins parts.
+
+    ``link`` is the connection's :class:`~.signing.Link`; or give ``key`` and
+    ``server_nonce`` (the listening side): the first message is then the answer to
+    the challenge, checked with :func:`~.signing.accept`, and comes out as the
+    identity message ``[identity]`` the channel expects first.  Raises
+    :class:`~.signing.SignatureError` (unsigned, forged, replayed message) or
+    :class:`WireError` (parts that do not add up): drop the connection.
+    """
+
+    def __init__(self, link: "signing.Link | None" = None, *, key: bytes | None = None,
+                 server_nonce: bytes | None = None) -> None:
+        self.link = link
+        self._key, self._nonce = key, server_nonce
+        self._reader = _PlacingReader(self)
+        self._blobs: dict[int, list[Any]] = {}  # frame index -> [frame, view, bytes filled]
+        self.buffer = self._reader.buffer
+
+    def advance(self, n: int) -> list[list[Any]]:
+        done = []
+        for frames in self._reader.advance(n):
+            message = self._accept(frames)
+            if message is not None:
+                done.append(message)
+        return done
+
+    def _accept(self, frames: list[Any]) -> list[Any] | None:
+        if self.link is None:
+            if self._key is None or self._nonce is None:
+                raise signing.SignatureError("a signed reader without a link or a key")
+            identity, self.link = signing.accept(frames, self._key, self._nonce)
+            return [identity]
+        data = self.link.open(frames)
+        head = data[0]
+        if len(head) == len(PART) + _PART_HEAD.size and bytes(head[:len(PART)]) == PART:
+            index, size, at = _PART_HEAD.unpack_from(head, len(PART))
+            if len(data) != 2:
+                raise WireError("a part message without exactly one part")
+            blob = self._blob(index, size)
+            piece = data[1]
+            if at + len(piece) > size:
+                raise WireError(f"a part past the end of its frame ({at} + {len(piece)} > {size})")
+            if not isinstance(piece, memoryview):  # came small: not received in place
+                blob[1][at:at + len(piece)] = piece
+            blob[2] += len(piece)
+            return None
+        if not self._blobs:
+            return data
+        data = list(data)
+        for index, (frame, _, filled) in self._blobs.items():
+            if index >= len(data) or len(data[index]) or filled != len(frame):
+                raise WireError("a message whose parts do not add up to its frames")
+            data[index] = frame
+        self._blobs.clear()
+        return data
+
+    def _blob(self, index: int, size: int) -> list[Any]:
+        blob = self._blobs.get(index)
+        if blob is None:
+            if index > MAX_FRAMES:
+                raise WireError(f"a part of frame {index}")
+            frame, view = _fill_in_place(size)
+            blob = self._blobs[index] = [frame, view, 0]
+        elif len(blob[0]) != size:
+            raise WireError("parts of one frame that disagree on its size")
+        return blob
+
+    def place(self, frames: list[Any], size: int) -> memoryview | None:
+        """Where a large frame being received goes: into its blob when it is a part."""
+        if self.link is None or len(frames) != 1:
+            return None
+        head = frames[0]
+        if len(head) != len(PART) + _PART_HEAD.size or bytes(head[:len(PART)]) != PART:
+            return None
+        index, total, at = _PART_HEAD.unpack_from(head, len(PART))
+        if at + size > total:
+            raise WireError(f"a part past the end of its frame ({at} + {size} > {total})")
+        return self._blob(index, total)[1][at:at + size]
 
 
 class Reader:
@@ -117,6 +275,9 @@ class Reader:
         self._big: Any = None  # a large frame being received in place
         self._big_view: memoryview | None = None  # writable view of it
         self._big_at = 0
+
+    def _place(self, size: int) -> tuple[Any, memoryview]:
+        return _fill_in_place(size)
 
     def buffer(self) -> memoryview:
         if self._big_view is not None:
@@ -165,7 +326,7 @@ class Reader:
                 self._start += size
                 continue
             if size > _SMALL:  # the rest of it goes straight into its own buffer
-                self._big, self._big_view = _fill_in_place(size)
+                self._big, self._big_view = self._place(size)
                 self._big_view[:avail] = buf[self._start:self._end]
                 self._big_at = avail
                 self._start = self._end = 0
@@ -175,10 +336,26 @@ class Reader:
         return done
 
 
+class _PlacingReader(Reader):
+    """The plain reader under a :class:`SignedReader`: parts are received in place."""
+
+    def __init__(self, owner: SignedReader) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def _place(self, size: int) -> tuple[Any, memoryview]:
+        view = self._owner.place(self._frames, size)
+        if view is None:
+            return _fill_in_place(size)
+        return view, view
+
+
 def receive_forever(sock: socket.socket, handle: Callable[[list[Any]], bool]) -> None:
     """Read messages from a blocking socket and pass each to ``handle`` until it returns
-    False or the peer closes the connection."""
-    reader = Reader()
+    False or the peer closes the connection (or, on a signed socket, sends a message not
+    signed with the run's key)."""
+    link = getattr(sock, "link", None)
+    reader: Any = Reader() if link is None else SignedReader(link)
     while True:
         try:
             n = sock.recv_into(reader.buffer())
@@ -186,6 +363,10 @@ def receive_forever(sock: socket.socket, handle: Callable[[list[Any]], bool]) ->
             return
         if n == 0:
             return
-        for frames in reader.advance(n):
+        try:
+            messages = reader.advance(n)
+        except (WireError, signing.SignatureError):
+            return
+        for frames in messages:
             if handle(frames) is False:
                 return

@@ -47,8 +47,9 @@ class RayCluster:
     def node_id(self, name: str) -> str:
         return self.nodes[name].node_id
 
-    def add_node(self, name: str, cpus: int = NODE_CPUS) -> Any:
-        node = self.cluster.add_node(num_cpus=cpus, resources={name: 8},
+    def add_node(self, name: str, cpus: int = NODE_CPUS,
+                 resources: dict[str, float] | None = None) -> Any:
+        node = self.cluster.add_node(num_cpus=cpus, resources={name: 8, **(resources or {})},
                                      node_ip_address="127.0.0.1",
                                      object_store_memory=OBJECT_STORE)
         self.cluster.wait_for_nodes()

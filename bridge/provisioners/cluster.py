@@ -82,12 +82,15 @@ def _probe(ray: Any, address: str) -> None:
         raise ConnectionError(f"nothing answers at {target} ({exc})") from None
 
 
-def actor_options(resources: dict[str, float], node_id: str | None = None) -> dict[str, Any]:
+def actor_options(resources: dict[str, float], node_id: str | None = None,
+                  strategy: str = "DEFAULT") -> dict[str, Any]:
     """``Actor.options(...)`` for a kernel asking for ``resources`` (and, optionally, a node).
 
     ``CPU`` (default 1), ``GPU`` and ``memory`` (bytes) map to Ray's own arguments; any
     other key is a custom resource (a node label such as ``{"my_label": 1}``).  With
-    ``node_id`` the kernel goes on that node or nowhere.
+    ``node_id`` the kernel goes on that node or nowhere; else ``strategy`` is Ray's
+    scheduling strategy (``"SPREAD"``: over the nodes that have the resources, as a pool
+    asks for, so that one lost node takes as few of its workers as it can).
     """
     rest = {k: float(v) for k, v in resources.items()}
     options: dict[str, Any] = {"num_cpus": rest.pop("CPU", 1.0), "num_gpus": rest.pop("GPU", 0.0)}
@@ -98,6 +101,8 @@ def actor_options(resources: dict[str, float], node_id: str | None = None) -> di
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+    elif strategy != "DEFAULT":
+        options["scheduling_strategy"] = strategy
     return options
 
 
