@@ -84,15 +84,41 @@ class WireError(ValueError):
     """Bytes on the channel that are not a message (a foreign or broken peer)."""
 
 
+class Gather(list):
+    """One frame made of several buffers written back to back, never joined: a large Arrow
+    value's IPC stream as pyarrow hands it out (its pieces point into the value's own
+    memory), so sending it costs no copy.  The receiver gets one contiguous frame."""
+
+
+def _buffers(frame: Any) -> list[Any]:
+    """A frame as a list of byte views (one, or a :class:`Gather`'s pieces)."""
+    if type(frame) is Gather:
+        return [b if type(b) is bytes else memoryview(b).cast("B") for b in frame]
+    return [frame if type(frame) is bytes else memoryview(frame).cast("B")]
+
+
+def _size(views: list[Any]) -> int:
+    return sum(len(v) for v in views)
+
+
 def pieces(frames: list[Any]) -> list[Any]:
     """What to write for ``frames``: one joined buffer for a small message, else the
     count and lengths followed by the frames themselves."""
-    views = [f if type(f) is bytes else memoryview(f).cast("B") for f in frames]
+    try:
+        views = [f if type(f) is bytes else memoryview(f).cast("B") for f in frames]
+    except TypeError:  # a Gather among them (only large values: off the hot path)
+        return _gathered_pieces(frames)
     lengths = [len(v) for v in views]
     head = _COUNT.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *lengths)
     if sum(lengths) <= _JOIN:
         return [b"".join([head, *views])]
     return [head, *views]
+
+
+def _gathered_pieces(frames: list[Any]) -> list[Any]:
+    bufs = [_buffers(f) for f in frames]
+    head = _COUNT.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *map(_size, bufs))
+    return [head, *(v for views in bufs for v in views)]
 
 
 def _write(sock: socket.socket, frames: list[Any]) -> None:
@@ -112,8 +138,35 @@ def send(sock: socket.socket, frames: list[Any]) -> None:
     if link is None:
         _write(sock, frames)
         return
-    for message in signed_messages(frames, link):
-        _write(sock, message)
+    for message in signed_messages(frames, link, seal=False):
+        _write_signed(sock, message, link)
+
+
+STREAM_PIECE = 256 << 10  # bytes hashed, then written, at a time by a streaming signer
+
+
+def _write_signed(sock: socket.socket, frames: list[Any], link: "signing.Link") -> None:
+    """Sign and write one message; a large one piece by piece (hash a piece, write it), so
+    that the signing overlaps the transfer and the receiver's verification."""
+    bufs = [_buffers(f) for f in frames]
+    lengths = [_size(views) for views in bufs]
+    mac = link.signer(lengths)
+    if sum(lengths) <= _JOIN:
+        for views in bufs:
+            for view in views:
+                mac.update(view)
+        _write(sock, [*frames, mac.digest()])
+        return
+    head = _COUNT.pack(len(frames) + 1) + struct.pack(f"<{len(frames) + 1}Q", *lengths,
+                                                        signing.TAG_BYTES)
+    sock.sendall(head)
+    for views in bufs:
+        for view in views:
+            for at in range(0, len(view), STREAM_PIECE):
+                piece = view[at:at + STREAM_PIECE]
+                mac.update(piece)
+                sock.sendall(piece)
+    sock.sendall(mac.digest())
 
 
 class SignedSocket(socket.socket):
@@ -162,19 +215,55 @@ PART = b"\x00kp-part"
 _PART_HEAD = struct.Struct("<IQQ")  # frame index in its message, frame size, offset of the part
 
 
-def signed_messages(frames: list[Any], link: "signing.Link") -> Iterator[list[Any]]:
+def signed_messages(frames: list[Any], link: "signing.Link",
+                    seal: bool = True) -> Iterator[list[Any]]:
     """The signed wire messages that carry ``frames``: a part message per :data:`CHUNK`
     of each larger frame (slices, not copies), then the message with empty placeholders
-    for those frames.  Send them in this order; each is sealed when it is taken."""
-    views = [f if type(f) is bytes else memoryview(f).cast("B") for f in frames]
-    for index, view in enumerate(views):
-        size = len(view)
+    for those frames.  Send them in this order; each is sealed when it is taken (with
+    ``seal=False`` they come unsealed, for a writer that signs while it sends)."""
+    finish = (lambda message: _seal(link, message)) if seal else (lambda message: message)
+    out: list[Any] = list(frames)
+    for index, frame in enumerate(frames):
+        if type(frame) is bytes and len(frame) <= CHUNK:
+            continue
+        views = _buffers(frame)
+        size = _size(views)
         if size <= CHUNK:
             continue
-        for at in range(0, size, CHUNK):
-            yield link.seal([PART + _PART_HEAD.pack(index, size, at), view[at:at + CHUNK]])
-        views[index] = b""
-    yield link.seal(views)
+        for at, piece in _cut(views, CHUNK):
+            yield finish([PART + _PART_HEAD.pack(index, size, at), piece])
+        out[index] = b""
+    yield finish(out)
+
+
+def _cut(views: list[Any], chunk: int) -> Iterator[tuple[int, Any]]:
+    """(offset, piece) for consecutive pieces of ``chunk`` bytes of the concatenated views
+    (a piece that spans views is a :class:`Gather` of slices: nothing is copied)."""
+    at, piece, room = 0, Gather(), chunk
+    start = 0
+    for view in views:
+        pos = 0
+        while pos < len(view):
+            take = min(room, len(view) - pos)
+            piece.append(view[pos:pos + take])
+            pos += take
+            room -= take
+            if room == 0:
+                yield start, piece[0] if len(piece) == 1 else piece
+                at += chunk
+                start, piece, room = at, Gather(), chunk
+    if piece:
+        yield start, piece[0] if len(piece) == 1 else piece
+
+
+def _seal(link: "signing.Link", frames: list[Any]) -> list[Any]:
+    """``frames`` (a :class:`Gather` among them or not) with their tag appended."""
+    bufs = [_buffers(f) for f in frames]
+    mac = link.signer([_size(views) for views in bufs])
+    for views in bufs:
+        for view in views:
+            mac.update(view)
+    return [*frames, mac.digest()]
 
 
 class SignedReader:
@@ -195,13 +284,30 @@ class SignedReader:
         self._reader = _PlacingReader(self)
         self._blobs: dict[int, list[Any]] = {}  # frame index -> [frame, view, bytes filled]
         self.buffer = self._reader.buffer
+        self.mac: Any = None  # the verifier of a message whose large frames are streamed
+        self._fed = 0  # frames of that message already fed to it
+
+    def stream(self, frames: list[Any], lengths: list[int]) -> None:
+        """A large frame of the current message starts: verify from here on as bytes arrive
+        (the frames before it first; the large one then piece by piece)."""
+        if self.link is None or len(lengths) < 2:
+            return
+        if self.mac is None:
+            self.mac = self.link.verifier(lengths[:-1])
+        for frame in frames[self._fed:]:
+            self.mac.update(frame)
+        self._fed = len(frames) + 1
 
     def advance(self, n: int) -> list[list[Any]]:
+        # one message at a time: a part must land in the blob of its own message, so the
+        # message before it is accepted (and its blobs handed over) before it is parsed
         done = []
-        for frames in self._reader.advance(n):
-            message = self._accept(frames)
+        messages = self._reader.advance(n)
+        while messages:
+            message = self._accept(messages[0])
             if message is not None:
                 done.append(message)
+            messages = self._reader.advance(0)
         return done
 
     def _accept(self, frames: list[Any]) -> list[Any] | None:
@@ -210,7 +316,18 @@ class SignedReader:
                 raise signing.SignatureError("a signed reader without a link or a key")
             identity, self.link = signing.accept(frames, self._key, self._nonce)
             return [identity]
-        data = self.link.open(frames)
+        if self.mac is None:
+            data = self.link.open(frames)
+        else:  # its large frames were verified while they arrived: the rest, then the tag
+            mac, self.mac = self.mac, None
+            if len(frames) - 1 < self._fed or len(frames[-1]) != signing.TAG_BYTES:
+                raise signing.SignatureError("a message without a signature on the signed "
+                                             "channel")
+            for frame in frames[self._fed:-1]:
+                mac.update(frame)
+            self._fed = 0
+            self.link.check(mac, frames[-1])
+            data = frames[:-1]
         head = data[0]
         if len(head) == len(PART) + _PART_HEAD.size and bytes(head[:len(PART)]) == PART:
             index, size, at = _PART_HEAD.unpack_from(head, len(PART))
@@ -266,6 +383,9 @@ class Reader:
     completed (each a list of ``bytes`` frames; a ``bytearray`` for a large one off CPython).
     """
 
+    _single = False  # stop after each message (a SignedReader acts on one before the next)
+    _streaming = False  # hand each piece of a large frame to _received as it arrives
+
     def __init__(self, size: int = 256 * 1024) -> None:
         self._buf = bytearray(size)
         self._start = 0  # first unparsed byte
@@ -278,6 +398,9 @@ class Reader:
 
     def _place(self, size: int) -> tuple[Any, memoryview]:
         return _fill_in_place(size)
+
+    def _received(self, piece: memoryview) -> None:
+        """Bytes of a large frame just received in place (with ``_streaming``)."""
 
     def buffer(self) -> memoryview:
         if self._big_view is not None:
@@ -293,6 +416,8 @@ class Reader:
     def advance(self, n: int) -> list[list[Any]]:
         if self._big_view is not None:
             self._big_at += n
+            if self._streaming:
+                self._received(self._big_view[self._big_at - n:self._big_at])
             if self._big_at < len(self._big_view):
                 return []
             self._frames.append(self._big)
@@ -308,6 +433,8 @@ class Reader:
             if self._lengths is not None and len(self._frames) == len(self._lengths):
                 done.append(self._frames)
                 self._lengths, self._frames = None, []
+                if self._single:
+                    break
             avail = self._end - self._start
             if self._lengths is None:
                 if avail < 4:
@@ -329,6 +456,8 @@ class Reader:
                 self._big, self._big_view = self._place(size)
                 self._big_view[:avail] = buf[self._start:self._end]
                 self._big_at = avail
+                if self._streaming:
+                    self._received(self._big_view[:avail])
                 self._start = self._end = 0
             break
         if self._start == self._end:
@@ -339,15 +468,22 @@ class Reader:
 class _PlacingReader(Reader):
     """The plain reader under a :class:`SignedReader`: parts are received in place."""
 
+    _single = True
+    _streaming = True
+
     def __init__(self, owner: SignedReader) -> None:
         super().__init__()
         self._owner = owner
 
     def _place(self, size: int) -> tuple[Any, memoryview]:
+        self._owner.stream(self._frames, self._lengths or [])
         view = self._owner.place(self._frames, size)
         if view is None:
             return _fill_in_place(size)
         return view, view
+
+    def _received(self, piece: memoryview) -> None:
+        self._owner.mac.update(piece)  # verified while the rest still travels
 
 
 def receive_forever(sock: socket.socket, handle: Callable[[list[Any]], bool]) -> None:
