@@ -45,13 +45,23 @@ def to_json(value: Any) -> str:
     return markers.dumps(value, default)
 
 
+def node_text(w: Any) -> str:
+    """Where a worker runs: "local", or a Ray node's address and the start of its id."""
+    node = getattr(w, "node", None)
+    if not node:
+        return "local"
+    return f"{getattr(w, 'host', None) or '?'} {node[:8]}"
+
+
 def workers_table(workers: Iterable[Any]) -> str:
-    rows = [(w.id, w.pool, w.state, w.pid or "-", human_bytes(w.rss), f"{w.cpu:.0f}%", w.calls,
-             human_seconds(w.uptime), w.sessions,
+    workers = list(workers)
+    placed = any(getattr(w, "node", None) for w in workers)  # a NODE column for Ray pools
+    rows = [(w.id, w.pool, w.state, w.pid or "-", *((node_text(w),) if placed else ()),
+             human_bytes(w.rss), f"{w.cpu:.0f}%", w.calls, human_seconds(w.uptime), w.sessions,
              f"{w.current_call} {w.current_call_seconds:.1f}s" if w.current_call else "-")
             for w in workers]
-    return table(rows, ("WORKER", "POOL", "STATE", "PID", "RSS", "CPU", "CALLS", "UPTIME",
-                        "SESSIONS", "CURRENT CALL"))
+    return table(rows, ("WORKER", "POOL", "STATE", "PID", *(("NODE",) if placed else ()), "RSS",
+                        "CPU", "CALLS", "UPTIME", "SESSIONS", "CURRENT CALL"))
 
 
 def sessions_table(sessions: Iterable[Any]) -> str:

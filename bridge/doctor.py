@@ -190,6 +190,25 @@ def check_registry() -> tuple[list[Check], Any]:
                   f"controller), {len(kernels)} kernel row(s)")], reg
 
 
+def check_placed_kernels(reg: Any) -> list[Check]:
+    """Kernels of live runs placed on Ray nodes: where each one is (the registry's record).
+
+    Nothing here reaches into the cluster: Ray ends them with their controller (their host
+    actors are owned by it), so they are listed, never reaped from this machine."""
+    placed = [k for k in reg.kernels() if k.node and k.state == "active"]
+    if not placed:
+        return []
+    details = [f"run {k.run_id} worker {k.worker_id}: node {k.node} ({k.host or '?'}), pid "
+               f"{k.remote_pid or '?'} there, actor {k.actor or '?'}"
+               + ("" if k.controller_alive else "; its controller is gone: Ray ends it")
+               for k in placed]
+    where = ", ".join(f"worker {k.worker_id} on {k.host or '?'} {k.node[:8]}" for k in placed[:6])
+    more = f" and {len(placed) - 6} more (--verbose)" if len(placed) > 6 else ""
+    return [Check("Ray-placed kernels", OK, f"{len(placed)} kernel(s) on "
+                  f"{len({k.node for k in placed})} Ray node(s): {where}{more}",
+                  details=details)]
+
+
 def check_discovery(runtime: Path, fix: bool) -> list[Check]:
     from . import discovery
 
@@ -311,6 +330,8 @@ def run_checks(fix: bool = False, kernel_check: bool = True) -> list[Check]:
     if runtime is not None:
         reg_checks, reg = check_registry()
         checks += reg_checks
+        if reg is not None:
+            checks += check_placed_kernels(reg)
         checks += check_discovery(runtime, fix)
     orphan_checks, live_runs = check_orphans(reg, fix)
     if runtime is not None:
