@@ -70,7 +70,7 @@ def start_cluster() -> RayCluster:
         "resources": {"head": 8}, "include_dashboard": False})
     made = RayCluster(cluster, cluster.address, temp_dir, {"head": cluster.head_node})
     made.add_node("node_a")
-    made.add_node("node_b")
+    made.add_node("node_b", resources={"worker": 8})  # "worker": what a spread pool asks for
     return made
 
 

@@ -59,3 +59,9 @@ def nap_idempotent(seconds: float = 30.0) -> dict:
     """Sleeps, then says where it ran: retried elsewhere when its worker is lost."""
     time.sleep(seconds)
     return where()
+
+
+@tool
+def env(name: str) -> str | None:
+    """An environment variable of this worker."""
+    return os.environ.get(name)
