@@ -138,3 +138,26 @@ def _brief(resources: dict[str, float]) -> dict[str, float]:
 def free_resources(ray: Any) -> dict[str, float]:
     """What the cluster has free now (for the message of a launch that timed out)."""
     return _brief(ray.available_resources())
+
+
+def node_lost(ray: Any, node_id: str | None) -> str | None:
+    """Why node ``node_id`` is gone, or None while it looks alive.
+
+    An actor whose node was removed fails its calls as soon as its process is gone, seconds
+    before Ray's health checks declare the node dead; its raylet not answering on its port
+    tells the two cases apart at once (an actor killed alone leaves its raylet running).
+    """
+    if not node_id:
+        return None
+    for node in ray.nodes():
+        if node["NodeID"] != node_id:
+            continue
+        if not node.get("Alive"):
+            return "Ray declared the node dead"
+        address = (node.get("NodeManagerAddress"), node.get("NodeManagerPort"))
+        try:
+            socket.create_connection(address, 1.0).close()
+        except (OSError, TypeError, ValueError):
+            return f"its raylet at {address[0]}:{address[1]} does not answer"
+        return None
+    return "the node is no longer in the cluster"

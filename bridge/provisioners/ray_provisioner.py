@@ -272,7 +272,13 @@ class RayProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             ref = getattr(self._actor(ray), method).remote(*args)
             return await asyncio.wrap_future(ref.future())
         except (ray.exceptions.RayActorError, ValueError) as exc:  # ValueError: no such actor
-            self.lost_reason = _reason(exc)
+            why = _reason(exc)
+            if "node" not in why.lower():
+                gone = await asyncio.to_thread(cluster.node_lost, ray, self.node.get("node_id"))
+                if gone:
+                    why = (f"node {self.node['node_id']} ({self.node.get('host')}) was lost: "
+                           f"{gone}; {why}")
+            self.lost_reason = why
             self._exit_code = -signal.SIGKILL
             self.log.warning("kernel %s: its Ray actor %s is gone: %s", self.kernel_id,
                              self.actor_name, self.lost_reason)
