@@ -134,10 +134,11 @@ def _write(sock: socket.socket, frames: list[Any]) -> None:
 def send(sock: socket.socket, frames: list[Any]) -> None:
     """Write one message to a blocking socket (all of it, however the kernel splits it);
     on a :class:`SignedSocket` as signed messages (big frames in parts)."""
-    link = getattr(sock, "link", None)
-    if link is None:
+    if type(sock) is not SignedSocket:  # the local path: no attribute lookup that can miss
         _write(sock, frames)
         return
+    link = sock.link
+    assert link is not None
     for message in signed_messages(frames, link, seal=False):
         _write_signed(sock, message, link)
 

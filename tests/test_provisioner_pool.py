@@ -83,3 +83,14 @@ def test_ray_that_cannot_be_reached_fails_pool_and_serve_with_the_address(tmp_pa
                            capture_output=True, text=True, timeout=120, env=env)
     assert serve.returncode != 0
     assert "127.0.0.1:9" in serve.stderr and "ray start --head" in serve.stderr
+
+
+def test_a_workers_node_and_host_cross_the_grpc_contract():
+    from kernelpit.contract.convert import worker_from_proto, worker_to_proto
+    from kernelpit.info import WorkerInfo
+
+    placed = WorkerInfo(id=3, pool="gpu", state="idle", pid=77, node="ab" * 28, host="10.0.0.5")
+    assert worker_from_proto(worker_to_proto(placed)) == placed
+    local = WorkerInfo(id=4, pool="default", state="idle", pid=78)
+    back = worker_from_proto(worker_to_proto(local))
+    assert (back.node, back.host) == (None, None) and back == local
