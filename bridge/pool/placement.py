@@ -24,20 +24,22 @@ from ..exceptions import StartError
 DEFAULT_NAMESPACE = "kernelpit"
 
 
+GROUP = "jupyter_client.kernel_provisioners"
+
+
 def provisioner_class(config: PoolConfig) -> type | None:
     """The provisioner class a pool names (None: jupyter_client's local default)."""
     if not config.provisioner:
         return None
-    from jupyter_client.provisioning.factory import KernelProvisionerFactory
+    from importlib.metadata import entry_points
 
-    factory = KernelProvisionerFactory.instance()
-    if not factory._check_availability(config.provisioner):
-        names = ", ".join(sorted(factory.get_provisioner_entries())) or "none"
+    found = entry_points(group=GROUP, name=config.provisioner)
+    if not found:
+        names = ", ".join(sorted({ep.name for ep in entry_points(group=GROUP)})) or "none"
         raise StartError(f"pool '{config.name}': no kernel provisioner named "
                          f"'{config.provisioner}' is installed (installed: {names}); a "
-                         f"provisioner registers under the 'jupyter_client.kernel_provisioners' "
-                         f"entry point group")
-    return factory.provisioners[config.provisioner].load()
+                         f"provisioner registers under the '{GROUP}' entry point group")
+    return next(iter(found)).load()
 
 
 def is_remote(config: PoolConfig) -> bool:

@@ -26,6 +26,7 @@ from .channel import Channel
 from .crash import Death, classify, lost, oom_kills
 from ..kernels.arrow import Transport
 from .kernel import channel_url, launch, worker_env
+from .placement import is_remote
 from . import registry as run_registry
 from .state import DEAD, STARTING, STOPPING, WorkerBase
 from ..telemetry.bus import TelemetryBus
@@ -95,7 +96,7 @@ class Worker(WorkerBase):
         if self.transport is not None:
             env.update(self.transport.env())
         run_registry.reserve(self._run_id, self.id)  # orphan registry, phase 1: before the launch
-        remote = bool(self._spec.metadata.get("kernel_provisioner"))
+        remote = is_remote(cfg)  # its provisioner may place it off this machine
         with open(self.log_path, "ab") as log:
             try:
                 self.km = await launch(self._spec, env, cfg.cwd, log, self._connection_file(),
