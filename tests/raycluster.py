@@ -110,11 +110,13 @@ def _hide_slow_import(shim: str) -> None:
 
 
 def running_ray_processes() -> list[psutil.Process]:
-    """Ray's processes (gcs_server, raylet, workers...) started under this test process."""
+    """Ray's processes (gcs_server, raylets, agents, workers "ray::...") started under this
+    test process; other children (a JupyterLab, a database of another session fixture) are
+    not counted."""
     found = []
     for proc in psutil.Process().children(recursive=True):
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
+            if proc.status() != psutil.STATUS_ZOMBIE and "ray" in " ".join(proc.cmdline()):
                 found.append(proc)
         except psutil.Error:
             continue

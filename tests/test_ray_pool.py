@@ -123,6 +123,8 @@ def test_call_stream_session_and_map_on_another_node(pool):
         assert [s.call("keep", value=v) for v in (1, 2, 3)] == [1, 3, 6]
     xs = list(range(500))
     assert a.map("add", xs, xs) == [2 * x for x in xs]
+    blob = os.urandom(9 * 2**20 + 7)  # both ways in signed 4 MiB parts
+    assert a.call("echo", value=[1, "x"], blob=blob) == {"value": [1, "x"], "blob": blob}
 
 
 def test_a_100mb_arrow_table_from_a_worker_on_another_node(pool):
