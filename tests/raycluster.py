@@ -116,7 +116,9 @@ def running_ray_processes() -> list[psutil.Process]:
     found = []
     for proc in psutil.Process().children(recursive=True):
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE and "ray" in " ".join(proc.cmdline()):
+            text = " ".join(proc.cmdline())
+            if proc.status() != psutil.STATUS_ZOMBIE and any(
+                    mark in text for mark in ("raylet", "gcs_server", "ray::", "/ray/")):
                 found.append(proc)
         except psutil.Error:
             continue
