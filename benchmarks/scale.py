@@ -50,9 +50,9 @@ def _ray_pools(workers: int) -> dict[str, Any]:
 def s9_ray(ctx: Any) -> dict[str, Any]:
     """Ray-placed workers on a local 3-node cluster vs local workers, same run."""
     raycluster = _cluster()  # before Ray is imported: it sets Ray's environment
-    try:
-        import ray  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
         reason = "Ray is not installed (pip install -e '.[ray]')"
         return {"title": "Ray placement", "rows": [skipped("kernelpit-ray", reason)],
                 "targets": [], "params": {}}

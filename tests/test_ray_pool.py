@@ -19,22 +19,19 @@ import stat
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-import raycluster  # sets Ray's environment before anything imports ray
+import raycluster  # noqa: F401 - sets Ray's environment before anything imports ray
 from conftest import ADAPTERS, wait_until
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' "
                                         "(.ci/run installs it)")
 
 import kernelpit  # noqa: E402
-from kernelpit.exceptions import (Cancelled, DeadlineExceeded, StartError,  # noqa: E402
-                                  WorkerCrashed)
+from kernelpit.exceptions import Cancelled, DeadlineExceeded, WorkerCrashed  # noqa: E402
 from kernelpit.kernels import signing, wire  # noqa: E402
 from kernelpit.pool.registry import RunRegistry  # noqa: E402
 
