@@ -114,8 +114,13 @@ def test_call_stream_session_and_map_on_another_node(pool):
     a = pool.options(pool="a")
     assert a.call("add", a=2, b=3) == 5
     events = list(a.stream("counted", n=5))
-    progress = [e.done for e in events if type(e).__name__ == "Progress"]
-    assert progress == [1, 2, 3, 4, 5] and events[-1].value == 5
+    # in order over the signed channel, each progress before its line (a progress followed by
+    # another event is never coalesced away)
+    seen = [(e.kind, e.done if e.kind == "progress" else e.text.strip())
+            for e in events if e.kind in ("progress", "stdout")]
+    assert seen == [pair for i in range(1, 6) for pair in (("progress", i),
+                                                          ("stdout", f"step {i}"))]
+    assert events[-1].kind == "result" and events[-1].value == 5
     with pool.session(pool="a") as s:
         assert [s.call("keep", value=v) for v in (1, 2, 3)] == [1, 3, 6]
     xs = list(range(500))

@@ -20,9 +20,10 @@ def where() -> dict:
 
 @tool
 def counted(n: int = 4):
-    """Progress 1..n, in order, then n."""
+    """Progress 1..n, each followed by a line (so none is coalesced away), then n."""
     for i in range(1, n + 1):
         progress(i, n, f"step {i}")
+        print(f"step {i}")
     return n
 
 
