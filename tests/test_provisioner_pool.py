@@ -4,15 +4,17 @@ fails ``Pool()`` and ``kernelpit serve`` with the address and how to start Ray."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 import kernelpit
 from conftest import ADAPTERS
-from kernelpit.config import PoolConfig
+from kernelpit.config import PoolConfig, fork_supported
 from kernelpit.exceptions import StartError
 
 TESTS = Path(__file__).parent
@@ -34,13 +36,19 @@ def installed_provisioner(tmp_path, monkeypatch):
     return "kernelpit-test-provisioner"
 
 
-def test_a_pool_launches_its_workers_through_a_named_provisioner(installed_provisioner):
+def test_a_pool_launches_its_workers_through_a_named_provisioner(installed_provisioner,
+                                                                monkeypatch):
+    # a provisioner's pool always execs: its provisioner starts the kernel, never the zygote,
+    # even where KERNELPIT_SPAWN=fork makes forking every other pool's default
+    monkeypatch.setenv("KERNELPIT_SPAWN", "fork")
     with kernelpit.Pool(adapters=["kp_ray"], workers=1, path=[ADAPTERS],
                         provisioner=installed_provisioner,
                         provisioner_config={"tag": "from-the-config"}) as pool:
         assert pool.call("env", name="KP_PROVISIONER_TAG") == "from-the-config"
         (worker,) = pool.workers()
         assert worker.node is None  # a local provisioner's workers are local
+        # started by the provisioner itself (a child of this process), not forked by a zygote
+        assert psutil.Process(worker.pid).ppid() == os.getpid()
         assert pool.call("where")["channel"] == "unix"
 
 
@@ -63,6 +71,16 @@ def test_placement_settings_are_checked():
         PoolConfig(placement="ray", resources={"CPU": "one"})
     with pytest.raises(ValueError, match="not both"):
         PoolConfig(placement="ray", provisioner="other")
+
+
+@pytest.mark.parametrize("settings", [{"placement": "ray"}, {"provisioner": "anything"}])
+def test_a_pool_with_a_provisioner_never_forks(settings, monkeypatch):
+    """Issue 16: Ray-placed pools (and any provisioner's) exec, whatever asks for fork."""
+    monkeypatch.setenv("KERNELPIT_SPAWN", "fork")
+    assert PoolConfig().forks == fork_supported()  # the environment does ask for fork
+    for spawn in ({}, {"spawn": "fork"}):
+        config = PoolConfig(**settings, **spawn)
+        assert (config.spawn, config.forks) == ("exec", False)
 
 
 def test_ray_that_cannot_be_reached_fails_pool_and_serve_with_the_address(tmp_path):
