@@ -185,6 +185,13 @@ def check_registry() -> tuple[list[Check], Any]:
         return [Check("run registry", PROBLEM, f"{path} cannot be used: {type(exc).__name__}: "
                       f"{exc}", f"delete it (`rm {path}*`; it only records running kernels) "
                       "or fix the runtime dir's permissions")], None
+    damage = reg.damage()
+    if damage:
+        return [Check("run registry", PROBLEM, f"{reg.path} is damaged: {damage}",
+                      f"once no Kernelpit pool or bridge of this user runs, move it aside "
+                      f"(`mv {reg.path} {reg.path}.damaged`, and its -wal and -shm files if "
+                      "any); it only records running kernels, and the next start makes a new "
+                      "one")], reg
     live = sum(r.controller_alive and r.closed is None for r in runs)
     return [Check("run registry", OK, f"{reg.path}: {len(runs)} run(s) ({live} with a live "
                   f"controller), {len(kernels)} kernel row(s)")], reg

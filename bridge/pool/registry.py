@@ -220,6 +220,14 @@ class RunRegistry:
         with self._lock:
             self._db.close()
 
+    def damage(self) -> str | None:
+        """What SQLite finds wrong with the file (``PRAGMA integrity_check``: a few ms for a
+        registry), or None when it is sound.  A damaged registry reads wrong rows (pages of
+        one table read as another's) and fails writes with "database disk image is
+        malformed"; ``kernelpit doctor`` reports it with the fix."""
+        found = [r[0] for r in self._query("PRAGMA integrity_check(4)") if r[0] != "ok"]
+        return "; ".join(found) or None
+
     # -- writes ------------------------------------------------------------------------
     def open_run(self, run_id: str) -> None:
         pid, start = controller_identity()
