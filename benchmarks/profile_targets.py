@@ -235,6 +235,10 @@ def run_ray_arrow(calls: int = 6) -> None:
             handles = {name: pool.options(pool=name) for name in ("local", "ray")}
             for handle in handles.values():
                 handle.call("payload_arrow", nbytes=RAY_ARROW)  # made once, cached
+            import os  # for `py-spy record -p PID` of each process alone (the node's kernel
+            # is a pid of this machine only because the test cluster's nodes share one host)
+            print("pids: controller", os.getpid(), " ".join(
+                f"{w.pool} {w.pid}" for w in pool.workers()), flush=True)
             speeds: dict[str, list[float]] = {name: [] for name in handles}
             for _ in range(calls):
                 for name, handle in handles.items():
