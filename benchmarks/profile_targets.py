@@ -6,7 +6,9 @@
 
 ``map``: Pool.map of 20,000 tiny items (scenario 3).  ``start4``: kernelpit.Pool(workers=4)
 (scenario 4), with a timeline of the start from the pool's log when available.  ``stream``:
-a progress flood embedded and through a bridge (scenario 6).
+a progress flood embedded and through a bridge (scenario 6).  ``ray_arrow [calls]``: a cached
+100 MB Arrow table from a worker on another node of a local Ray cluster and from a local
+worker, interleaved (scenario 9; ``py-spy record --subprocesses`` sees the node's kernel).
 """
 
 from __future__ import annotations
@@ -220,8 +222,41 @@ def _run_remote(bridge, callers: int, seconds: int, use_aio: int) -> None:
             print(f"remote {callers} threads: {sum(counts) / (time.perf_counter() - t0):,.0f} calls/s")
 
 
+def run_ray_arrow(calls: int = 6) -> None:
+    from .scale import RAY_ARROW, MB, _cluster
+
+    raycluster = _cluster()
+    made = raycluster.start_cluster()
+    try:
+        pools = {"ray": {**kp.pool_settings(1), "placement": "ray",
+                         "resources": {"CPU": 0.5, "node_a": 1}},
+                 "local": kp.pool_settings(1)}
+        with kernelpit.Pool(pools=pools, ray_address=made.address) as pool:
+            handles = {name: pool.options(pool=name) for name in ("local", "ray")}
+            for handle in handles.values():
+                handle.call("payload_arrow", nbytes=RAY_ARROW)  # made once, cached
+            import os  # for `py-spy record -p PID` of each process alone (the node's kernel
+            # is a pid of this machine only because the test cluster's nodes share one host)
+            print("pids: controller", os.getpid(), " ".join(
+                f"{w.pool} {w.pid}" for w in pool.workers()), flush=True)
+            speeds: dict[str, list[float]] = {name: [] for name in handles}
+            for _ in range(calls):
+                for name, handle in handles.items():
+                    t0 = time.perf_counter()
+                    table = handle.call("payload_arrow", nbytes=RAY_ARROW)
+                    speeds[name].append(table.nbytes / MB / (time.perf_counter() - t0))
+                    del table
+            for name, got in speeds.items():
+                print(f"100 MB Arrow from {name}: " + " ".join(f"{v:,.0f}" for v in got) + " MB/s")
+            ratios = sorted(r / l for r, l in zip(speeds["ray"], speeds["local"]))
+            print(f"ray / local, per pair: median {ratios[len(ratios) // 2]:.2f} "
+                  f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f})")
+    finally:
+        raycluster.stop_cluster(made)
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "map"
     args = [int(a) for a in sys.argv[2:]]
     {"map": run_map, "start4": run_start, "stream": run_stream, "remote": run_remote,
-     "maploop": run_maploop, "ippmap": run_ipp_map}[what](*args)
+     "maploop": run_maploop, "ippmap": run_ipp_map, "ray_arrow": run_ray_arrow}[what](*args)

@@ -22,6 +22,7 @@ from . import kp, payloads, peerfuncs as pf, quiet, references
 from .peers import DaskPeer, IppPeer, RawKernel
 from .stats import add_ratios, failed, find, ratio, row, skipped, target
 from .fairness import s10_fairness
+from .scale import s9_ray
 
 MB = 1_000_000
 GB = 1_000_000_000
@@ -1048,5 +1049,6 @@ SCENARIOS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {
     "s6": ("s6_stream", s6_stream),
     "s7": ("s7_payload", s7_payload),
     "s8": ("s8_memory", s8_memory),
+    "s9": ("s9_ray", s9_ray),  # benchmarks/scale.py
     "s10": ("s10_fairness", s10_fairness),
 }

@@ -6,7 +6,10 @@ For 1 MB and 100 MB buffers, in one run on one core: a memcpy into a reused buff
 and an allocating copy (``bytes(...)``, what a receiver pays at least once), then
 each option of issue 14 for the TCP call channel:
 
-* HMAC-SHA256 over every byte (:func:`kernelpit.kernels.signing.sign`);
+* HMAC-SHA256 over every byte (:func:`kernelpit.kernels.signing.sign`; the fallback of a
+  link where either end lacks ``cryptography``);
+* Poly1305 under a one-time key per message over every byte (a ``poly1305`` link of
+  :class:`~kernelpit.kernels.signing.Link`, what the channel uses);
 * HMAC over the header plus a fast digest of the buffers: SHA-256 and keyed BLAKE2b;
 * keyed BLAKE2b over every byte;
 * AEAD (AES-256-GCM, ChaCha20-Poly1305) when the ``cryptography`` package is there;
@@ -70,7 +73,8 @@ def in_memory(buf: bytes) -> dict[str, Callable[[], Any] | None]:
     options: dict[str, Callable[[], Any] | None] = {
         "memcpy (into a reused buffer)": memcpy,
         "copy (bytes(), allocating)": lambda: bytes(bytearray(view)),
-        "HMAC-SHA256, every byte (chosen)": lambda: signing.sign([header, buf], KEY),
+        "HMAC-SHA256, every byte (fallback)": lambda: signing.sign([header, buf], KEY),
+        "Poly1305, one-time key, every byte (chosen)": None,
         "HMAC(header) + SHA-256(buffers)": header_plus(lambda: hashlib.sha256(buf)),
         "HMAC(header) + keyed BLAKE2b(buffers)": header_plus(
             lambda: hashlib.blake2b(buf, key=KEY)),
@@ -82,6 +86,8 @@ def in_memory(buf: bytes) -> dict[str, Callable[[], Any] | None]:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
     except ImportError:
         return options
+    poly, _ = _linked(signing.POLY1305)
+    options["Poly1305, one-time key, every byte (chosen)"] = lambda: poly.seal([header, buf])
     nonce = os.urandom(12)
     aes = AESGCM(AESGCM.generate_key(256))
     chacha = ChaCha20Poly1305(ChaCha20Poly1305.generate_key())
@@ -138,14 +144,22 @@ def _transfer(sender: socket.socket, receiver: socket.socket, buf: bytes,
     return run
 
 
-def _streamed(sender: socket.socket, receiver: socket.socket, buf: bytes) -> Callable[[], None]:
+def _linked(mac: str) -> tuple[signing.Link, signing.Link]:
+    """A writer's and a reader's end of one link that uses ``mac``."""
+    hello, nonce = signing.challenge((mac,))
+    reply, writer = signing.answer(hello, KEY, b"1", (mac,))
+    _, reader = signing.accept(reply, KEY, nonce, (mac,))
+    return writer, reader
+
+
+def _streamed(sender: socket.socket, receiver: socket.socket, buf: bytes,
+              mac_name: str) -> Callable[[], None]:
     """One signed message sent and verified piece by piece (:meth:`signing.Link.signer` and
     :meth:`~signing.Link.verifier`), as the channel's writer and reader would."""
-    hello, nonce = signing.challenge()
-    reply, writer = signing.answer(hello, KEY, b"1")
-    _, reader = signing.accept(reply, KEY, nonce)
+    writer, reader = _linked(mac_name)
+    tag = writer.tag_bytes
     size, piece = len(buf), 1 << 20
-    sink = bytearray(size + signing.TAG_BYTES)
+    sink = bytearray(size + tag)
     src = memoryview(buf)
 
     def send() -> None:
@@ -159,7 +173,7 @@ def _streamed(sender: socket.socket, receiver: socket.socket, buf: bytes) -> Cal
         thread = threading.Thread(target=send)
         thread.start()
         mac = reader.verifier([size])
-        view, got, total = memoryview(sink), 0, size + signing.TAG_BYTES
+        view, got, total = memoryview(sink), 0, size + tag
         while got < total:
             n = receiver.recv_into(view[got:total])
             data_end = min(got + n, size)
@@ -189,11 +203,15 @@ def _tls_contexts(workdir: str) -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
 
 def over_tcp(buf: bytes, tls: tuple[ssl.SSLContext, ssl.SSLContext] | None
              ) -> dict[str, tuple[Callable[[], None] | None, list[socket.socket]]]:
-    plain, signed, streamed = _pair(), _pair(), _pair()
+    plain, signed, streamed, poly = _pair(), _pair(), _pair(), _pair()
     cases: dict[str, tuple[Callable[[], None] | None, list[socket.socket]]] = {
         "TCP loopback, plain": (_transfer(*plain, buf, False), list(plain)),
         "TCP, HMAC: sign, send, receive, verify": (_transfer(*signed, buf, True), list(signed)),
-        "TCP, HMAC streamed (chosen)": (_streamed(*streamed, buf), list(streamed)),
+        "TCP, HMAC streamed (fallback)": (_streamed(*streamed, buf, signing.HMAC_SHA256),
+                                          list(streamed)),
+        "TCP, Poly1305 streamed (chosen)": ((_streamed(*poly, buf, signing.POLY1305)
+                                             if signing.POLY1305 in signing.MACS else None),
+                                            list(poly)),
     }
     if tls is None:
         cases["TCP loopback, TLS (per-run cert)"] = (None, [])

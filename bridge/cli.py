@@ -45,13 +45,23 @@ def to_json(value: Any) -> str:
     return markers.dumps(value, default)
 
 
+def node_text(w: Any) -> str:
+    """Where a worker runs: "local", or a Ray node's address and the start of its id."""
+    node = getattr(w, "node", None)
+    if not node:
+        return "local"
+    return f"{getattr(w, 'host', None) or '?'} {node[:8]}"
+
+
 def workers_table(workers: Iterable[Any]) -> str:
-    rows = [(w.id, w.pool, w.state, w.pid or "-", human_bytes(w.rss), f"{w.cpu:.0f}%", w.calls,
-             human_seconds(w.uptime), w.sessions,
+    workers = list(workers)
+    placed = any(getattr(w, "node", None) for w in workers)  # a NODE column for Ray pools
+    rows = [(w.id, w.pool, w.state, w.pid or "-", *((node_text(w),) if placed else ()),
+             human_bytes(w.rss), f"{w.cpu:.0f}%", w.calls, human_seconds(w.uptime), w.sessions,
              f"{w.current_call} {w.current_call_seconds:.1f}s" if w.current_call else "-")
             for w in workers]
-    return table(rows, ("WORKER", "POOL", "STATE", "PID", "RSS", "CPU", "CALLS", "UPTIME",
-                        "SESSIONS", "CURRENT CALL"))
+    return table(rows, ("WORKER", "POOL", "STATE", "PID", *(("NODE",) if placed else ()), "RSS",
+                        "CPU", "CALLS", "UPTIME", "SESSIONS", "CURRENT CALL"))
 
 
 def sessions_table(sessions: Iterable[Any]) -> str:
@@ -117,7 +127,19 @@ def connect_from(args: argparse.Namespace) -> Any:
 
 
 POOL_FLAGS = ("concurrency", "max_calls", "max_age", "max_memory", "spares", "shm_threshold",
-              "shm_arena")
+              "shm_arena", "placement", "resources")
+
+
+def _resources(text: str) -> dict[str, float]:
+    """``--resources '{"CPU": 1, "my_label": 1}'`` as a dict."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--resources takes a JSON object such as "
+                                         f"'{{\"CPU\": 1}}': {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--resources takes a JSON object such as '{\"CPU\": 1}'")
+    return value
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -152,7 +174,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     auth = settings.pop("auth", True) and not args.no_auth
     for key in ("host", "port", "grace", "max_message_size", "idle_timeout", "tls_cert",
                 "tls_key", "tls_client_ca", "tls_ca", "token_file", "metrics_address", "store",
-                "job_ttl", "blob_dir"):
+                "job_ttl", "blob_dir", "ray_address"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -485,6 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how workers start, for every pool that does not set it: fork them "
                    "from a per-pool zygote (fast, shared memory; Linux) or exec a fresh "
                    "Python each (default: $KERNELPIT_SPAWN, else exec)")
+    p.add_argument("--placement", choices=("local", "ray"),
+                   help="where the workers run: this machine (default) or the nodes of a Ray "
+                        "cluster (docs/scale-out.md)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="the Ray cluster of Ray-placed pools: 'auto' (default) or HEAD:6379")
+    p.add_argument("--resources", type=_resources, metavar="JSON",
+                   help="Ray resources per worker, e.g. '{\"CPU\": 1, \"GPU\": 1}'")
     p.add_argument("--config", metavar="FILE", help="TOML file with [pools.NAME] tables "
                    "(PoolConfig fields) and an optional [bridge] table")
     p.add_argument("--host", help="interface to listen on (default 127.0.0.1); anything but "

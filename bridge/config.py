@@ -8,6 +8,9 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+RAY_PROVISIONER = "kernelpit-ray-provisioner"
+PLACEMENTS = ("local", "ray")
+
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
           "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
           "tib": 2**40}
@@ -75,8 +78,14 @@ class PoolConfig:
     spawn         "fork": workers are forked from a per-pool zygote that has imported the
                   kernel and the adapters once (fast starts, shared memory); "exec": each
                   worker is a fresh ``python -m kernelpit.kernels``.  Default: $KERNELPIT_SPAWN,
-                  else "exec".  Fork needs Linux; pools with ``python`` or ``kernelspec``
-                  always exec.
+                  else "exec".  Fork needs Linux; pools with ``python``, ``kernelspec`` or a
+                  provisioner (``placement="ray"`` among them) always exec.
+    placement     "local" (this machine) or "ray" (nodes of a Ray cluster: shorthand for
+                  provisioner="kernelpit-ray-provisioner"; docs/scale-out.md)
+    resources     Ray resources per worker, e.g. {"CPU": 1, "GPU": 1, "my_label": 1}
+    provisioner   a jupyter_client kernel provisioner (entry point name) that launches the
+                  workers; its kernels must run ipykernel (the agent is swapped in)
+    provisioner_config  that provisioner's settings (the kernelspec's provisioner "config")
     """
 
     name: str = "default"
@@ -107,15 +116,21 @@ class PoolConfig:
     shm_arena: int | str = 2 << 30
     pickle: bool = False
     spawn: str = field(default_factory=default_spawn)
+    placement: str = "local"
+    resources: dict[str, float] = field(default_factory=dict)
+    provisioner: str | None = None
+    provisioner_config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def forks(self) -> bool:
         """True when this pool's workers are forked from a zygote: asked for, supported,
-        and the workers run this very Python (no ``python``, no kernelspec)."""
+        and the workers run this very Python on this machine (no ``python``, no kernelspec,
+        no provisioner: a Ray node's kernel is started by its host actor)."""
         return (self.spawn == "fork" and fork_supported() and not self.python
-                and not self.kernelspec)
+                and not self.kernelspec and self.provisioner is None)
 
     def __post_init__(self) -> None:
+        self._check_placement()
         if isinstance(self.adapters, str):
             self.adapters = [self.adapters]
         self.adapters = list(self.adapters)
@@ -133,6 +148,8 @@ class PoolConfig:
         if self.spawn not in SPAWNS:
             raise ValueError(f"spawn must be 'fork' or 'exec', got {self.spawn!r} (check "
                              f"KERNELPIT_SPAWN in the environment)")
+        if self.provisioner is not None:
+            self.spawn = "exec"  # the provisioner starts each kernel (issue 16): say so
         if self.spares < 0:
             raise ValueError(f"spares must be >= 0, got {self.spares!r}")
         self.max_memory = parse_size(self.max_memory)
@@ -149,6 +166,28 @@ class PoolConfig:
             raise ValueError("health_interval and health_timeout must be positive")
         self.env = {str(k): str(v) for k, v in self.env.items()}
         self.path = [str(p) for p in self.path]
+
+    def _check_placement(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got "
+                             f"{self.placement!r}")
+        if self.placement == "ray":
+            if self.provisioner not in (None, RAY_PROVISIONER):
+                raise ValueError(f"placement='ray' is provisioner={RAY_PROVISIONER!r}; give "
+                                 f"one of placement and provisioner, not both")
+            self.provisioner = RAY_PROVISIONER
+        elif self.provisioner == RAY_PROVISIONER:
+            self.placement = "ray"
+        if not isinstance(self.resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and v >= 0 for k, v in self.resources.items()):
+            raise ValueError(f"resources must map resource names to numbers >= 0, e.g. "
+                             f'{{"CPU": 1, "my_label": 1}}, got {self.resources!r}')
+        if self.resources and self.placement != "ray":
+            raise ValueError("resources are Ray resources: they need placement='ray'")
+        if self.provisioner is not None and not isinstance(self.provisioner, str):
+            raise ValueError(f"provisioner must be a provisioner's name, got {self.provisioner!r}")
+        self.provisioner_config = dict(self.provisioner_config or {})
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any]) -> "PoolConfig":

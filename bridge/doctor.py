@@ -185,9 +185,35 @@ def check_registry() -> tuple[list[Check], Any]:
         return [Check("run registry", PROBLEM, f"{path} cannot be used: {type(exc).__name__}: "
                       f"{exc}", f"delete it (`rm {path}*`; it only records running kernels) "
                       "or fix the runtime dir's permissions")], None
+    damage = reg.damage()
+    if damage:
+        return [Check("run registry", PROBLEM, f"{reg.path} is damaged: {damage}",
+                      f"once no Kernelpit pool or bridge of this user runs, move it aside "
+                      f"(`mv {reg.path} {reg.path}.damaged`, and its -wal and -shm files if "
+                      "any); it only records running kernels, and the next start makes a new "
+                      "one")], reg
     live = sum(r.controller_alive and r.closed is None for r in runs)
     return [Check("run registry", OK, f"{reg.path}: {len(runs)} run(s) ({live} with a live "
                   f"controller), {len(kernels)} kernel row(s)")], reg
+
+
+def check_placed_kernels(reg: Any) -> list[Check]:
+    """Kernels of live runs placed on Ray nodes: where each one is (the registry's record).
+
+    Nothing here reaches into the cluster: Ray ends them with their controller (their host
+    actors are owned by it), so they are listed, never reaped from this machine."""
+    placed = [k for k in reg.kernels() if k.node and k.state == "active"]
+    if not placed:
+        return []
+    details = [f"run {k.run_id} worker {k.worker_id}: node {k.node} ({k.host or '?'}), pid "
+               f"{k.remote_pid or '?'} there, actor {k.actor or '?'}"
+               + ("" if k.controller_alive else "; its controller is gone: Ray ends it")
+               for k in placed]
+    where = ", ".join(f"worker {k.worker_id} on {k.host or '?'} {k.node[:8]}" for k in placed[:6])
+    more = f" and {len(placed) - 6} more (--verbose)" if len(placed) > 6 else ""
+    return [Check("Ray-placed kernels", OK, f"{len(placed)} kernel(s) on "
+                  f"{len({k.node for k in placed})} Ray node(s): {where}{more}",
+                  details=details)]
 
 
 def check_discovery(runtime: Path, fix: bool) -> list[Check]:
@@ -311,6 +337,8 @@ def run_checks(fix: bool = False, kernel_check: bool = True) -> list[Check]:
     if runtime is not None:
         reg_checks, reg = check_registry()
         checks += reg_checks
+        if reg is not None:
+            checks += check_placed_kernels(reg)
         checks += check_discovery(runtime, fix)
     orphan_checks, live_runs = check_orphans(reg, fix)
     if runtime is not None:

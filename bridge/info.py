@@ -76,6 +76,8 @@ class WorkerInfo:
     last_heartbeat: float | None = None  # seconds since the epoch of the last heartbeat reply
     recycle_in: dict[str, float] = field(default_factory=dict)
     spare: bool = False   # a warm spare (state idle), held back until it is promoted
+    node: str | None = None   # the Ray node id (hex) of a Ray-placed worker; None: local
+    host: str | None = None   # the address of the machine it runs on (None: this one)
 
     def __post_init__(self) -> None:
         if not isinstance(self.state, WorkerState) and self.state in _STATES:

@@ -240,8 +240,10 @@ class AsyncPool(AsyncHandle):
     def __init__(self, adapters: Any = (), workers: int | None = None, *,
                  pools: dict[str, Any] | None = None, metrics: Any = False,
                  scheduler: SchedulerConfig | None = None, store: Any = None,
-                 job_ttl: float | None = 7 * 86400.0, **settings: Any) -> None:
-        manager = PoolManager(build_configs(adapters, workers, pools, settings), scheduler)
+                 job_ttl: float | None = 7 * 86400.0, ray_address: str | None = None,
+                 **settings: Any) -> None:
+        manager = PoolManager(build_configs(adapters, workers, pools, settings), scheduler,
+                              ray_address)
         self._metrics = None
         if metrics:
             from .telemetry.metrics import attach
@@ -290,7 +292,10 @@ class Pool(Handle):
     for named pools.  ``store=`` (a SQLite path or a ``postgresql://`` URL) turns on
     durable jobs (``pool.submit``; see docs/jobs.md), kept ``job_ttl`` seconds after they
     finish (default 7 days; None: forever); a job ends with this process, and is re-run
-    at the next start on the same store when idempotent (``lost`` otherwise).  ``metrics=True`` publishes the pool's Prometheus metrics on
+    at the next start on the same store when idempotent (``lost`` otherwise).
+    ``placement="ray"`` (with ``resources={...}``) places the workers on a Ray cluster,
+    joined at ``ray_address`` (``"auto"`` or ``"host:port"``; one per process); see
+    docs/scale-out.md.  ``metrics=True`` publishes the pool's Prometheus metrics on
     prometheus_client's default registry, ``metrics=registry`` on that one (see
     docs/observability.md).  ``scheduler=SchedulerConfig(...)`` sets how tenants
     (``options(tenant=...)``) share the workers: weights, quotas, ``fair`` or ``fifo``.

@@ -2,7 +2,8 @@
 
 The pool passes its settings in the environment:
 
-``KERNELPIT_ENDPOINT``   the pool's call channel (``unix://<path>``)
+``KERNELPIT_ENDPOINT``   the pool's call channel (``unix://<path>``; a kernel placed on another
+                         node connects to ``KERNELPIT_TCP_ENDPOINT`` instead, see placement.py)
 ``KERNELPIT_WORKER``     this worker's id
 ``KERNELPIT_ADAPTERS``   comma-separated adapter modules to import
 ``KERNELPIT_CONCURRENCY`` executor threads (default 1)
@@ -24,7 +25,9 @@ def main() -> None:
 
     app = IPKernelApp.instance()
     app.initialize(sys.argv[1:])
-    endpoint = os.environ.get("KERNELPIT_ENDPOINT")
+    from .placement import choose
+
+    endpoint = choose() if os.environ.get("KERNELPIT_ENDPOINT") else None
     if endpoint:
         _start_agent(app, endpoint)
     app.start()
@@ -37,7 +40,9 @@ def _start_agent(app, endpoint: str) -> None:
 
     adapters = [a for a in os.environ.get("KERNELPIT_ADAPTERS", "").split(",") if a]
     hello: dict = {"op": "hello", "pid": os.getpid(), "python": sys.executable,
-                   "connection_file": app.abs_connection_file}
+                   "connection_file": app.abs_connection_file,
+                   "channel": endpoint.partition("://")[0],
+                   "node": os.environ.get("KERNELPIT_NODE_ID")}
     tools = {}
     try:
         tools = load_adapters(adapters)

@@ -29,7 +29,7 @@ import traceback
 from typing import Any
 
 from ..exceptions import Cancelled, ErrorPayload, KernelpitError, ToolNotFound
-from . import capture, wire
+from . import capture, lifeline, placement, wire
 from .outbox import Outbox
 from .arrow import DecodeError, Transport
 from .protocol import EncodeError, decode, encode
@@ -96,8 +96,8 @@ class Agent:
             self._threads.append(t)
 
     def _socket(self, identity: str) -> socket.socket:
-        path = self.endpoint.removeprefix("unix://")
-        return wire.connect(path, identity)
+        """A connection to the pool: its Unix socket, or signed TCP from another node."""
+        return wire.connect(self.endpoint, identity, placement.run_key())
 
     # -- io thread -----------------------------------------------------------------
     def _io_loop(self, hello: dict[str, Any]) -> None:
@@ -140,6 +140,8 @@ class Agent:
             sock.close()
         if stopped.is_set() and self.on_stop is not None:
             self.on_stop()
+        elif not stopped.is_set() and self.endpoint.startswith("tcp://"):
+            lifeline.channel_lost()  # on another node no pid of the controller can be watched
 
     def cancel(self, call_id: int) -> None:
         with self._lock:

@@ -114,11 +114,39 @@ def encode(obj: Any, buffers: list[Any], transport: Transport) -> Any:
             marker["a"] = arena
         marker["n"] = nbytes
         return marker
-    sink = pa.BufferOutputStream()
-    write_ipc(pa, payload, sink, file_format=False)
-    buffers.append(sink.getvalue())
+    if nbytes >= transport.threshold:
+        # large and no shared memory (a worker on another node): the IPC stream's pieces as
+        # pyarrow hands them out, pointing into the value's own buffers; sent without a copy
+        pieces = _Pieces()
+        write_ipc(pa, payload, pa.PythonFile(pieces, mode="w"), file_format=False)
+        buffers.append(pieces.frame)
+    else:
+        sink = pa.BufferOutputStream()
+        write_ipc(pa, payload, sink, file_format=False)
+        buffers.append(sink.getvalue())
     marker["i"] = len(buffers) - 1
     return marker
+
+
+class _Pieces:
+    """A write-only file for pyarrow that keeps what is written, uncopied, as one frame."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        from .wire import Gather
+
+        self.frame = Gather()
+
+    def write(self, data: Any) -> int:
+        self.frame.append(data)
+        return memoryview(data).nbytes
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def to_arrow(obj: Any, pa: Any, np: Any) -> tuple[str, dict[str, Any], Any]:

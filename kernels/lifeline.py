@@ -13,6 +13,11 @@ it in a new session), so a tool's subprocesses go too, then SIGKILL after
 ipykernel has a parent poller of its own (``JPY_PARENT_PID``, checked once a
 second), but it ends only the kernel process: a tool's subprocesses outlive it.
 
+On another node (a kernel placed by Ray) the controller's pid means nothing: the
+kernel's host actor stands in for it there (the actor dies with the controller), and
+the call channel is watched too: when the agent's TCP connection to the pool ends
+without a stop request, :func:`channel_lost` ends the kernel's group the same way.
+
 ``KERNELPIT_LIFELINE=0`` turns both off (for tests of the reaper, which must then
 find the survivors). Only the standard library is used here.
 """
@@ -89,10 +94,9 @@ def _wait_polling(pid: int, start: float | None) -> None:
         time.sleep(POLL)
 
 
-def _end_group() -> None:
+def _end_group(why: str = "the controller of this worker is gone") -> None:
     try:
-        sys.stderr.write(f"kernelpit: the controller of this worker is gone; ending process "
-                         f"group {os.getpgrp()}\n")
+        sys.stderr.write(f"kernelpit: {why}; ending process group {os.getpgrp()}\n")
         sys.stderr.flush()
     except Exception:  # noqa: BLE001
         pass
@@ -111,6 +115,15 @@ def _end_group() -> None:
             os.killpg(group, signal.SIGKILL)
     finally:
         os._exit(1)
+
+
+def channel_lost() -> None:
+    """The pool's call channel is gone without a stop: end this kernel's process group
+    (SIGTERM, then SIGKILL after ``GRACE``), unless the lifeline is turned off."""
+    if os.environ.get("KERNELPIT_LIFELINE", "1") == "0":
+        return
+    threading.Thread(target=_end_group, args=("the pool's call channel is gone",),
+                     name="kernelpit-lifeline-channel", daemon=True).start()
 
 
 def _watch(pid: int, start: float | None) -> None:

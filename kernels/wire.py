@@ -13,6 +13,19 @@ receiving thread wakes.  (A ZMQ socket adds its own I/O thread at both ends,
 about 70 us more per round trip on this kind of machine.)  Frames above a few
 KiB are received straight into their own buffer and sent without joining.
 
+Over TCP (workers on other Ray nodes) the connection is signed (:mod:`.signing`): the
+pool opens it with a challenge, the agent answers with its identity and an HMAC of
+both nonces under the run key, and from then on every message carries a tag as its
+last frame.  :class:`SignedReader` verifies each message as it completes and refuses
+(:class:`~.signing.SignatureError`) anything not signed with the run's key.  A frame
+larger than :data:`CHUNK` is not sent in one message there: it goes ahead of its
+message as signed *parts* of at most :data:`CHUNK` bytes, which the reader receives
+straight into the frame's final buffer; the message itself then carries an empty
+placeholder in that frame's place.  So a 1 GB table is 256 messages of 4 MiB, each
+verified as it arrives, the sender's hashing of one part overlapping the transfer and
+the receiver's hashing of the part before; a connection that ends mid-value leaves
+only memory behind, dropped with the connection.
+
 This module is imported on both sides, so it depends on the standard library only.
 """
 
@@ -22,7 +35,9 @@ import ctypes
 import socket
 import struct
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from . import signing
 
 _COUNT = struct.Struct("<I")
 _SMALL = 64 * 1024  # frames up to this size are copied out of the shared read buffer
@@ -53,8 +68,40 @@ def _fill_in_place(size: int) -> tuple[Any, memoryview]:
         frame = bytearray(size)
         return frame, memoryview(frame)
     frame = _new_bytes(None, size)
-    data = (ctypes.c_char * size).from_address(id(frame) + _BYTES_DATA)
+    start = id(frame) + _BYTES_DATA
+    if size >= _HUGE_FROM:
+        _huge_pages(start, size)
+    data = (ctypes.c_char * size).from_address(start)
     return frame, memoryview(data).cast("B")
+
+
+_HUGE = 2 << 20  # a transparent huge page on x86-64 and most arm64 kernels
+_HUGE_FROM = 8 << 20  # frames this big ask for huge pages (at least 3 whole ones inside)
+_MADV_HUGEPAGE = 14
+_madvise: Any = None
+if sys.platform.startswith("linux") and sys.implementation.name == "cpython":
+    try:
+        _madvise = ctypes.CDLL(None, use_errno=True).madvise
+        _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        _madvise.restype = ctypes.c_int
+    except (OSError, AttributeError):  # pragma: no cover - no libc symbol to call
+        _madvise = None
+
+
+def _huge_pages(start: int, size: int) -> None:
+    """Ask for transparent huge pages under a large frame that is about to be received.
+
+    Its memory is new (a large allocation is its own mapping) and untouched: filling it
+    would take a page fault, and the kernel's zeroing of a fresh page, every 4 KiB
+    (25,600 of them for 100 MB: about a third of receiving it over loopback TCP here).
+    With huge pages it takes one per 2 MiB (docs/performance.md, S9).  Only the whole
+    huge pages inside the frame are advised; where the kernel has none to give (THP
+    off, fragmented memory) nothing changes."""
+    if _madvise is None:
+        return
+    lo, hi = (start + _HUGE - 1) & ~(_HUGE - 1), (start + size) & ~(_HUGE - 1)
+    if hi > lo:
+        _madvise(lo, hi - lo, _MADV_HUGEPAGE)  # advice only: an error changes nothing
 
 
 _new_bytes: Any = None
@@ -69,10 +116,30 @@ class WireError(ValueError):
     """Bytes on the channel that are not a message (a foreign or broken peer)."""
 
 
+class Gather(list):
+    """One frame made of several buffers written back to back, never joined: a large Arrow
+    value's IPC stream as pyarrow hands it out (its pieces point into the value's own
+    memory), so sending it costs no copy.  The receiver gets one contiguous frame."""
+
+
+def _buffers(frame: Any) -> list[Any]:
+    """A frame as a list of byte views (one, or a :class:`Gather`'s pieces)."""
+    if type(frame) is Gather:
+        return [b if type(b) is bytes else memoryview(b).cast("B") for b in frame]
+    return [frame if type(frame) is bytes else memoryview(frame).cast("B")]
+
+
+def _size(views: list[Any]) -> int:
+    return sum(len(v) for v in views)
+
+
 def pieces(frames: list[Any]) -> list[Any]:
     """What to write for ``frames``: one joined buffer for a small message, else the
     count and lengths followed by the frames themselves."""
-    views = [f if type(f) is bytes else memoryview(f).cast("B") for f in frames]
+    try:
+        views = [f if type(f) is bytes else memoryview(f).cast("B") for f in frames]
+    except TypeError:  # a Gather among them (only large values: off the hot path)
+        return _gathered_pieces(frames)
     lengths = [len(v) for v in views]
     head = _COUNT.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *lengths)
     if sum(lengths) <= _JOIN:
@@ -80,8 +147,13 @@ def pieces(frames: list[Any]) -> list[Any]:
     return [head, *views]
 
 
-def send(sock: socket.socket, frames: list[Any]) -> None:
-    """Write one message to a blocking socket (all of it, however the kernel splits it)."""
+def _gathered_pieces(frames: list[Any]) -> list[Any]:
+    bufs = [_buffers(f) for f in frames]
+    head = _COUNT.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *map(_size, bufs))
+    return [head, *(v for views in bufs for v in views)]
+
+
+def _write(sock: socket.socket, frames: list[Any]) -> None:
     parts = [memoryview(p) for p in pieces(frames) if len(p)]
     while parts:
         sent = sock.sendmsg(parts[:_MAX_IOV])
@@ -91,13 +163,249 @@ def send(sock: socket.socket, frames: list[Any]) -> None:
             parts[0] = parts[0][sent:]
 
 
-def connect(path: str, identity: str) -> socket.socket:
-    """A blocking connection to the channel at ``path``, introduced as ``identity``."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    tune(sock)
-    sock.connect(path)
-    send(sock, [identity.encode()])
-    return sock
+def send(sock: socket.socket, frames: list[Any]) -> None:
+    """Write one message to a blocking socket (all of it, however the kernel splits it);
+    on a :class:`SignedSocket` as signed messages (big frames in parts)."""
+    if type(sock) is not SignedSocket:  # the local path: no attribute lookup that can miss
+        _write(sock, frames)
+        return
+    link = sock.link
+    assert link is not None
+    for message in signed_messages(frames, link, seal=False):
+        _write_signed(sock, message, link)
+
+
+STREAM_PIECE = 256 << 10  # bytes hashed, then written, at a time by a streaming signer
+
+
+def _write_signed(sock: socket.socket, frames: list[Any], link: "signing.Link") -> None:
+    """Sign and write one message; a large one piece by piece (hash a piece, write it), so
+    that the signing overlaps the transfer and the receiver's verification."""
+    bufs = [_buffers(f) for f in frames]
+    lengths = [_size(views) for views in bufs]
+    mac = link.signer(lengths)
+    if sum(lengths) <= _JOIN:
+        for views in bufs:
+            for view in views:
+                mac.update(view)
+        _write(sock, [*frames, mac.digest()])
+        return
+    head = _COUNT.pack(len(frames) + 1) + struct.pack(f"<{len(frames) + 1}Q", *lengths,
+                                                        link.tag_bytes)
+    sock.sendall(head)
+    for views in bufs:
+        for view in views:
+            for at in range(0, len(view), STREAM_PIECE):
+                piece = view[at:at + STREAM_PIECE]
+                mac.update(piece)
+                sock.sendall(piece)
+    sock.sendall(mac.digest())
+
+
+class SignedSocket(socket.socket):
+    """A TCP connection to the pool's channel whose messages are signed with ``link``."""
+
+    link: "signing.Link | None" = None
+
+
+def connect(endpoint: str, identity: str, key: bytes | None = None) -> socket.socket:
+    """A blocking connection to the channel at ``endpoint``, introduced as ``identity``.
+
+    ``unix://PATH`` (or a bare path): the run's private Unix socket.  ``tcp://HOST:PORT``:
+    a :class:`SignedSocket`, after answering the pool's challenge with ``key`` (the run key).
+    """
+    if not endpoint.startswith("tcp://"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        tune(sock)
+        sock.connect(endpoint.removeprefix("unix://"))
+        send(sock, [identity.encode()])
+        return sock
+    if key is None:
+        raise ValueError("a TCP channel needs the run key (KERNELPIT_CHANNEL_KEY)")
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    tcp = SignedSocket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    tune(tcp)
+    tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    tcp.connect((host.strip("[]"), int(port)))
+    reader = Reader()
+    greeting: list[list[Any]] = []
+    while not greeting:
+        n = tcp.recv_into(reader.buffer())
+        if n == 0:
+            tcp.close()
+            raise ConnectionError(f"the pool at {endpoint} closed the connection before its "
+                                  "greeting")
+        greeting = reader.advance(n)
+    reply, tcp.link = signing.answer(greeting[0], key, identity.encode())
+    _write(tcp, reply)
+    return tcp
+
+
+# -- signed connections: parts of big frames, and the reader that verifies ------------------
+
+CHUNK = 4 << 20  # bytes: larger frames travel as parts of this size on a signed connection
+PART = b"\x00kp-part"
+_PART_HEAD = struct.Struct("<IQQ")  # frame index in its message, frame size, offset of the part
+
+
+def signed_messages(frames: list[Any], link: "signing.Link",
+                    seal: bool = True) -> Iterator[list[Any]]:
+    """The signed wire messages that carry ``frames``: a part message per :data:`CHUNK`
+    of each larger frame (slices, not copies), then the message with empty placeholders
+    for those frames.  Send them in this order; each is sealed when it is taken (with
+    ``seal=False`` they come unsealed, for a writer that signs while it sends)."""
+    finish = (lambda message: _seal(link, message)) if seal else (lambda message: message)
+    out: list[Any] = list(frames)
+    for index, frame in enumerate(frames):
+        if type(frame) is bytes and len(frame) <= CHUNK:
+            continue
+        views = _buffers(frame)
+        size = _size(views)
+        if size <= CHUNK:
+            continue
+        for at, piece in _cut(views, CHUNK):
+            yield finish([PART + _PART_HEAD.pack(index, size, at), piece])
+        out[index] = b""
+    yield finish(out)
+
+
+def _cut(views: list[Any], chunk: int) -> Iterator[tuple[int, Any]]:
+    """(offset, piece) for consecutive pieces of ``chunk`` bytes of the concatenated views
+    (a piece that spans views is a :class:`Gather` of slices: nothing is copied)."""
+    at, piece, room = 0, Gather(), chunk
+    start = 0
+    for view in views:
+        pos = 0
+        while pos < len(view):
+            take = min(room, len(view) - pos)
+            piece.append(view[pos:pos + take])
+            pos += take
+            room -= take
+            if room == 0:
+                yield start, piece[0] if len(piece) == 1 else piece
+                at += chunk
+                start, piece, room = at, Gather(), chunk
+    if piece:
+        yield start, piece[0] if len(piece) == 1 else piece
+
+
+def _seal(link: "signing.Link", frames: list[Any]) -> list[Any]:
+    """``frames`` (a :class:`Gather` among them or not) with their tag appended."""
+    bufs = [_buffers(f) for f in frames]
+    mac = link.signer([_size(views) for views in bufs])
+    for views in bufs:
+        for view in views:
+            mac.update(view)
+    return [*frames, mac.digest()]
+
+
+class SignedReader:
+    """:class:`Reader` for a signed connection: verifies every message and joins parts.
+
+    ``link`` is the connection's :class:`~.signing.Link`; or give ``key`` and
+    ``server_nonce`` (the listening side): the first message is then the answer to
+    the challenge, checked with :func:`~.signing.accept`, and comes out as the
+    identity message ``[identity]`` the channel expects first.  Raises
+    :class:`~.signing.SignatureError` (unsigned, forged, replayed message) or
+    :class:`WireError` (parts that do not add up): drop the connection.
+    """
+
+    def __init__(self, link: "signing.Link | None" = None, *, key: bytes | None = None,
+                 server_nonce: bytes | None = None) -> None:
+        self.link = link
+        self._key, self._nonce = key, server_nonce
+        self._reader = _PlacingReader(self)
+        self._blobs: dict[int, list[Any]] = {}  # frame index -> [frame, view, bytes filled]
+        self.buffer = self._reader.buffer
+        self.mac: Any = None  # the verifier of a message whose large frames are streamed
+        self._fed = 0  # frames of that message already fed to it
+
+    def stream(self, frames: list[Any], lengths: list[int]) -> None:
+        """A large frame of the current message starts: verify from here on as bytes arrive
+        (the frames before it first; the large one then piece by piece)."""
+        if self.link is None or len(lengths) < 2:
+            return
+        if self.mac is None:
+            self.mac = self.link.verifier(lengths[:-1])
+        for frame in frames[self._fed:]:
+            self.mac.update(frame)
+        self._fed = len(frames) + 1
+
+    def advance(self, n: int) -> list[list[Any]]:
+        # one message at a time: a part must land in the blob of its own message, so the
+        # message before it is accepted (and its blobs handed over) before it is parsed
+        done = []
+        messages = self._reader.advance(n)
+        while messages:
+            message = self._accept(messages[0])
+            if message is not None:
+                done.append(message)
+            messages = self._reader.advance(0)
+        return done
+
+    def _accept(self, frames: list[Any]) -> list[Any] | None:
+        if self.link is None:
+            if self._key is None or self._nonce is None:
+                raise signing.SignatureError("a signed reader without a link or a key")
+            identity, self.link = signing.accept(frames, self._key, self._nonce)
+            return [identity]
+        if self.mac is None:
+            data = self.link.open(frames)
+        else:  # its large frames were verified while they arrived: the rest, then the tag
+            mac, self.mac = self.mac, None
+            if len(frames) - 1 < self._fed or len(frames[-1]) != self.link.tag_bytes:
+                raise signing.SignatureError("a message without a signature on the signed "
+                                             "channel")
+            for frame in frames[self._fed:-1]:
+                mac.update(frame)
+            self._fed = 0
+            self.link.check(mac, frames[-1])
+            data = frames[:-1]
+        head = data[0]
+        if len(head) == len(PART) + _PART_HEAD.size and bytes(head[:len(PART)]) == PART:
+            index, size, at = _PART_HEAD.unpack_from(head, len(PART))
+            if len(data) != 2:
+                raise WireError("a part message without exactly one part")
+            blob = self._blob(index, size)
+            piece = data[1]
+            if at + len(piece) > size:
+                raise WireError(f"a part past the end of its frame ({at} + {len(piece)} > {size})")
+            if not isinstance(piece, memoryview):  # came small: not received in place
+                blob[1][at:at + len(piece)] = piece
+            blob[2] += len(piece)
+            return None
+        if not self._blobs:
+            return data
+        data = list(data)
+        for index, (frame, _, filled) in self._blobs.items():
+            if index >= len(data) or len(data[index]) or filled != len(frame):
+                raise WireError("a message whose parts do not add up to its frames")
+            data[index] = frame
+        self._blobs.clear()
+        return data
+
+    def _blob(self, index: int, size: int) -> list[Any]:
+        blob = self._blobs.get(index)
+        if blob is None:
+            if index > MAX_FRAMES:
+                raise WireError(f"a part of frame {index}")
+            frame, view = _fill_in_place(size)
+            blob = self._blobs[index] = [frame, view, 0]
+        elif len(blob[0]) != size:
+            raise WireError("parts of one frame that disagree on its size")
+        return blob
+
+    def place(self, frames: list[Any], size: int) -> memoryview | None:
+        """Where a large frame being received goes: into its blob when it is a part."""
+        if self.link is None or len(frames) != 1:
+            return None
+        head = frames[0]
+        if len(head) != len(PART) + _PART_HEAD.size or bytes(head[:len(PART)]) != PART:
+            return None
+        index, total, at = _PART_HEAD.unpack_from(head, len(PART))
+        if at + size > total:
+            raise WireError(f"a part past the end of its frame ({at} + {size} > {total})")
+        return self._blob(index, total)[1][at:at + size]
 
 
 class Reader:
@@ -108,6 +416,9 @@ class Reader:
     completed (each a list of ``bytes`` frames; a ``bytearray`` for a large one off CPython).
     """
 
+    _single = False  # stop after each message (a SignedReader acts on one before the next)
+    _streaming = False  # hand each piece of a large frame to _received as it arrives
+
     def __init__(self, size: int = 256 * 1024) -> None:
         self._buf = bytearray(size)
         self._start = 0  # first unparsed byte
@@ -117,6 +428,12 @@ class Reader:
         self._big: Any = None  # a large frame being received in place
         self._big_view: memoryview | None = None  # writable view of it
         self._big_at = 0
+
+    def _place(self, size: int) -> tuple[Any, memoryview]:
+        return _fill_in_place(size)
+
+    def _received(self, piece: memoryview) -> None:
+        """Bytes of a large frame just received in place (with ``_streaming``)."""
 
     def buffer(self) -> memoryview:
         if self._big_view is not None:
@@ -132,6 +449,8 @@ class Reader:
     def advance(self, n: int) -> list[list[Any]]:
         if self._big_view is not None:
             self._big_at += n
+            if self._streaming:
+                self._received(self._big_view[self._big_at - n:self._big_at])
             if self._big_at < len(self._big_view):
                 return []
             self._frames.append(self._big)
@@ -147,6 +466,8 @@ class Reader:
             if self._lengths is not None and len(self._frames) == len(self._lengths):
                 done.append(self._frames)
                 self._lengths, self._frames = None, []
+                if self._single:
+                    break
             avail = self._end - self._start
             if self._lengths is None:
                 if avail < 4:
@@ -165,9 +486,11 @@ class Reader:
                 self._start += size
                 continue
             if size > _SMALL:  # the rest of it goes straight into its own buffer
-                self._big, self._big_view = _fill_in_place(size)
+                self._big, self._big_view = self._place(size)
                 self._big_view[:avail] = buf[self._start:self._end]
                 self._big_at = avail
+                if self._streaming:
+                    self._received(self._big_view[:avail])
                 self._start = self._end = 0
             break
         if self._start == self._end:
@@ -175,10 +498,33 @@ class Reader:
         return done
 
 
+class _PlacingReader(Reader):
+    """The plain reader under a :class:`SignedReader`: parts are received in place."""
+
+    _single = True
+    _streaming = True
+
+    def __init__(self, owner: SignedReader) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def _place(self, size: int) -> tuple[Any, memoryview]:
+        self._owner.stream(self._frames, self._lengths or [])
+        view = self._owner.place(self._frames, size)
+        if view is None:
+            return _fill_in_place(size)
+        return view, view
+
+    def _received(self, piece: memoryview) -> None:
+        self._owner.mac.update(piece)  # verified while the rest still travels
+
+
 def receive_forever(sock: socket.socket, handle: Callable[[list[Any]], bool]) -> None:
     """Read messages from a blocking socket and pass each to ``handle`` until it returns
-    False or the peer closes the connection."""
-    reader = Reader()
+    False or the peer closes the connection (or, on a signed socket, sends a message not
+    signed with the run's key)."""
+    link = getattr(sock, "link", None)
+    reader: Any = Reader() if link is None else SignedReader(link)
     while True:
         try:
             n = sock.recv_into(reader.buffer())
@@ -186,6 +532,10 @@ def receive_forever(sock: socket.socket, handle: Callable[[list[Any]], bool]) ->
             return
         if n == 0:
             return
-        for frames in reader.advance(n):
+        try:
+            messages = reader.advance(n)
+        except (WireError, signing.SignatureError):
+            return
+        for frames in messages:
             if handle(frames) is False:
                 return

@@ -27,6 +27,20 @@ def _private_runtime_dir(tmp_path_factory):
             os.environ[key] = value
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local multi-node Ray cluster (tests/raycluster.py) shared by every Ray test module;
+    started on first use only (about 15 s), so a run without Ray tests never starts it."""
+    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' "
+                                      "(.ci/run installs it)")
+    import raycluster
+
+    made = raycluster.start_cluster()
+    yield made
+    raycluster.stop_cluster(made)
+    wait_until(lambda: not raycluster.running_ray_processes(), timeout=30)
+
+
 def kernel_processes(run_id: str | None = None) -> list[psutil.Process]:
     """Live worker kernel processes: of one run anywhere, or (no run id) children of this process."""
     found = []

@@ -47,8 +47,9 @@ class RayCluster:
     def node_id(self, name: str) -> str:
         return self.nodes[name].node_id
 
-    def add_node(self, name: str, cpus: int = NODE_CPUS) -> Any:
-        node = self.cluster.add_node(num_cpus=cpus, resources={name: 8},
+    def add_node(self, name: str, cpus: int = NODE_CPUS,
+                 resources: dict[str, float] | None = None) -> Any:
+        node = self.cluster.add_node(num_cpus=cpus, resources={name: 8, **(resources or {})},
                                      node_ip_address="127.0.0.1",
                                      object_store_memory=OBJECT_STORE)
         self.cluster.wait_for_nodes()
@@ -69,7 +70,7 @@ def start_cluster() -> RayCluster:
         "resources": {"head": 8}, "include_dashboard": False})
     made = RayCluster(cluster, cluster.address, temp_dir, {"head": cluster.head_node})
     made.add_node("node_a")
-    made.add_node("node_b")
+    made.add_node("node_b", resources={"worker": 8})  # "worker": what a spread pool asks for
     return made
 
 
@@ -109,11 +110,15 @@ def _hide_slow_import(shim: str) -> None:
 
 
 def running_ray_processes() -> list[psutil.Process]:
-    """Ray's processes (gcs_server, raylet, workers...) started under this test process."""
+    """Ray's processes (gcs_server, raylets, agents, workers "ray::...") started under this
+    test process; other children (a JupyterLab, a database of another session fixture) are
+    not counted."""
     found = []
     for proc in psutil.Process().children(recursive=True):
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
+            text = " ".join(proc.cmdline())
+            if proc.status() != psutil.STATUS_ZOMBIE and any(
+                    mark in text for mark in ("raylet", "gcs_server", "ray::", "/ray/")):
                 found.append(proc)
         except psutil.Error:
             continue

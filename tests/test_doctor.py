@@ -47,6 +47,31 @@ def test_json_output(tmp_path):
     assert {"python", "loopback port", "orphans"} <= {c["name"] for c in report["checks"]}
 
 
+def test_a_damaged_run_registry_is_a_problem_with_a_fix(tmp_path):
+    """The damage a user's registry showed: the runs table's page holding kernels rows."""
+    from kernelpit.pool.registry import RunRegistry
+
+    path = tmp_path / "kernelpit" / "registry.sqlite"
+    reg = RunRegistry(path)
+    for run in ("r1", "r2"):
+        reg.open_run(run)
+    reg.reserve("r1", 1)
+    reg.reserve("r1", 2)
+    reg._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    roots = dict(reg._db.execute("SELECT name, rootpage FROM sqlite_master"))
+    size = reg._db.execute("PRAGMA page_size").fetchone()[0]
+    reg.close()
+    data = bytearray(path.read_bytes())
+    at = lambda page: slice((page - 1) * size, page * size)  # noqa: E731
+    data[at(roots["runs"])] = data[at(roots["kernels"])]
+    path.write_bytes(bytes(data))
+    out = run_doctor(tmp_path)
+    assert out.returncode == 1
+    assert f"[PROBLEM] run registry: {path} is damaged: " in out.stdout
+    assert f"fix: once no Kernelpit pool or bridge of this user runs, move it aside (`mv {path} " \
+           in out.stdout
+
+
 def test_stale_discovery_files_are_reported_and_fixed_live_ones_kept(tmp_path):
     stale = tmp_path / "kernelpit-bridge.json"
     stale.write_text(json.dumps({"address": "127.0.0.1:1", "pid": dead_pid(), "token": "x"}))

@@ -317,6 +317,31 @@ def test_registry_rows_follow_a_kernel_through_its_states(tmp_path):
         proc.wait()
 
 
+def test_a_second_registry_in_one_process_keeps_the_first_ones_sqlite_locks(tmp_path):
+    """One process, several runs (named pools, a benchmark's pools, a module's pool and a
+    test's): opening the next registry must not drop the SQLite locks the first one holds.
+    When it did (an open and close of the database file: POSIX locks are per process and
+    file), another process's connection closing took itself for the last one, checkpointed
+    and deleted the WAL under the first: "disk I/O error", lost rows, and pages of
+    ``kernels`` read back as ``runs`` rows (what a user's registry showed)."""
+    path = tmp_path / "registry.sqlite"
+    held = RunRegistry(path)
+    held.open_run("held")
+    RunRegistry(path).close()  # the next run's registry, opened and closed
+    code = (f"from kernelpit.pool.registry import RunRegistry\n"
+            f"r = RunRegistry({str(path)!r}); r.open_run('brief'); r.close()")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert os.path.exists(f"{path}-wal")  # still in use by `held`: not checkpointed away
+    held.reserve("held", 1)
+    held.close()
+    with RunRegistry(path)._db as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    reg = RunRegistry(path)
+    assert {r.run_id for r in reg.runs()} == {"held", "brief"}
+    assert [(k.run_id, k.worker_id) for k in reg.kernels()] == [("held", 1)]
+    reg.close()
+
+
 def test_the_registry_takes_concurrent_writers(tmp_path):
     path = tmp_path / "registry.sqlite"
     script = textwrap.dedent(f"""

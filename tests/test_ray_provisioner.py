@@ -38,13 +38,10 @@ TESTS = Path(__file__).parent
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """One cluster for the module (about 15 s to start), gone before the next module runs."""
-    made = raycluster.start_cluster()
-    yield made
-    raycluster.stop_cluster(made)
-    wait_until(lambda: not raycluster.running_ray_processes(), timeout=30)
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's Ray cluster (tests/conftest.py)."""
+    return ray_cluster
 
 
 def run(coro):

@@ -56,16 +56,44 @@ def test_tampering_of_any_kind_is_refused(tamper):
         signing.verify(message, tag, key, context=context)
 
 
-def linked(server_key: bytes = KEY, client_key: bytes = KEY) -> tuple[Link, Link]:
-    hello, nonce = signing.challenge()
+def linked(server_key: bytes = KEY, client_key: bytes = KEY,
+           mac: str = signing.MACS[0]) -> tuple[Link, Link]:
+    hello, nonce = signing.challenge((mac,))
     reply, client = signing.answer(hello, client_key, b"3")
-    identity, server = signing.accept(reply, server_key, nonce)
-    assert identity == b"3"
+    identity, server = signing.accept(reply, server_key, nonce, (mac,))
+    assert identity == b"3" and server.mac == client.mac == mac
     return server, client
 
 
-def test_a_link_carries_messages_both_ways():
-    server, client = linked()
+EVERY_MAC = pytest.mark.parametrize("mac", signing.MACS)
+
+
+def test_the_pool_offers_its_macs_and_the_agent_takes_the_first_it_has():
+    assert signing.MACS == (signing.POLY1305, signing.HMAC_SHA256)  # cryptography is installed
+    hello, nonce = signing.challenge()
+    reply, client = signing.answer(hello, KEY, b"3", macs=(signing.HMAC_SHA256,))  # no poly
+    _, server = signing.accept(reply, KEY, nonce)
+    assert (client.mac, server.mac, server.tag_bytes) == ("hmac-sha256", "hmac-sha256", 32)
+    assert server.open(client.seal([b"x"])) == [b"x"]
+    reply, client = signing.answer(hello, KEY, b"3")
+    _, server = signing.accept(reply, KEY, nonce)
+    assert (client.mac, server.tag_bytes, len(client.seal([b"x"])[-1])) == ("poly1305", 16, 16)
+    with pytest.raises(SignatureError, match="no message MAC this kernel has"):
+        signing.answer(hello, KEY, b"3", macs=("rot13",))
+    # the choice is inside the signed answer: a man in the middle cannot swap it
+    forged = [*reply[:2], b"hmac-sha256", reply[3]]
+    with pytest.raises(SignatureError, match="not signed with this run's key"):
+        signing.accept(forged, KEY, nonce)
+    # ... nor shorten the pool's offer to push both ends onto another MAC
+    short = [hello[0], hello[1], b"hmac-sha256"]
+    reply, _ = signing.answer(short, KEY, b"3")
+    with pytest.raises(SignatureError, match="not signed with this run's key"):
+        signing.accept(reply, KEY, nonce)
+
+
+@EVERY_MAC
+def test_a_link_carries_messages_both_ways(mac):
+    server, client = linked(mac=mac)
     for _ in range(3):
         sent = frames(1000)
         assert [bytes(memoryview(f).cast("B")) for f in server.open(client.seal(sent))] == \
@@ -74,20 +102,21 @@ def test_a_link_carries_messages_both_ways():
         assert client.open(sealed) == [b"result", b"\x00" * 10]
 
 
-def test_replayed_reordered_reflected_and_foreign_messages_are_refused():
-    server, client = linked()
+@EVERY_MAC
+def test_replayed_reordered_reflected_and_foreign_messages_are_refused(mac):
+    server, client = linked(mac=mac)
     first, second = client.seal([b"a"]), client.seal([b"b"])
     with pytest.raises(SignatureError):  # reordered
         server.open(second)
-    server2, client2 = linked()
+    server2, client2 = linked(mac=mac)
     m = client2.seal([b"a"])
     server2.open(m)
     with pytest.raises(SignatureError):  # replayed on the same connection
         server2.open(m)
-    server3, _ = linked()
+    server3, _ = linked(mac=mac)
     with pytest.raises(SignatureError):  # recorded on another connection
         server3.open(first)
-    server4, client4 = linked()
+    server4, client4 = linked(mac=mac)
     with pytest.raises(SignatureError):  # reflected back to its sender
         client4.open(client4.seal([b"a"]))
     with pytest.raises(SignatureError):  # unsigned (a plain wire message)
@@ -104,13 +133,14 @@ def test_a_peer_without_the_run_key_cannot_connect_or_pose_as_the_pool():
     # a "pool" without the key: its messages do not verify at the agent
     hello, nonce = signing.challenge()
     reply, client = signing.answer(hello, KEY, b"3")
-    impostor = Link(signing.new_key(), nonce, reply[1], server=True)
+    impostor = Link(signing.new_key(), nonce, reply[1], server=True, mac=client.mac)
     with pytest.raises(SignatureError):
         client.open(impostor.seal([b'{"op":"call"}']))
 
 
-def test_feeding_frames_as_they_arrive_gives_the_same_verdict():
-    server, client = linked()
+@EVERY_MAC
+def test_feeding_frames_as_they_arrive_gives_the_same_verdict(mac):
+    server, client = linked(mac=mac)
     message = client.seal(frames(3 << 20))
     data, tag = message[:-1], message[-1]
     mac = server.verifier([len(memoryview(f).cast("B")) for f in data])
@@ -121,10 +151,11 @@ def test_feeding_frames_as_they_arrive_gives_the_same_verdict():
     Link.check(mac, tag)
 
 
+@EVERY_MAC
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.binary(max_size=64), min_size=1, max_size=5), st.data())
-def test_any_single_flipped_bit_is_refused(parts, data):
-    server, client = linked()
+def test_any_single_flipped_bit_is_refused(mac, parts, data):
+    server, client = linked(mac=mac)
     sealed = client.seal(parts)
     which = data.draw(st.sampled_from([i for i, f in enumerate(sealed) if len(f)]))
     at = data.draw(st.integers(0, len(sealed[which]) - 1))
@@ -208,5 +239,7 @@ def test_the_signing_benchmark_runs_every_path(monkeypatch):
     monkeypatch.setattr(bench, "best", lambda fn, nbytes, budget=0.0: (fn(), 1.0)[1])
     results = bench.measure()
     rows = results["sizes"]["256 KB"]
-    assert rows["TCP, HMAC streamed (chosen)"] == 1.0 and rows["HMAC-SHA256, every byte (chosen)"]
+    assert rows["TCP, HMAC streamed (fallback)"] == 1.0 and rows["HMAC-SHA256, every byte (fallback)"]
+    assert rows["TCP, Poly1305 streamed (chosen)"] == 1.0
+    assert rows["Poly1305, one-time key, every byte (chosen)"] == 1.0
     assert "256 KB" in bench.report(results)

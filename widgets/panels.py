@@ -26,17 +26,18 @@ from . import fmt
 from .connection import Connector
 from .feed import LiveState
 
-# sized so the whole row fits a notebook's output area (about 1,000 px) without wrapping
+# sized so the whole row fits a notebook's output area (about 1,000 px) without wrapping;
+# "node" (where a Ray-placed worker runs) goes last, so the columns before it keep their places
 CELL = {"id": "56px", "pool": "60px", "state": "70px", "pid": "52px", "uptime": "60px",
         "calls": "44px", "current": "100px", "rss": "72px", "cpu": "40px", "heartbeat": "80px",
-        "recycle": "262px"}
+        "recycle": "262px", "node": "120px"}
 BUTTONS = ("34px",) * 3
 #: one column template for the header and every row: each is a grid of these columns, so a
 #: header sits over its values whatever they hold
 GRID = " ".join([*CELL.values(), *BUTTONS])
 HEADERS = {"id": "worker", "pool": "pool", "state": "state", "pid": "pid", "uptime": "uptime",
            "calls": "calls", "current": "current call", "rss": "RSS", "cpu": "CPU",
-           "heartbeat": "heartbeat", "recycle": "recycle"}
+           "heartbeat": "heartbeat", "recycle": "recycle", "node": "node"}
 
 
 def _connector(source: Any) -> Connector:
@@ -68,12 +69,15 @@ def worker_cells(w: Any, now: float) -> dict[str, str]:
     if w.current_call:
         current = f"{w.current_call} {fmt.human_seconds(w.current_call_seconds)}"
     state = "spare" if getattr(w, "spare", False) and w.state == "idle" else w.state
+    node = getattr(w, "node", None)
     return {"id": str(w.id), "pool": w.pool, "state": state, "pid": str(w.pid or "-"),
             "uptime": fmt.human_seconds(w.uptime), "calls": str(w.calls), "current": current,
             "rss": fmt.human_bytes(w.rss), "cpu": f"{w.cpu:.0f}%",
             "heartbeat": (fmt.human_seconds(fmt.ago(w.last_heartbeat, now)) + " ago"
                           if w.last_heartbeat else "-"),
-            "recycle": recycle_cell(w)}
+            "recycle": recycle_cell(w),
+            # where it runs: a Ray node's address and the start of its id (docs/scale-out.md)
+            "node": f"{getattr(w, 'host', None) or '?'} {node[:8]}" if node else "local"}
 
 
 class _Panel(W.VBox):

@@ -231,7 +231,8 @@ def worker_to_proto(w: WorkerInfo) -> pb.Worker:
                   uptime=w.uptime, current_call=w.current_call or "",
                   current_call_seconds=w.current_call_seconds, sessions=w.sessions,
                   recycles=w.recycles, recycle_reason=w.recycle_reason or "",
-                  recycle_in=w.recycle_in, spare=getattr(w, "spare", False))
+                  recycle_in=w.recycle_in, spare=getattr(w, "spare", False),
+                  node=w.node or "", host=w.host or "")
     if w.last_heartbeat is not None:
         m.last_heartbeat = w.last_heartbeat
     return m
@@ -247,7 +248,8 @@ def worker_from_proto(m: pb.Worker) -> WorkerInfo:
                       calls=m.calls, uptime=m.uptime, current_call=m.current_call or None,
                       current_call_seconds=m.current_call_seconds, sessions=m.sessions,
                       recycles=m.recycles, recycle_reason=m.recycle_reason or None,
-                      last_heartbeat=m.last_heartbeat if m.HasField("last_heartbeat") else None)
+                      last_heartbeat=m.last_heartbeat if m.HasField("last_heartbeat") else None,
+                      node=m.node or None, host=m.host or None)
 
 
 def session_to_proto(s: SessionInfo) -> pb.Session:

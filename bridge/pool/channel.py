@@ -9,6 +9,13 @@ worker's io thread, and every incoming message is handed to
 Frames travel as :mod:`kernelpit.kernels.wire` lays them out; a plain socket
 read by the event loop costs one wake-up per hop, where a ZMQ socket would add
 its I/O thread at both ends.
+
+Workers on other machines (Ray nodes other than this one) cannot reach that socket:
+for them :meth:`Channel.listen_tcp` adds a TCP listener whose connections are signed
+with the run key (:mod:`kernelpit.kernels.signing`): each opens with a challenge, and
+a connection whose answer or any later message is not signed with the key is dropped
+(logged), while everything else goes on serving.  ``endpoint`` stays the Unix socket;
+``tcp_endpoint`` is the TCP one.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import os
 import socket
 from typing import Any, Callable
 
-from ..kernels import wire
+from ..kernels import signing, wire
 from ..kernels.arrow import DecodeError, Transport
 from ..kernels.protocol import decode, encode
 
@@ -49,8 +56,11 @@ class Channel:
         self.path = f"{directory}/calls"
         self.endpoint = f"unix://{self.path}"
         self._io: dict[int, asyncio.Transport] = {}  # worker id -> its io thread's connection
+        self._links: dict[int, signing.Link] = {}  # worker id -> its signed io link (TCP only)
         self._server: asyncio.AbstractServer | None = None
-
+        self._tcp: asyncio.AbstractServer | None = None
+        self.tcp_endpoint: str | None = None
+        self.key: bytes | None = None  # the run key signing the TCP channel
     @classmethod
     async def open(cls, directory: str | os.PathLike[str],
                    on_message: Callable[[int, dict[str, Any]], None],
@@ -63,6 +73,18 @@ class Channel:
             lambda: _Connection(channel), sock=listener, backlog=512)
         return channel
 
+    async def listen_tcp(self, host: str) -> str:
+        """Also listen on TCP at ``host`` (a port the OS picks), signed with a new run key;
+        returns ``tcp://host:port``.  Once per channel."""
+        if self._tcp is None:
+            self.key = signing.new_key()
+            self._tcp = await asyncio.get_running_loop().create_server(
+                lambda: _Connection(self, signed=True), host, 0, backlog=512)
+            port = self._tcp.sockets[0].getsockname()[1]
+            self.tcp_endpoint = f"tcp://{'[' + host + ']' if ':' in host else host}:{port}"
+        assert self.tcp_endpoint is not None
+        return self.tcp_endpoint
+
     def send(self, worker_id: int, msg: dict[str, Any] | list[Any]) -> bool:
         """Send a message (or its encoded frames) to a worker's io thread.
 
@@ -72,6 +94,12 @@ class Channel:
         if conn is None or conn.is_closing():
             return False
         frames = msg if isinstance(msg, list) else encode(msg)
+        link = self._links.get(worker_id)
+        if link is not None:
+            for message in wire.signed_messages(frames, link):
+                for piece in wire.pieces(message):
+                    conn.write(piece)
+            return True
         for piece in wire.pieces(frames):  # one write for a small message
             conn.write(piece)
         return True
@@ -91,21 +119,26 @@ class Channel:
         return self._transport
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._tcp):
+            if server is not None:
+                server.close()
         for conn in list(self._io.values()):
             conn.close()
         self._io.clear()
+        self._links.clear()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 
 
 class _Connection(asyncio.BufferedProtocol):
-    """One agent thread's connection: its identity first, then its messages."""
+    """One agent thread's connection: its identity first, then its messages.  Over TCP
+    (``signed``) the identity is the answer to the challenge sent on connecting, and every
+    message after it must carry the run key's signature."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, signed: bool = False) -> None:
         self._channel = channel
-        self._reader = wire.Reader()
+        self._reader: Any = wire.Reader()
+        self._signed = signed
         self._worker: int | None = None
         self._transport: asyncio.Transport | None = None
 
@@ -114,6 +147,14 @@ class _Connection(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             wire.tune(sock)
+        if self._signed:
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            greeting, nonce = signing.challenge()
+            assert self._channel.key is not None
+            self._reader = wire.SignedReader(key=self._channel.key, server_nonce=nonce)
+            for piece in wire.pieces(greeting):
+                transport.write(piece)  # type: ignore[attr-defined]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._reader.buffer()
@@ -121,8 +162,10 @@ class _Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         try:
             messages = self._reader.advance(nbytes)
-        except wire.WireError as exc:
-            log.warning("dropped a connection to the call channel: %s", exc)
+        except (wire.WireError, signing.SignatureError) as exc:
+            peer = self._transport.get_extra_info("peername") if self._transport else None
+            log.warning("dropped a connection to the call channel%s: %s",
+                        f" from {peer}" if self._signed and peer else "", exc)
             assert self._transport is not None
             self._transport.close()
             return
@@ -148,7 +191,12 @@ class _Connection(asyncio.BufferedProtocol):
         if not thread:
             assert self._transport is not None
             self._channel._io[self._worker] = self._transport
+            if self._signed:
+                self._channel._links[self._worker] = self._reader.link
+            else:
+                self._channel._links.pop(self._worker, None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._worker is not None and self._channel._io.get(self._worker) is self._transport:
             del self._channel._io[self._worker]
+            self._channel._links.pop(self._worker, None)

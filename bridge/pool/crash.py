@@ -80,11 +80,12 @@ class Death:
     """How a worker process ended."""
 
     # segfault | abort | bus_error | fpe | illegal_instruction | oom | killed | terminated |
-    # signal | exit
+    # signal | exit | node_lost | actor_lost (a Ray-placed kernel's node or host actor is gone)
     reason: str
     returncode: int | None
     signal: str | None
     rss: int             # last RSS seen, bytes (0 when never sampled)
+    detail: str = ""     # what Ray reported, for node_lost and actor_lost
 
     def describe(self) -> str:
         words = {
@@ -98,6 +99,8 @@ class Death:
             "terminated": "was terminated (SIGTERM)",
             "signal": f"was killed by {self.signal}",
             "exit": f"exited with code {self.returncode}",
+            "node_lost": f"was lost with its Ray node ({self.detail})",
+            "actor_lost": f"was lost with its Ray host actor ({self.detail})",
         }
         if self.reason == "exit" and self.returncode is None:
             return "exited"
@@ -107,7 +110,14 @@ class Death:
     def from_outside(self) -> bool:
         """Killed by a signal another process sent: SIGKILL not attributed to the OOM killer,
         SIGTERM, or a signal a process does not raise against itself."""
-        return self.reason in ("killed", "terminated", "signal")
+        return self.reason in ("killed", "terminated", "signal", "node_lost", "actor_lost")
+
+
+def lost(detail: str, rss: int) -> Death:
+    """A Ray-placed kernel that went with its node or its host actor (``detail``: Ray's words);
+    never the tool's fault."""
+    reason = "node_lost" if "node" in detail.lower() else "actor_lost"
+    return Death(reason, -signal.SIGKILL, "SIGKILL", rss, detail)
 
 
 def classify(returncode: int | None, rss: int, oom_before: int | None,

@@ -17,6 +17,7 @@ from ..kernels.arrow import Transport
 from .crash import TaintTracker, start_failure_backs_off
 from .dispatch import Tenants, WaitQueue, pick
 from .kernel import release, worker_spec
+from .placement import Placement, is_remote
 from .worker import Worker
 from ..telemetry.bus import TelemetryBus
 
@@ -34,13 +35,17 @@ class WorkerGroup:
     def __init__(self, config: PoolConfig, channel: Channel, run_dir: Path, run_id: str,
                  new_id: Callable[[], int], on_worker_exit: Callable[[Worker], None],
                  start_slots: asyncio.Semaphore, shm_dir: str | None = None,
-                 telemetry: TelemetryBus | None = None, tenants: Tenants | None = None) -> None:
+                 telemetry: TelemetryBus | None = None, tenants: Tenants | None = None,
+                 placement: Placement | None = None) -> None:
         self.config = config
         self.telemetry = telemetry or TelemetryBus()
-        self.transport = Transport(shm_dir, int(config.shm_threshold), "host", config.pickle,
-                                   arena_cap=int(config.shm_arena))
+        # arguments of a pool whose workers may be on other nodes never go by shared memory:
+        # they are encoded before a worker is picked (large ones travel in signed parts)
+        remote = placement is not None and is_remote(config)
+        self.transport = Transport(None if remote else shm_dir, int(config.shm_threshold),
+                                   "host", config.pickle, arena_cap=int(config.shm_arena))
         self.name = config.name
-        self.spec = worker_spec(config, run_dir)
+        self.spec = worker_spec(config, run_dir, placement)
         self._channel = channel
         self._run_dir = run_dir
         self._run_id = run_id

@@ -46,7 +46,7 @@ class HealthMonitor:
     async def _check(self, worker: "Worker") -> None:
         try:
             cfg = worker.config
-            rss = worker.sample()
+            rss = await worker.measure()
             if worker.serving and not worker.spare:
                 if cfg.max_memory and rss > cfg.max_memory:
                     self._recycle(worker, "memory")

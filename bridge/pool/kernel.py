@@ -13,7 +13,7 @@ import hashlib
 import os
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
@@ -21,6 +21,9 @@ from jupyter_client.manager import AsyncKernelManager
 from ..config import PoolConfig
 from ..exceptions import StartError
 from .registry import controller_identity, default_path as registry_path
+
+if TYPE_CHECKING:
+    from .placement import Placement
 
 AGENT_MODULE = "kernelpit.kernels"
 THREAD_LIMIT_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -38,8 +41,11 @@ class _OneSpec(KernelSpecManager):
         return self._spec
 
 
-def worker_spec(config: PoolConfig, run_dir: Path) -> KernelSpec:
-    """The kernelspec a pool's workers are launched with."""
+def worker_spec(config: PoolConfig, run_dir: Path,
+                placement: "Placement | None" = None) -> KernelSpec:
+    """The kernelspec a pool's workers are launched with: with a provisioner (Ray placement),
+    its ``kernel_provisioner`` metadata and the TCP channel's settings in its env; with
+    ``spawn="fork"``, the fork provisioner's (a provisioner's pool never forks)."""
     env: dict[str, str] = {}
     if config.kernelspec:
         try:
@@ -64,6 +70,9 @@ def worker_spec(config: PoolConfig, run_dir: Path) -> KernelSpec:
     # ~/.ipython's history.sqlite contend for its lock.
     argv.append("--HistoryManager.hist_file=:memory:")
     metadata = fork_metadata(config, run_dir) if config.forks else {}
+    if placement is not None and config.provisioner:
+        metadata = {"kernel_provisioner": placement.kernel_provisioner(config)}
+        env.update(placement.env(config))
     return KernelSpec(argv=argv, env=env, display_name=f"Kernelpit worker ({config.name})",
                       language="python", interrupt_mode="signal", metadata=metadata)
 
@@ -153,11 +162,16 @@ def channel_url(info: dict[str, object], channel: str) -> str:
 
 
 async def launch(spec: KernelSpec, env: dict[str, str], cwd: str | None, log: IO[bytes],
-                 connection_file: str, socket_prefix: str) -> AsyncKernelManager:
-    """Start one kernel process; returns its manager (readiness is the caller's business)."""
+                 connection_file: str, socket_prefix: str,
+                 remote: bool = False) -> AsyncKernelManager:
+    """Start one kernel process; returns its manager (readiness is the caller's business).
+
+    ``remote``: the spec's provisioner places it off this machine, so its channels are TCP
+    (the provisioner sets the address; the kernel binds the ports on its node)."""
     km = AsyncKernelManager(kernel_name="kernelpit-worker", kernel_spec_manager=_OneSpec(spec),
                             connection_file=connection_file,
-                            **channel_addresses(socket_prefix))
+                            **({"transport": "tcp", "ip": "127.0.0.1"} if remote
+                               else channel_addresses(socket_prefix)))
     km.shutdown_wait_time = 1.0
     await km.start_kernel(env=env, cwd=cwd or os.getcwd(), stdout=log, stderr=log)
     return km

@@ -27,6 +27,7 @@ from .group import WorkerGroup
 from .kernel import reload_code
 from . import leftovers, reaper, registry as run_registry
 from .health import HealthMonitor
+from .placement import Placement
 from .sessions import SessionTable
 from ..kernels.arrow import SHM_BASE, Transport, reclaim, shared_dir
 from .crash import classify, counts_toward_taint, crash_message, should_retry
@@ -55,8 +56,8 @@ def shared_memory_dir(run_id: str) -> str | None:
 class PoolManager:
     """Owns every worker of every named pool, and every call from submit to last event."""
 
-    def __init__(self, configs: list[PoolConfig],
-                 scheduler: SchedulerConfig | None = None) -> None:
+    def __init__(self, configs: list[PoolConfig], scheduler: SchedulerConfig | None = None,
+                 ray_address: str | None = None) -> None:
         names = [c.name for c in configs]
         if len(set(names)) != len(names):
             raise ValueError(f"pool names must be unique, got {names}")
@@ -78,6 +79,9 @@ class PoolManager:
         #: lifecycle events (docs/observability.md): metrics, subscribe(), the job runner
         self.telemetry = TelemetryBus()
         self._quarantined: set[tuple[str, str]] = set()  # (pool, tool) awaiting tool.untainted
+        #: the Ray cluster to join when a pool is Ray-placed (one per process; "auto" if None)
+        self.ray_address = ray_address
+        self.placement: Placement | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -93,12 +97,16 @@ class PoolManager:
             self.shm_dir, allow_pickle=any(c.pickle for c in self.configs),
             arena_cap=max(int(c.shm_arena) for c in self.configs)))
         slots = asyncio.Semaphore(8)
-        for cfg in self.configs:
-            self.groups[cfg.name] = WorkerGroup(cfg, self._channel, self._run_dir, self.run_id,
-                                                lambda: next(self._ids), self._on_worker_exit,
-                                                slots, self.shm_dir, self.telemetry,
-                                                self.tenants)
         try:
+            # joins Ray (RayUnavailable names the address) and opens the signed TCP listener
+            self.placement = await Placement.prepare(self.configs, self.ray_address,
+                                                     self._channel, self.shm_dir)
+            for cfg in self.configs:
+                self.groups[cfg.name] = WorkerGroup(cfg, self._channel, self._run_dir,
+                                                    self.run_id, lambda: next(self._ids),
+                                                    self._on_worker_exit, slots, self.shm_dir,
+                                                    self.telemetry, self.tenants,
+                                                    self.placement)
             await asyncio.gather(*(g.start() for g in self.groups.values()))
         except BaseException:
             await self.close()

@@ -9,6 +9,10 @@ not mistaken for it. Each kernel is recorded in two phases::
 
     reserve(run, worker)                 before the launch: state 'reserved'
     activate(run, worker, pid)           after it: pid, pgid, create time, state 'active'
+    activate_remote(run, worker, node, host, actor, pid)
+                                         ... of a kernel placed on a Ray node: where it runs
+                                         (node id, address, host actor; its pid there), and
+                                         no local pid, so nothing here ever signals it
     gone(run, worker)                    stopped or exited: state 'gone'
     close_run(run)                       the pool closed: its rows are deleted
 
@@ -59,9 +63,15 @@ CREATE TABLE IF NOT EXISTS kernels (
     reserved         REAL NOT NULL,
     activated        REAL,
     ended            REAL,
+    node             TEXT,                   -- Ray node id of a Ray-placed kernel
+    host             TEXT,                   -- that node's address
+    actor            TEXT,                   -- its host actor's name
+    remote_pid       INTEGER,                -- its pid on that node
     PRIMARY KEY (run_id, worker_id)
 );
 """
+# columns added after the first release: a registry made by an older version gains them
+_ADDED = (("node", "TEXT"), ("host", "TEXT"), ("actor", "TEXT"), ("remote_pid", "INTEGER"))
 
 
 def default_path() -> Path:
@@ -132,6 +142,10 @@ class KernelRow:
     activated: float | None
     ended: float | None
     run_closed: float | None = None
+    node: str | None = None
+    host: str | None = None
+    actor: str | None = None
+    remote_pid: int | None = None
 
     @property
     def controller_alive(self) -> bool:
@@ -169,6 +183,10 @@ class RunRegistry:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            have = {row[1] for row in db.execute("PRAGMA table_info(kernels)")}
+            for column, kind in _ADDED:
+                if column not in have:
+                    db.execute(f"ALTER TABLE kernels ADD COLUMN {column} {kind}")
 
     # -- plumbing ----------------------------------------------------------------------
     class _Tx:
@@ -202,6 +220,14 @@ class RunRegistry:
         with self._lock:
             self._db.close()
 
+    def damage(self) -> str | None:
+        """What SQLite finds wrong with the file (``PRAGMA integrity_check``: a few ms for a
+        registry), or None when it is sound.  A damaged registry reads wrong rows (pages of
+        one table read as another's) and fails writes with "database disk image is
+        malformed"; ``kernelpit doctor`` reports it with the fix."""
+        found = [r[0] for r in self._query("PRAGMA integrity_check(4)") if r[0] != "ok"]
+        return "; ".join(found) or None
+
     # -- writes ------------------------------------------------------------------------
     def open_run(self, run_id: str) -> None:
         pid, start = controller_identity()
@@ -231,6 +257,14 @@ class RunRegistry:
             db.execute("UPDATE kernels SET state = 'active', pid = ?, pgid = ?, create_time = ?, "
                        "activated = ? WHERE run_id = ? AND worker_id = ?",
                        (pid, pgid, created, time.time(), run_id, worker_id))
+
+    def activate_remote(self, run_id: str, worker_id: int, node: str | None, host: str | None,
+                        actor: str | None, remote_pid: int | None) -> None:
+        """Phase two for a kernel on another node: where it runs, and no local pid."""
+        with self._tx() as db:
+            db.execute("UPDATE kernels SET state = 'active', node = ?, host = ?, actor = ?, "
+                       "remote_pid = ?, activated = ? WHERE run_id = ? AND worker_id = ?",
+                       (node, host, actor, remote_pid, time.time(), run_id, worker_id))
 
     def gone(self, run_id: str, worker_id: int) -> None:
         with self._tx() as db:
@@ -263,7 +297,8 @@ class RunRegistry:
 
     def kernels(self, run_id: str | None = None) -> list[KernelRow]:
         sql = ("SELECT k.run_id, k.worker_id, k.state, k.controller_pid, k.controller_start, k.pid, "
-               "k.pgid, k.create_time, k.reserved, k.activated, k.ended, r.closed FROM kernels k "
+               "k.pgid, k.create_time, k.reserved, k.activated, k.ended, r.closed, k.node, k.host, "
+               "k.actor, k.remote_pid FROM kernels k "
                "LEFT JOIN runs r ON r.run_id = k.run_id")
         if run_id is not None:
             return _typed(KernelRow, self._query(sql + " WHERE k.run_id = ? ORDER BY "
@@ -331,6 +366,14 @@ def activate(run_id: str, worker_id: int, pid: int | None) -> None:
     reg = _open.get(run_id)
     if reg is not None and pid:
         _guard("record a kernel", reg.activate, run_id, worker_id, pid)
+
+
+def activate_remote(run_id: str, worker_id: int, node: str | None, host: str | None,
+                    actor: str | None, remote_pid: int | None) -> None:
+    reg = _open.get(run_id)
+    if reg is not None:
+        _guard("record a kernel", reg.activate_remote, run_id, worker_id, node, host, actor,
+               remote_pid)
 
 
 def gone(run_id: str, worker_id: int) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import psutil
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from jupyter_core.paths import jupyter_runtime_dir
 
 from ..config import PoolConfig
@@ -22,9 +23,10 @@ from ..info import WorkerInfo
 from . import deathwatch
 from .call import Call
 from .channel import Channel
-from .crash import Death, classify, oom_kills
+from .crash import Death, classify, lost, oom_kills
 from ..kernels.arrow import Transport
 from .kernel import channel_url, launch, worker_env
+from .placement import is_remote
 from . import registry as run_registry
 from .state import DEAD, STARTING, STOPPING, WorkerBase
 from ..telemetry.bus import TelemetryBus
@@ -75,7 +77,11 @@ class Worker(WorkerBase):
         self._run_id = run_id
         self._on_exit = on_exit
         self.km: AsyncKernelManager | None = None
-        self.pid: int | None = None
+        self.pid: int | None = None  # on its node when ``node`` is set: never signal it here
+        #: placed off this machine by its provisioner: death, usage and signals go through it
+        self.remote = False
+        self.node: str | None = None  # Ray node id (hex) of a Ray-placed kernel
+        self.host: str | None = None  # that node's address
         self.connection_file: str | None = None
         self.tools: list[dict[str, Any]] = []
         self.returncode: int | None = None
@@ -105,17 +111,28 @@ class Worker(WorkerBase):
         if self.transport is not None:
             env.update(self.transport.env())
         run_registry.reserve(self._run_id, self.id)  # orphan registry, phase 1: before the launch
+        remote = is_remote(cfg)  # its provisioner may place it off this machine
         with open(self.log_path, "ab") as log:
             try:
                 self.km = await launch(self._spec, env, cfg.cwd, log, self._connection_file(),
-                                       str(self._run_dir / f"kernel-{self.id}"))
+                                       str(self._run_dir / f"kernel-{self.id}"), remote)
             except Exception as exc:
                 raise StartError(f"worker {self.id} of pool '{cfg.name}' could not be launched: "
                                  f"{type(exc).__name__}: {exc}") from exc
-        self.pid = self.km.provisioner.pid  # type: ignore[union-attr]
-        run_registry.activate(self._run_id, self.id, self.pid)  # phase 2: pid, pgid, create time
+        provisioner = self.km.provisioner
+        self.pid = provisioner.pid  # type: ignore[union-attr]
         self.connection_file = self.km.connection_file
-        self._unwatch = deathwatch.watch(self.pid, self._exited)
+        self.remote = not isinstance(provisioner, LocalProvisioner)
+        if self.remote:
+            where = getattr(provisioner, "node", None) or {}
+            self.node, self.host = where.get("node_id"), where.get("host")
+            # the registry records where it runs; no local pid, so no reaper ever signals it
+            run_registry.activate_remote(self._run_id, self.id, self.node, self.host,
+                                         getattr(provisioner, "actor_name", None), self.pid)
+            self._unwatch = deathwatch.watch_provisioner(provisioner, self._remote_exited)
+        else:
+            run_registry.activate(self._run_id, self.id, self.pid)  # phase 2: pid, pgid, start
+            self._unwatch = deathwatch.watch(self.pid, self._exited)
         try:
             hello = await asyncio.wait_for(asyncio.shield(self._hello), cfg.start_timeout)
         except asyncio.TimeoutError:
@@ -127,7 +144,7 @@ class Worker(WorkerBase):
                              f"{hello['error']['message']}")
         self.tools = hello.get("tools", [])
         await self.ping(timeout=cfg.start_timeout)
-        self.sample()  # a first RSS figure, so even an early crash can say how big it was
+        await self.measure()  # a first RSS figure, so even an early crash can say how big it was
         self.ready()
 
     def _connection_file(self) -> str:
@@ -155,14 +172,20 @@ class Worker(WorkerBase):
             if fut is not None and not fut.done():
                 fut.set_result(None)
 
-    def _exited(self) -> None:
+    def _remote_exited(self, code: int | None, lost_reason: str | None) -> None:
+        """A remote kernel ended (``code``), or went with its node or host actor."""
+        self.returncode = code
+        self._exited(lost(lost_reason, self.rss) if lost_reason else None)
+
+    def _exited(self, death: Death | None = None) -> None:
         proc = getattr(self.km.provisioner, "process", None) if self.km else None
         if proc is not None:
             with contextlib.suppress(Exception):
                 self.returncode = proc.poll()
         was = self.died()
         run_registry.gone(self._run_id, self.id)  # orphan registry: the kernel exited
-        self.death = classify(self.returncode, self.rss, self._oom_before)
+        self.death = death or classify(self.returncode, self.rss,
+                                       None if self.remote else self._oom_before)
         if self._hb is not None:
             self._hb.close(linger=0)
             self._hb = None
@@ -240,10 +263,25 @@ class Worker(WorkerBase):
             return "(no log)"
         return "\n".join(text[-lines:]) or "(empty log)"
 
+    async def measure(self) -> int:
+        """Refresh RSS and CPU now: sampled here for a local kernel, by its node (the
+        provisioner's ``usage()``, one round trip) for a remote one."""
+        if not self.remote:
+            return self.sample()
+        usage = getattr(self.km.provisioner, "usage", None) if self.km else None
+        if usage is not None and self._state is not DEAD:
+            with contextlib.suppress(Exception):
+                found = await usage()
+                if found.get("alive"):
+                    self.rss, self.cpu = int(found["rss"]), float(found["cpu_percent"])
+                    self.sampled_at = time.monotonic()
+        return self.rss
+
     def sample(self, max_age: float = 0.0) -> int:
-        """Refresh RSS (kernel plus children) and CPU %, unless sampled within ``max_age`` s."""
+        """Refresh RSS (kernel plus children) and CPU %, unless sampled within ``max_age`` s
+        (a remote kernel's last figures from :meth:`measure`: its pid is not on this machine)."""
         now = time.monotonic()
-        if not self.pid or self._state is DEAD or now - self.sampled_at < max_age:
+        if self.remote or not self.pid or self._state is DEAD or now - self.sampled_at < max_age:
             return self.rss
         try:
             if self._proc is None or self._proc.pid != self.pid:
@@ -299,5 +337,6 @@ class Worker(WorkerBase):
             current_call=current.describe() if current else None,
             current_call_seconds=(now - current.started) if current and current.started else 0.0,
             sessions=self.sessions, recycles=self.recycles, recycle_reason=self.recycle_reason,
-            last_heartbeat=self.last_heartbeat, recycle_in=recycle_in or {}, spare=self.spare)
+            last_heartbeat=self.last_heartbeat, recycle_in=recycle_in or {}, spare=self.spare,
+            node=self.node, host=self.host)
 

@@ -82,12 +82,15 @@ def _probe(ray: Any, address: str) -> None:
         raise ConnectionError(f"nothing answers at {target} ({exc})") from None
 
 
-def actor_options(resources: dict[str, float], node_id: str | None = None) -> dict[str, Any]:
+def actor_options(resources: dict[str, float], node_id: str | None = None,
+                  strategy: str = "DEFAULT") -> dict[str, Any]:
     """``Actor.options(...)`` for a kernel asking for ``resources`` (and, optionally, a node).
 
     ``CPU`` (default 1), ``GPU`` and ``memory`` (bytes) map to Ray's own arguments; any
     other key is a custom resource (a node label such as ``{"my_label": 1}``).  With
-    ``node_id`` the kernel goes on that node or nowhere.
+    ``node_id`` the kernel goes on that node or nowhere; else ``strategy`` is Ray's
+    scheduling strategy (``"SPREAD"``: over the nodes that have the resources, as a pool
+    asks for, so that one lost node takes as few of its workers as it can).
     """
     rest = {k: float(v) for k, v in resources.items()}
     options: dict[str, Any] = {"num_cpus": rest.pop("CPU", 1.0), "num_gpus": rest.pop("GPU", 0.0)}
@@ -98,6 +101,8 @@ def actor_options(resources: dict[str, float], node_id: str | None = None) -> di
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+    elif strategy != "DEFAULT":
+        options["scheduling_strategy"] = strategy
     return options
 
 
@@ -133,3 +138,26 @@ def _brief(resources: dict[str, float]) -> dict[str, float]:
 def free_resources(ray: Any) -> dict[str, float]:
     """What the cluster has free now (for the message of a launch that timed out)."""
     return _brief(ray.available_resources())
+
+
+def node_lost(ray: Any, node_id: str | None) -> str | None:
+    """Why node ``node_id`` is gone, or None while it looks alive.
+
+    An actor whose node was removed fails its calls as soon as its process is gone, seconds
+    before Ray's health checks declare the node dead; its raylet not answering on its port
+    tells the two cases apart at once (an actor killed alone leaves its raylet running).
+    """
+    if not node_id:
+        return None
+    for node in ray.nodes():
+        if node["NodeID"] != node_id:
+            continue
+        if not node.get("Alive"):
+            return "Ray declared the node dead"
+        address = (node.get("NodeManagerAddress"), node.get("NodeManagerPort"))
+        try:
+            socket.create_connection(address, 1.0).close()
+        except (OSError, TypeError, ValueError):
+            return f"its raylet at {address[0]}:{address[1]} does not answer"
+        return None
+    return "the node is no longer in the cluster"

@@ -131,7 +131,10 @@ class KernelHost:
                     # kernelpit worker's lifeline watch it, not a pid on another machine
                     "JPY_PARENT_PID": str(os.getpid()),
                     "KERNELPIT_CONTROLLER_PID": str(os.getpid()),
-                    "KERNELPIT_CONTROLLER_START": repr(psutil.Process().create_time())}
+                    "KERNELPIT_CONTROLLER_START": repr(psutil.Process().create_time()),
+                    # which node the kernel is on: a kernelpit worker compares it with the
+                    # controller's node to choose its channel (kernels/placement.py)
+                    "KERNELPIT_NODE_ID": self._node["node_id"]}
         if not (cwd and os.path.isdir(cwd)):
             cwd = os.path.expanduser("~")
         try:
@@ -182,6 +185,12 @@ class KernelHost:
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
+
+    def wait_exit(self) -> int | None:
+        """Block until the kernel exits; its exit code.  The controller keeps one of these
+        calls pending per kernel (the actor runs calls on several threads), so it learns of
+        an exit the moment it happens, and of a lost actor or node from the call's error."""
+        return None if self._proc is None else self._proc.wait()
 
     def usage(self) -> dict[str, Any]:
         """RSS (bytes, the kernel and its children) and CPU use of the kernel, sampled here.

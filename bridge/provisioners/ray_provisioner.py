@@ -56,6 +56,9 @@ class RayProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                                "'host:port' of the head.")
     namespace = Unicode(cluster.DEFAULT_NAMESPACE, config=True,
                         help="Ray namespace of the kernels' actors.")
+    strategy = Unicode("DEFAULT", config=True,
+                       help="Ray scheduling strategy when no node_id is given: 'DEFAULT', or "
+                            "'SPREAD' over the nodes that have the resources (what pools use).")
     launch_timeout = Float(60.0, config=True,
                            help="Seconds to wait for a node with free resources and for the "
                                 "kernel to bind its ports.")
@@ -118,7 +121,8 @@ class RayProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         name = f"kernelpit-kernel-{self.kernel_id}-{secrets.token_hex(3)}"
         handle = host_actor_class().options(
             name=name, namespace=self.namespace, lifetime=None, max_restarts=0,
-            max_task_retries=0, **cluster.actor_options(dict(self.resources), self.node_id),
+            max_task_retries=0, max_concurrency=4,  # wait_exit stays pending beside the rest
+            **cluster.actor_options(dict(self.resources), self.node_id, self.strategy),
         ).remote()
         self.actor_name, self._handle, self._exit_code, self._waited = name, handle, None, False
         self.lost_reason = None
@@ -163,6 +167,16 @@ class RayProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if code is not None:
             self._exit_code = code
         return self._exit_code
+
+    async def exited(self) -> int:
+        """Return when the kernel has ended: its exit code, or ``-SIGKILL`` with
+        :attr:`lost_reason` set when its actor or its node is lost.  One actor call that
+        stays pending (no polling); cancel it to stop watching."""
+        if self._exit_code is None and self.actor_name is not None:
+            code = await self._ask("wait_exit")
+            if code is not None and self._exit_code is None:
+                self._exit_code = code
+        return self._exit_code if self._exit_code is not None else -signal.SIGKILL
 
     async def wait(self) -> int | None:
         """Wait until the kernel has ended (callers bound it with a timeout, as for local ones)."""
@@ -258,7 +272,13 @@ class RayProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             ref = getattr(self._actor(ray), method).remote(*args)
             return await asyncio.wrap_future(ref.future())
         except (ray.exceptions.RayActorError, ValueError) as exc:  # ValueError: no such actor
-            self.lost_reason = _reason(exc)
+            why = _reason(exc)
+            if "node" not in why.lower():
+                gone = await asyncio.to_thread(cluster.node_lost, ray, self.node.get("node_id"))
+                if gone:
+                    why = (f"node {self.node['node_id']} ({self.node.get('host')}) was lost: "
+                           f"{gone}; {why}")
+            self.lost_reason = why
             self._exit_code = -signal.SIGKILL
             self.log.warning("kernel %s: its Ray actor %s is gone: %s", self.kernel_id,
                              self.actor_name, self.lost_reason)

@@ -13,6 +13,7 @@
                              # for mutual TLS
     tls_key = "server.key"
     token_file = "tokens.json"
+    ray_address = "auto"     # the Ray cluster of Ray-placed pools (one per process)
     store = "jobs.sqlite"    # the job store: a SQLite path (relative to this file) or a
                              # postgresql:// URL; false: no jobs (default: the Jupyter data dir)
     job_ttl = 604800         # seconds finished jobs are kept (7 days)
@@ -34,6 +35,12 @@
     adapters = ["mytools.gpu"]
     workers = 1
     env = { CUDA_VISIBLE_DEVICES = "0" }
+
+    [pools.cluster]          # on the nodes of a Ray cluster (docs/scale-out.md)
+    adapters = ["mytools"]
+    workers = 8
+    placement = "ray"
+    resources = { CPU = 1, my_label = 1 }
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ else:  # pragma: no cover
 
 BRIDGE_KEYS = {"host", "port", "grace", "max_message_size", "auth", "blob_ttl", "idle_timeout",
                "tls_cert", "tls_key", "tls_client_ca", "tls_ca", "insecure_bind_anywhere",
-               "token_file", "store", "job_ttl", "blob_dir"}
+               "token_file", "store", "job_ttl", "blob_dir", "ray_address"}
 
 PATH_KEYS = {"tls_cert", "tls_key", "tls_client_ca", "tls_ca", "token_file", "blob_dir"}
 

@@ -63,6 +63,7 @@ class Bridge:
     the bridge with (written to the discovery file; default: the certificate chain itself).
     Without TLS only a loopback ``host`` is accepted, unless ``insecure_bind_anywhere``
     (see :mod:`.transport`); the check is made here, before anything starts.
+    ``ray_address``: the Ray cluster that Ray-placed pools join (docs/scale-out.md).
     ``metrics_address``: serve Prometheus ``/metrics`` there (HOST:PORT; see
     docs/observability.md), plaintext on loopback only; ``metrics_ssl_context`` (an
     ``ssl.SSLContext``, made from the bridge's TLS settings) serves it over HTTPS anywhere.
@@ -89,13 +90,14 @@ class Bridge:
                  metrics_address: str | None = None, metrics_ssl_context: Any = None,
                  scheduler: SchedulerConfig | None = None,
                  store: str | bool | None = None, job_ttl: float | None = 7 * 86400.0,
-                 blob_dir: str | None = None, job_lease: float = 10.0) -> None:
+                 blob_dir: str | None = None, job_lease: float = 10.0,
+                 ray_address: str | None = None) -> None:
         self.tls = transport.ServerTLS.load(tls_cert, tls_key, tls_client_ca, tls_ca)
         self.warnings = [w for w in (
             transport.check_bind(host, self.tls is not None, insecure_bind_anywhere),
             None if auth else "authentication is OFF (--no-auth): anyone who can reach the port "
             "can run tools as this user") if w]
-        self.manager = PoolManager(configs, scheduler)
+        self.manager = PoolManager(configs, scheduler, ray_address)
         self._closing = asyncio.Event()
         self.backend = LocalBackend(self.manager, self._closing)
         self.host = host

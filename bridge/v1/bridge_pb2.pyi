@@ -309,7 +309,7 @@ class CloseSessionRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Worker(_message.Message):
-    __slots__ = ("id", "pool", "state", "pid", "connection_file", "rss", "cpu", "calls", "uptime", "current_call", "current_call_seconds", "sessions", "recycles", "recycle_reason", "last_heartbeat", "recycle_in", "spare")
+    __slots__ = ("id", "pool", "state", "pid", "connection_file", "rss", "cpu", "calls", "uptime", "current_call", "current_call_seconds", "sessions", "recycles", "recycle_reason", "last_heartbeat", "recycle_in", "spare", "node", "host")
     class RecycleInEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +334,8 @@ class Worker(_message.Message):
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     RECYCLE_IN_FIELD_NUMBER: _ClassVar[int]
     SPARE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     id: int
     pool: str
     state: str
@@ -351,7 +353,9 @@ class Worker(_message.Message):
     last_heartbeat: float
     recycle_in: _containers.ScalarMap[str, float]
     spare: bool
-    def __init__(self, id: _Optional[int] = ..., pool: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., connection_file: _Optional[str] = ..., rss: _Optional[int] = ..., cpu: _Optional[float] = ..., calls: _Optional[int] = ..., uptime: _Optional[float] = ..., current_call: _Optional[str] = ..., current_call_seconds: _Optional[float] = ..., sessions: _Optional[int] = ..., recycles: _Optional[int] = ..., recycle_reason: _Optional[str] = ..., last_heartbeat: _Optional[float] = ..., recycle_in: _Optional[_Mapping[str, float]] = ..., spare: _Optional[bool] = ...) -> None: ...
+    node: str
+    host: str
+    def __init__(self, id: _Optional[int] = ..., pool: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., connection_file: _Optional[str] = ..., rss: _Optional[int] = ..., cpu: _Optional[float] = ..., calls: _Optional[int] = ..., uptime: _Optional[float] = ..., current_call: _Optional[str] = ..., current_call_seconds: _Optional[float] = ..., sessions: _Optional[int] = ..., recycles: _Optional[int] = ..., recycle_reason: _Optional[str] = ..., last_heartbeat: _Optional[float] = ..., recycle_in: _Optional[_Mapping[str, float]] = ..., spare: _Optional[bool] = ..., node: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ("pool",)
