@@ -310,13 +310,22 @@ def _typed(row_type: Any, rows: Any) -> list[Any]:
     """The rows whose values have their columns' types; a malformed row (written by hand, or
     by another program) is passed over, so it cannot stop the reaper from seeing the rest."""
     fields = dataclasses.fields(row_type)
-    out = []
+    out, malformed = [], []
     for row in rows:
         if all(_fits(value, f.type) for value, f in zip(row, fields)):
             out.append(row_type(*row))
         else:
-            log.warning("kernelpit: passing over a malformed row of the run registry: %r", row)
+            malformed.append(row)
+    new = [row for row in malformed if row not in _reported]
+    if new:  # once per row and process: every pool start reads the registry again
+        _reported.update(new)
+        log.warning("kernelpit: passing over %d malformed row(s) of the run registry (the "
+                    "first: %r); `kernelpit doctor` checks the file and says how to repair it",
+                    len(new), new[0])
     return out
+
+
+_reported: set[tuple[Any, ...]] = set()
 
 
 def _fits(value: Any, annotation: str) -> bool:
