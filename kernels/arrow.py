@@ -117,9 +117,11 @@ def encode(obj: Any, buffers: list[Any], transport: Transport) -> Any:
     if nbytes >= transport.threshold:
         # large and no shared memory (a worker on another node): the IPC stream's pieces as
         # pyarrow hands them out, pointing into the value's own buffers; sent without a copy
-        pieces = _Pieces()
-        write_ipc(pa, payload, pa.PythonFile(pieces, mode="w"), file_format=False)
-        buffers.append(pieces.frame)
+        from .wire import Gather
+
+        segments = Segments()
+        write_ipc(pa, payload, pa.PythonFile(segments, mode="w"), file_format=False)
+        buffers.append(Gather(segments.parts))
     else:
         sink = pa.BufferOutputStream()
         write_ipc(pa, payload, sink, file_format=False)
@@ -128,25 +130,32 @@ def encode(obj: Any, buffers: list[Any], transport: Transport) -> Any:
     return marker
 
 
-class _Pieces:
-    """A write-only file for pyarrow that keeps what is written, uncopied, as one frame."""
+class Segments:
+    """A write-only file that keeps what it is given, uncopied: Arrow's IPC writer hands
+    it the body buffers of a table as they are, so the segments point into the table."""
 
     closed = False
 
     def __init__(self) -> None:
-        from .wire import Gather
-
-        self.frame = Gather()
+        self.parts: list[Any] = []
+        self.size = 0
 
     def write(self, data: Any) -> int:
-        self.frame.append(data)
-        return memoryview(data).nbytes
+        n = data.size if hasattr(data, "size") and not isinstance(data, memoryview) \
+            else memoryview(data).nbytes
+        if n:
+            self.parts.append(data)
+            self.size += n
+        return n
+
+    def writable(self) -> bool:
+        return True
 
     def flush(self) -> None:
         pass
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 def to_arrow(obj: Any, pa: Any, np: Any) -> tuple[str, dict[str, Any], Any]:

@@ -45,34 +45,6 @@ class BadValue(ValueError):
     """A value that cannot be sent, or a received Value that cannot be read."""
 
 
-class _Segments:
-    """A write-only file that keeps what it is given (Arrow's IPC writer hands it the
-    body buffers of a table as they are: the segments point into the table, no copy)."""
-
-    closed = False
-
-    def __init__(self) -> None:
-        self.parts: list[Any] = []
-        self.size = 0
-
-    def write(self, data: Any) -> int:
-        n = data.size if hasattr(data, "size") and not isinstance(data, memoryview) \
-            else memoryview(data).nbytes
-        if n:
-            self.parts.append(data)
-            self.size += n
-        return n
-
-    def writable(self) -> bool:
-        return True
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-
 def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
              packed: bool = False) -> pb.Value:
     """Encode a Python value (JSON types, bytes, Arrow tables, DataFrames, arrays).
@@ -180,7 +152,7 @@ def _encode_arrow(o: Any, buffers: list[Any], refs: dict[int, pb.BlobRef], park:
             return marker
         parts, size = [data], data.size
     else:
-        segments = _Segments()
+        segments = arrow.Segments()
         arrow.write_ipc(pa, payload, pa.PythonFile(segments, mode="w"), file_format=False)
         parts, size = segments.parts, segments.size
     refs[len(buffers)] = pb.BlobRef(id=park(parts, size), size=size)
