@@ -106,7 +106,7 @@ def s10_fairness(ctx: Any) -> dict[str, Any]:
     from kernelpit.config import SchedulerConfig
 
     samples = ctx.repeats(10, 30)
-    reps = ctx.repeats(3, 5)
+    reps = ctx.repeats(5, 9)  # pairs: one pair swings +-10 % on a shared 2-core VM
     # S3's map runs ~1.5M items/s: 10k items took 7 ms, shorter than the machine's jitter
     total, n = ctx.size(1024, 4096), ctx.size(200_000, 400_000)
     rows: list[dict[str, Any]] = []
@@ -187,3 +187,36 @@ def s10_fairness(ctx: Any) -> dict[str, Any]:
                       "threads of no-op calls and S3's map, on each scheduler, interleaved."],
             "params": {"samples": samples, "repeats": reps, "calls": total, "items": n,
                        "workers": ctx.workers}}
+
+
+def pair_ratios(schedulers: tuple[str, str], pairs: int = 7, workers: int = 2) -> dict[str, list[float]]:
+    """S2's and S3's throughput ratios of two embedded pools, one pair of back-to-back
+    measurements at a time (order alternating).  With ``("fair", "fair")`` (an A/A test) it
+    shows how far the ratio moves when nothing differs but the pool."""
+    import kernelpit
+    from kernelpit.config import SchedulerConfig
+
+    pools = [kernelpit.Pool(**kp.pool_settings(workers), scheduler=SchedulerConfig(scheduler=s))
+             for s in schedulers]
+    out: dict[str, list[float]] = {"S2": [], "S3": []}
+    try:
+        for k in range(pairs):
+            rates = {}
+            for i in ((0, 1) if k % 2 == 0 else (1, 0)):
+                rates[i] = (_calls_per_second(pools[i], 1024),
+                            _items_per_second(pools[i], 200_000, workers))
+            out["S2"].append(rates[0][0] / rates[1][0])
+            out["S3"].append(rates[0][1] / rates[1][1])
+    finally:
+        for p in pools:
+            p.close()
+    return out
+
+
+if __name__ == "__main__":  # python -m benchmarks.fairness [fair fifo | fair fair]
+    import sys
+
+    pair = tuple(sys.argv[1:3]) if len(sys.argv) >= 3 else ("fair", "fifo")
+    for scenario, xs in pair_ratios(pair).items():  # type: ignore[arg-type]
+        print(f"{scenario} {pair[0]}/{pair[1]}: pairs {[round(x, 3) for x in xs]}, "
+              f"median {statistics.median(xs):.3f}")
