@@ -101,34 +101,12 @@ async def main():
 asyncio.run(main())
 """
 
-_STAMPED_ECHO = """
-import asyncio, json, signal, sys, time
-import grpc
-stamps = []
-async def main():
-    async def echo(request, context):
-        stamps.append(time.monotonic())
-        return request
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "echo.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await server.start()
-    print("serving 127.0.0.1:%d" % port, flush=True)
-    await stop.wait()
-    json.dump([(t, t) for t in stamps], open(sys.argv[1], "w"))
-    await server.stop(0)
-asyncio.run(main())
-"""
-
-
-def _legs(script: str, args: list[str], out: str, n: int, make_call) -> str:
-    proc = subprocess.Popen([sys.executable, "-c", script, *args], cwd=str(kp.ROOT),
+def _legs(argv: list[str], out: str, n: int, make_call) -> str:
+    proc = subprocess.Popen([sys.executable, *argv], cwd=str(kp.ROOT),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        address = proc.stdout.readline().split()[1]  # type: ignore[union-attr]
+        served = proc.stdout.readline().split()[1]  # type: ignore[union-attr]
+        address = served if ":" in served else f"127.0.0.1:{served}"  # host:port, or a port
         call, close = make_call(address)
         for _ in range(300):
             call()
@@ -165,9 +143,9 @@ def split(n: int = 3000) -> None:
             channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
             echo = channel.unary_unary("/echo.Echo/Echo")
             return (lambda: echo(b"x" * 32)), channel.close
-        print("bridge Call:", _legs(_STAMPED_BRIDGE, [kp.ADAPTER, str(kp.ROOT), out], out, n,
-                                    bridge_call))
-        print("bare echo:  ", _legs(_STAMPED_ECHO, [out], out, n, echo_call))
+        print("bridge Call:", _legs(["-c", _STAMPED_BRIDGE, kp.ADAPTER, str(kp.ROOT), out], out,
+                                    n, bridge_call))
+        print("bare echo:  ", _legs(["-m", "benchmarks.references", out], out, n, echo_call))
         print(f"load {os.getloadavg()[0]:.1f}")
     finally:
         os.unlink(out)

@@ -110,13 +110,20 @@ class EchoServer:
             self.proc = None
 
 
-async def _serve() -> None:
+async def _serve(stamps_path: str | None = None) -> None:
+    """The echo server; with ``stamps_path``, each call's arrival time is written there at
+    the end (as (arrival, arrival) pairs: benchmarks/profile_remote.py splits a call's legs)."""
     import asyncio
+    import json
     import signal
 
     import grpc
 
+    stamps: list[float] = []
+
     async def echo(request: bytes, context: Any) -> bytes:
+        if stamps_path is not None:
+            stamps.append(time.monotonic())
         return request
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
@@ -127,9 +134,12 @@ async def _serve() -> None:
     await server.start()
     print(f"serving {port}", flush=True)
     await stop.wait()
+    if stamps_path is not None:
+        with open(stamps_path, "w") as f:
+            json.dump([(t, t) for t in stamps], f)
     await server.stop(0)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m benchmarks.references [STAMPS.json]
     import asyncio
-    asyncio.run(_serve())
+    asyncio.run(_serve(sys.argv[1] if len(sys.argv) > 1 else None))
