@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spawn", choices=("fork", "exec"),
                    help="how workers start, for every pool that does not set it: fork them "
                    "from a per-pool zygote (fast, shared memory; Linux) or exec a fresh "
-                   "Python each (default: $KERNELPIT_SPAWN, else exec)")
+                   "Python each (default: $KERNELPIT_SPAWN, else fork where supported)")
     p.add_argument("--placement", choices=("local", "ray"),
                    help="where the workers run: this machine (default) or the nodes of a Ray "
                         "cluster (docs/scale-out.md)")

@@ -188,6 +188,15 @@ def test_an_adapter_that_starts_threads_at_import_is_refused_by_fork_and_runs_wi
         assert psutil.Process(pool.workers()[0].pid).ppid() == os.getpid()
 
 
+def test_fork_is_the_default_where_supported_and_the_environment_overrides_it(monkeypatch):
+    from kernelpit.config import fork_supported
+
+    monkeypatch.delenv("KERNELPIT_SPAWN", raising=False)
+    assert PoolConfig().spawn == ("fork" if fork_supported() else "exec")
+    monkeypatch.setenv("KERNELPIT_SPAWN", "exec")
+    assert PoolConfig().spawn == "exec" and not PoolConfig().forks
+
+
 def test_pools_with_their_own_python_always_exec():
     assert not PoolConfig(python=sys.executable, spawn="fork").forks
     assert not PoolConfig(spawn="exec").forks
