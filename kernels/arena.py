@@ -70,8 +70,7 @@ def free_bytes(shm_dir: str) -> int:
 
 #: madvise(MADV_POPULATE_WRITE), Linux 5.14: page tables made writable in one call
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
-_maps: dict[int, mmap.mmap] = {}  # inode -> this writer's mapping of a slab it wrote
-_warming: set[threading.Thread] = set()
+_maps: dict[int, tuple[str, mmap.mmap]] = {}  # inode -> (run dir, this writer's mapping of it)
 
 
 def write(pa: Any, shm_dir: str, arena: str, prefix: str, size: int,
@@ -94,8 +93,8 @@ def write(pa: Any, shm_dir: str, arena: str, prefix: str, size: int,
             os.rename(os.path.join(shm_dir, slab), path)
         except FileNotFoundError:  # removed meanwhile (a reclaim): try the next one
             continue
-        mapping = _maps.get(inode)
-        if mapping is None:
+        mapping = _maps.get(inode, (None, None))[1]
+        if mapping is None or len(mapping) < size:
             break  # not mapped here (yet): written like a new file, below
         buffer = pa.py_buffer(mapping)
         sink = pa.FixedSizeBufferWriter(buffer)
@@ -109,14 +108,12 @@ def write(pa: Any, shm_dir: str, arena: str, prefix: str, size: int,
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     with open(fd, "r+b", buffering=0) as f:
         fill(pa.PythonFile(f, mode="w"))
-        warm = threading.Thread(target=_map, args=(os.dup(fd),), daemon=True,
-                                name="kernelpit-arena-map")
-    _warming.add(warm)
-    warm.start()
+        threading.Thread(target=_map, args=(shm_dir, os.dup(fd)), daemon=True,
+                         name="kernelpit-arena-map").start()
     return name
 
 
-def _map(fd: int) -> None:
+def _map(shm_dir: str, fd: int) -> None:
     """Map a slab just written and fill its page tables (on a thread: this takes as long as
     faulting every page in, which the next value written into it no longer pays)."""
     try:
@@ -127,12 +124,11 @@ def _map(fd: int) -> None:
                 mapping.madvise(MADV_POPULATE_WRITE)
             except OSError:  # an older kernel: the first value written faults them in
                 pass
-            _maps[st.st_ino] = mapping
+            _maps[st.st_ino] = (shm_dir, mapping)
     except (OSError, ValueError):
         pass
     finally:
         os.close(fd)
-        _warming.discard(threading.current_thread())
 
 
 def _scan(shm_dir: str, arena: str, size: int) -> tuple[list[tuple[int, str, int]], set[int]]:
@@ -159,18 +155,23 @@ def _scan(shm_dir: str, arena: str, size: int) -> tuple[list[tuple[int, str, int
 def _unmap_gone(present: set[int]) -> None:
     """Drop the mappings of slabs that no longer exist (deleted past the cap, lent, or
     reclaimed): this mapping is all that still keeps their pages."""
-    for inode in [i for i in _maps if i not in present]:
-        mapping = _maps.pop(inode, None)
+    _unmap([i for i in _maps if i not in present])
+
+
+def forget(shm_dir: str) -> None:
+    """Drop this process's mappings of a run's slabs: its pool closed (its directory goes),
+    and the mappings would otherwise keep those pages until this process writes again."""
+    _unmap([i for i, (d, _m) in list(_maps.items()) if d == shm_dir])
+
+
+def _unmap(inodes: list[int]) -> None:
+    for inode in inodes:
+        _dir, mapping = _maps.pop(inode, (None, None))
         if mapping is not None:
             try:
                 mapping.close()
             except BufferError:  # still exported: it goes with its last buffer
                 pass
-
-
-def mapped_bytes() -> int:
-    """Bytes of slabs this process keeps mapped for writing."""
-    return sum(len(m) for m in list(_maps.values()))
 
 
 # -- the receiver -------------------------------------------------------------------------------

@@ -117,6 +117,17 @@ def test_the_pages_of_dropped_values_are_reused_both_ways():
         assert inodes(p, f"w{worker}-") == results and inodes(p, "host-") == arguments
 
 
+def test_a_closed_pool_leaves_no_slab_mapped_in_its_owner():
+    with kernelpit.Pool(adapters=["kp_arrow"], workers=1, path=[ADAPTERS],
+                        shm_threshold=2000) as p:
+        table = pa.table({"x": np.ones(50_000)})
+        for _ in range(3):  # the owner writes its argument slabs, then keeps them mapped
+            assert p.call("describe", table)["rows"] == 50_000
+        run = f"kernelpit-{p.run_id}"
+    with open("/proc/self/maps") as f:
+        assert [line for line in f if run in line] == []
+
+
 def test_a_table_received_from_a_tool_is_passed_back_by_reference():
     with kernelpit.Pool(adapters=["kp_arrow"], workers=1, path=[ADAPTERS],
                         shm_threshold=2000) as p:

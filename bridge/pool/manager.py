@@ -29,6 +29,7 @@ from . import leftovers, reaper, registry as run_registry
 from .health import HealthMonitor
 from .placement import Placement
 from .sessions import SessionTable
+from ..kernels import arena
 from ..kernels.arrow import SHM_BASE, Transport, reclaim, shared_dir
 from .crash import classify, counts_toward_taint, crash_message, should_retry
 from .state import RECYCLING
@@ -136,6 +137,7 @@ class PoolManager:
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         if self.shm_dir is not None:
+            arena.forget(self.shm_dir)  # our mappings of its slabs would keep their pages
             leftovers.remove_shared_dir(self.shm_dir)
         self.telemetry.close()  # (a closed pool's gauges leave the metrics by themselves)
 
