@@ -132,8 +132,15 @@ def test_a_recycle_replaces_the_worker_and_reuses_the_zygote(pool):
                and len(pool.workers()) == 2)
     idle_pids(pool, 2)
     assert [z.pid for z in zygotes(pool.run_id)] == zygote_before  # not rebuilt per recycle
-    wait_until(lambda: not psutil.pid_exists(old.pid)
-               or psutil.Process(old.pid).status() == psutil.STATUS_ZOMBIE)
+    wait_until(lambda: ended(old.pid))
+
+
+def ended(pid):
+    """The process is gone or a zombie (checked in one step: it may vanish in between)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 ORPHAN_SCRIPT = '''
