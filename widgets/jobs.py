@@ -24,7 +24,7 @@ from typing import Any
 from kernelpit.terminal import JOB_COLUMNS, job_row, progress_text, table
 
 from . import fmt
-from .stream import StreamPanel, _final, in_notebook
+from .stream import StreamPanel, TextFallback, _final, in_notebook
 
 JOB_COLOURS = {"queued": "#8d6e00", "running": "#1565c0", "succeeded": "#2e7d32",
                "failed": "#c62828", "cancelled": "#e65100", "lost": "#6a1b9a"}
@@ -135,7 +135,7 @@ def display_job(job: Any, wait_replayed: float = 30.0) -> JobPanel | None:
     return panel
 
 
-class JobsPanel:
+class JobsPanel(TextFallback):
     """Every job of the bridge (newest first): state, tool, progress bar, age, worker, and
     cancel / open buttons; refreshed every ``interval`` seconds until :meth:`close`."""
 
@@ -223,14 +223,6 @@ class JobsPanel:
             body = table([job_row(j, now) for j in self.jobs], JOB_COLUMNS) if self.jobs \
                 else "no jobs"
             return f"Kernelpit jobs\n{body}" + (f"\n{self.error}" if self.error else "")
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        data = self.box._repr_mimebundle_(**kwargs) or {}
-        data["text/plain"] = self.text()
-        return data
-
-    def __repr__(self) -> str:
-        return self.text()
 
 
 class _JobRow:

@@ -124,7 +124,25 @@ class CallView:
         return f"{self.tool}(){where}: {self.state}"
 
 
-class StreamPanel:
+class TextFallback:
+    """A panel (``self.box``, ``self.text()``) that shows as its widget where widgets
+    render, and as its text everywhere else (a terminal, nbconvert, a log)."""
+
+    box: Any
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        data = self.box._repr_mimebundle_(**kwargs) or {}
+        data["text/plain"] = self.text()
+        return data
+
+    def __repr__(self) -> str:
+        return self.text()
+
+
+class StreamPanel(TextFallback):
     """The streaming-output panel of one call (a VBox of standard widgets)."""
 
     def __init__(self, tool: str, on_cancel: Any = None, *, max_rate: float = 10.0) -> None:
@@ -251,14 +269,6 @@ class StreamPanel:
         elif v.error is not None:
             lines.append(f"{type(v.error).__name__}: {v.error}")
         return "\n".join(lines)
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        data = self.box._repr_mimebundle_(**kwargs) or {}
-        data["text/plain"] = self.text()
-        return data
-
-    def __repr__(self) -> str:
-        return self.text()
 
 
 class TextProgress(EventPrinter):
