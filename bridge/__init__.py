@@ -56,7 +56,8 @@ __version__ = "0.1.0"
 
 
 def connect(address: str | None = None, token: str | None = None, *, timeout: float = 5.0,
-            tls_ca: Any = None, tls_cert: Any = None, tls_key: Any = None) -> "_remote.Client":
+            tls_ca: Any = None, tls_cert: Any = None, tls_key: Any = None,
+            transport: str = "auto") -> "_remote.Client":
     """A client of a running bridge (``kernelpit serve``): the API of :class:`Pool`, plus
     ``address`` and ``server_info()``.
 
@@ -68,10 +69,15 @@ def connect(address: str | None = None, token: str | None = None, *, timeout: fl
     ``tls_cert`` and ``tls_key`` are this client's (paths to PEM files, or the PEM); the
     discovery file supplies the CA when connecting without arguments.  See
     docs/security.md.
+
+    ``transport``: ``"auto"`` (the default) uses the bridge's Unix socket when the bridge
+    runs on this machine as this user (calls at close to embedded speed, large Arrow values
+    through shared memory), else gRPC; ``"grpc"`` forces gRPC; ``"local"`` fails when the
+    bridge is elsewhere.  See docs/architecture.md (the local transport).
     """
     from .remote import connect as _connect
     return _connect(address, token, timeout=timeout, tls_ca=tls_ca, tls_cert=tls_cert,
-                    tls_key=tls_key)
+                    tls_key=tls_key, transport=transport)
 
 
 def load_ipython_extension(ip: Any) -> None:

@@ -21,16 +21,18 @@ if TYPE_CHECKING:
 
 
 def connect(address: str | None = None, token: str | None = None, *, timeout: float = 5.0,
-            tls_ca: Any = None, tls_cert: Any = None, tls_key: Any = None) -> "Connecting":
+            tls_ca: Any = None, tls_cert: Any = None, tls_key: Any = None,
+            transport: str = "auto") -> "Connecting":
     """A client of a running bridge: the API of :class:`Pool`, plus ``watch()``.
 
     ``async with kernelpit.aio.connect() as pool:`` or ``pool = await kernelpit.aio.connect()``.
     With no arguments it finds the bridge through its discovery file; raises
     ``BridgeNotFound`` when none answers.  ``tls_ca``, ``tls_cert``, ``tls_key``: as
-    :func:`kernelpit.connect`.
+    :func:`kernelpit.connect`, and so is ``transport``.
     """
     from .remote import Connecting
-    return Connecting(address, token, timeout, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+    return Connecting(address, token, timeout, transport, tls_ca=tls_ca, tls_cert=tls_cert,
+                      tls_key=tls_key)
 
 
 __all__ = ["Pool", "Session", "Caller", "connect"]

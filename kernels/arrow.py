@@ -200,8 +200,11 @@ def write_ipc(pa: Any, payload: Any, sink: Any, *, file_format: bool) -> None:
         writer.write_table(payload)
 
 
-def decode(marker: dict[str, Any], buffers: list[Any], transport: Transport) -> Any:
-    """Inverse of :func:`encode` (mapping and unlinking a shared-memory file)."""
+def decode(marker: dict[str, Any], buffers: list[Any], transport: Transport,
+           validate: bool = False) -> Any:
+    """Inverse of :func:`encode` (mapping and unlinking a shared-memory file).  ``validate``:
+    check a table in full before anything reads it (it came from a peer not trusted to
+    send well-formed Arrow data)."""
     import pyarrow as pa
 
     kind = marker.get("t")
@@ -220,6 +223,8 @@ def decode(marker: dict[str, Any], buffers: list[Any], transport: Transport) -> 
         if kind == "tensor":
             return tensor_reader(source).to_numpy()
         table = table_reader(source)
+        if validate:
+            table.validate(full=True)
     except pa.ArrowInvalid as exc:
         raise DecodeError(f"a received arrow value is corrupt: {exc}") from None
     if kind == "table":

@@ -1,5 +1,6 @@
-"""One API, two backends: every test here runs against an embedded ``kernelpit.Pool`` and
-against a client of a real bridge (``kernelpit.connect``), and expects the same answers."""
+"""One API, three ways in: every test here runs against an embedded ``kernelpit.Pool``, a
+client of a real bridge over gRPC, and one over the bridge's local transport (its Unix
+socket, ``kernelpit.connect(transport="local")``), and expects the same answers."""
 
 import inspect
 import math
@@ -20,12 +21,12 @@ from kernelpit.watch import Snapshot
 
 SETTINGS = dict(adapters=["kp_tools"], workers=2, path=[ADAPTERS])
 #: what only a bridge client has, and what only an embedded pool has (docs/architecture.md)
-ONLY_CLIENT = {"address", "server_info", "check", "info",
+ONLY_CLIENT = {"address", "transport", "server_info", "check", "info",
                "add_token", "list_tokens", "revoke_token", "rotate_token"}
 ONLY_POOL = {"start"}
 
 
-@pytest.fixture(scope="module", params=["embedded", "remote"])
+@pytest.fixture(scope="module", params=["embedded", "remote", "local"])
 def pool(request, tmp_path_factory):
     store = str(tmp_path_factory.mktemp("jobs") / "jobs.sqlite")
     if request.param == "embedded":
@@ -37,7 +38,9 @@ def pool(request, tmp_path_factory):
                     store=store)
     portal.call(bridge.start)
     try:
-        with kernelpit.connect(bridge.address, bridge.token) as client:
+        address = bridge.address if request.param == "remote" else bridge.local_address
+        with kernelpit.connect(address, bridge.token, transport="auto") as client:
+            assert client.transport == ("grpc" if request.param == "remote" else "local")
             yield client
     finally:
         portal.call(bridge.stop, 0)

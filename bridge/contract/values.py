@@ -17,6 +17,12 @@ Arrow value's IPC stream as a list of segments pointing into its own buffers,
 and the Value carries a ``BlobRef`` in ``blobs[N]`` instead (see
 values.proto).  A large byte string as a whole then travels as a bytes
 marker in ``json`` rather than in ``raw``.
+
+Over the local transport (a client on the bridge's machine, same user) a large Arrow
+value goes by shared memory instead, as between the pool and its workers: ``shm`` is
+that connection's :class:`~kernelpit.kernels.arrow.Transport`, and the marker names a
+file in the pool's shared-memory directory (``{"$kp": "arrow", ..., "shm": NAME}``).
+A gRPC peer never sends or receives such a marker (it is refused there).
 """
 
 from __future__ import annotations
@@ -46,13 +52,14 @@ class BadValue(ValueError):
 
 
 def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
-             packed: bool = False) -> pb.Value:
+             packed: bool = False, shm: arrow.Transport | None = None) -> pb.Value:
     """Encode a Python value (JSON types, bytes, Arrow tables, DataFrames, arrays).
 
     With ``park``, Arrow buffers beyond ``limit`` bytes in total go to ``park`` and the
     Value references them in ``blobs``; without it everything is inline.  ``packed``:
     lists of at least 64 plain ints (int64) or floats travel as one buffer each
-    (``{"$kp": "list", ...}``), for peers that read that marker.
+    (``{"$kp": "list", ...}``), for peers that read that marker.  ``shm``: Arrow data of
+    at least ``shm.threshold`` bytes goes by shared memory (the local transport).
     """
     if obj is None:
         return _EMPTY
@@ -79,7 +86,7 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
         if isinstance(o, (bytes, bytearray, memoryview)):
             return markers.buffer_ref("bytes", add(o, memoryview(o).nbytes))
         if arrow.handles(o):
-            return _encode_arrow(o, buffers, refs, park, room)
+            return _encode_arrow(o, buffers, refs, park, room, shm)
         if type(o) is PackedList:
             data = o if sys.byteorder == "little" else _swapped(o)
             return markers.buffer_ref("list", add(memoryview(data).cast("B"), len(o) * o.itemsize),
@@ -131,7 +138,7 @@ def _decode_list(marker: dict[str, Any], buffers: Any, what: str) -> list[Any]:
 
 
 def _encode_arrow(o: Any, buffers: list[Any], refs: dict[int, pb.BlobRef], park: Park | None,
-                  room: list[int]) -> Any:
+                  room: list[int], shm: arrow.Transport | None) -> Any:
     import numpy as np
 
     if isinstance(o, np.generic):
@@ -141,6 +148,8 @@ def _encode_arrow(o: Any, buffers: list[Any], refs: dict[int, pb.BlobRef], park:
     kind, meta, payload = arrow.to_arrow(o, pa, np)
     estimate = payload.size * payload.type.bit_width // 8 if isinstance(payload, pa.Tensor) \
         else payload.nbytes
+    if shm is not None and estimate >= shm.threshold:
+        return arrow.encode(o, buffers, shm)  # a file in shared memory (or the buffers)
     marker: dict[str, Any] = {MARKER: "arrow", "t": kind, **meta, "i": len(buffers)}
     if park is None or estimate < room[0]:
         sink = pa.BufferOutputStream()
@@ -166,11 +175,12 @@ def blob_refs(value: pb.Value) -> list[pb.BlobRef]:
 
 
 def from_value(value: pb.Value, what: str = "value", blobs: Fetch | None = None,
-               untrusted: bool = False) -> Any:
+               untrusted: bool = False, shm: arrow.Transport | None = None) -> Any:
     """Decode a Value; a malformed one raises BadValue naming ``what`` it was.
 
     ``blobs`` gives the data of the blobs it references.  ``untrusted``: the value
-    came from a client, so Arrow data is validated in full before it is used.
+    came from a client, so Arrow data is validated in full before it is used.  ``shm``:
+    the local transport's, to map Arrow data sent by shared memory (refused without it).
     """
     kind = value.WhichOneof("kind")
     if kind is None:
@@ -187,7 +197,7 @@ def from_value(value: pb.Value, what: str = "value", blobs: Fetch | None = None,
     if value.blobs:
         buffers = _resolve(value, what, blobs)
     try:
-        return _loads(value.json, buffers, what, untrusted)
+        return _loads(value.json, buffers, what, untrusted, shm)
     except markers.MarkerError as exc:
         raise BadValue(f"{what}: {exc}") from None
     except json.JSONDecodeError as exc:
@@ -197,7 +207,8 @@ def from_value(value: pb.Value, what: str = "value", blobs: Fetch | None = None,
                        "than about 1,000 levels deep); flatten it") from None
 
 
-def _loads(text: str, buffers: Any, what: str, untrusted: bool) -> Any:
+def _loads(text: str, buffers: Any, what: str, untrusted: bool,
+           shm: arrow.Transport | None) -> Any:
     if MARKER not in text:
         return markers.loads(text)
 
@@ -213,7 +224,7 @@ def _loads(text: str, buffers: Any, what: str, untrusted: bool) -> Any:
 
     return markers.loads(text, {
         "bytes": read_bytes,
-        "arrow": lambda marker: _decode_arrow(marker, buffers, what, untrusted),
+        "arrow": lambda marker: _decode_arrow(marker, buffers, what, untrusted, shm),
         "list": lambda marker: _decode_list(marker, buffers, what),
     })
 
@@ -241,12 +252,18 @@ def _resolve(value: pb.Value, what: str, blobs: Fetch | None) -> list[Any]:
     return buffers
 
 
-def _decode_arrow(marker: dict[str, Any], buffers: Any, what: str, untrusted: bool) -> Any:
+def _decode_arrow(marker: dict[str, Any], buffers: Any, what: str, untrusted: bool,
+                  shm: arrow.Transport | None) -> Any:
     import pyarrow as pa
 
     if "shm" in marker:
-        raise BadValue(f"{what} refers to a shared-memory file; over gRPC Arrow data travels in "
-                       "buffers or blobs")
+        if shm is None:
+            raise BadValue(f"{what} refers to a shared-memory file; over gRPC Arrow data "
+                           "travels in buffers or blobs")
+        try:
+            return arrow.decode(marker, buffers, shm, validate=untrusted)
+        except Exception as exc:  # noqa: BLE001 - gone, refused or malformed: say which value
+            raise BadValue(f"{what}: {exc}") from None
     i = marker.get("i")
     if not isinstance(i, int) or not 0 <= i < len(buffers):
         raise BadValue(f"{what} has an arrow marker {{\"$kp\": \"arrow\", ..., \"i\": N}} with "
@@ -266,18 +283,20 @@ class Codec:
     """How one end encodes and decodes Values: where large buffers go and come from."""
 
     def __init__(self, park: Park | None = None, limit: int = 4 << 20, fetch: Fetch | None = None,
-                 untrusted: bool = False, packed: bool = False) -> None:
+                 untrusted: bool = False, packed: bool = False,
+                 shm: arrow.Transport | None = None) -> None:
         self.park = park
         self.limit = limit
         self.fetch = fetch
         self.untrusted = untrusted
         self.packed = packed
+        self.shm = shm  # the local transport's shared memory (see the module's docstring)
 
     def encode(self, obj: Any) -> pb.Value:
-        return to_value(obj, self.park, self.limit, self.packed)
+        return to_value(obj, self.park, self.limit, self.packed, self.shm)
 
     def decode(self, value: pb.Value, what: str = "value") -> Any:
-        return from_value(value, what, self.fetch, self.untrusted)
+        return from_value(value, what, self.fetch, self.untrusted, self.shm)
 
 
 PLAIN = Codec()

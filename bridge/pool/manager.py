@@ -73,6 +73,8 @@ class PoolManager:
         self._channel: Channel | None = None
         self._run_dir: Path | None = None
         self.shm_dir: str | None = None
+        #: how large values travel between this process and the workers (its shm_dir, caps)
+        self.transport: Transport | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._health: HealthMonitor | None = None
         self.closed = False
@@ -84,6 +86,11 @@ class PoolManager:
         self.ray_address = ray_address
         self.placement: Placement | None = None
 
+    @property
+    def run_dir(self) -> Path | None:
+        """The run's private (0700) directory: the call channel's socket, the bridge's."""
+        return self._run_dir
+
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         # -- orphan-proof process management: record this run, end what dead runs left --
@@ -94,9 +101,9 @@ class PoolManager:
                                    files=len(reaped.removed_files))
         self._run_dir = leftovers.make_run_dir(self.run_id)
         self.shm_dir = shared_memory_dir(self.run_id)
-        self._channel = await Channel.open(self._run_dir, self._on_message, Transport(
-            self.shm_dir, allow_pickle=any(c.pickle for c in self.configs),
-            arena_cap=max(int(c.shm_arena) for c in self.configs)))
+        self.transport = Transport(self.shm_dir, allow_pickle=any(c.pickle for c in self.configs),
+                                   arena_cap=max(int(c.shm_arena) for c in self.configs))
+        self._channel = await Channel.open(self._run_dir, self._on_message, self.transport)
         slots = asyncio.Semaphore(8)
         try:
             # joins Ray (RayUnavailable names the address) and opens the signed TCP listener

@@ -1,6 +1,7 @@
 """The :class:`~kernelpit.backend.Backend` of a bridge: every call and RPC over one
 ``grpc.aio`` channel (a blocking channel beside it for a lone blocking call), large values
-as blobs."""
+as blobs; or over the local transport's stand-in for a channel
+(:mod:`.local_channel`), large Arrow values then by shared memory."""
 
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ class RemoteBackend(Backend):
         self._write_blob = self.channel.stream_unary(
             WRITE_BLOB, request_serializer=None, response_deserializer=values_pb.BlobRef.FromString)
         self.lease = Lease(self.stub, self.metadata, self.client_id)  # renewed check() to close()
+        self._shm_values: Codec | None = None
         self.remote_jobs = RemoteJobs(self.channel, lambda: self.metadata, address=address,
                                       incoming=self._incoming)
 
@@ -89,11 +91,21 @@ class RemoteBackend(Backend):
         return True
 
     # -- blobs: bytes and Arrow data too large for one message ------------------------------------
+    def _values(self) -> Codec:
+        """How values without blobs decode here: plainly, or over the local transport with
+        Arrow data mapped from shared memory (known once the channel is connected)."""
+        shm = getattr(self.channel, "shared_memory", None)
+        if shm is None:
+            return PLAIN
+        if self._shm_values is None or self._shm_values.shm is not shm:
+            self._shm_values = Codec(shm=shm)
+        return self._shm_values
+
     def _sized(self, size: int) -> Any:
         return (*self.metadata, (BLOB_SIZE_KEY, str(size)))
 
     def _uploads(self) -> "_Uploads":
-        return _Uploads(self.limit)
+        return _Uploads(self.limit, self._values().shm)
 
     async def _upload(self, uploads: "_Uploads", *values: Any) -> None:
         for key, segments, size in uploads.items:
@@ -110,7 +122,7 @@ class RemoteBackend(Backend):
         """A codec that decodes ``values``, with the blobs they reference read in."""
         refs = [r for v in values for r in blob_refs(v)]
         if not refs:
-            return PLAIN
+            return self._values()
         got = {}
         for ref in refs:
             buf, fill = _receiver(ref.size)
@@ -122,7 +134,7 @@ class RemoteBackend(Backend):
                 err = errors.from_rpc_error(exc, self.address)
                 raise err from None
             got[ref.id] = _complete(buf, fill, ref)
-        return Codec(fetch=lambda blob_id, size: got[blob_id])
+        return Codec(fetch=lambda blob_id, size: got[blob_id], shm=self._values().shm)
 
     def _sync_stubs(self) -> None:
         if self._sync_channel is None:
@@ -145,7 +157,7 @@ class RemoteBackend(Backend):
     def _incoming_blocking(self, *values: Any) -> Codec:
         refs = [r for v in values for r in blob_refs(v)]
         if not refs:
-            return PLAIN
+            return self._values()
         got = {}
         for ref in refs:
             buf, fill = _receiver(ref.size)
@@ -170,6 +182,9 @@ class RemoteBackend(Backend):
 
     def _call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
                        options: CallOptions, loop: asyncio.AbstractEventLoop | None) -> Any:
+        if self.target.local is not None:
+            assert loop is not None, "the local transport has no blocking channel"
+            return self._call_local_blocking(tool, args, kwargs, options, loop)
         self._sync_stubs()
         try:
             uploads = self._uploads()
@@ -191,6 +206,21 @@ class RemoteBackend(Backend):
         else:
             return codec.decode(result, "result")
         raise err
+
+    def _call_local_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
+                             options: CallOptions, loop: asyncio.AbstractEventLoop) -> Any:
+        """The local transport's blocking call: the calling thread encodes (large Arrow data
+        straight into shared memory) and decodes; only the exchange runs on the loop, on the
+        multiplexed stream.  Blobs (large bytes) go over the loop too."""
+        uploads = self._uploads()
+        request = convert.call_request(tool, args, kwargs, options, uploads.codec)
+        if uploads.items:
+            asyncio.run_coroutine_threadsafe(
+                self._upload(uploads, request.args, request.kwargs), loop).result()
+        result = reply_result(self._mux.call_from_thread(request, loop))
+        codec = self._values() if not result.blobs else \
+            asyncio.run_coroutine_threadsafe(self._incoming(result), loop).result()
+        return codec.decode(result, "result")
 
     async def _rpc(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         for attempt in (0, 1):
@@ -221,7 +251,7 @@ class RemoteBackend(Backend):
         reply = await self._mux.call(request)
         if reply.WhichOneof("outcome") != "error" and reply.result.blobs:
             return reply_value(reply, await self._incoming(reply.result))
-        return reply_value(reply)
+        return reply_value(reply, self._values())
 
     async def stream(self, tool: str, args: Any, kwargs: dict[str, Any],
                      options: CallOptions) -> AsyncIterator[Event]:
@@ -255,7 +285,7 @@ class RemoteBackend(Backend):
             async for batch in rpc:
                 for m in batch.events:
                     kind = m.WhichOneof("kind")
-                    codec = PLAIN
+                    codec = self._values()
                     if kind in ("partial", "result") and getattr(m, kind).blobs:
                         codec = await self._incoming(getattr(m, kind))
                     events.put_nowait(convert.event_from_proto(m, codec))
@@ -428,10 +458,10 @@ class RemoteBackend(Backend):
 class _Uploads:
     """Arrow data of one request that goes as blobs: parked while encoding, uploaded, patched in."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, shm: Any = None) -> None:
         self.items: list[tuple[str, list[Any], int]] = []
         self.ids: dict[str, str] = {}
-        self.codec = Codec(park=self.park, limit=limit, packed=True)
+        self.codec = Codec(park=self.park, limit=limit, packed=True, shm=shm)
 
     def park(self, segments: list[Any], size: int) -> str:
         key = f"upload-{len(self.items)}"

@@ -46,6 +46,11 @@ class AsyncClient(AsyncHandle):
         return self._backend.address
 
     @property
+    def transport(self) -> str:
+        """How this client reaches the bridge: ``"local"`` (its Unix socket) or ``"grpc"``."""
+        return self._backend.target.transport
+
+    @property
     def run_id(self) -> str:
         """The bridge's pool run id (as ``Pool.run_id``)."""
         return self.info.run_id if self.info is not None else ""
@@ -96,9 +101,10 @@ class AsyncClient(AsyncHandle):
 
 async def connect_async(address: str | None = None, token: str | None = None, *,
                         timeout: float = 5.0, tls_ca: Pem = None, tls_cert: Pem = None,
-                        tls_key: Pem = None) -> AsyncClient:
+                        tls_key: Pem = None, transport: str = "auto") -> AsyncClient:
     """Connect to a bridge (default: the one in the discovery file) and check it answers."""
-    target = resolve(address, token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+    target = resolve(address, token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                     transport=transport)
     client = AsyncClient(RemoteBackend(target))
     try:
         await client.check(timeout)
@@ -112,9 +118,9 @@ class Connecting:
     """What ``kernelpit.aio.connect()`` returns: await it, or use it with ``async with``."""
 
     def __init__(self, address: str | None, token: str | None, timeout: float,
-                 **tls: Pem) -> None:
+                 transport: str = "auto", **tls: Pem) -> None:
         self._args = (address, token)
-        self._kwargs = dict(timeout=timeout, **tls)
+        self._kwargs = dict(timeout=timeout, transport=transport, **tls)
         self._client: AsyncClient | None = None
 
     def __await__(self) -> Any:
@@ -146,7 +152,7 @@ class ClientPortal(Portal):
             caller: AsyncCaller = fn.__self__
             backend = caller._backend
             if isinstance(backend, RemoteBackend):
-                if not backend.solo.acquire(blocking=False):
+                if backend.target.local is not None or not backend.solo.acquire(blocking=False):
                     self._check_thread()  # the loop's own thread would wait for itself
                     return backend.call_blocking(args[0], args[1:], kwargs, caller._options,
                                                  self.loop)
@@ -182,15 +188,19 @@ class Client(Handle):
 
     def __init__(self, address: str | None = None, token: str | None = None, *,
                  timeout: float = 5.0, tls_ca: Pem = None, tls_cert: Pem = None,
-                 tls_key: Pem = None) -> None:
+                 tls_key: Pem = None, transport: str = "auto") -> None:
         portal = client_portal()
         target = portal.call(connect_async, address, token, timeout=timeout, tls_ca=tls_ca,
-                             tls_cert=tls_cert, tls_key=tls_key)
+                             tls_cert=tls_cert, tls_key=tls_key, transport=transport)
         super().__init__(portal, target)
 
     @property
     def address(self) -> str:
         return self._async.address
+
+    @property
+    def transport(self) -> str:
+        return self._async.transport
 
     @property
     def run_id(self) -> str:
@@ -207,9 +217,12 @@ class Client(Handle):
 
 
 def connect(address: str | None = None, token: str | None = None, *, timeout: float = 5.0,
-            tls_ca: Pem = None, tls_cert: Pem = None, tls_key: Pem = None) -> Client:
+            tls_ca: Pem = None, tls_cert: Pem = None, tls_key: Pem = None,
+            transport: str = "auto") -> Client:
     """A blocking client of a running bridge; see :class:`Client`.  ``tls_ca`` (the CA that
     signed the bridge's certificate), ``tls_cert`` and ``tls_key`` (this client's, for
-    mutual TLS): see :mod:`kernelpit.remote.target`."""
+    mutual TLS): see :mod:`kernelpit.remote.target`.  ``transport``: ``"auto"`` (the
+    bridge's Unix socket when it runs on this machine as this user, else gRPC),
+    ``"grpc"``, or ``"local"`` (fails when the bridge is elsewhere)."""
     return Client(address, token, timeout=timeout, tls_ca=tls_ca, tls_cert=tls_cert,
-                  tls_key=tls_key)
+                  tls_key=tls_key, transport=transport)

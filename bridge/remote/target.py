@@ -7,6 +7,11 @@ is given, or the given one is the discovery file's).  A token read from the disc
 file is read again once when the bridge refuses it (:meth:`Target.reload_token`), so a
 client follows ``kernelpit token rotate owner`` without being told.
 
+``transport`` picks the way in: ``"grpc"``, or ``"local"`` (the bridge's Unix socket,
+:mod:`kernelpit.remote.local_channel`: only for a bridge on this machine run by this
+user, which its discovery file names), or ``"auto"`` (the default): local when it can be,
+else gRPC.  An address ``unix:PATH`` names that socket directly (``Bridge.local_address``).
+
 TLS values (``tls_ca``, ``tls_cert``, ``tls_key``) are a path to a PEM file, or the PEM
 itself (``bytes``, or a ``str`` starting with ``-----BEGIN``); ``tls_ca=True`` trusts the
 system's root certificates.
@@ -57,14 +62,25 @@ class Target:
     token_source: Path | None = None
     #: the bridge says it wants client certificates (from the discovery file)
     wants_client_cert: bool = field(default=False)
+    #: the bridge's Unix socket when the local transport is used (None: gRPC)
+    local: str | None = None
 
-    def channel(self) -> grpc.aio.Channel:
+    @property
+    def transport(self) -> str:
+        return "grpc" if self.local is None else "local"
+
+    def channel(self) -> Any:
+        """A ``grpc.aio.Channel``, or the local transport's stand-in for one."""
+        if self.local is not None:
+            from .local_channel import LocalChannel
+            return LocalChannel(self.local)
         if self.tls is None:
             return grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         return grpc.aio.secure_channel(self.address, self.tls.credentials(),
                                        options=CHANNEL_OPTIONS)
 
     def blocking_channel(self) -> grpc.Channel:
+        assert self.local is None, "the local transport has no blocking channel"
         if self.tls is None:
             return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         return grpc.secure_channel(self.address, self.tls.credentials(), options=CHANNEL_OPTIONS)
@@ -74,7 +90,8 @@ class Target:
         if self.token_source is None:
             return False
         info = discovery.read(self.token_source)
-        if info is None or info.get("address") != self.address:
+        if info is None or (info.get("address") != self.address
+                            and (self.local is None or info.get("local") != self.local)):
             return False
         token = info.get("token")
         if not token or token == self.token:
@@ -113,13 +130,23 @@ class Target:
         return None
 
 
+TRANSPORTS = ("auto", "grpc", "local")
+LOCAL_SCHEME = "unix:"
+
+
 def resolve(address: str | None = None, token: str | None = None, *, tls_ca: Pem = None,
-            tls_cert: Pem = None, tls_key: Pem = None) -> Target:
-    """The address, token and TLS settings to use; see the module's docstring."""
+            tls_cert: Pem = None, tls_key: Pem = None, transport: str = "auto") -> Target:
+    """The address, token, TLS settings and transport to use; see the module's docstring."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(map(repr, TRANSPORTS))}, "
+                         f"not {transport!r}")
+    if address is not None and address.startswith(LOCAL_SCHEME):
+        return _resolve_socket(address, token, transport)
     env = os.environ
     tls_ca = tls_ca if tls_ca is not None else env.get("KERNELPIT_TLS_CA") or None
     tls_cert = tls_cert if tls_cert is not None else env.get("KERNELPIT_TLS_CERT") or None
     tls_key = tls_key if tls_key is not None else env.get("KERNELPIT_TLS_KEY") or None
+    explicit_tls = any(v is not None and v is not False for v in (tls_ca, tls_cert, tls_key))
     path = discovery.default_path()
     info: dict[str, Any] | None
     if address is None:
@@ -147,12 +174,65 @@ def resolve(address: str | None = None, token: str | None = None, *, tls_ca: Pem
         ca = (None if tls_ca is True else _pem(tls_ca, "tls_ca") if tls_ca is not None
               else found.get("ca", "").encode() or None)
         tls = ClientTLS(ca, _pem(tls_cert, "tls_cert"), _pem(tls_key, "tls_key"))
-    target = Target(address, token, tls, source, bool(found.get("client_certificates")))
+    if transport == "local" and explicit_tls:
+        raise ValueError("TLS settings (tls_ca, tls_cert, tls_key or $KERNELPIT_TLS_*) apply to "
+                         "gRPC; the local transport is a private Unix socket and takes none: drop "
+                         "them, or connect with transport='grpc'")
+    # a caller who asks for TLS checks the bridge's certificate: that is gRPC's to do
+    target = Target(address, token, tls, source, bool(found.get("client_certificates")),
+                    None if explicit_tls else _local_socket(info, address, transport))
     if target.wants_client_cert and tls is not None and tls.cert is None:
         raise BridgeError(f"the bridge at {address} requires a client certificate (mutual TLS): "
                           "pass tls_cert= and tls_key= (--tls-cert/--tls-key, or "
                           "$KERNELPIT_TLS_CERT/$KERNELPIT_TLS_KEY), signed by the CA it trusts")
     return target
+
+
+def _resolve_socket(address: str, token: str | None, transport: str) -> Target:
+    """A ``unix:PATH`` address: the local transport, with the token given, from
+    ``$KERNELPIT_TOKEN``, or from the discovery file of the bridge that owns the socket."""
+    path = address[len(LOCAL_SCHEME):]
+    if transport == "grpc":
+        raise ValueError(f"{address} is a bridge's local socket, which speaks the local "
+                         "transport only; connect with transport='auto' or 'local', or give "
+                         "the bridge's gRPC address (host:port)")
+    source = None
+    if token is None:
+        token = os.environ.get("KERNELPIT_TOKEN")
+    if token is None:
+        info = discovery.read(discovery.default_path())
+        if info is not None and info.get("local") == path:
+            token, source = info.get("token"), discovery.default_path()
+    _local_socket({"local": path}, address, "local")  # raises BridgeError when it cannot be used
+    return Target(address, token, None, source, False, path)
+
+
+def _local_socket(info: dict[str, Any] | None, address: str, transport: str) -> str | None:
+    """The bridge's Unix socket, when ``transport`` allows it and the bridge at ``address``
+    is on this machine and run by this user (its live discovery file names the socket)."""
+    if transport == "grpc":
+        return None
+    path = (info or {}).get("local")
+    why = None
+    if not path:
+        why = ("no bridge on this machine announces that address in its discovery file "
+               f"({discovery.default_path()})" if info is None else
+               "the bridge does not offer the local transport (an older version?)")
+    else:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            why = f"its socket {path} cannot be reached ({exc.strerror})"
+        else:
+            if st.st_uid != os.getuid():
+                why = f"its socket {path} belongs to another user"
+    if why is None:
+        return path
+    if transport == "local":
+        raise BridgeError(f"transport='local' cannot reach the bridge at {address}: {why}. The "
+                          "local transport is for a bridge on this machine run by this user; "
+                          "connect with transport='grpc' (or 'auto') otherwise")
+    return None
 
 
 def _pem(value: Pem, what: str) -> bytes | None:

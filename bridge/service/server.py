@@ -35,6 +35,7 @@ from ..contract.framing import chunk_size, unframe
 from ..contract.values import Codec
 from .blobs import DEFAULT_TTL, BlobStore
 from .idle import IdleMonitor
+from .local_transport import LocalServer, Registrations, socket_path
 from .servicer import BridgeServicer
 from .tokens import FILENAME as TOKEN_FILENAME
 from .tokens import TokenStore
@@ -64,6 +65,9 @@ class Bridge:
     Without TLS only a loopback ``host`` is accepted, unless ``insecure_bind_anywhere``
     (see :mod:`.transport`); the check is made here, before anything starts.
     ``ray_address``: the Ray cluster that Ray-placed pools join (docs/scale-out.md).
+    ``local``: also serve on a Unix socket in the run's private directory, for clients on
+    this machine run by this user (the local transport, :mod:`.local_transport`; its
+    address, ``unix:PATH``, is ``local_address`` and goes in the discovery file).
     ``metrics_address``: serve Prometheus ``/metrics`` there (HOST:PORT; see
     docs/observability.md), plaintext on loopback only; ``metrics_ssl_context`` (an
     ``ssl.SSLContext``, made from the bridge's TLS settings) serves it over HTTPS anywhere.
@@ -91,7 +95,7 @@ class Bridge:
                  scheduler: SchedulerConfig | None = None,
                  store: str | bool | None = None, job_ttl: float | None = 7 * 86400.0,
                  blob_dir: str | None = None, job_lease: float = 10.0,
-                 ray_address: str | None = None) -> None:
+                 ray_address: str | None = None, local: bool = True) -> None:
         self.tls = transport.ServerTLS.load(tls_cert, tls_key, tls_client_ca, tls_ca)
         self.warnings = [w for w in (
             transport.check_bind(host, self.tls is not None, insecure_bind_anywhere),
@@ -125,6 +129,8 @@ class Bridge:
         self.address = ""
         self.started = 0.0
         self._server: grpc.aio.Server | None = None
+        self._local: LocalServer | None = None
+        self._serve_local = local
         self._health = health.aio.HealthServicer()
         self._stop_requested = asyncio.Event()
         self._stop_grace: float | None = None
@@ -185,6 +191,7 @@ class Bridge:
         tls = None if self.tls is None else {"ca": self.tls.trust.decode(),
                                              "client_certificates": self.tls.client_ca is not None}
         discovery_module.write(self.address, self.token, self.discovery_path,
+                               local=self._local.path if self._local is not None else None,
                                version=__version__, run_id=self.manager.run_id,
                                pools=list(self.manager.groups),
                                idle_timeout=self.idle.timeout or 0, tls=tls)
@@ -209,19 +216,26 @@ class Bridge:
         self.blobs.start()
         servicer = BridgeServicer(self.backend, self._info, self.request_stop, self.blobs,
                                   self.max_message_size, leases=self.idle, tokens=self.tokens)
-        add_servicer(servicer, server)
+        if self._serve_local and self.manager.run_dir is not None:
+            # the same handlers behind the same interceptors, on a second transport
+            self._local = LocalServer(socket_path(str(self.manager.run_dir)), interceptors,
+                                      self.manager.transport, self.max_message_size)
+            registry: Any = Registrations(server, self._local)
+        else:
+            registry = server
+        add_servicer(servicer, registry)
         services = [SERVICE, health.SERVICE_NAME]
         if self.runner is not None:
             from ..jobs.service import SERVICE as JOBS_SERVICE
             from ..jobs.service import add_jobs_service
             # large values as blobs, as in the Bridge service (same store, same limits)
-            add_jobs_service(server, self.runner,
+            add_jobs_service(registry, self.runner,
                              requests=Codec(fetch=self.blobs.take, untrusted=True),
                              results=Codec(park=self.blobs.put,
                                            limit=chunk_size(self.max_message_size)))
             services.insert(1, JOBS_SERVICE)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable(tuple(services), server)  # as v1 and v1alpha
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, registry)
+        reflection.enable(tuple(services), registry)  # as v1 and v1alpha
         try:
             where = f"{self.host}:{self.port}"
             port = (server.add_insecure_port(where) if self.tls is None else
@@ -231,10 +245,17 @@ class Bridge:
                           "use: pick another with --port, or --port 0 for any free one") from None
         await server.start()
         self._server = server
+        if self._local is not None:
+            await self._local.start()
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.address = f"{host}:{port}"
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+
+    @property
+    def local_address(self) -> str | None:
+        """``unix:PATH``: the local transport's socket (None when it is off)."""
+        return None if self._local is None else "unix:" + self._local.path
 
     def _info(self) -> pb.ServerInfo:
         return pb.ServerInfo(version=__version__, run_id=self.manager.run_id, pid=os.getpid(),
@@ -254,6 +275,8 @@ class Bridge:
         """Cut a running drain short: cancel the calls still in flight now."""
         if self._stopped and self._server is not None:
             asyncio.ensure_future(self._server.stop(0))
+        if self._stopped and self._local is not None:
+            asyncio.ensure_future(self._local.stop(0))
 
     async def stop_requested(self) -> float:
         """Wait until a stop is requested; returns the grace period asked for."""
@@ -284,8 +307,9 @@ class Bridge:
             # next start on the store (re-run when idempotent, else lost)
             begun = time.monotonic()
             await self.backend.stop_jobs(grace)
-            if self._server is not None:
-                await self._server.stop(max(0.0, grace - (time.monotonic() - begun)))
+            rest = max(0.0, grace - (time.monotonic() - begun))
+            await asyncio.gather(*(s.stop(rest) for s in (self._server, self._local)
+                                   if s is not None))
         finally:
             if self.blobs is not None:
                 self.blobs.close()
@@ -305,7 +329,7 @@ class Bridge:
 
 
 
-def add_servicer(servicer: BridgeServicer, server: grpc.aio.Server) -> None:
+def add_servicer(servicer: BridgeServicer, server: Any) -> None:
     """Register the Bridge handlers, with blob chunks framed by hand.
 
     The generated registration serializes every BlobChunk with protobuf (two

@@ -86,12 +86,26 @@ class BridgeServicer(pb_grpc.BridgeServicer):
                 return ACCEPT_PACKED in value.split(",")
         return False
 
-    def _result_codec(self, context: grpc.aio.ServicerContext) -> Codec:
-        return self._packed_results if self._accepts_packed(context) else self._results
+    def _result_codec(self, context: grpc.aio.ServicerContext, park: Any = None) -> Codec:
+        """How results go back: large Arrow data by shared memory to a local-transport client
+        (``context.shared_memory``), else as blobs (``park``: the stream's own)."""
+        shm = getattr(context, "shared_memory", None)
+        if shm is None and park is None:
+            return self._packed_results if self._accepts_packed(context) else self._results
+        return Codec(park=park or self.blobs.put, limit=self._limit,
+                     packed=self._accepts_packed(context), shm=shm)
+
+    def _request_codec(self, context: grpc.aio.ServicerContext) -> Codec:
+        """How arguments are read: a local-transport client may send Arrow data by shared
+        memory (mapped here, validated like any client's data)."""
+        if getattr(context, "shared_memory", None) is None:
+            return self._requests
+        return Codec(fetch=self.blobs.take, untrusted=True, shm=self._manager.transport)
 
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallResponse:
         try:
-            args, kwargs, options = convert.call_from_request(request, self._requests)
+            args, kwargs, options = convert.call_from_request(request,
+                                                              self._request_codec(context))
             options = self._tenancy.options(options, context)
             if tracing.tracer() is None:
                 value = await self._manager.call(request.tool, args, kwargs, options)
@@ -114,12 +128,13 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         # kernelpit.remote.multiplex), so a refused stream is never raced by a write.
         await context.send_initial_metadata(())
         resolve = self._tenancy.resolver(context)  # one caller for the whole stream
-        async for batch in serve_calls(requests, lambda request: self._run(request, resolve),
+        codec = self._request_codec(context)
+        async for batch in serve_calls(requests, lambda request: self._run(request, resolve, codec),
                                        self._closing, self._result_codec(context)):
             yield batch
 
-    async def _run(self, request: pb.CallRequest, resolve: Resolver) -> Any:
-        args, kwargs, options = convert.call_from_request(request, self._requests)
+    async def _run(self, request: pb.CallRequest, resolve: Resolver, codec: Codec) -> Any:
+        args, kwargs, options = convert.call_from_request(request, codec)
         options = resolve(options)
         if tracing.tracer() is None:
             return await self._manager.call(request.tool, args, kwargs, options)
@@ -128,7 +143,8 @@ class BridgeServicer(pb_grpc.BridgeServicer):
 
     @handles_errors
     async def Map(self, request: pb.MapRequest, context: Any) -> pb.MapResponse:
-        columns, options, chunksize = convert.map_from_request(request, self._requests)
+        columns, options, chunksize = convert.map_from_request(request,
+                                                               self._request_codec(context))
         options = self._tenancy.options(options, context)
         with tracing.server_span(request.tool, request.options.trace_context,
                                  context.invocation_metadata()):
@@ -138,14 +154,15 @@ class BridgeServicer(pb_grpc.BridgeServicer):
     async def CallStream(self, request: pb.CallRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EventBatch]:
         try:
-            args, kwargs, options = convert.call_from_request(request, self._requests)
+            args, kwargs, options = convert.call_from_request(request,
+                                                              self._request_codec(context))
             options = self._tenancy.options(options, context)
         except Exception as exc:
             await abort(context, exc)
         # Blobs of this stream's partials and result; freed if the stream is cut short.
         owner = object()
-        codec = Codec(park=lambda segments, size: self.blobs.put(segments, size, owner),
-                      limit=self._limit, packed=self._accepts_packed(context))
+        codec = self._result_codec(
+            context, lambda segments, size: self.blobs.put(segments, size, owner))
         complete = False
         # Events that pile up while a batch is being written go out together in the next.
         # Leaving this generator early (client gone, RPC cancelled) cancels the pump, which
