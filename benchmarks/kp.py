@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import math
 import os
+import re
 import secrets
 import signal
 import socket
@@ -64,6 +65,7 @@ class RemoteBridge:
         self.extra = extra  # more `kernelpit serve` flags (e.g. --scheduler fifo)
         self.proc: subprocess.Popen | None = None
         self.address = ""
+        self.local_address: str | None = None
         self.token = secrets.token_urlsafe(16)
         self._log = tempfile.NamedTemporaryFile(prefix="kernelpit-bench-bridge-", suffix=".log",
                                                 delete=False)
@@ -90,17 +92,25 @@ class RemoteBridge:
                 raise TimeoutError(f"kernelpit serve not ready in {timeout} s: {self.log_tail()}")
             time.sleep(0.02)
         dt = time.perf_counter() - t0
+        found = re.search(r"clients on this machine: (unix:\S+)", self.log_tail(20000))
+        self.local_address = found.group(1) if found else None
         with kernelpit.connect(self.address, self.token) as c:  # the service answers
             c.call("noop")
         return dt
 
     def connect(self) -> Any:
+        """A gRPC client (the remote rows: what a client on another machine gets)."""
         import kernelpit
-        return kernelpit.connect(self.address, self.token)
+        return kernelpit.connect(self.address, self.token, transport="grpc")
+
+    def connect_local(self) -> Any:
+        """A client over the local transport (the bridge's Unix socket)."""
+        import kernelpit
+        return kernelpit.connect(self.local_address, self.token, transport="local")
 
     def connect_async(self) -> Any:
         import kernelpit.aio
-        return kernelpit.aio.connect(self.address, self.token)
+        return kernelpit.aio.connect(self.address, self.token, transport="grpc")
 
     @property
     def pid(self) -> int | None:

@@ -91,6 +91,17 @@ class Context:
         self._shared["remote-client"] = client
         return bridge, client, None
 
+    def local(self) -> tuple[Any, Any, str | None]:
+        """(bridge, blocking client over the local transport) of the shared bridge process."""
+        bridge, _client, why = self.remote()
+        if bridge is None:
+            return None, None, why
+        if "local-client" not in self._shared:
+            if bridge.local_address is None:
+                return None, None, "the bridge does not serve the local transport"
+            self._shared["local-client"] = bridge.connect_local()
+        return bridge, self._shared["local-client"], None
+
     # -- references ------------------------------------------------------------------
     def ipykernel_start(self) -> dict[str, Any]:
         """The ``ref-ipykernel-start`` row: one plain ipykernel started through
@@ -155,12 +166,13 @@ class Context:
         if self._kp is not None:
             self._kp.close()
             self._kp = None
-        client = self._shared.pop("remote-client", None)
-        if client is not None:
-            try:
-                client.close()
-            except Exception:
-                pass
+        for name in ("local-client", "remote-client"):
+            client = self._shared.pop(name, None)
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:
+                    pass
         self._shared.pop("ipykernel", None)  # a row, not a process
         for obj in self._shared.values():
             obj.stop()
@@ -193,7 +205,9 @@ def _ms(xs: list[float]) -> list[float]:
 
 def _remote_rows(ctx: Context, rows: list[dict[str, Any]], system: str, case: str, unit: str,
                  better: str, measure: Callable[[Any, Any], dict[str, Any]]) -> None:
-    bridge, client, why = ctx.remote()
+    """A row of the shared bridge: over gRPC, or for a ``kernelpit-local`` row over the
+    local transport (the bridge's Unix socket)."""
+    bridge, client, why = ctx.local() if system.startswith("kernelpit-local") else ctx.remote()
     if client is None:
         rows.append(skipped(system, why or "", case=case, unit=unit, better=better))
         return
@@ -240,6 +254,14 @@ def s1_latency(ctx: Context) -> dict[str, Any]:
         return row("kernelpit-remote", unit=unit, better=better, samples=_ms(ys),
                    api="kernelpit.connect(...).call over gRPC to a `kernelpit serve` process")
     _remote_rows(ctx, rows, "kernelpit-remote", "", unit, better, remote_measure)
+
+    def local_measure(bridge: Any, client: Any) -> dict[str, Any]:
+        ys: list[float] = []
+        for _ in range(reps):
+            ys += _timed_loop(lambda: client.call("noop"), n, warm)
+        return row("kernelpit-local", unit=unit, better=better, samples=_ms(ys),
+                   api="kernelpit.connect(...).call over the local transport (Unix socket)")
+    _remote_rows(ctx, rows, "kernelpit-local", "", unit, better, local_measure)
     why = ctx.remote()[2]
     echo, why_echo = ctx.echo()
     if echo is None:
@@ -279,9 +301,12 @@ def s1_latency(ctx: Context) -> dict[str, Any]:
 
     add_ratios(rows)
     emb, rem, ipp = find(rows, "kernelpit-embedded"), find(rows, "kernelpit-remote"), find(rows, "ipyparallel")
-    ref = find(rows, "ref-grpc-echo")
+    ref, loc = find(rows, "ref-grpc-echo"), find(rows, "kernelpit-local")
     targets = [
         target("S1.embedded_p50", "embedded p50 <= 0.6 ms", emb and emb["median"], 0.6, "<="),
+        target("S1.local_vs_embedded", "local-transport p50 <= 2x the embedded p50",
+               ratio(loc, emb), 2.0, "<=", why_unknown=why or "local not measured", ratio=True,
+               detail=_detail(loc, emb, "ms")),
         target("S1.remote_vs_echo", "remote p50 <= 1.5x a bare grpc.aio echo's p50",
                ratio(rem, ref), 1.5, "<=", why_unknown=why or why_echo or "remote not measured",
                ratio=True, detail=_detail(rem, ref, "ms")),
@@ -743,6 +768,12 @@ def s6_stream(ctx: Context) -> dict[str, Any]:
         rows.extend(more[:-1])
         return more[-1]
     _remote_rows(ctx, rows, "kernelpit-remote", "delivery latency", "ms", "lower", remote_flood)
+
+    def local_flood(bridge: Any, client: Any) -> dict[str, Any]:
+        more = _flood_rows("kernelpit-local", "connect(transport='local').stream", *floods(client))
+        rows.extend(more[:-1])
+        return more[-1]
+    _remote_rows(ctx, rows, "kernelpit-local", "delivery latency", "ms", "lower", local_flood)
     why = ctx.remote()[2]
     for name in ("ipyparallel", "dask"):
         rows.append(skipped(name, "no per-call progress event stream to compare", case="events/s",
@@ -754,11 +785,13 @@ def s6_stream(ctx: Context) -> dict[str, Any]:
         where = system.removeprefix("kernelpit-")
         return target(tid, f"{where} delivery {'p50' if of == 'median' else of} <= {times:g}x its no-op p50",
                       (lat[of] / noop["median"]) if lat and noop else None, times, "<=",
-                      why_unknown=(why if "remote" in system else None) or f"{system} not measured",
+                      why_unknown=(why if "embedded" not in system else None)
+                      or f"{system} not measured",
                       ratio=True, detail=_detail(lat, noop, "ms", of, "median"))
     targets = [lat_target("S6.embedded_p50", "kernelpit-embedded", "median", 3),
                lat_target("S6.remote_p50", "kernelpit-remote", "median", 3),
-               lat_target("S6.remote_p99", "kernelpit-remote", "p99", 30)]
+               lat_target("S6.remote_p99", "kernelpit-remote", "p99", 30),
+               lat_target("S6.local_p50", "kernelpit-local", "median", 3)]
     return {"title": f"a tool floods {FLOOD:,} progress events", "rows": rows, "targets": targets,
             "params": {"events": FLOOD, "repeats": reps, "noop_calls": n_noop,
                        "clock": "time.monotonic (shared by every process on the host)"}}
@@ -864,6 +897,15 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
                 return row("kernelpit-remote", case=case, unit=unit, better=better, samples=xs,
                            kind="per-repeat", api="connect().session().call over gRPC")
             _remote_rows(ctx, rows, "kernelpit-remote", case, unit, better, remote_measure)
+            if kind != "table":
+                def local_measure(bridge: Any, client: Any) -> dict[str, Any]:
+                    ctx.log(f"  payload {case}: kernelpit local")
+                    with client.session() as s:
+                        xs = measure(lambda: s.call(tool, nbytes=size), check, size, reps)
+                        s.call("drop_payloads")
+                    return row("kernelpit-local", case=case, unit=unit, better=better, samples=xs,
+                               kind="per-repeat", api="connect(transport='local').session().call")
+                _remote_rows(ctx, rows, "kernelpit-local", case, unit, better, local_measure)
             fn = getattr(pf, tool)
 
             def ipp_measure(peer: IppPeer) -> dict[str, Any]:
@@ -913,6 +955,15 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
                           "1 GB Arrow tool -> embedded caller >= 0.5x memcpy (pre-faulted)",
                           ratio(gb, mem), 0.5, ">=", ratio=True, detail=_detail(gb, mem, "GB/s"),
                           why_unknown="1 GB rows run in full mode only" if ctx.quick else ""))
+    for kind in ("arrow", "bytes"):
+        loc = find(rows, "kernelpit-local", f"{kind} 1,000 MB")
+        mem_ = find(rows, "ref-memcpy", f"{kind} 1,000 MB")
+        targets.append(target(f"S7.{kind}_1gb_local_vs_memcpy",
+                              f"1 GB {kind} tool -> local-transport client >= 0.5x memcpy",
+                              ratio(loc, mem_), 0.5, ">=", ratio=True,
+                              detail=_detail(loc, mem_, "GB/s"),
+                              why_unknown="1 GB rows run in full mode only" if ctx.quick
+                              else "local not measured"))
     arg = find(rows, "kernelpit-embedded", "arrow 1,000 MB, argument")
     targets.append(target("S7.arrow_1gb_argument_vs_memcpy",
                           "(for reference) 1 GB Arrow caller -> tool, x memcpy (pre-faulted)",

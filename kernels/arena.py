@@ -23,10 +23,13 @@ becomes a free slab, or is unlinked when the run's free slabs would pass the cap
 (``KERNELPIT_SHM_ARENA`` bytes, default 2 GiB).  A file that was removed meanwhile (its
 writer died) is simply gone: its pages go with the last mapping.
 
-Lending: a table received this way and passed on as an argument is not written again.
-Its file gets a second name (a hard link, ``<writer>-<id>.arrow``) that the next receiver
-maps and unlinks at once, as files outside the arena are; the holder then unlinks its own
-name instead of freeing it, so pages that another process maps are never rewritten.
+Lending: a table received this way and passed on (as an argument, or by the bridge to a
+client on its machine) is not written again.  Its file gets a second name (a hard link,
+``<writer>-<id>.arrow``) that the next receiver holds as any other.  Every process that
+maps the file holds a name of it, so the link count says who is last: a holder that drops
+its value unlinks its own name while other names remain, and the last one frees the file
+to its arena.  So pages that another process maps are never rewritten, and a value passed
+along a chain of processes still goes back to its writer's arena at the end.
 """
 
 from __future__ import annotations
@@ -180,17 +183,17 @@ class Holder:
     """The mapping of one received file, kept alive by every buffer read from it; frees
     (or unlinks) the file when the last of them goes."""
 
-    __slots__ = ("buffer", "path", "shm_dir", "arena", "cap", "lent", "__weakref__")
+    __slots__ = ("buffer", "path", "shm_dir", "arena", "cap", "__weakref__")
 
     def __init__(self, buffer: Any, path: str, shm_dir: str, arena: str, cap: int) -> None:
         self.buffer, self.path, self.shm_dir, self.arena, self.cap = \
             buffer, path, shm_dir, arena, cap
-        self.lent = False
 
     def __del__(self) -> None:
         try:
-            if not self.lent and free_bytes(self.shm_dir) + os.stat(self.path).st_size \
-                    <= self.cap:
+            st = os.stat(self.path)
+            # another name: someone else holds (maps) it too, and the last one frees it
+            if st.st_nlink == 1 and free_bytes(self.shm_dir) + st.st_size <= self.cap:
                 os.rename(self.path, os.path.join(
                     self.shm_dir, f"{self.arena}-{uuid.uuid4().hex}.free"))
             else:
@@ -237,9 +240,9 @@ def remember(value: Any, holder: Holder) -> None:
         _held[key] = (ref, holder)
 
 
-def lend(value: Any, shm_dir: str, prefix: str) -> tuple[str, int] | None:
-    """A new name, and the length, of the file that ``value`` was received in (same run
-    directory), for the next receiver to map and unlink; None when it came otherwise."""
+def lend(value: Any, shm_dir: str, prefix: str) -> tuple[str, int, str] | None:
+    """A new name, the length and the arena of the file that ``value`` was received in
+    (same run directory), for the next receiver to hold; None when it came otherwise."""
     with _lock:
         entry = _held.get(id(value))
     if entry is None or entry[0]() is not value or entry[1].shm_dir != shm_dir:
@@ -250,5 +253,4 @@ def lend(value: Any, shm_dir: str, prefix: str) -> tuple[str, int] | None:
         os.link(holder.path, os.path.join(shm_dir, name))
     except OSError:  # its writer died and the file was removed: send it the usual way
         return None
-    holder.lent = True
-    return name, holder.buffer.size
+    return name, holder.buffer.size, holder.arena

@@ -136,8 +136,14 @@ def test_a_table_received_from_a_tool_is_passed_back_by_reference():
         assert len(held) == 1 and held[0].startswith("host@")  # the caller maps the tool's file
         assert p.call("describe", got)["rows"] == 50_000
         assert shm_files(p) == held  # no copy was written for the argument (it would be freed)
+        inode = os.stat(os.path.join(f"/dev/shm/kernelpit-{p.run_id}", held[0])).st_ino
         del got
-        wait_until(lambda: shm_files(p) == [])  # lent: its pages are freed, never rewritten
+        # the tool has let go of its name, so the last holder gives the file back to the
+        # tool's arena: the same pages carry the tool's next value
+        wait_until(lambda: [n.endswith(".free") for n in shm_files(p)] == [True])
+        again = p.call("numeric_table", 50_000, 1)
+        assert os.stat(os.path.join(f"/dev/shm/kernelpit-{p.run_id}", shm_files(p)[0])).st_ino == inode
+        del again
 
 
 def test_an_arena_of_zero_frees_shared_memory_at_once():

@@ -32,6 +32,8 @@ async def serve(configs: list[PoolConfig], *, out: TextIO = sys.stderr, **settin
         transport = ("mutual TLS" if tls and tls.client_ca else "TLS" if tls else "plaintext")
         say(f"bridge serving {len(bridge.manager.tools())} tool(s) at {bridge.address} "
             f"({transport}, pid {os.getpid()})")
+        if bridge.local_address is not None:
+            say(f"clients on this machine: {bridge.local_address} (the local transport)")
         if bridge.discovery_path is not None:
             say(f"discovery file {bridge.discovery_path}")
         if bridge.runner is not None:
