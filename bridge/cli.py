@@ -123,7 +123,7 @@ def print_error(exc: BaseException, err: TextIO) -> None:
 def connect_from(args: argparse.Namespace) -> Any:
     from .remote import connect
     return connect(args.address, args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                   tls_key=args.tls_key)
+                   tls_key=args.tls_key, transport=getattr(args, "transport", "auto"))
 
 
 POOL_FLAGS = ("concurrency", "max_calls", "max_age", "max_memory", "spares", "shm_threshold",
@@ -193,6 +193,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          f"itself), got {idle!r}")
     if args.insecure_bind_anywhere:
         settings["insecure_bind_anywhere"] = True
+    if args.no_local:
+        settings["local"] = False
     if args.scheduler or args.tenant_weight or args.quota_running or args.quota_queued \
             or args.quota_sessions:
         try:
@@ -484,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "for a bridge that requires one (default: $KERNELPIT_TLS_CERT)")
         p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM; "
                        "default: $KERNELPIT_TLS_KEY)")
+        p.add_argument("--transport", choices=("auto", "grpc", "local"), default="auto",
+                       help="auto (default): the bridge's Unix socket when it runs on this "
+                       "machine as this user, else gRPC; grpc; or local")
 
     p = sub.add_parser("serve", help="run the bridge in the foreground",
                        description="Start worker kernels and serve them over gRPC until "
@@ -570,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "a folder every bridge sharing the database reaches; default: in the store)")
     p.add_argument("--no-discovery", action="store_true",
                    help="do not write the discovery file (clients then need --address/--token)")
+    p.add_argument("--no-local", action="store_true",
+                   help="serve gRPC only: no Unix socket for clients on this machine (the "
+                   "local transport; docs/service.md)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="show workers and sessions of the running bridge")
