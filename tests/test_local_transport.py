@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -29,8 +30,9 @@ ROWS = 1 << 20  # 4 float64 columns: 32 MB, far above the 1 MB shared-memory thr
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
     portal = Portal("test-local-bridge")
-    b = Bridge([PoolConfig(name="default", adapters=["kp_arrow"], workers=2,
-                           path=[ADAPTERS])], grace=2,
+    b = Bridge([PoolConfig(name="default", adapters=["kp_arrow"], workers=2, path=[ADAPTERS]),
+                PoolConfig(name="tools", adapters=["kp_tools"], workers=1, path=[ADAPTERS])],
+               grace=2,
                discovery=tmp_path_factory.mktemp("discovery") / "kernelpit-bridge.json",
                token_file=tmp_path_factory.mktemp("tokens") / "tokens.json")
     portal.call(b.start)
@@ -130,6 +132,20 @@ def test_garbage_on_the_socket_drops_that_connection_only(bridge, client):
         wire.send(s, [b"hello"])
         assert s.recv(1) == b""
     assert client.call("echo", 5) == 5
+
+
+def test_ctrl_c_in_a_blocking_call_interrupts_the_tool(client):
+    main = threading.get_ident()
+
+    def interrupt_when_busy():
+        wait_until(lambda: any(w.state == "busy" for w in client.workers("tools")))
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_busy, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        client.call("spin", 60)  # the lone caller's path: its own blocking connection
+    wait_until(lambda: all(w.state == "idle" for w in client.workers("tools")))
+    assert client.options(deadline=10).call("add", 3, b=3) == 6
 
 
 # -- large values by shared memory --------------------------------------------------------------

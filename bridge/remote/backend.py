@@ -182,9 +182,6 @@ class RemoteBackend(Backend):
 
     def _call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
                        options: CallOptions, loop: asyncio.AbstractEventLoop | None) -> Any:
-        if self.target.local is not None:
-            assert loop is not None, "the local transport has no blocking channel"
-            return self._call_local_blocking(tool, args, kwargs, options, loop)
         self._sync_stubs()
         try:
             uploads = self._uploads()
@@ -206,21 +203,6 @@ class RemoteBackend(Backend):
         else:
             return codec.decode(result, "result")
         raise err
-
-    def _call_local_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
-                             options: CallOptions, loop: asyncio.AbstractEventLoop) -> Any:
-        """The local transport's blocking call: the calling thread encodes (large Arrow data
-        straight into shared memory) and decodes; only the exchange runs on the loop, on the
-        multiplexed stream.  Blobs (large bytes) go over the loop too."""
-        uploads = self._uploads()
-        request = convert.call_request(tool, args, kwargs, options, uploads.codec)
-        if uploads.items:
-            asyncio.run_coroutine_threadsafe(
-                self._upload(uploads, request.args, request.kwargs), loop).result()
-        result = reply_result(self._mux.call_from_thread(request, loop))
-        codec = self._values() if not result.blobs else \
-            asyncio.run_coroutine_threadsafe(self._incoming(result), loop).result()
-        return codec.decode(result, "result")
 
     async def _rpc(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         for attempt in (0, 1):

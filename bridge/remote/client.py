@@ -152,7 +152,7 @@ class ClientPortal(Portal):
             caller: AsyncCaller = fn.__self__
             backend = caller._backend
             if isinstance(backend, RemoteBackend):
-                if backend.target.local is not None or not backend.solo.acquire(blocking=False):
+                if not backend.solo.acquire(blocking=False):
                     self._check_thread()  # the loop's own thread would wait for itself
                     return backend.call_blocking(args[0], args[1:], kwargs, caller._options,
                                                  self.loop)

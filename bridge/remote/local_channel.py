@@ -339,3 +339,130 @@ class _Call:
             for request in requests:  # type: ignore[union-attr]
                 await self.write(request)
         await self.done_writing()
+
+
+class BlockingLocalChannel:
+    """The local transport for a lone blocking caller, as gRPC's blocking channel is: RPCs
+    made right on the calling thread, over a blocking socket of its own (no event loop, no
+    hand-off).  One thread at a time (the backend's ``solo`` lock); unary, server-streaming
+    and client-streaming RPCs (``Call``, ``ReadBlob``, ``WriteBlob``).  Failures raise
+    ``grpc.aio.AioRpcError`` (a ``grpc.RpcError``); Ctrl-C while waiting cancels the RPC."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sock: Any = None
+        self._reader = wire.Reader()
+        self._pending: list[list[Any]] = []
+        self._ids = itertools.count(1)
+
+    def unary_unary(self, method: str, request_serializer: Any = None,
+                    response_deserializer: Any = None, **_: Any) -> Any:
+        def call(request: Any, metadata: Any = None, timeout: float | None = None) -> Any:
+            stream = self._open(proto.UNARY, method, metadata, request_serializer, request)
+            for response in self._responses(stream, response_deserializer):
+                return response
+            raise _failure(grpc.StatusCode.INTERNAL, "the bridge ended a unary RPC without a reply")
+        return call
+
+    def unary_stream(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None, **_: Any) -> Any:
+        def call(request: Any, metadata: Any = None, timeout: float | None = None) -> Any:
+            stream = self._open(proto.UNARY, method, metadata, request_serializer, request)
+            return self._responses(stream, response_deserializer)
+        return call
+
+    def stream_unary(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None, **_: Any) -> Any:
+        def call(requests: Iterable[Any], metadata: Any = None, timeout: float | None = None) -> Any:
+            stream = self._open(proto.OPEN, method, metadata)
+            for request in requests:
+                wire.send(self._sock, [proto.head(proto.MESSAGE, stream),
+                                       proto.serialize(request_serializer, request)])
+            wire.send(self._sock, [proto.head(proto.HALF_CLOSE, stream)])
+            for response in self._responses(stream, response_deserializer):
+                return response
+            raise _failure(grpc.StatusCode.INTERNAL, "the bridge ended a unary RPC without a reply")
+        return call
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        def call(*_: Any, **__: Any) -> Any:
+            raise NotImplementedError("bidirectional streams take the asyncio channel")
+        return call
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # -- the socket ------------------------------------------------------------------------
+    def _open(self, op: int, method: str, metadata: Any, serializer: Any = None,
+              request: Any = None) -> int:
+        if self._sock is None:
+            self._connect()
+        stream = next(self._ids)
+        frames = [proto.head(op, stream), method.encode()]
+        if op == proto.UNARY:
+            frames.append(proto.serialize(serializer, request))
+        try:
+            wire.send(self._sock, frames + proto.metadata_frames(metadata))
+        except OSError as exc:
+            self.close()
+            raise _failure(grpc.StatusCode.UNAVAILABLE, f"the bridge's local socket {self.path} "
+                           f"is gone ({exc})") from None
+        return stream
+
+    def _connect(self) -> None:
+        import socket
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+            wire.send(sock, [proto.GREETING])
+        except OSError as exc:
+            sock.close()
+            raise _failure(grpc.StatusCode.UNAVAILABLE, f"cannot reach the bridge's local socket "
+                           f"{self.path} ({exc})") from None
+        self._sock, self._reader, self._pending = sock, wire.Reader(), []
+        if bytes(self._next()[0]) != proto.GREETING:
+            self.close()
+            raise _failure(grpc.StatusCode.UNAVAILABLE, "the socket does not speak the local "
+                           "transport")
+
+    def _next(self) -> list[Any]:
+        while not self._pending:
+            try:
+                n = self._sock.recv_into(self._reader.buffer())
+            except OSError as exc:
+                n, why = 0, str(exc)
+            else:
+                why = "the bridge closed the local connection (it stopped?)"
+            if n == 0:
+                self.close()
+                raise _failure(grpc.StatusCode.UNAVAILABLE, why)
+            self._pending = self._reader.advance(n)
+        return self._pending.pop(0)
+
+    def _responses(self, stream: int, deserializer: Any) -> Iterable[Any]:
+        try:
+            while True:
+                frames = self._next()
+                op, of = proto.parse_head(frames)
+                if of != stream:
+                    continue  # a late answer to an RPC given up on (Ctrl-C)
+                if op == proto.MESSAGE:
+                    yield proto.deserialize(deserializer, frames[1])
+                elif op == proto.REPLY:
+                    yield proto.deserialize(deserializer, frames[1])
+                    return
+                elif op == proto.STATUS:
+                    code, details = proto.status_from(frames[1])
+                    if code != grpc.StatusCode.OK:
+                        raise _failure(code, details, proto.metadata_from(frames[2:]))
+                    return
+        except (KeyboardInterrupt, GeneratorExit):
+            if self._sock is not None:  # the bridge cancels it: the tool is interrupted
+                wire.send(self._sock, [proto.head(proto.CANCEL, stream)])
+            raise
+
+
+def _failure(code: grpc.StatusCode, details: str, trailing: Any = ()) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, _NO_METADATA, grpc.aio.Metadata(*trailing), details)

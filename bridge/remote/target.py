@@ -79,8 +79,11 @@ class Target:
         return grpc.aio.secure_channel(self.address, self.tls.credentials(),
                                        options=CHANNEL_OPTIONS)
 
-    def blocking_channel(self) -> grpc.Channel:
-        assert self.local is None, "the local transport has no blocking channel"
+    def blocking_channel(self) -> Any:
+        """A blocking ``grpc.Channel``, or the local transport's (one thread at a time)."""
+        if self.local is not None:
+            from .local_channel import BlockingLocalChannel
+            return BlockingLocalChannel(self.local)
         if self.tls is None:
             return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         return grpc.secure_channel(self.address, self.tls.credentials(), options=CHANNEL_OPTIONS)
