@@ -118,7 +118,7 @@ if sys.implementation.name == "cpython":
 
 
 KEEP_FROM = 8 << 20  # received frames this big are kept for reuse once nobody holds them
-KEPT_BYTES = 1 << 30  # bytes of such frames tracked at most (the oldest are let go first)
+KEPT_BYTES = 256 << 20  # bytes of such frames tracked at most (the oldest are let go first)
 
 
 class _Kept:
