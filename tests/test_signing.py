@@ -297,3 +297,31 @@ def test_a_large_frame_is_received_into_a_kept_frame_only_once_nobody_holds_it()
     finally:
         agent.close()
         pool_end.close()
+
+
+def test_a_value_hashed_ahead_arrives_verified_and_a_dropped_connection_stops_its_sender():
+    """A large value's tags are computed on a helper thread while its parts are written: what
+    arrives verifies (and a flipped bit in it would not, as above); a receiver that hangs up
+    mid-value makes the sender fail with OSError instead of waiting, and the helper serves
+    the next connection."""
+    agent, reader, pool_end = _linked_pair()
+    value = os.urandom(wire.HASH_AHEAD_FROM + 12345)
+    try:
+        assert _carry(agent, reader, pool_end, [HEADER, value]) == [HEADER, value]
+        errors: list = []
+        sender = threading.Thread(target=lambda: errors.append(
+            pytest.raises(OSError, wire.send, agent, [HEADER, value])))
+        sender.start()
+        pool_end.recv(1 << 20)  # the next value's first bytes, then the pool's end is gone
+        pool_end.close()
+        sender.join(30)
+        assert not sender.is_alive() and errors
+    finally:
+        agent.close()
+        pool_end.close()
+    agent, reader, pool_end = _linked_pair()
+    try:
+        assert _carry(agent, reader, pool_end, [HEADER, value]) == [HEADER, value]
+    finally:
+        agent.close()
+        pool_end.close()
