@@ -22,9 +22,10 @@ larger than :data:`CHUNK` is not sent in one message there: it goes ahead of its
 message as signed *parts* of at most :data:`CHUNK` bytes, which the reader receives
 straight into the frame's final buffer; the message itself then carries an empty
 placeholder in that frame's place.  So a 1 GB table is 256 messages of 4 MiB, each
-verified as it arrives, the sender's hashing of one part overlapping the transfer and
-the receiver's hashing of the part before; a connection that ends mid-value leaves
-only memory behind, dropped with the connection.
+verified as it arrives; the sender's tags are hashed on a helper thread while it writes
+(:func:`_write_hashed_ahead`), and a large frame is received into memory kept from an
+earlier one that nobody holds any more (:class:`_Kept`), not into fresh pages.  A
+connection that ends mid-value leaves only memory behind, dropped with the connection.
 
 This module is imported on both sides, so it depends on the standard library only.
 """
