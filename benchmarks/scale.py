@@ -12,7 +12,10 @@ shared machine's load falls on both alike:
 * no-op p50: a Ray-placed worker over TCP vs a local worker, and Ray's own
   ``ray.get(actor.noop.remote())`` to an actor on the same node as a reference;
 * ``map`` throughput over 2 workers;
-* a 100 MB Arrow table from a worker on another node vs from a local worker.
+* a 100 MB Arrow table from a worker on another node vs from a local worker, and the same
+  100 MB over raw loopback TCP between two processes (``ref-tcp-loopback``,
+  :mod:`.tcpref`): the network path's ceiling on this machine, measured in the same
+  triples, so that the report says how far the path is from it as well as from the target.
 
 ``python -m benchmarks --quick --only s9 --peers none --no-remote``; the scenario skips
 (and says why) when Ray is not installed.
@@ -28,6 +31,7 @@ from typing import Any
 from . import kp
 from .peers import ROOT
 from .stats import row, skipped, target
+from .tcpref import LoopbackTcp
 
 MB = 1_000_000
 RAY_ARROW = 100 * MB
@@ -61,6 +65,7 @@ def s9_ray(ctx: Any) -> dict[str, Any]:
 
     reps = ctx.repeats(3, 5)
     pairs: list[float] = []
+    of_tcp: list[float] = []
     calls = ctx.size(400, 2000)
     items = ctx.size(20_000, 100_000)
     rows: list[dict[str, Any]] = []
@@ -142,23 +147,31 @@ def s9_ray(ctx: Any) -> dict[str, Any]:
                             api="one map per node's pool, in two threads"))
 
             ctx.settle("S9 arrow")
-            big: dict[str, list[float]] = {"local": [], "ray": []}
+            big: dict[str, list[float]] = {"local": [], "ray": [], "tcp": []}
             for w in pool.workers():  # made once, cached in each worker that may serve it
                 if w.pool in ("local", "ray0"):
                     pool.options(pool=w.pool, worker=w.id).call("payload_arrow", nbytes=RAY_ARROW)
-            for _ in range(ctx.repeats(8, 15)):  # pairs back to back: each sees the same load
-                for name, handle in (("local", local), ("ray", remote)):
-                    t0 = time.perf_counter()
-                    table = handle.call("payload_arrow", nbytes=RAY_ARROW)
-                    big[name].append(table.nbytes / MB / (time.perf_counter() - t0))
-                    del table
+            with LoopbackTcp(RAY_ARROW) as tcp:
+                tcp.transfer()  # the sender's first write faults its pages in
+                for _ in range(ctx.repeats(8, 15)):  # back to back: each sees the same load
+                    for name, handle in (("local", local), ("ray", remote)):
+                        t0 = time.perf_counter()
+                        table = handle.call("payload_arrow", nbytes=RAY_ARROW)
+                        big[name].append(table.nbytes / MB / (time.perf_counter() - t0))
+                        del table
+                    big["tcp"].append(tcp.transfer())
             pairs = sorted(r / lo for r, lo in zip(big["ray"], big["local"]))
+            of_tcp = sorted(r / t for r, t in zip(big["ray"], big["tcp"]))
             rows.append(row("kernelpit-local", case="100 MB Arrow, MB/s", unit="MB/s",
                             better="higher", samples=big["local"], kind="per-repeat",
                             api="by reference in /dev/shm"))
             rows.append(row("kernelpit-ray", case="100 MB Arrow, MB/s", unit="MB/s",
                             better="higher", samples=big["ray"], kind="per-repeat",
                             api="from node_a: signed TCP (Poly1305), 4 MiB parts"))
+            rows.append(row("ref-tcp-loopback", case="100 MB Arrow, MB/s", unit="MB/s",
+                            better="higher", samples=big["tcp"], kind="per-repeat",
+                            api="100 MB over loopback TCP between two processes, unsigned, "
+                                "into a buffer already faulted in (benchmarks/tcpref.py)"))
     finally:
         raycluster.stop_cluster(made)
 
@@ -171,6 +184,10 @@ def s9_ray(ctx: Any) -> dict[str, Any]:
     # the median of the back-to-back pairs' ratios: a pair shares the machine's load of the
     # moment, which moves +-30 % between pairs on a shared machine
     arrow_ratio = pairs[len(pairs) // 2] if pairs else None
+    # the same for the network path against what loopback TCP itself carries: the ceiling
+    arrow_of_tcp = of_tcp[len(of_tcp) // 2] if of_tcp else None
+    tcp_of_local = _ratio(med("ref-tcp-loopback", "100 MB Arrow, MB/s"),
+                          med("kernelpit-local", "100 MB Arrow, MB/s"))
     arrow_of_medians = _ratio(med("kernelpit-ray", "100 MB Arrow, MB/s"),
                               med("kernelpit-local", "100 MB Arrow, MB/s"))
     vs_ray = _ratio(med("ray", "no-op"), med("kernelpit-ray", "no-op"))
@@ -182,7 +199,12 @@ def s9_ray(ctx: Any) -> dict[str, Any]:
         target("S9.noop_ratio", "no-op p50 to a Ray-placed worker <= 1.5x a local worker's",
                noop_ratio, 1.5, "<="),
         target("S9.arrow_ratio", "100 MB Arrow from another node >= 0.5x from a local worker "
-               "(median of back-to-back pairs)", arrow_ratio, 0.5, ">="),
+               "(median of back-to-back pairs)", arrow_ratio, 0.5, ">=",
+               detail=f"{med('kernelpit-ray', '100 MB Arrow, MB/s'):,.0f} vs "
+                      f"{med('kernelpit-local', '100 MB Arrow, MB/s'):,.0f} MB/s; raw loopback "
+                      f"TCP {med('ref-tcp-loopback', '100 MB Arrow, MB/s'):,.0f} MB/s, the "
+                      f"ceiling: Ray-placed {arrow_of_tcp:.2f}x of it, it {tcp_of_local:.2f}x "
+                      f"of local" if arrow_of_tcp and tcp_of_local else ""),
     ]
     return {"title": "Ray placement: a local 3-node cluster vs local workers", "rows": rows,
             "targets": targets,
@@ -192,7 +214,15 @@ def s9_ray(ctx: Any) -> dict[str, Any]:
                       f"100 MB Arrow Ray / local: pairs {pairs[0]:.2f}..{pairs[-1]:.2f}, ratio "
                       f"of the medians {arrow_of_medians:.2f}" if pairs and arrow_of_medians
                       else "",
+                      f"100 MB Arrow Ray / raw loopback TCP (ref-tcp-loopback, the network "
+                      f"path's ceiling here): median of triples {arrow_of_tcp:.2f} "
+                      f"({of_tcp[0]:.2f}..{of_tcp[-1]:.2f}); raw TCP / local = {tcp_of_local:.2f}"
+                      if arrow_of_tcp and tcp_of_local else "",
                       f"pool start Ray / local = {start_ratio:.2f}" if start_ratio else ""],
+            "ratios": {"arrow_ray_vs_local": arrow_ratio, "arrow_ray_vs_tcp": arrow_of_tcp,
+                       "arrow_tcp_vs_local": tcp_of_local, "noop_ray_vs_local": noop_ratio,
+                       "noop_ray_get_vs_ray": vs_ray, "map_ray_vs_local": map_ratio,
+                       "start_ray_vs_local": start_ratio},
             "params": {"calls": calls, "repeats": reps, "map_items": items,
                        "arrow_bytes": RAY_ARROW, "cluster": "head (1 CPU) + 2 nodes (2 CPUs), "
                        "all on 127.0.0.1, 80 MB object stores"}}

@@ -22,9 +22,10 @@ larger than :data:`CHUNK` is not sent in one message there: it goes ahead of its
 message as signed *parts* of at most :data:`CHUNK` bytes, which the reader receives
 straight into the frame's final buffer; the message itself then carries an empty
 placeholder in that frame's place.  So a 1 GB table is 256 messages of 4 MiB, each
-verified as it arrives, the sender's hashing of one part overlapping the transfer and
-the receiver's hashing of the part before; a connection that ends mid-value leaves
-only memory behind, dropped with the connection.
+verified as it arrives; the sender's tags are hashed on a helper thread while it writes
+(:func:`_write_hashed_ahead`), and a large frame is received into memory kept from an
+earlier one that nobody holds any more (:class:`_Kept`), not into fresh pages.  A
+connection that ends mid-value leaves only memory behind, dropped with the connection.
 
 This module is imported on both sides, so it depends on the standard library only.
 """
@@ -32,9 +33,11 @@ This module is imported on both sides, so it depends on the standard library onl
 from __future__ import annotations
 
 import ctypes
+import os
 import socket
 import struct
 import sys
+import threading
 from typing import Any, Callable, Iterator
 
 from . import signing
@@ -67,12 +70,16 @@ def _fill_in_place(size: int) -> tuple[Any, memoryview]:
     if _new_bytes is None:
         frame = bytearray(size)
         return frame, memoryview(frame)
-    frame = _new_bytes(None, size)
-    start = id(frame) + _BYTES_DATA
-    if size >= _HUGE_FROM:
-        _huge_pages(start, size)
-    data = (ctypes.c_char * size).from_address(start)
+    frame = _kept.reuse(size) if size >= KEEP_FROM else None
+    if frame is None:
+        frame = _new_bytes(None, size)
+        if size >= _HUGE_FROM:
+            _huge_pages(id(frame) + _BYTES_DATA, size)
+        if size >= KEEP_FROM:
+            _kept.add(frame, size)
+    data = (ctypes.c_char * size).from_address(id(frame) + _BYTES_DATA)
     return frame, memoryview(data).cast("B")
+
 
 
 _HUGE = 2 << 20  # a transparent huge page on x86-64 and most arm64 kernels
@@ -110,6 +117,73 @@ if sys.implementation.name == "cpython":
     _new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
     _new_bytes.restype = ctypes.py_object
     _new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+
+
+KEEP_FROM = 8 << 20  # received frames this big are kept for reuse once nobody holds them
+KEPT_BYTES = 256 << 20  # bytes of such frames tracked at most (the oldest are let go first)
+
+
+class _Kept:
+    """Large received frames, kept so that the next one is received into memory that is
+    already there.
+
+    A fresh 100 MB frame costs 25,600 page faults (50 with huge pages) and the kernel's
+    zeroing of every page before a single byte of it is received: on the 2-core VM of
+    docs/performance.md (S9) that zeroing alone took 37 % of the machine's CPU during a
+    transfer, and made every third to fifth transfer 3-5x slower when the hypervisor had
+    taken the pages back.  So a frame is not let go when its receiver is done with it:
+    once only this list holds it (its reference count says so: no buffer, view or value
+    made from it is alive, so nobody can see it change), the next large frame is received
+    into it.  A ``bytes`` object's memory is its own allocation, freed whatever its size
+    says, so a frame of capacity C is reused for any size from C/2 to C: its size, hash
+    cache and terminating NUL are set as a new object's would be.  The frames kept at
+    most add up to :data:`KEPT_BYTES`; :func:`drop_kept` lets the unused ones go (a pool
+    that closes)."""
+
+    def __init__(self) -> None:
+        self._frames: list[list[Any]] = []  # [frame, capacity], oldest first
+        self._lock = threading.Lock()
+
+    def reuse(self, size: int) -> bytes | None:
+        with self._lock:
+            for entry in sorted(self._frames, key=lambda e: e[1]):
+                if entry[1] // 2 <= size <= entry[1] and sys.getrefcount(entry[0]) <= _UNHELD:
+                    frame = entry[0]
+                    self._frames.remove(entry)
+                    self._frames.append(entry)  # newest last: the last to be let go
+                    address = id(frame)
+                    ctypes.c_ssize_t.from_address(address + _SIZE_AT).value = size
+                    ctypes.c_ssize_t.from_address(address + _HASH_AT).value = -1
+                    ctypes.c_char.from_address(address + _BYTES_DATA + size).value = b"\0"
+                    return frame
+        return None
+
+    def add(self, frame: bytes, capacity: int) -> None:
+        with self._lock:
+            self._frames.append([frame, capacity])
+            total = sum(e[1] for e in self._frames)
+            while total > KEPT_BYTES and self._frames:
+                total -= self._frames.pop(0)[1]  # one still in use lives on, untracked
+
+    def drop(self) -> None:
+        with self._lock:
+            self._frames = [e for e in self._frames if sys.getrefcount(e[0]) > _UNHELD]
+
+    def held(self) -> int:
+        """Bytes of kept frames that nobody else holds (for tests and reports)."""
+        with self._lock:
+            return sum(e[1] for e in self._frames if sys.getrefcount(e[0]) <= _UNHELD)
+
+
+_UNHELD = 2  # sys.getrefcount of a kept frame nobody else holds: its entry, and the call
+_SIZE_AT = 2 * ctypes.sizeof(ctypes.c_ssize_t)  # ob_size in PyVarObject (after refcnt, type)
+_HASH_AT = _BYTES_DATA - ctypes.sizeof(ctypes.c_ssize_t)  # ob_shash, just before the data
+_kept = _Kept()
+
+
+def drop_kept() -> None:
+    """Let go of the large received frames kept for reuse that nobody holds any more."""
+    _kept.drop()
 
 
 class WireError(ValueError):
@@ -171,8 +245,66 @@ def send(sock: socket.socket, frames: list[Any]) -> None:
         return
     link = sock.link
     assert link is not None
+    if sum(_size(_buffers(f)) for f in frames) >= HASH_AHEAD_FROM:
+        _write_hashed_ahead(sock, frames, link)
+        return
     for message in signed_messages(frames, link, seal=False):
         _write_signed(sock, message, link)
+
+
+HASH_AHEAD_FROM = 2 * (4 << 20)  # bytes: messages this big are hashed on a helper thread
+
+
+def _write_hashed_ahead(sock: socket.socket, frames: list[Any], link: "signing.Link") -> None:
+    """Write a large value's signed messages while a helper thread computes their tags.
+
+    Sending a large value is the sender's whole job, and hashing it in the same thread
+    (:func:`_write_signed`) made the sender the slower end of the transfer: the receiver
+    waited in ``epoll_wait`` for 40 % of it (docs/performance.md, S9).  The tags need no
+    input from the writing, so the helper hashes the parts one after another, in order,
+    while this thread writes them; ``send`` releases the GIL and Poly1305 holds it, so the
+    two run at once on two cores.  Each tag goes out after its message's bytes, as a
+    streaming signer's does; the bytes on the wire are the same."""
+    messages = []
+    for message in signed_messages(frames, link, seal=False):
+        bufs = [_buffers(f) for f in message]
+        lengths = [_size(views) for views in bufs]
+        messages.append((bufs, lengths, link.signer(lengths)))  # numbered in sending order
+    tags = [_hasher().submit(_digest, mac, bufs) for bufs, _, mac in messages]
+    try:
+        for (bufs, lengths, _), tag in zip(messages, tags):
+            sock.sendall(_COUNT.pack(len(lengths) + 1)
+                         + struct.pack(f"<{len(lengths) + 1}Q", *lengths, link.tag_bytes))
+            for views in bufs:
+                for view in views:
+                    sock.sendall(view)
+            sock.sendall(tag.result())
+    finally:
+        for tag in tags:  # the connection failed: the rest need no hashing
+            tag.cancel()
+
+
+def _digest(mac: Any, bufs: list[list[Any]]) -> bytes:
+    for views in bufs:
+        for view in views:
+            mac.update(view)
+    return mac.digest()
+
+
+_helper: tuple[int, Any] = (0, None)  # (the pid it belongs to, its executor)
+
+
+def _hasher() -> Any:
+    """This process's tag-hashing thread (made on first use; a forked child makes its own:
+    threads do not survive a fork)."""
+    global _helper
+    pid, executor = _helper
+    if pid != os.getpid() or executor is None:
+        import concurrent.futures
+
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kernelpit-mac")
+        _helper = (os.getpid(), executor)
+    return executor
 
 
 STREAM_PIECE = 256 << 10  # bytes hashed, then written, at a time by a streaming signer

@@ -243,3 +243,85 @@ def test_the_signing_benchmark_runs_every_path(monkeypatch):
     assert rows["TCP, Poly1305 streamed (chosen)"] == 1.0
     assert rows["Poly1305, one-time key, every byte (chosen)"] == 1.0
     assert "256 KB" in bench.report(results)
+
+
+def _linked_pair() -> tuple[socket.socket, "wire.SignedReader", socket.socket]:
+    """A signed connection without a pool: the agent's end (a SignedSocket) and the pool's
+    (a socket and the SignedReader that verifies what arrives on it)."""
+    left, right = socket.socketpair()
+    hello, nonce = signing.challenge()
+    reply, agent_link = signing.answer(hello, KEY, b"5")
+    _, pool_link = signing.accept(reply, KEY, nonce)
+    agent = wire.SignedSocket(fileno=left.detach())
+    agent.link = agent_link
+    return agent, wire.SignedReader(pool_link), right
+
+
+def _carry(agent: socket.socket, reader: "wire.SignedReader", pool_end: socket.socket,
+           frames: list) -> list:
+    """Send ``frames`` from the agent's end and return them as the pool's end receives them."""
+    sender = threading.Thread(target=wire.send, args=(agent, frames))
+    sender.start()
+    got: list = []
+    while not got:
+        got = reader.advance(pool_end.recv_into(reader.buffer()))
+    sender.join(10)
+    return got[0]
+
+
+def test_a_large_frame_is_received_into_a_kept_frame_only_once_nobody_holds_it():
+    """Large frames land in memory kept from earlier ones (no fresh pages to fault and zero),
+    but never in one that a value, a view or an Arrow buffer still holds."""
+    pa = pytest.importorskip("pyarrow")
+    agent, reader, pool_end = _linked_pair()
+    wire.drop_kept()  # frames kept by earlier tests would be reused first
+    try:
+        size = wire.KEEP_FROM + (1 << 20)
+        first = _carry(agent, reader, pool_end, [HEADER, b"a" * size])[1]
+        view, arrow_buffer = memoryview(first)[10:], pa.py_buffer(first)
+        address = id(first)
+        del first
+        second = _carry(agent, reader, pool_end, [HEADER, b"b" * size])[1]
+        assert id(second) != address and view[:3] == b"aaa" and view[-3:] == b"aaa"
+        assert arrow_buffer.to_pybytes() == b"a" * size  # still held: never written into
+        del view, arrow_buffer
+        smaller = size - (1 << 20)
+        third = _carry(agent, reader, pool_end, [HEADER, b"c" * smaller])[1]
+        assert id(third) == address  # the first one's memory, nobody holding it any more
+        assert third == b"c" * smaller and len(third) == smaller
+        assert hash(third) == hash(b"c" * smaller) and bytes(third[-1:]) == b"c"
+        assert second == b"b" * size
+        del second, third
+        wire.drop_kept()
+        assert wire._kept.held() == 0
+    finally:
+        agent.close()
+        pool_end.close()
+
+
+def test_a_value_hashed_ahead_arrives_verified_and_a_dropped_connection_stops_its_sender():
+    """A large value's tags are computed on a helper thread while its parts are written: what
+    arrives verifies (and a flipped bit in it would not, as above); a receiver that hangs up
+    mid-value makes the sender fail with OSError instead of waiting, and the helper serves
+    the next connection."""
+    agent, reader, pool_end = _linked_pair()
+    value = os.urandom(wire.HASH_AHEAD_FROM + 12345)
+    try:
+        assert _carry(agent, reader, pool_end, [HEADER, value]) == [HEADER, value]
+        errors: list = []
+        sender = threading.Thread(target=lambda: errors.append(
+            pytest.raises(OSError, wire.send, agent, [HEADER, value])))
+        sender.start()
+        pool_end.recv(1 << 20)  # the next value's first bytes, then the pool's end is gone
+        pool_end.close()
+        sender.join(30)
+        assert not sender.is_alive() and errors
+    finally:
+        agent.close()
+        pool_end.close()
+    agent, reader, pool_end = _linked_pair()
+    try:
+        assert _carry(agent, reader, pool_end, [HEADER, value]) == [HEADER, value]
+    finally:
+        agent.close()
+        pool_end.close()

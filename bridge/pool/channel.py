@@ -126,6 +126,7 @@ class Channel:
             conn.close()
         self._io.clear()
         self._links.clear()
+        wire.drop_kept()  # large received frames kept for reuse that nobody holds any more
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 
