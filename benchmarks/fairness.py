@@ -108,7 +108,7 @@ def s10_fairness(ctx: Any) -> dict[str, Any]:
     samples = ctx.repeats(10, 30)
     reps = ctx.repeats(3, 9)  # pairs: one pair swings +-10 % on a shared 2-core VM (quick: speed first)
     # S3's map runs ~1.5M items/s: 10k items took 7 ms, shorter than the machine's jitter
-    total, n = ctx.size(1024, 4096), ctx.size(200_000, 400_000)
+    total, n = ctx.size(512, 4096), ctx.size(100_000, 400_000)
     rows: list[dict[str, Any]] = []
     rates: dict[tuple[str, str, str], list[float]] = {}
     why = kp.remote_unavailable()

@@ -78,7 +78,7 @@ def s9_ray(ctx: Any) -> dict[str, Any]:
 
         ctx.settle("S9 pool start")
         starts: dict[str, list[float]] = {"local": [], "ray": []}
-        for _ in range(ctx.repeats(2, 3)):
+        for _ in range(ctx.repeats(1, 3)):
             for kind in ("local", "ray"):
                 t0 = time.perf_counter()
                 settings = ({"pools": _ray_pools(2), "ray_address": made.address}
@@ -153,7 +153,7 @@ def s9_ray(ctx: Any) -> dict[str, Any]:
                     pool.options(pool=w.pool, worker=w.id).call("payload_arrow", nbytes=RAY_ARROW)
             with LoopbackTcp(RAY_ARROW) as tcp:
                 tcp.transfer()  # the sender's first write faults its pages in
-                for _ in range(ctx.repeats(8, 15)):  # back to back: each sees the same load
+                for _ in range(ctx.repeats(5, 15)):  # back to back: each sees the same load
                     for name, handle in (("local", local), ("ray", remote)):
                         t0 = time.perf_counter()
                         table = handle.call("payload_arrow", nbytes=RAY_ARROW)

@@ -46,8 +46,8 @@ class Context:
 
     def settle(self, before: str) -> None:
         """Wait for a quiet machine before measuring ``before`` (see benchmarks/quiet.py)."""
-        # quick mode waits at most 0.5 s (it must stay under 3 minutes on a shared machine)
-        seen = quiet.settle(0.5 if self.quick else quiet.MAX_WAIT)
+        # quick mode waits at most 0.3 s (it must stay under 3 minutes on a shared machine)
+        seen = quiet.settle(0.3 if self.quick else quiet.MAX_WAIT)
         self.settles.append({"before": before, **seen})
         if not seen["quiet"]:
             self.log(f"  machine still busy ({seen['cpu_percent']:.0f}% CPU) after "
@@ -533,7 +533,7 @@ def s4_start(ctx: Context) -> dict[str, Any]:
     """Start N workers to ready."""
     reps = ctx.repeats(1, 3)
     sizes = ctx.size([4, 8], [1, 2, 4, 8])  # the target is 8 workers
-    peer_sizes = ctx.size([4], sizes)  # quick: the peers' 8-process starts take 10-20 s
+    peer_sizes = ctx.size([], sizes)  # quick: the peers' starts take 8-20 s (target: ipykernel)
     unit, better = "s", "lower"
     rows: list[dict[str, Any]] = []
     import kernelpit
@@ -1005,8 +1005,9 @@ def s8_memory(ctx: Context) -> dict[str, Any]:
                         better="lower", samples=[x / MB for x in probe["workers_after"]],
                         kind="per-repeat"))
     import psutil
-    if kp.remote_unavailable() or not ctx.with_remote:
-        rows.append(skipped("kernelpit-remote", kp.remote_unavailable() or "disabled with --no-remote",
+    if kp.remote_unavailable() or not ctx.with_remote or ctx.quick:
+        rows.append(skipped("kernelpit-remote", kp.remote_unavailable() or (
+            "full mode only (a bridge of its own)" if ctx.quick else "disabled with --no-remote"),
                             case="bridge idle", unit="MB"))
     else:
         try:
