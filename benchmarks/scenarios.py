@@ -889,23 +889,20 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
                 rows.append(failed("kernelpit-embedded", exc, case=case, unit=unit, better=better))
             if kind == "arrow":
                 _arrow_arguments(ctx, pool, rows, size, reps, measure)
-            def remote_measure(bridge: Any, client: Any) -> dict[str, Any]:
-                ctx.log(f"  payload {case}: kernelpit remote")
-                with client.session() as s:
-                    xs = measure(lambda: s.call(tool, nbytes=size), check, size, reps)
-                    s.call("drop_payloads")
-                return row("kernelpit-remote", case=case, unit=unit, better=better, samples=xs,
-                           kind="per-repeat", api="connect().session().call over gRPC")
-            _remote_rows(ctx, rows, "kernelpit-remote", case, unit, better, remote_measure)
-            if kind != "table":
-                def local_measure(bridge: Any, client: Any) -> dict[str, Any]:
-                    ctx.log(f"  payload {case}: kernelpit local")
+            def client_measure(system: str, api: str) -> Callable[[Any, Any], dict[str, Any]]:
+                def measure_client(bridge: Any, client: Any) -> dict[str, Any]:
+                    ctx.log(f"  payload {case}: {system}")
                     with client.session() as s:
                         xs = measure(lambda: s.call(tool, nbytes=size), check, size, reps)
                         s.call("drop_payloads")
-                    return row("kernelpit-local", case=case, unit=unit, better=better, samples=xs,
-                               kind="per-repeat", api="connect(transport='local').session().call")
-                _remote_rows(ctx, rows, "kernelpit-local", case, unit, better, local_measure)
+                    return row(system, case=case, unit=unit, better=better, samples=xs,
+                               kind="per-repeat", api=api)
+                return measure_client
+            _remote_rows(ctx, rows, "kernelpit-remote", case, unit, better,
+                         client_measure("kernelpit-remote", "connect().session().call over gRPC"))
+            if kind != "table":  # the local transport changes nothing for a table of lists
+                _remote_rows(ctx, rows, "kernelpit-local", case, unit, better, client_measure(
+                    "kernelpit-local", "connect(transport='local').session().call"))
             fn = getattr(pf, tool)
 
             def ipp_measure(peer: IppPeer) -> dict[str, Any]:

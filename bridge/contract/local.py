@@ -36,6 +36,8 @@ from typing import Any, Iterable, Sequence
 
 import grpc
 
+from ..kernels import wire
+
 GREETING = b"kernelpit-local/1"
 SOCKET_NAME = "bridge.sock"
 
@@ -87,6 +89,15 @@ def status_from(frame: Any) -> tuple[grpc.StatusCode, str]:
         return _CODES[status["code"]], str(status.get("details", ""))
     except (ValueError, KeyError, TypeError):
         raise ProtocolError("a malformed status") from None
+
+
+def write(transport: Any, frames: list[Any]) -> None:
+    """Write one message on an asyncio transport (one buffer when it is small)."""
+    pieces = wire.pieces(frames)
+    if len(pieces) == 1:
+        transport.write(pieces[0])
+    else:
+        transport.writelines(pieces)
 
 
 def serialize(serializer: Any, message: Any) -> Any:

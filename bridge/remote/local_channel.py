@@ -105,13 +105,8 @@ class LocalChannel:
             self._backlog.append(frames)
             self._ensure()
             return
-        if transport.is_closing():
-            return
-        pieces = wire.pieces(frames)
-        if len(pieces) == 1:
-            transport.write(pieces[0])
-        else:
-            transport.writelines(pieces)
+        if not transport.is_closing():
+            proto.write(transport, frames)
 
     async def _drained(self) -> None:
         if not self._writable.is_set():

@@ -253,13 +253,8 @@ class _Connection(asyncio.BufferedProtocol):
 
     def send(self, frames: list[Any]) -> None:
         transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        pieces = wire.pieces(frames)
-        if len(pieces) == 1:
-            transport.write(pieces[0])
-        else:
-            transport.writelines(pieces)
+        if transport is not None and not transport.is_closing():
+            proto.write(transport, frames)
 
     def close(self) -> None:
         if self._transport is not None:
