@@ -247,21 +247,15 @@ def s1_latency(ctx: Context) -> dict[str, Any]:
         xs += _timed_loop(lambda: pool.call("noop"), n, warm)
     rows.append(row("kernelpit-embedded", unit=unit, better=better, samples=_ms(xs)))
 
-    def remote_measure(bridge: Any, client: Any) -> dict[str, Any]:
-        ys: list[float] = []
-        for _ in range(reps):
-            ys += _timed_loop(lambda: client.call("noop"), n, warm)
-        return row("kernelpit-remote", unit=unit, better=better, samples=_ms(ys),
-                   api="kernelpit.connect(...).call over gRPC to a `kernelpit serve` process")
-    _remote_rows(ctx, rows, "kernelpit-remote", "", unit, better, remote_measure)
-
-    def local_measure(bridge: Any, client: Any) -> dict[str, Any]:
-        ys: list[float] = []
-        for _ in range(reps):
-            ys += _timed_loop(lambda: client.call("noop"), n, warm)
-        return row("kernelpit-local", unit=unit, better=better, samples=_ms(ys),
-                   api="kernelpit.connect(...).call over the local transport (Unix socket)")
-    _remote_rows(ctx, rows, "kernelpit-local", "", unit, better, local_measure)
+    for system, over in (("kernelpit-remote", "gRPC"), ("kernelpit-local", "the local transport")):
+        def client_measure(bridge: Any, client: Any, system: str = system,
+                           over: str = over) -> dict[str, Any]:
+            ys: list[float] = []
+            for _ in range(reps):
+                ys += _timed_loop(lambda: client.call("noop"), n, warm)
+            return row(system, unit=unit, better=better, samples=_ms(ys),
+                       api=f"kernelpit.connect(...).call over {over} to a `kernelpit serve` process")
+        _remote_rows(ctx, rows, system, "", unit, better, client_measure)
     why = ctx.remote()[2]
     echo, why_echo = ctx.echo()
     if echo is None:
