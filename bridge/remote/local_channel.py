@@ -437,24 +437,23 @@ class BlockingLocalChannel:
         return self._pending.pop(0)
 
     def _responses(self, stream: int, deserializer: Any) -> Iterable[Any]:
+        ended = False
         try:
-            while True:
+            while not ended:
                 frames = self._next()
                 op, of = proto.parse_head(frames)
                 if of != stream:
                     continue  # a late answer to an RPC given up on (Ctrl-C)
-                if op == proto.MESSAGE:
+                if op == proto.MESSAGE or op == proto.REPLY:
+                    ended = op == proto.REPLY
                     yield proto.deserialize(deserializer, frames[1])
-                elif op == proto.REPLY:
-                    yield proto.deserialize(deserializer, frames[1])
-                    return
                 elif op == proto.STATUS:
+                    ended = True
                     code, details = proto.status_from(frames[1])
                     if code != grpc.StatusCode.OK:
                         raise _failure(code, details, proto.metadata_from(frames[2:]))
-                    return
         except (KeyboardInterrupt, GeneratorExit):
-            if self._sock is not None:  # the bridge cancels it: the tool is interrupted
+            if not ended and self._sock is not None:  # the bridge cancels it: tool interrupted
                 wire.send(self._sock, [proto.head(proto.CANCEL, stream)])
             raise
 
