@@ -20,7 +20,8 @@ A file's name says who may remove it, so every death is cleaned up by a prefix
 Each step is a ``rename`` (atomic).  A receiver keeps its mapping while any buffer of the
 value lives (:class:`Holder`, the base of every buffer); when the last one goes, the file
 becomes a free slab, or is unlinked when the run's free slabs would pass the cap
-(``KERNELPIT_SHM_ARENA`` bytes, default 2 GiB).  A file that was removed meanwhile (its
+(``KERNELPIT_SHM_ARENA`` bytes, default 2 GiB); to stay under it, the slabs freed longest
+ago are removed first (:func:`make_room`).  A file that was removed meanwhile (its
 writer died) is simply gone: its pages go with the last mapping.
 
 Lending: a table received this way and passed on (as an argument, or by the bridge to a
@@ -67,6 +68,37 @@ def free_bytes(shm_dir: str) -> int:
     except FileNotFoundError:
         pass
     return total
+
+
+def make_room(shm_dir: str, size: int, cap: int) -> bool:
+    """Whether a slab of ``size`` bytes may be freed under the run's ``cap``, after removing
+    the free slabs that were freed longest ago until it fits: the slab just used is the one
+    its writer most likely needs next (a large value sent again and again), an old one of
+    another size or arena the least."""
+    if size > cap:
+        return False
+    slabs = []
+    try:
+        with os.scandir(shm_dir) as entries:
+            for e in entries:
+                if e.name.endswith(".free"):
+                    try:
+                        st = e.stat()
+                    except FileNotFoundError:
+                        continue
+                    slabs.append((st.st_ctime_ns, st.st_size, e.path))  # ctime: when freed
+    except FileNotFoundError:
+        return False
+    total = sum(n for _, n, _ in slabs)
+    for _, n, path in sorted(slabs):
+        if total + size <= cap:
+            break
+        try:
+            os.unlink(path)
+        except FileNotFoundError:  # taken by its writer meanwhile: no longer free anyway
+            pass
+        total -= n
+    return total + size <= cap
 
 
 # -- the writer ---------------------------------------------------------------------------------
@@ -193,7 +225,7 @@ class Holder:
         try:
             st = os.stat(self.path)
             # another name: someone else holds (maps) it too, and the last one frees it
-            if st.st_nlink == 1 and free_bytes(self.shm_dir) + st.st_size <= self.cap:
+            if st.st_nlink == 1 and make_room(self.shm_dir, st.st_size, self.cap):
                 os.rename(self.path, os.path.join(
                     self.shm_dir, f"{self.arena}-{uuid.uuid4().hex}.free"))
             else:

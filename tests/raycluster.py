@@ -57,7 +57,18 @@ class RayCluster:
         return node
 
 
-def start_cluster() -> RayCluster:
+def start_cluster(attempts: int = 2) -> RayCluster:
+    """A head and two nodes; a start that fails (Ray's node start-up wait can run out on a
+    busy 2-core machine) is cleaned up and tried once more."""
+    for attempt in range(attempts):
+        try:
+            return _start_once()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+
+
+def _start_once() -> RayCluster:
     from ray.cluster_utils import Cluster
 
     temp_dir = tempfile.mkdtemp(prefix="kpray-", dir="/tmp")  # short: Ray puts sockets in it
@@ -65,13 +76,20 @@ def start_cluster() -> RayCluster:
     # Ray on this machine (and makes address="auto" in this process find this cluster)
     os.environ.update(RAY_ENV, RAY_TMPDIR=temp_dir)
     _hide_slow_import(os.path.join(temp_dir, "pyshim"))
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "node_ip_address": "127.0.0.1", "object_store_memory": OBJECT_STORE,
-        "resources": {"head": 8}, "include_dashboard": False})
-    made = RayCluster(cluster, cluster.address, temp_dir, {"head": cluster.head_node})
-    made.add_node("node_a")
-    made.add_node("node_b", resources={"worker": 8})  # "worker": what a spread pool asks for
-    return made
+    cluster = None
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "node_ip_address": "127.0.0.1", "object_store_memory": OBJECT_STORE,
+            "resources": {"head": 8}, "include_dashboard": False})
+        made = RayCluster(cluster, cluster.address, temp_dir, {"head": cluster.head_node})
+        made.add_node("node_a")
+        made.add_node("node_b", resources={"worker": 8})  # "worker": what a spread pool asks for
+        return made
+    except BaseException:
+        if cluster is not None:
+            cluster.shutdown()
+        _forget(temp_dir)
+        raise
 
 
 def stop_cluster(made: RayCluster) -> None:
@@ -80,7 +98,12 @@ def stop_cluster(made: RayCluster) -> None:
     if ray.is_initialized():
         ray.shutdown()  # this test process started it (through the provisioner): ours to end
     made.cluster.shutdown()
-    shutil.rmtree(made.temp_dir, ignore_errors=True)
+    _forget(made.temp_dir)
+
+
+def _forget(temp_dir: str) -> None:
+    """Remove a cluster's directory and give this process its environment back."""
+    shutil.rmtree(temp_dir, ignore_errors=True)
     for var in (*RAY_ENV, "RAY_TMPDIR"):
         os.environ.pop(var, None)
     if _SAVED_PYTHONPATH is None:

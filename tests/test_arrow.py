@@ -2,6 +2,7 @@
 
 import fractions
 import os
+import time
 
 import numpy as np
 import pandas as pd
@@ -201,3 +202,14 @@ def test_a_gigabyte_table_both_ways_without_copies_in_the_worker():
         wait_until(lambda: only_free_slabs(p))  # kept for reuse, at most the arena's cap
         assert sum(os.stat(f"/dev/shm/kernelpit-{p.run_id}/{n}").st_size
                    for n in shm_files(p)) <= 2 << 30  # the default shm_arena
+
+
+def test_the_cap_removes_the_slabs_freed_longest_ago_first(tmp_path):
+    from kernelpit.kernels import arena
+    for name in ("w1-old.free", "w2-mid.free", "host-new.free"):
+        (tmp_path / name).write_bytes(b"x" * 1000)  # freed in this order (their ctime)
+        time.sleep(0.01)  # not a wait: file times move in clock ticks, keep the three apart
+    assert arena.make_room(str(tmp_path), 1500, 3000)  # two must go: the oldest two
+    assert sorted(os.listdir(tmp_path)) == ["host-new.free"]
+    assert not arena.make_room(str(tmp_path), 3001, 3000)  # larger than the cap itself
+    assert os.listdir(tmp_path) == ["host-new.free"]  # nothing removed for nothing
