@@ -158,6 +158,10 @@ class Worker(WorkerBase):
         fut = asyncio.get_running_loop().create_future()
         self._pongs[ping_id] = fut
         try:
+            if self._exit.done():  # it died before this ping was made: nothing will answer
+                # (killed between its hello and its first ping, the start waited start_timeout)
+                raise (self._start_failure() if self.state_at_death is STARTING
+                       else asyncio.TimeoutError())
             self._channel.send(self.id, {"op": "ping", "id": ping_id})
             await asyncio.wait_for(fut, timeout)
         finally:
@@ -192,9 +196,7 @@ class Worker(WorkerBase):
         if not self._exit.done():
             self._exit.set_result(None)
         if was is STARTING:  # fail the start (its hello or its first ping) now
-            error = StartError(
-                f"worker {self.id} of pool '{self.config.name}' {describe_exit(self.returncode)} "
-                f"during start; kernel log {self.log_path}:\n{self.log_tail()}")
+            error = self._start_failure()
             for fut in (self._hello, *self._pongs.values()):
                 if not fut.done():
                     fut.set_exception(error)
@@ -202,6 +204,11 @@ class Worker(WorkerBase):
             return
         if was is not STOPPING:
             self._on_exit(self)
+
+    def _start_failure(self) -> StartError:
+        return StartError(
+            f"worker {self.id} of pool '{self.config.name}' {describe_exit(self.returncode)} "
+            f"during start; kernel log {self.log_path}:\n{self.log_tail()}")
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop the kernel: ask the agent to exit, then make sure (kill the process group)."""
