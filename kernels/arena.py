@@ -54,22 +54,6 @@ def valid_name(name: str) -> bool:
     return bool(_NAME.match(name))
 
 
-def free_bytes(shm_dir: str) -> int:
-    """The size of all free slabs in a run's directory."""
-    total = 0
-    try:
-        with os.scandir(shm_dir) as entries:
-            for e in entries:
-                if e.name.endswith(".free"):
-                    try:
-                        total += e.stat().st_size
-                    except FileNotFoundError:
-                        pass
-    except FileNotFoundError:
-        pass
-    return total
-
-
 def make_room(shm_dir: str, size: int, cap: int) -> bool:
     """Whether a slab of ``size`` bytes may be freed under the run's ``cap``, after removing
     the free slabs that were freed longest ago until it fits: the slab just used is the one
