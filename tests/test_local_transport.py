@@ -34,6 +34,7 @@ def bridge(tmp_path_factory):
                 PoolConfig(name="tools", adapters=["kp_tools"], workers=1, path=[ADAPTERS])],
                grace=2,
                discovery=tmp_path_factory.mktemp("discovery") / "kernelpit-bridge.json",
+               store=str(tmp_path_factory.mktemp("jobs") / "jobs.sqlite"),
                token_file=tmp_path_factory.mktemp("tokens") / "tokens.json")
     portal.call(b.start)
     yield b
@@ -173,6 +174,19 @@ def test_tables_both_ways_equal_what_was_sent(client):
     assert back.equals(sent)
     again = client.call("echo", back)  # received, then passed back
     assert again.equals(sent)
+
+
+def test_a_value_with_a_large_table_and_large_bytes_goes_both_ways(client):
+    # the table by shared memory, the bytes as a blob beside it, in one value, one call
+    sent = {"t": pa.table({"x": np.arange(ROWS, dtype="float64")}), "b": os.urandom(6 << 20)}
+    back = client.call("echo", sent)
+    assert back["b"] == sent["b"] and back["t"].equals(sent["t"])
+
+
+def test_a_job_takes_a_large_table_as_a_blob_not_by_shared_memory(client):
+    # a job's values are journaled and outlive the caller: never a file in shared memory
+    sent = pa.table({"x": np.arange(ROWS, dtype="float64")})
+    assert client.submit("echo", sent).result(timeout=60).equals(sent)
 
 
 def test_a_client_that_dies_leaves_nothing_in_shared_memory(bridge):

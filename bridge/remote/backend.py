@@ -164,7 +164,7 @@ class RemoteBackend(Backend):
             for data in self._blocking_read(pb.ReadBlobRequest(id=ref.id), metadata=self.metadata):
                 fill(data)
             got[ref.id] = _complete(buf, fill, ref)
-        return Codec(fetch=lambda blob_id, size: got[blob_id])
+        return Codec(fetch=lambda blob_id, size: got[blob_id], shm=self._values().shm)
 
     def call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
                       options: CallOptions, loop: asyncio.AbstractEventLoop | None = None) -> Any:
@@ -301,7 +301,8 @@ class RemoteBackend(Backend):
     # -- durable jobs: the Jobs service, on the same channel ----------------------------
     async def submit(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions,
                      key: str | None = None) -> JobInfo:
-        uploads = self._uploads()
+        # a job's values are journaled and outlive this client: blobs, never shared memory
+        uploads = _Uploads(self.limit)
         request = convert.call_request(tool, args, kwargs, options, uploads.codec)
         if uploads.items:
             await self._upload(uploads, request.args, request.kwargs)
