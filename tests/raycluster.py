@@ -98,6 +98,9 @@ def stop_cluster(made: RayCluster) -> None:
     if ray.is_initialized():
         ray.shutdown()  # this test process started it (through the provisioner): ours to end
     made.cluster.shutdown()
+    # Ray's agents write port files and sockets into the directory until they are gone:
+    # remove it after them, or it comes back (at most 30 s)
+    psutil.wait_procs(running_ray_processes(), timeout=30)
     _forget(made.temp_dir)
 
 
