@@ -16,6 +16,7 @@ files there, mapped by the receiver, instead of as messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from typing import Any, AsyncIterator, Iterable
@@ -371,9 +372,9 @@ class BlockingLocalChannel:
         def call(requests: Iterable[Any], metadata: Any = None, timeout: float | None = None) -> Any:
             stream = self._open(proto.OPEN, method, metadata)
             for request in requests:
-                wire.send(self._sock, [proto.head(proto.MESSAGE, stream),
-                                       proto.serialize(request_serializer, request)])
-            wire.send(self._sock, [proto.head(proto.HALF_CLOSE, stream)])
+                self._send([proto.head(proto.MESSAGE, stream),
+                            proto.serialize(request_serializer, request)])
+            self._send([proto.head(proto.HALF_CLOSE, stream)])
             for response in self._responses(stream, response_deserializer):
                 return response
             raise _failure(grpc.StatusCode.INTERNAL, "the bridge ended a unary RPC without a reply")
@@ -398,13 +399,17 @@ class BlockingLocalChannel:
         frames = [proto.head(op, stream), method.encode()]
         if op == proto.UNARY:
             frames.append(proto.serialize(serializer, request))
+        self._send(frames + proto.metadata_frames(metadata))
+        return stream
+
+    def _send(self, frames: list[Any]) -> None:
+        """One message; a bridge gone meanwhile is UNAVAILABLE, as for every RPC."""
         try:
-            wire.send(self._sock, frames + proto.metadata_frames(metadata))
+            wire.send(self._sock, frames)
         except OSError as exc:
             self.close()
             raise _failure(grpc.StatusCode.UNAVAILABLE, f"the bridge's local socket {self.path} "
                            f"is gone ({exc})") from None
-        return stream
 
     def _connect(self) -> None:
         import socket
@@ -454,7 +459,8 @@ class BlockingLocalChannel:
                         raise _failure(code, details, proto.metadata_from(frames[2:]))
         except (KeyboardInterrupt, GeneratorExit):
             if not ended and self._sock is not None:  # the bridge cancels it: tool interrupted
-                wire.send(self._sock, [proto.head(proto.CANCEL, stream)])
+                with contextlib.suppress(grpc.RpcError):  # gone already: nothing to cancel
+                    self._send([proto.head(proto.CANCEL, stream)])
             raise
 
 

@@ -71,6 +71,8 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         self._results = Codec(park=self.blobs.put, limit=self._limit)
         self._packed_results = Codec(park=self.blobs.put, limit=self._limit, packed=True)
         self._requests = Codec(fetch=self.blobs.take, untrusted=True)
+        self._shared_requests = Codec(fetch=self.blobs.take, untrusted=True,
+                                      shm=manager.transport)
         self._closing = backend.closing
         self._server_info = server_info
         self._shutdown = shutdown
@@ -100,7 +102,7 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         memory (mapped here, validated like any client's data)."""
         if getattr(context, "shared_memory", None) is None:
             return self._requests
-        return Codec(fetch=self.blobs.take, untrusted=True, shm=self._manager.transport)
+        return self._shared_requests
 
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext) -> pb.CallResponse:
         try:
