@@ -102,8 +102,8 @@ def map_request(tool: str, columns: list[list[Any]], options: CallOptions,
                 chunksize: int | None, codec: Codec = PLAIN) -> pb.MapRequest:
     with unsendable(tool):
         encoded = codec.encode(columns)
-    req = pb.MapRequest(tool=tool, columns=encoded, options=options_to_proto(options),
-                        chunksize=chunksize)
+    req = pb.MapRequest(tool=tool, options=options_to_proto(options), chunksize=chunksize)
+    req.columns.CopyFrom(encoded)  # not MapRequest(columns=...): see framing.batch
     trace = tracing.carrier()
     if trace is not None:
         req.options.trace_context.update(trace)

@@ -106,3 +106,18 @@ def split(messages: list[Any], limit: int) -> list[list[Any]]:
     if group:
         groups.append(group)
     return groups
+
+
+def batch(message_type: Any, field: str, items: Iterable[Any], **fields: Any) -> Any:
+    """``message_type(**fields)`` holding ``items`` in its repeated message ``field``.
+
+    Every item goes in by ``CopyFrom``.  The constructor, ``append`` and ``extend`` copy a
+    message by ``MergeFrom``, which upb does at about 0.5 GB/s: 2 ms for each MB of a value
+    in a reply, against 0.04 ms by ``CopyFrom``.  (For the same reason a single message field
+    is filled with ``out.field.CopyFrom(value)``, never ``Message(field=value)``.)
+    """
+    out = message_type(**fields)
+    repeated = getattr(out, field)
+    for item in items:
+        repeated.add().CopyFrom(item)
+    return out

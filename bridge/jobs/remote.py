@@ -71,7 +71,8 @@ class RemoteJobs:
     async def submit_request(self, call: Any, key: str | None = None,
                              max_attempts: int | None = None) -> JobInfo:
         """Submit an already encoded ``CallRequest`` (its blobs uploaded)."""
-        request = pb.SubmitJobRequest(call=call, key=key, max_attempts=max_attempts)
+        request = pb.SubmitJobRequest(key=key, max_attempts=max_attempts)
+        request.call.CopyFrom(call)  # not SubmitJobRequest(call=...): see contract.framing.batch
         return convert.job_from_proto(await self._unary(self._stub.SubmitJob, request))
 
     async def get(self, job_id: str) -> JobInfo:

@@ -17,6 +17,7 @@ import grpc
 
 from ..contract import convert as call_convert
 from ..contract import errors
+from ..contract.framing import batch as message_batch
 from ..contract.values import Codec
 from ..v1 import jobs_pb2 as pb
 from ..v1 import jobs_pb2_grpc as pb_grpc
@@ -63,8 +64,8 @@ class JobsServicer(pb_grpc.JobsServicer):
         batches = follow_batches(self.runner.store, request.id, request.after_seq)
         try:
             async for batch in batches:
-                yield pb.JobEventBatch(events=[convert.event_to_proto(e, self._results)
-                                               for e in batch])
+                yield message_batch(pb.JobEventBatch, "events",
+                                    [convert.event_to_proto(e, self._results) for e in batch])
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001

@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable
 import grpc
 
 from ..contract import errors
-from ..contract.framing import split
+from ..contract.framing import batch as message_batch, split
 from ..contract.values import PLAIN, Codec
 from ..exceptions import BridgeError, PoolClosed
 from ..v1 import bridge_pb2 as pb
@@ -84,7 +84,9 @@ class CallMultiplexer:
     def _enqueue(self, request: pb.CallRequest, fut: Any) -> int:
         call_id = next(self._ids)
         self._pending[call_id] = fut
-        self._outbox.append(pb.TaggedCall(id=call_id, request=request))
+        tagged = pb.TaggedCall(id=call_id)
+        tagged.request.CopyFrom(request)  # not TaggedCall(request=...): see framing.batch
+        self._outbox.append(tagged)
         return call_id
 
     def _cancel(self, call_id: int) -> None:
@@ -117,7 +119,8 @@ class CallMultiplexer:
                     self._outbox, self._cancels = [], []
                     parts = split(calls, self.max_batch_bytes) or [[]]
                     for i, part in enumerate(parts):
-                        await rpc.write(pb.CallBatch(calls=part, cancel=cancels if i == 0 else ()))
+                        await rpc.write(message_batch(pb.CallBatch, "calls", part,
+                                                      cancel=cancels if i == 0 else ()))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             self._failed(rpc, exc)
 

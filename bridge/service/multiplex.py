@@ -14,7 +14,7 @@ import asyncio
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ..contract import errors
-from ..contract.framing import split
+from ..contract.framing import batch as message_batch, split
 from ..contract.values import PLAIN, Codec
 from ..exceptions import PoolClosed
 from ..v1 import bridge_pb2 as pb
@@ -84,7 +84,7 @@ async def serve_calls(requests: AsyncIterator[pb.CallBatch], run: Runner,
                     break
                 item = replies.get_nowait()
             for part in split(batch, codec.limit):
-                yield pb.ReplyBatch(replies=part)
+                yield message_batch(pb.ReplyBatch, "replies", part)
     finally:
         reader.cancel()
         stopper.cancel()

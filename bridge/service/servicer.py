@@ -21,6 +21,7 @@ from ..v1 import bridge_pb2_grpc as pb_grpc
 from ..v1 import values_pb2 as values_pb
 from ..contract import convert, errors
 from ..contract.framing import BLOB_SIZE_KEY, chunk_size, split
+from ..contract.framing import batch as message_batch
 from ..contract.metadata import ACCEPT_KEY, ACCEPT_PACKED
 from ..contract.values import Codec
 from .blobs import BlobError, BlobStore
@@ -115,9 +116,10 @@ class BridgeServicer(pb_grpc.BridgeServicer):
                 with tracing.server_span(request.tool, request.options.trace_context,
                                          context.invocation_metadata()):
                     value = await self._manager.call(request.tool, args, kwargs, options)
-            if value is None:
-                return pb.CallResponse()
-            return pb.CallResponse(result=self._result_codec(context).encode(value))
+            response = pb.CallResponse()
+            if value is not None:  # CopyFrom: the constructor's copy costs 2 ms per MB (framing.batch)
+                response.result.CopyFrom(self._result_codec(context).encode(value))
+            return response
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -151,7 +153,9 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         with tracing.server_span(request.tool, request.options.trace_context,
                                  context.invocation_metadata()):
             results = await self._manager.map(request.tool, columns, options, chunksize)
-        return pb.MapResponse(results=self._result_codec(context).encode(results))
+        response = pb.MapResponse()
+        response.results.CopyFrom(self._result_codec(context).encode(results))
+        return response
 
     async def CallStream(self, request: pb.CallRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EventBatch]:
@@ -180,7 +184,7 @@ class BridgeServicer(pb_grpc.BridgeServicer):
                 parts = split([convert.event_to_proto(e, codec) for e in batch], self._limit)
                 del batch  # its values (a mapped table) are not kept while the client reads
                 for part in parts:
-                    yield pb.EventBatch(events=part)
+                    yield message_batch(pb.EventBatch, "events", part)
                 if failure is not None:
                     complete = True
                     await abort(context, failure)
