@@ -29,7 +29,7 @@ import traceback
 from typing import Any
 
 from ..exceptions import Cancelled, ErrorPayload, KernelpitError, ToolNotFound
-from . import capture, lifeline, placement, wire
+from . import capture, heap, lifeline, placement, wire
 from .outbox import Outbox
 from .arrow import DecodeError, Transport
 from .protocol import EncodeError, decode, encode
@@ -86,6 +86,7 @@ class Agent:
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self, hello: dict[str, Any]) -> None:
+        heap.keep_freed_memory()  # this worker's messages reuse pages, not fault new ones
         io = threading.Thread(target=self._io_loop, args=(hello,), name="kernelpit-io", daemon=True)
         io.start()
         self._threads.append(io)

@@ -9,12 +9,14 @@ import sys
 from typing import Any, TextIO
 
 from ..config import PoolConfig
+from ..kernels import heap
 from .server import Bridge
 
 
 async def serve(configs: list[PoolConfig], *, out: TextIO = sys.stderr, **settings: Any) -> None:
     """Run a bridge until SIGTERM, SIGINT, the Shutdown RPC or its idle timeout; then drain and
     stop every kernel."""
+    heap.keep_freed_memory()  # `kernelpit serve` is this process: its messages reuse pages
     bridge = Bridge(configs, **settings)
     loop = asyncio.get_running_loop()
     stop_signals = (signal.SIGTERM, signal.SIGINT)
