@@ -51,6 +51,8 @@ class Transport:
     allow_pickle: bool = False       # encode/decode other objects with pickle (runs code on load)
     arena: str = ""                  # whose free slabs this writer reuses (default: prefix)
     arena_cap: int = arena_.DEFAULT_CAP  # bytes of free slabs a run keeps, at most
+    #: received lists of numbers stay packed (a bridge passes them on, never builds the floats)
+    keep_packed: bool = False
 
     @classmethod
     def from_env(cls, prefix: str) -> "Transport":

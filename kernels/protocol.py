@@ -8,8 +8,10 @@ their own frame, never as base64, and are replaced in the JSON by a marker
 ``array.array`` travels the same way as ``{"$kp": "array", "t": "q", "i": N}``
 (``t`` is its typecode), and so does a list of at least ``MIN_PACKED`` plain
 ints (int64) or plain floats, as ``{"$kp": "list", "t": "d", "i": N}``, read
-back as a list: the columns and results of a ``map`` chunk or a dict of
-numeric columns cost a memcpy, not a JSON number per item.  Lists inside
+back as a list (kept as a :class:`PackedList` where the transport says
+``keep_packed``: the bridge, which passes it on without making the floats):
+the columns and results of a ``map`` chunk or a dict of numeric columns cost
+a memcpy, not a JSON number per item.  Lists inside
 dicts and lists are found too, except inside big containers that are not
 lists of lists (records, large mappings), which are left to JSON as they are.
 
@@ -169,9 +171,10 @@ def decode(frames: list[Any], transport: Transport | None = None) -> dict[str, A
         return inline if inline is not None else bytes(buffers[m["i"]])
 
     def read_array(m: dict[str, Any]) -> Any:
-        values = array(m["t"])
+        packed = m[MARKER] == "list"
+        values = PackedList(m["t"]) if packed else array(m["t"])
         values.frombytes(buffers[m["i"]])
-        return values if m[MARKER] == "array" else values.tolist()
+        return values.tolist() if packed and not transport.keep_packed else values
 
     try:
         return markers.loads(frames[0], {

@@ -87,7 +87,7 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
             return markers.buffer_ref("bytes", add(o, memoryview(o).nbytes))
         if arrow.handles(o):
             return _encode_arrow(o, buffers, refs, park, room, shm)
-        if type(o) is PackedList:
+        if type(o) is PackedList and packed:
             data = o if sys.byteorder == "little" else _swapped(o)
             return markers.buffer_ref("list", add(memoryview(data).cast("B"), len(o) * o.itemsize),
                                       t=o.typecode)
