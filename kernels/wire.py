@@ -59,23 +59,26 @@ def tune(sock: socket.socket) -> None:
             pass
 
 
-def _fill_in_place(size: int) -> tuple[Any, memoryview]:
+def fill_in_place(size: int, keep: bool = True) -> tuple[Any, memoryview]:
     """A frame of ``size`` bytes and a writable view of it, to receive into.
 
     On CPython the frame is a ``bytes`` object made uninitialized with
     ``PyBytes_FromStringAndSize(NULL, size)`` (the C API's way to build a bytes
     object in place) and filled before anyone else sees it: no zero-fill, and
     decoding a ``bytes`` value costs no copy.  Elsewhere it is a ``bytearray``.
+    ``keep``: a large frame is kept for reuse once nobody holds it (:class:`_Kept`);
+    a client, whose values are its user's, receives without keeping.
     """
     if _new_bytes is None:
         frame = bytearray(size)
         return frame, memoryview(frame)
-    frame = _kept.reuse(size) if size >= KEEP_FROM else None
+    keep = keep and size >= KEEP_FROM
+    frame = _kept.reuse(size) if keep else None
     if frame is None:
         frame = _new_bytes(None, size)
         if size >= _HUGE_FROM:
             _huge_pages(id(frame) + _BYTES_DATA, size)
-        if size >= KEEP_FROM:
+        if keep:
             _kept.add(frame, size)
     data = (ctypes.c_char * size).from_address(id(frame) + _BYTES_DATA)
     return frame, memoryview(data).cast("B")
@@ -521,7 +524,7 @@ class SignedReader:
         if blob is None:
             if index > MAX_FRAMES:
                 raise WireError(f"a part of frame {index}")
-            frame, view = _fill_in_place(size)
+            frame, view = fill_in_place(size)
             blob = self._blobs[index] = [frame, view, 0]
         elif len(blob[0]) != size:
             raise WireError("parts of one frame that disagree on its size")
@@ -562,7 +565,7 @@ class Reader:
         self._big_at = 0
 
     def _place(self, size: int) -> tuple[Any, memoryview]:
-        return _fill_in_place(size)
+        return fill_in_place(size)
 
     def _received(self, piece: memoryview) -> None:
         """Bytes of a large frame just received in place (with ``_streaming``)."""
@@ -644,7 +647,7 @@ class _PlacingReader(Reader):
         self._owner.stream(self._frames, self._lengths or [])
         view = self._owner.place(self._frames, size)
         if view is None:
-            return _fill_in_place(size)
+            return fill_in_place(size)
         return view, view
 
     def _received(self, piece: memoryview) -> None:

@@ -23,6 +23,7 @@ from ..exceptions import BridgeError, Unauthenticated
 from ..info import SessionInfo, TokenInfo, ToolInfo, WorkerInfo
 from ..jobs.model import JobEvent, JobInfo
 from ..jobs.remote import RemoteJobs
+from ..kernels import wire
 from ..options import CallOptions
 from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
@@ -459,16 +460,11 @@ class _Uploads:
 
 
 def _receiver(size: int) -> tuple[Any, Any]:
-    """(buffer, fill): an aligned Arrow buffer of ``size`` bytes (a bytearray without
-    pyarrow: the blob is then plain bytes) and a function that appends a chunk to it;
-    tables decoded from it point into it (one copy, from the messages)."""
-    try:
-        import pyarrow as pa
-    except ImportError:
-        buf: Any = bytearray(size)
-    else:
-        buf = pa.allocate_buffer(size)
-    view = memoryview(buf).cast("B")
+    """(buffer, fill): a ``bytes`` object of ``size`` bytes filled in place (as the pool's
+    wire receives a frame: no zero-fill, huge pages when large) and a function that
+    appends a chunk to it.  A ``bytes`` value is that object, and tables decoded from it
+    point into it: one copy, from the messages."""
+    buf, view = wire.fill_in_place(size, keep=False)
     pos = [0]
 
     def fill(data: memoryview) -> None:
