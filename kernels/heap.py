@@ -27,7 +27,7 @@ import os
 import sys
 
 MMAP_THRESHOLD = 32 << 20  # glibc's upper bound for M_MMAP_THRESHOLD on 64-bit
-TRIM_THRESHOLD = 64 << 20
+TRIM_THRESHOLD = 32 << 20  # free memory kept at the top of a heap: a few large messages
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from <malloc.h>
 _ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
