@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
            "host": socket.gethostname(), "cpu": platform.processor() or platform.machine(),
            "cpus": os.cpu_count(), "python": sys.version.split()[0], "rounds": args.rounds,
-           "reference": ref, "rows": rows, "targets": TARGETS}
+           "load": os.getloadavg(), "reference": {**ref, "start_rounds": ref_start},
+           "rows": rows, "targets": TARGETS}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"forkserver-{datetime.date.today()}-{socket.gethostname()}.json"
     path.write_text(json.dumps(out, indent=2))

@@ -1,9 +1,10 @@
 """The per-pool zygote: a worker kernel made ready once, then forked for each worker.
 
-``python -m kernelpit.kernels.zygote SOCKET KEEPER_FD [KERNEL_ARG...]`` is started by
-the pool's fork provisioner (``kernelpit.provisioners.fork``) with the pool's
-environment, its native thread limits (OMP/OPENBLAS/MKL/NUMEXPR) already set, so
-they apply before anything is imported.  It imports everything a worker's start
+The zygote (``python -c BOOTSTRAP kernelpit.kernels.zygote SOCKET KEEPER_FD
+[KERNEL_ARG...]``, :func:`command`) is started by the pool's fork provisioner
+(``kernelpit.provisioners.fork``) with the pool's environment, its native thread
+limits (OMP/OPENBLAS/MKL/NUMEXPR) already set, so they apply before anything is
+imported.  It imports everything a worker's start
 imports (IPython, ipykernel, the lazy ``ipykernel.debugger`` -> debugpy,
 jupyter_client's session, the agent, the pool's adapters), then builds the part of
 a worker's kernel that has no socket and no thread (:func:`prepare`: the
@@ -46,6 +47,40 @@ import time
 import traceback
 
 AGENT_MODULE = "kernelpit.kernels"
+MODULE = "kernelpit.kernels.zygote"
+#: The zygote runs as ``python -c BOOTSTRAP kernelpit.kernels.zygote ARGS...`` rather than
+#: ``-m``, which would run ``kernelpit/__init__.py`` first: the control plane's API (config,
+#: events, info, jobs: 35-40 ms of imports, measured after everything a plain kernel
+#: imports) that no worker's start uses.  The bootstrap registers the ``kernelpit``
+#: package with its body not yet run; the first attribute it lacks (``kernelpit.Pool``,
+#: ``kernelpit.__version__``, in a worker's tool) runs the body, once, and answers.
+#: Submodules (``kernelpit.kernels``, ``kernelpit.exceptions``) import as usual.
+BOOTSTRAP = """\
+import importlib.util, runpy, sys, threading
+spec = importlib.util.find_spec("kernelpit")
+package = importlib.util.module_from_spec(spec)
+lock, loaded = threading.RLock(), []
+def __getattr__(name):
+    with lock:
+        if not loaded:
+            loaded.append(True)
+            spec.loader.exec_module(package)
+    if name in package.__dict__:
+        return package.__dict__[name]
+    hook = package.__dict__.get("__getattr__")
+    if hook is not None and hook is not __getattr__:
+        return hook(name)
+    raise AttributeError(f"module 'kernelpit' has no attribute {name!r}")
+package.__getattr__ = __getattr__
+sys.modules["kernelpit"] = package
+del sys.argv[0]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def command(python: str, path: str, keeper_fd: int, kernel_args: list[str]) -> list[str]:
+    """The zygote's command line (see BOOTSTRAP); ``MODULE`` stays a word of it."""
+    return [python, "-c", BOOTSTRAP, MODULE, path, str(keeper_fd), *kernel_args]
 #: what a worker's start imports beyond ``import ipykernel.kernelapp`` (measured: 180
 #: modules; debugpy alone is 0.12 s), preloaded so that no child imports them again
 PRELOAD = ("IPython", "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell",

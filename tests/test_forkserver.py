@@ -280,13 +280,15 @@ def test_a_forked_worker_is_a_kernel_of_its_own(tmp_path):
 def test_a_forked_workers_shell_is_its_own(tmp_path):
     """The zygote builds the IPython shell before forking: each worker's shell must still be
     wired to its own kernel, hold its own namespace and counters, and see the environment
-    settings a kernel's shell makes (the child's environment replaced the zygote's)."""
+    settings a kernel's shell makes (the child's environment replaced the zygote's).  The
+    zygote leaves ``kernelpit``'s package body unrun until used: a tool still sees it whole."""
     with kernelpit.Pool(adapters=["kp_tools"], workers=2, path=[ADAPTERS], spawn="fork",
                         cwd=str(tmp_path)) as pool:
         probe = ("(get_ipython().kernel.shell is get_ipython(), "
                  "get_ipython().parent is get_ipython().kernel, "
                  "os.environ.get('PAGER'), str(_dh[-1]), 'mark' in globals(), "
-                 "get_ipython().execution_count)")
+                 "get_ipython().execution_count, kernelpit.__version__, "
+                 "kernelpit.WorkerCrashed.__name__)")
         seen = []
         for i, w in enumerate(pool.workers()):
             client = BlockingKernelClient(connection_file=w.connection_file)
@@ -294,8 +296,8 @@ def test_a_forked_workers_shell_is_its_own(tmp_path):
             client.start_channels()
             try:
                 client.wait_for_ready(timeout=20)
-                client.execute_interactive("import os" if i else "import os; mark = 1",
-                                           timeout=20)
+                client.execute_interactive("import os, kernelpit" if i else
+                                           "import os, kernelpit; mark = 1", timeout=20)
                 reply = client.execute_interactive("pass", user_expressions={"p": probe},
                                                    timeout=20)
                 seen.append(reply["content"]["user_expressions"]["p"]["data"]["text/plain"])
@@ -307,6 +309,7 @@ def test_a_forked_workers_shell_is_its_own(tmp_path):
         assert [v[:4] for v in values] == [(True, True, "cat", str(tmp_path))] * 2
         assert [v[4] for v in values] == [True, False]  # one worker's name is not the other's
         assert [v[5] for v in values] == [3, 3]  # its own execution counter
+        assert [v[6:] for v in values] == [(kernelpit.__version__, "WorkerCrashed")] * 2
 
 
 def test_a_workers_memory_counts_the_processes_it_started():

@@ -153,8 +153,8 @@ class Zygote:
             os.unlink(self.path)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kernelpit.kernels.zygote", self.path,
-                 str(theirs.fileno()), *kernel_args], env=env, cwd=cwd or os.getcwd(), stdin=subprocess.DEVNULL,
+                zygote_protocol.command(sys.executable, self.path, theirs.fileno(), kernel_args),
+                env=env, cwd=cwd or os.getcwd(), stdin=subprocess.DEVNULL,
                 stdout=log, stderr=log, pass_fds=(theirs.fileno(),), start_new_session=True)
         theirs.close()
         ours.setblocking(False)
