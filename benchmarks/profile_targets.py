@@ -68,6 +68,7 @@ def _timeline() -> dict:
         marks.setdefault("zygote_ready", []).append(time.perf_counter())
 
     async def spawn(self, *a, **kw):
+        marks.setdefault("fork_asked", []).append(time.perf_counter())
         child = await orig_spawn(self, *a, **kw)
         marks.setdefault("forked", []).append(time.perf_counter())
         return child
@@ -117,7 +118,8 @@ def run_start(n: int = 4, reps: int = 3) -> None:
         dt = time.perf_counter() - t0
         pool.close()
         print(f"start {n} workers: {dt:.3f} s")
-        for phase in ("zygote_begin", "zygote_ready", "launch_begin", "forked", "launched",
+        for phase in ("zygote_begin", "zygote_ready", "launch_begin", "fork_asked", "forked",
+                      "launched",
                       "hello", "ready"):
             print(f"   {phase:<13}" + " ".join(f"{x - t0:6.3f}" for x in sorted(marks.get(phase, []))))
 
