@@ -337,3 +337,17 @@ def test_a_workers_memory_counts_the_processes_it_started():
         finally:
             client.execute_interactive("started[0].kill()", timeout=20)
             client.stop_channels()
+
+
+@needs_fork
+def test_a_start_that_fails_before_a_forking_pool_is_built_leaves_no_zygote():
+    """A forking pool's zygote starts first, before its pool is built: a start that fails in
+    between (here the pool built before it names a missing kernelspec) ends it too."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(kernelpit.StartError, match="no kernelspec named"):
+        kernelpit.Pool(pools={
+            "missing": {"adapters": ["kp_tools"], "path": [ADAPTERS], "kernelspec": "kp-none"},
+            "forked": {"adapters": ["kp_tools"], "path": [ADAPTERS], "workers": 1,
+                       "spawn": "fork"}})
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert [p.cmdline()[:4] for p in left] == []
