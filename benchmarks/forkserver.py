@@ -3,7 +3,8 @@
     python -m benchmarks.forkserver              # 3 rounds (~1 min)
     python -m benchmarks.forkserver --rounds 5 --spawn fork   # fork only, no exec rows
 
-Every figure is a ratio to a reference measured in the same run: the start of one plain
+Every figure is a ratio to a reference measured in the same run (each round: the reference,
+then 8 workers of each spawn, each after the machine is quiet, ``benchmarks/quiet.py``): the start of one plain
 ipykernel through ``jupyter_client.KernelManager`` (to a kernel_info reply), and that
 kernel's unique memory (USS).  Targets:
 
@@ -33,6 +34,8 @@ import psutil
 from jupyter_client import KernelManager
 
 import kernelpit
+
+from .quiet import settle
 
 ADAPTER = "kernelpit.kernels.demo"
 RESULTS = Path(__file__).parent / "results"
@@ -107,11 +110,14 @@ def main(argv: list[str] | None = None) -> dict:
     # change in the machine's load (it is shared) moves both sides of a round's ratio alike.
     ref_start, ref_uss = [], []
     starts: dict[str, list[float]] = {spawn: [] for spawn in spawns}
+    settled = []
     for _ in range(args.rounds):
+        settled.append(settle())  # the machine is shared: start each measurement on a quiet one
         s, u = plain_kernel()
         ref_start.append(s)
         ref_uss.append(u)
         for spawn in spawns:
+            settled.append(settle())
             starts[spawn].append(start8(spawn))
     ref = {"start": statistics.median(ref_start), "uss": statistics.median(ref_uss)}
     rows: dict[str, dict] = {}
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
            "host": socket.gethostname(), "cpu": platform.processor() or platform.machine(),
            "cpus": os.cpu_count(), "python": sys.version.split()[0], "rounds": args.rounds,
-           "load": os.getloadavg(), "reference": {**ref, "start_rounds": ref_start},
+           "load": os.getloadavg(), "settle": settled, "reference": {**ref, "start_rounds": ref_start},
            "rows": rows, "targets": TARGETS}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"forkserver-{datetime.date.today()}-{socket.gethostname()}.json"
