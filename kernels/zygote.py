@@ -1,6 +1,6 @@
 """The per-pool zygote: a worker kernel made ready once, then forked for each worker.
 
-The zygote (``python -c BOOTSTRAP kernelpit.kernels.zygote SOCKET KEEPER_FD
+The zygote (``python .../kernels/zygote.py kernelpit.kernels.zygote SOCKET KEEPER_FD
 [KERNEL_ARG...]``, :func:`command`) is started by the pool's fork provisioner
 (``kernelpit.provisioners.fork``) with the pool's environment, its native thread
 limits (OMP/OPENBLAS/MKL/NUMEXPR) already set, so they apply before anything is
@@ -48,39 +48,50 @@ import traceback
 
 AGENT_MODULE = "kernelpit.kernels"
 MODULE = "kernelpit.kernels.zygote"
-#: The zygote runs as ``python -c BOOTSTRAP kernelpit.kernels.zygote ARGS...`` rather than
-#: ``-m``, which would run ``kernelpit/__init__.py`` first: the control plane's API (config,
-#: events, info, jobs: 35-40 ms of imports, measured after everything a plain kernel
-#: imports) that no worker's start uses.  The bootstrap registers the ``kernelpit``
-#: package with its body not yet run; the first attribute it lacks (``kernelpit.Pool``,
-#: ``kernelpit.__version__``, in a worker's tool) runs the body, once, and answers.
-#: Submodules (``kernelpit.kernels``, ``kernelpit.exceptions``) import as usual.
-BOOTSTRAP = """\
-import importlib.util, runpy, sys, threading
-spec = importlib.util.find_spec("kernelpit")
-package = importlib.util.module_from_spec(spec)
-lock, loaded = threading.RLock(), []
-def __getattr__(name):
-    with lock:
-        if not loaded:
-            loaded.append(True)
-            spec.loader.exec_module(package)
-    if name in package.__dict__:
-        return package.__dict__[name]
-    hook = package.__dict__.get("__getattr__")
-    if hook is not None and hook is not __getattr__:
-        return hook(name)
-    raise AttributeError(f"module 'kernelpit' has no attribute {name!r}")
-package.__getattr__ = __getattr__
-sys.modules["kernelpit"] = package
-del sys.argv[0]
-runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-"""
 
 
 def command(python: str, path: str, keeper_fd: int, kernel_args: list[str]) -> list[str]:
-    """The zygote's command line (see BOOTSTRAP); ``MODULE`` stays a word of it."""
-    return [python, "-c", BOOTSTRAP, MODULE, path, str(keeper_fd), *kernel_args]
+    """The zygote's command line: this file run by its path, not ``-m`` (which would run
+    ``kernelpit/__init__.py`` first, see :func:`_run_in_package`); ``MODULE`` stays a word
+    of it, for ``ps`` and the tests."""
+    return [python, os.path.abspath(__file__), MODULE, path, str(keeper_fd), *kernel_args]
+
+
+def _run_in_package() -> None:
+    """Run by path (:func:`command`): register the ``kernelpit`` package with its body not
+    yet run, then run this file as ``kernelpit.kernels.zygote``.  The body is the control
+    plane's API (config, events, info, jobs: 35-40 ms of imports, measured after everything
+    a plain kernel imports) that no worker's start uses; the first attribute the package
+    lacks (``kernelpit.Pool``, ``kernelpit.__version__``, in a worker's tool) runs it, once,
+    and answers.  Submodules (``kernelpit.kernels``, ``kernelpit.exceptions``) import as
+    usual."""
+    import importlib.util
+    import runpy
+    import threading
+
+    here = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    if sys.path and os.path.realpath(sys.path[0] or ".") == here:
+        del sys.path[0]  # this package's directory: its modules are not top-level ones
+    spec = importlib.util.find_spec("kernelpit")
+    package = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    lock, loaded = threading.RLock(), []
+
+    def __getattr__(name: str) -> object:
+        with lock:
+            if not loaded:
+                loaded.append(True)
+                spec.loader.exec_module(package)  # type: ignore[union-attr]
+        if name in package.__dict__:
+            return package.__dict__[name]
+        hook = package.__dict__.get("__getattr__")
+        if hook is not None and hook is not __getattr__:
+            return hook(name)
+        raise AttributeError(f"module 'kernelpit' has no attribute {name!r}")
+
+    package.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    sys.modules["kernelpit"] = package
+    del sys.argv[0]  # now MODULE, as ``-m`` would have it
+    runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
 #: what a worker's start imports beyond ``import ipykernel.kernelapp`` (measured: 180
 #: modules; debugpy alone is 0.12 s), preloaded so that no child imports them again
 PRELOAD = ("IPython", "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell",
@@ -582,4 +593,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if __package__:
+        main()
+    else:
+        _run_in_package()
