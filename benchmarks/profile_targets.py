@@ -59,6 +59,21 @@ def _timeline() -> dict:
         marks.setdefault("ready", []).append(time.perf_counter())
 
     wmod.launch, wmod.Worker.on_message, wmod.Worker.start = launch, on_message, start
+    from kernelpit.provisioners import fork
+    orig_zstart, orig_spawn = fork.Zygote.start, fork.Zygote.spawn
+
+    async def zstart(self, *a, **kw):
+        marks.setdefault("zygote_begin", []).append(time.perf_counter())
+        await orig_zstart(self, *a, **kw)
+        marks.setdefault("zygote_ready", []).append(time.perf_counter())
+
+    async def spawn(self, *a, **kw):
+        marks.setdefault("fork_asked", []).append(time.perf_counter())
+        child = await orig_spawn(self, *a, **kw)
+        marks.setdefault("forked", []).append(time.perf_counter())
+        return child
+
+    fork.Zygote.start, fork.Zygote.spawn = zstart, spawn
     return marks
 
 
@@ -103,7 +118,9 @@ def run_start(n: int = 4, reps: int = 3) -> None:
         dt = time.perf_counter() - t0
         pool.close()
         print(f"start {n} workers: {dt:.3f} s")
-        for phase in ("launch_begin", "launched", "hello", "ready"):
+        for phase in ("zygote_begin", "zygote_ready", "launch_begin", "fork_asked", "forked",
+                      "launched",
+                      "hello", "ready"):
             print(f"   {phase:<13}" + " ".join(f"{x - t0:6.3f}" for x in sorted(marks.get(phase, []))))
 
 

@@ -1,20 +1,25 @@
 """The per-pool zygote: a worker kernel made ready once, then forked for each worker.
 
-``python -m kernelpit.kernels.zygote SOCKET KEEPER_FD`` is started by the pool's
-fork provisioner (``kernelpit.provisioners.fork``) with the pool's environment,
-its native thread limits (OMP/OPENBLAS/MKL/NUMEXPR) already set, so they apply
-before anything is imported.  It imports everything a worker's start imports
-(IPython, ipykernel, the lazy ``ipykernel.debugger`` -> debugpy, jupyter_client's
-session, the agent, the pool's adapters), freezes it out of the collector's
-sight (so children share those pages instead of copying them when a collection
-touches them) and then serves on ``SOCKET``, single-threaded: no thread and no
-ZMQ context ever exists here, so a fork copies nothing half-held.
+The zygote (``python .../kernels/zygote.py kernelpit.kernels.zygote SOCKET KEEPER_FD
+[KERNEL_ARG...]``, :func:`command`) is started by the pool's fork provisioner
+(``kernelpit.provisioners.fork``) with the pool's environment, its native thread
+limits (OMP/OPENBLAS/MKL/NUMEXPR) already set, so they apply before anything is
+imported.  It imports everything a worker's start
+imports (IPython, ipykernel, the lazy ``ipykernel.debugger`` -> debugpy,
+jupyter_client's session, the agent, the pool's adapters), then builds the part of
+a worker's kernel that has no socket and no thread (:func:`prepare`: the
+application with the workers' arguments, less ``-f``, parsed and its config
+loaded, and the IPython shell), freezes it all out of the collector's sight (so
+children share those pages instead of copying them when a collection touches
+them) and then serves on ``SOCKET``, single-threaded: no thread and no ZMQ
+context ever exists here, so a fork copies nothing half-held.
 
 Each request (one connection, :func:`request` is the client side) carries a
 worker kernel's argv, environment and working directory, plus its stdout and
 stderr as file descriptors.  The zygote forks; the child makes its own session
 (process group), takes the environment and runs ``kernelpit.kernels``'s
-``main()``, which makes the kernel's sockets and threads.  The zygote answers
+``main()``, which adopts the prepared application and shell (:func:`adopt`) and
+makes the kernel's sockets and threads.  The zygote answers
 ``{"pid": N}`` once the child leads its session, and later, having reaped it,
 ``{"exit": code}`` (``Popen.returncode`` style: ``-N`` for signal N) on the
 same connection.
@@ -42,6 +47,51 @@ import time
 import traceback
 
 AGENT_MODULE = "kernelpit.kernels"
+MODULE = "kernelpit.kernels.zygote"
+
+
+def command(python: str, path: str, keeper_fd: int, kernel_args: list[str]) -> list[str]:
+    """The zygote's command line: this file run by its path, not ``-m`` (which would run
+    ``kernelpit/__init__.py`` first, see :func:`_run_in_package`); ``MODULE`` stays a word
+    of it, for ``ps`` and the tests."""
+    return [python, os.path.abspath(__file__), MODULE, path, str(keeper_fd), *kernel_args]
+
+
+def _run_in_package() -> None:
+    """Run by path (:func:`command`): register the ``kernelpit`` package with its body not
+    yet run, then run this file as ``kernelpit.kernels.zygote``.  The body is the control
+    plane's API (config, events, info, jobs: 35-40 ms of imports, measured after everything
+    a plain kernel imports) that no worker's start uses; the first attribute the package
+    lacks (``kernelpit.Pool``, ``kernelpit.__version__``, in a worker's tool) runs it, once,
+    and answers.  Submodules (``kernelpit.kernels``, ``kernelpit.exceptions``) import as
+    usual."""
+    import importlib.util
+    import runpy
+    import threading
+
+    here = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    if sys.path and os.path.realpath(sys.path[0] or ".") == here:
+        del sys.path[0]  # this package's directory: its modules are not top-level ones
+    spec = importlib.util.find_spec("kernelpit")
+    package = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    lock, loaded = threading.RLock(), []
+
+    def __getattr__(name: str) -> object:
+        with lock:
+            if not loaded:
+                loaded.append(True)
+                spec.loader.exec_module(package)  # type: ignore[union-attr]
+        if name in package.__dict__:
+            return package.__dict__[name]
+        hook = package.__dict__.get("__getattr__")
+        if hook is not None and hook is not __getattr__:
+            return hook(name)
+        raise AttributeError(f"module 'kernelpit' has no attribute {name!r}")
+
+    package.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    sys.modules["kernelpit"] = package
+    del sys.argv[0]  # now MODULE, as ``-m`` would have it
+    runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
 #: what a worker's start imports beyond ``import ipykernel.kernelapp`` (measured: 180
 #: modules; debugpy alone is 0.12 s), preloaded so that no child imports them again
 PRELOAD = ("IPython", "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell",
@@ -124,9 +174,10 @@ def _send(sock: socket.socket, msg: dict) -> None:
 
 # -- the zygote -----------------------------------------------------------------------------------
 
-def preload(adapters: list[str]) -> dict:
-    """Import what a worker's start imports, and the adapters; returns what the controller
-    needs: the adapters' source files (to notice changes) and any import failure."""
+def preload(adapters: list[str], kernel_args: list[str]) -> dict:
+    """Import what a worker's start imports, prepare its kernel (:func:`prepare`), import
+    the adapters; returns what the controller needs: the adapters' source files (to notice
+    changes) and any import failure."""
     t0 = time.perf_counter()
     failed: dict[str, str] = {}
     for name in PRELOAD:
@@ -135,33 +186,141 @@ def preload(adapters: list[str]) -> dict:
         except Exception as exc:  # noqa: BLE001 - a child imports it again and says why
             failed[name] = f"{type(exc).__name__}: {exc}"
     try:
-        warm()
-    except Exception as exc:  # noqa: BLE001 - only speed is lost
-        failed["warm-up"] = f"{type(exc).__name__}: {exc}"
+        prepare(kernel_args)
+    except Exception as exc:  # noqa: BLE001 - only speed is lost: children start from scratch
+        _discard_prepared()
+        failed["prepare"] = f"{type(exc).__name__}: {exc}"
     before = set(sys.modules)
     for name in adapters:
         try:
             __import__(name)
         except BaseException as exc:  # noqa: BLE001 - the child's hello reports it fully
             failed[name] = f"{type(exc).__name__}: {exc}"
-    return {"seconds": time.perf_counter() - t0, "failed": failed,
+    return {"seconds": time.perf_counter() - t0, "failed": failed, "prepared": bool(_prepared),
             "files": sorted(_user_files(set(sys.modules) - before, adapters))}
 
 
-def warm() -> None:
-    """Run the thread-free part of a kernel's initialization once, on a throwaway
-    application: command-line parsing, the profile directory, the config files, a session.
-    Children inherit the caches this fills (traitlets' class traits, compiled regular
-    expressions, argparse's parser), which takes about a quarter off each child's start."""
+# -- the worker's kernel, prepared once ------------------------------------------------------------
+
+#: the kernel arguments (less ``-f``) the prepared application was built with; None when
+#: nothing is prepared (the children then initialize their kernel from scratch)
+_prepared: list[str] | None = None
+#: what the worker kernel's own configuration may set that the prepared shell would miss
+_SHELL_SETTINGS = ("shell_class", "compiler_class", "user_module", "user_ns")
+
+
+def kernel_arguments(argv: list[str]) -> tuple[str | None, list[str]]:
+    """A worker's command line (``python -m kernelpit.kernels ...``) as (its connection
+    file, the rest of its arguments): the rest is what the zygote prepares with, and a
+    child whose rest differs initializes its kernel from scratch."""
+    args = list(argv[3:])
+    for i, arg in enumerate(args[:-1]):
+        if arg == "-f":
+            return args[i + 1], args[:i] + args[i + 2:]
+    return None, args
+
+
+def prepare(kernel_args: list[str]) -> None:
+    """Build, once, everything of a worker's kernel that has no socket and no thread: the
+    ``IPKernelApp`` singleton with ``kernel_args`` parsed, its profile and config files
+    loaded (IPython's ``BaseIPythonApplication.initialize``), and the ``ZMQInteractiveShell``
+    singleton (magics, completer, formatters, history in memory, namespaces).  A child
+    then only binds its sockets, starts its threads and makes the kernel object (the
+    measured ~50 ms of CPU per child becomes ~25).  Kernel configurations that change the
+    kernel or shell class, or the shell's namespaces, get the application only."""
+    global _prepared
+    from IPython.core.application import BaseIPythonApplication
+    from ipykernel.compiler import XCachingCompiler
+    from ipykernel.ipkernel import IPythonKernel
     from ipykernel.kernelapp import IPKernelApp
+    from ipykernel.zmqshell import ZMQInteractiveShell
     from jupyter_client.session import Session
 
-    app = IPKernelApp()  # not .instance(): each child makes its own singleton
-    app.parse_command_line(["--HistoryManager.hist_file=:memory:"])
-    app.init_profile_dir()
-    app.init_config_files()
-    app.load_config_file()
-    Session()
+    Session()  # fills traitlets' and the session's class-level caches for the children
+    app = IPKernelApp.instance()
+    hook = sys.excepthook
+    try:
+        BaseIPythonApplication.initialize(app, kernel_args)
+    finally:
+        sys.excepthook = hook  # IPython's crash handler is each child's (it sets it again)
+    if app.subapp is not None:
+        _discard_prepared()
+        return
+    _prepared = list(kernel_args)
+    sections = [app.config[name] for name in ("Kernel", "IPythonKernel") if name in app.config]
+    if app.kernel_class is IPythonKernel and not any(key in section for section in sections
+                                                     for key in _SHELL_SETTINGS):
+        ZMQInteractiveShell.instance(parent=app, profile_dir=app.profile_dir, user_module=None,
+                                     user_ns=app.user_ns, kernel=None,
+                                     compiler_class=XCachingCompiler)
+
+
+def _discard_prepared() -> None:
+    """Forget the prepared application and shell: the next kernel is made from scratch."""
+    global _prepared
+    import atexit
+
+    _prepared = None
+    if "ipykernel.zmqshell" in sys.modules:
+        from ipykernel.kernelapp import IPKernelApp
+        from ipykernel.zmqshell import ZMQInteractiveShell
+
+        shell = ZMQInteractiveShell._instance
+        if shell is not None:
+            atexit.unregister(shell.atexit_operations)
+        ZMQInteractiveShell.clear_instance()
+        IPKernelApp.clear_instance()
+
+
+def adopt(argv: list[str]) -> None:
+    """In a forked child, before ``main()``: have ``IPKernelApp.initialize`` use the
+    prepared application (its arguments are this worker's less ``-f``: only the
+    connection file is set, and IPython's crash handler installed) and the new kernel take
+    the prepared shell as its own (its parent and kernel set, the environment settings
+    that this child's new environment replaced made again).  Each hook is used once and
+    removes itself.  A worker whose arguments differ starts from scratch."""
+    connection_file, rest = kernel_arguments(argv)
+    if _prepared is None or connection_file is None or rest != _prepared:
+        _discard_prepared()
+        return
+    from pathlib import Path
+
+    from IPython.core.application import BaseIPythonApplication
+    from ipykernel.zmqshell import ZMQInteractiveShell
+
+    initialize = BaseIPythonApplication.__dict__["initialize"]
+    shell = ZMQInteractiveShell._instance
+
+    def initialized(app: BaseIPythonApplication, argv: list[str] | None = None) -> None:
+        BaseIPythonApplication.initialize = initialize
+        app.argv = list(argv or [])
+        app.connection_file = connection_file
+        app.init_crash_handler()
+
+    BaseIPythonApplication.initialize = initialized  # type: ignore[method-assign]
+    if shell is None:
+        return
+
+    def instance(cls: type, *args: object, **kwargs: object) -> ZMQInteractiveShell:
+        del ZMQInteractiveShell.instance  # back to SingletonConfigurable's
+        if cls is not type(shell) or args:
+            _discard_shell(shell)
+            return cls.instance(*args, **kwargs)  # type: ignore[attr-defined]
+        shell.parent, shell.kernel = kwargs.get("parent"), kwargs.get("kernel")
+        shell.init_environment()
+        shell.history_manager.dir_hist[:] = [Path.cwd()]
+        return shell
+
+    ZMQInteractiveShell.instance = classmethod(instance)  # type: ignore[method-assign]
+
+
+def _discard_shell(shell: object) -> None:
+    import atexit
+
+    from ipykernel.zmqshell import ZMQInteractiveShell
+
+    atexit.unregister(shell.atexit_operations)  # type: ignore[attr-defined]
+    ZMQInteractiveShell.clear_instance()
 
 
 def _user_files(new: set[str], adapters: list[str]) -> set[str]:
@@ -386,6 +545,7 @@ def run_child(req: dict) -> None:
     try:
         from .__main__ import main
 
+        adopt(req["argv"])
         main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -403,20 +563,26 @@ def run_child(req: dict) -> None:
 
 
 def main() -> None:
-    path, keeper_fd = sys.argv[1], int(sys.argv[2])
+    path, keeper_fd, kernel_args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     keeper = socket.socket(fileno=keeper_fd)
     adapters = [a for a in os.environ.get("KERNELPIT_ADAPTERS", "").split(",") if a]
     gc.disable()  # no collection while importing: the frozen heap stays as imported
-    report = preload(adapters)
+    report = preload(adapters, kernel_args)
     gc.freeze()   # children share these pages; a collection in a child no longer touches them
     gc.enable()
     import threading
+
+    import zmq
 
     report.update(pid=os.getpid(), threads=threading.active_count())
     if threading.active_count() != 1:
         report["error"] = (f"importing {', '.join(adapters) or 'the kernel'} started "
                            f"{threading.active_count() - 1} thread(s): forking is unsafe; "
                            f"give this pool spawn='exec'")
+    elif zmq.Context._instance is not None:
+        report["error"] = (f"importing {', '.join(adapters) or 'the kernel'} made a ZMQ "
+                           f"context: forking is unsafe; give this pool spawn='exec'")
+    if "error" in report:
         _send(keeper, report)
         sys.exit(1)
     zygote = Zygote(path, keeper)
@@ -427,4 +593,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if __package__:
+        main()
+    else:
+        _run_in_package()

@@ -274,3 +274,80 @@ def test_a_forked_worker_is_a_kernel_of_its_own(tmp_path):
         assert [v[1] for v in values] == [str(w.id) for w in pool.workers()]
         assert {v[2] for v in values} == {"x"} and {v[4] for v in values} == {str(tmp_path)}
         assert values[0][3] != values[1][3]  # each child reseeded its random state
+
+
+@needs_fork
+def test_a_forked_workers_shell_is_its_own(tmp_path):
+    """The zygote builds the IPython shell before forking: each worker's shell must still be
+    wired to its own kernel, hold its own namespace and counters, and see the environment
+    settings a kernel's shell makes (the child's environment replaced the zygote's).  The
+    zygote leaves ``kernelpit``'s package body unrun until used: a tool still sees it whole."""
+    with kernelpit.Pool(adapters=["kp_tools"], workers=2, path=[ADAPTERS], spawn="fork",
+                        cwd=str(tmp_path)) as pool:
+        probe = ("(get_ipython().kernel.shell is get_ipython(), "
+                 "get_ipython().parent is get_ipython().kernel, "
+                 "os.environ.get('PAGER'), str(_dh[-1]), 'mark' in globals(), "
+                 "get_ipython().execution_count, kernelpit.__version__, "
+                 "kernelpit.WorkerCrashed.__name__)")
+        seen = []
+        for i, w in enumerate(pool.workers()):
+            client = BlockingKernelClient(connection_file=w.connection_file)
+            client.load_connection_file()
+            client.start_channels()
+            try:
+                client.wait_for_ready(timeout=20)
+                client.execute_interactive("import os, kernelpit" if i else
+                                           "import os, kernelpit; mark = 1", timeout=20)
+                reply = client.execute_interactive("pass", user_expressions={"p": probe},
+                                                   timeout=20)
+                seen.append(reply["content"]["user_expressions"]["p"]["data"]["text/plain"])
+                error = client.execute_interactive("1/0", timeout=20)["content"]
+                assert error["status"] == "error" and error["ename"] == "ZeroDivisionError"
+            finally:
+                client.stop_channels()
+        values = [eval(s) for s in seen]  # noqa: S307 - our own kernels' reprs of plain values
+        assert [v[:4] for v in values] == [(True, True, "cat", str(tmp_path))] * 2
+        assert [v[4] for v in values] == [True, False]  # one worker's name is not the other's
+        assert [v[5] for v in values] == [3, 3]  # its own execution counter
+        assert [v[6:] for v in values] == [(kernelpit.__version__, "WorkerCrashed")] * 2
+
+
+def test_a_workers_memory_counts_the_processes_it_started():
+    """A worker's RSS (what max_memory recycles on) includes the processes its code started,
+    from any of its threads, and their children: read from the kernel's process tree."""
+    with kernelpit.Pool(adapters=["kp_tools"], workers=1, path=[ADAPTERS]) as pool:
+        w = pool.workers()[0]
+        alone = w.rss
+        client = BlockingKernelClient(connection_file=w.connection_file)
+        client.load_connection_file()
+        client.start_channels()
+        hog = ("import subprocess, sys, threading\n"
+               "code = 'x = bytearray(300 * 2**20); import time; time.sleep(120)'\n"
+               "inner = f'import subprocess, sys; subprocess.run([sys.executable, \"-c\", {code!r}])'\n"
+               "started = []\n"
+               "t = threading.Thread(target=lambda: started.append(\n"
+               "    subprocess.Popen([sys.executable, '-c', inner])))\n"
+               "t.start(); t.join()\n")
+        try:
+            client.wait_for_ready(timeout=20)
+            reply = client.execute_interactive(hog, timeout=20)
+            assert reply["content"]["status"] == "ok"
+            # a grandchild, started from a thread other than the kernel's main one
+            wait_until(lambda: pool.workers()[0].rss > alone + 250 * 2**20, timeout=30)
+        finally:
+            client.execute_interactive("started[0].kill()", timeout=20)
+            client.stop_channels()
+
+
+@needs_fork
+def test_a_start_that_fails_before_a_forking_pool_is_built_leaves_no_zygote():
+    """A forking pool's zygote starts first, before its pool is built: a start that fails in
+    between (here the pool built before it names a missing kernelspec) ends it too."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(kernelpit.StartError, match="no kernelspec named"):
+        kernelpit.Pool(pools={
+            "missing": {"adapters": ["kp_tools"], "path": [ADAPTERS], "kernelspec": "kp-none"},
+            "forked": {"adapters": ["kp_tools"], "path": [ADAPTERS], "workers": 1,
+                       "spawn": "fork"}})
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert [p.cmdline()[:4] for p in left] == []

@@ -2,8 +2,9 @@
 
     python benchmarks/profiles/summarize.py PROFILE_raw.txt [--top 25] [--skip-imports]
 
-Process kinds: ``worker`` (kernelpit.kernels), ``bridge`` (kernelpit serve),
-``owner`` (everything else: the benchmark / pool-owner process).  Counts are
+Process kinds: ``worker`` (kernelpit.kernels), ``forked-worker`` (a worker forked by a
+zygote: its stacks run ``run_child``), ``zygote`` (kernelpit.kernels.zygote, serving),
+``bridge`` (kernelpit serve), ``owner`` (everything else: the benchmark / pool-owner process).  Counts are
 py-spy samples; threads blocked in C (select, zmq recv, grpc waits) show up as
 samples too, so read waiting frames as "a thread was parked here".
 """
@@ -14,8 +15,12 @@ import argparse
 from collections import Counter, defaultdict
 
 
-def kind(procs: list[str]) -> str:
+def kind(procs: list[str], frames: list[str]) -> str:
     joined = " ".join(procs)
+    if any(f.startswith("run_child ") for f in frames):
+        return "forked-worker"
+    if "kernelpit.kernels.zygote" in joined:
+        return "zygote"
     if "kernelpit.kernels" in joined:
         return "worker"
     if "kernelpit serve" in joined:
@@ -39,7 +44,7 @@ def main() -> None:
         rest = [f for f in frames if not f.startswith("process ")]
         if not rest or (args.skip_imports and any("_find_and_load" in f for f in rest)):
             continue
-        k = kind(procs)
+        k = kind(procs, rest)
         total[k] += int(n)
         self_[k][rest[-1]] += int(n)
         for f in set(rest):

@@ -93,6 +93,32 @@ def fork_metadata(config: PoolConfig, run_dir: Path) -> dict[str, object]:
                                    "config": {"zygote": str(run_dir / f"zygote-{name}.sock")}}}
 
 
+async def prestart(config: PoolConfig, run_dir: Path, run_id: str) -> KernelSpec | None:
+    """Start the zygote of a pool whose workers fork (``PoolConfig.forks``) now, before the
+    rest of the pool's start: its preload is the longest part of a start, and the reaper's
+    scan, the channel and the workers' managers can run on the other core meanwhile.  The
+    first launch finds it ready or waits for it (``Zygotes.ready``).  Returns the spec whose
+    zygote was started (for :func:`release`), None for a pool that does not fork.
+
+    The zygote gets the pool's environment, not a worker's: no worker id, no channel (a
+    child gets its own full environment with each fork).  A zygote that fails to start is
+    left to the first launch, which starts it again and reports why."""
+    if not config.forks:
+        return None
+    spec = worker_spec(config, run_dir)
+    path = zygote_socket(spec)
+    if path is None:
+        return None
+    from ..provisioners.fork import zygotes
+    env = worker_env(config, 0, "", run_id)
+    del env["KERNELPIT_ENDPOINT"]
+    try:
+        await zygotes.ready(path, env, config.cwd, list(spec.argv))
+    except Exception:  # noqa: BLE001 - the first launch tries again and reports it
+        pass
+    return spec
+
+
 async def reload_code(spec: KernelSpec) -> None:
     """The next worker launched runs the adapters' code as it is on disk now."""
     path = zygote_socket(spec)

@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
+from jupyter_client.kernelspec import KernelSpec
+
 from .. import events as ev
 from ..config import DEFAULT_TENANT, PoolConfig, SchedulerConfig
 from ..exceptions import (Cancelled, DeadlineExceeded, InvalidArguments, PoolClosed, PoolNotFound,
@@ -24,7 +26,7 @@ from .call import Call, CallOptions
 from .channel import Channel
 from .dispatch import Tenants, tenant_of
 from .group import WorkerGroup
-from .kernel import reload_code
+from .kernel import prestart, release, reload_code
 from . import leftovers, reaper, registry as run_registry
 from .health import HealthMonitor
 from .placement import Placement
@@ -79,6 +81,7 @@ class PoolManager:
         #: how large values travel between this process and the workers (its shm_dir, caps)
         self.transport: Transport | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._zygotes: list[asyncio.Future[KernelSpec | None]] = []  # prestart(), per pool
         self._health: HealthMonitor | None = None
         self.closed = False
         self.started = False
@@ -97,12 +100,16 @@ class PoolManager:
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         # -- orphan-proof process management: record this run, end what dead runs left --
-        reaped = await asyncio.to_thread(reaper.reap_on_start, run_registry.open_run(self.run_id))
+        registry = run_registry.open_run(self.run_id)
+        self._run_dir = leftovers.make_run_dir(self.run_id)  # ours: live, the reaper keeps it
+        # forking pools' zygotes start first: their preload is the longest part of a start
+        self._zygotes = [asyncio.ensure_future(prestart(cfg, self._run_dir, self.run_id))
+                         for cfg in self.configs if cfg.forks]
+        reaped = await asyncio.to_thread(reaper.reap_on_start, registry)
         if reaped is not None and reaped.orphans:
             self.telemetry.publish("orphans.reaped", kernels=len(reaped.orphans),
                                    runs=len({o.run_id for o in reaped.orphans}),
                                    files=len(reaped.removed_files))
-        self._run_dir = leftovers.make_run_dir(self.run_id)
         self.shm_dir = shared_memory_dir(self.run_id)
         self.transport = Transport(self.shm_dir, allow_pickle=any(c.pickle for c in self.configs),
                                    arena_cap=max(int(c.shm_arena) for c in self.configs),
@@ -142,6 +149,10 @@ class PoolManager:
         for group in self.groups.values():
             group.queue.close()
         await asyncio.gather(*(g.stop() for g in self.groups.values()), return_exceptions=True)
+        # a zygote started before its group existed (the start failed in between)
+        specs = await asyncio.gather(*self._zygotes, return_exceptions=True)
+        await asyncio.gather(*(release(s) for s in specs if isinstance(s, KernelSpec)),
+                             return_exceptions=True)
         run_registry.close_run(self.run_id)  # orphan registry: this run's kernels are gone
         if self._channel is not None:
             self._channel.close()

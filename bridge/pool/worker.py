@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import signal
 import time
 from pathlib import Path
@@ -60,6 +61,33 @@ def own_rss(proc: psutil.Process) -> int:
     except (OSError, ValueError, IndexError):
         pass
     return rss
+
+#: Linux lists each thread's children in /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN)
+_PROC_CHILDREN = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+
+
+def descendants(proc: psutil.Process) -> list[psutil.Process]:
+    """The process's children, their children and so on.  Read from /proc/PID/task/*/children
+    where Linux has it: that reads this process tree only, where psutil's ``children()``
+    reads the stat file of every process on the machine (1.9 ms with 70 processes, per
+    sample of each worker, on the controller's CPU while the workers start)."""
+    if not _PROC_CHILDREN:
+        return proc.children(recursive=True)
+    found: list[psutil.Process] = []
+    stack = [proc.pid]
+    while stack:
+        pid = stack.pop()
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children", "rb") as f:
+                    for child in f.read().split():
+                        with contextlib.suppress(psutil.Error):
+                            found.append(psutil.Process(int(child)))
+                            stack.append(int(child))
+        except OSError:
+            continue  # it (or one of its threads) ended meanwhile
+    return found
+
 
 class Worker(WorkerBase):
     """A kernel serving tool calls: its state machine (``WorkerBase``) plus the process."""
@@ -297,7 +325,7 @@ class Worker(WorkerBase):
             with self._proc.oneshot():
                 rss = own_rss(self._proc)
                 self.cpu = self._proc.cpu_percent(None)
-            for child in self._proc.children(recursive=True):
+            for child in descendants(self._proc):
                 with contextlib.suppress(psutil.Error):
                     rss += own_rss(child)
             self.rss = rss

@@ -143,8 +143,9 @@ class Zygote:
                 return True
         return False
 
-    async def start(self, env: dict[str, str], cwd: str | None) -> None:
-        """Start the zygote process and wait for its preload report."""
+    async def start(self, env: dict[str, str], cwd: str | None, kernel_args: list[str]) -> None:
+        """Start the zygote process and wait for its preload report; it prepares its
+        workers' kernel with ``kernel_args`` (their arguments less ``-f``)."""
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         env = {k: v for k, v in env.items() if k not in PER_WORKER_ENV}
@@ -152,8 +153,8 @@ class Zygote:
             os.unlink(self.path)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kernelpit.kernels.zygote", self.path,
-                 str(theirs.fileno())], env=env, cwd=cwd or os.getcwd(), stdin=subprocess.DEVNULL,
+                zygote_protocol.command(sys.executable, self.path, theirs.fileno(), kernel_args),
+                env=env, cwd=cwd or os.getcwd(), stdin=subprocess.DEVNULL,
                 stdout=log, stderr=log, pass_fds=(theirs.fileno(),), start_new_session=True)
         theirs.close()
         ours.setblocking(False)
@@ -210,9 +211,11 @@ class Zygotes:
         self.retired: dict[str, list[Zygote]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def ready(self, path: str, env: dict[str, str], cwd: str | None) -> Zygote:
+    async def ready(self, path: str, env: dict[str, str], cwd: str | None,
+                    cmd: list[str]) -> Zygote:
         """The zygote to fork from: started (or rebuilt, when it died or its adapters'
-        files changed) here, once, however many launches wait for it."""
+        files changed) here, once, however many launches wait for it; ``cmd`` is the
+        worker kernel's command line, which the zygote prepares a kernel for."""
         lock = self._locks.setdefault(path, asyncio.Lock())
         async with lock:
             zygote = self.current.get(path)
@@ -221,7 +224,7 @@ class Zygotes:
             if zygote is not None:
                 self._retire(path, zygote)
             zygote = Zygote(path)
-            await zygote.start(env, cwd)
+            await zygote.start(env, cwd, zygote_protocol.kernel_arguments(cmd)[1])
             self.current[path] = zygote
             return zygote
 
@@ -261,7 +264,7 @@ class ForkProvisioner(LocalProvisioner):  # type: ignore[misc]
                              f"{{'zygote': PATH}} in the kernelspec's provisioner config")
         env = kwargs.get("env") or dict(os.environ)
         cwd = str(kwargs.get("cwd") or os.getcwd())
-        zygote = await zygotes.ready(self.zygote, env, cwd)
+        zygote = await zygotes.ready(self.zygote, env, cwd, cmd)
         try:
             child = await zygote.spawn(cmd, env, cwd, kwargs.get("stdout"), kwargs.get("stderr"))
         except (OSError, RuntimeError) as exc:
