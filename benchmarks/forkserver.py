@@ -35,6 +35,7 @@ from jupyter_client import KernelManager
 
 import kernelpit
 
+from .peers import bytecode_as_installed
 from .quiet import settle
 
 ADAPTER = "kernelpit.kernels.demo"
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="only this spawn (repeatable; default both)")
     args = ap.parse_args(argv)
     spawns = args.spawn or ["exec", "fork"]
+    bytecode_as_installed()  # as a pip install leaves Kernelpit (see benchmarks.peers)
     # Each round starts the reference and then 8 workers of each spawn, back to back, so a
     # change in the machine's load (it is shared) moves both sides of a round's ratio alike.
     ref_start, ref_uss = [], []

@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     __package__ = "benchmarks"
 
 from benchmarks import cleanup, quiet  # noqa: E402
-from benchmarks.peers import ROOT, worker_environment  # noqa: E402
+from benchmarks.peers import ROOT, bytecode_as_installed, worker_environment  # noqa: E402
 from benchmarks.report import render  # noqa: E402
 from benchmarks.scenarios import SCENARIOS, Context  # noqa: E402
 
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     peers = set() if args.peers.strip() == "none" else {
         p.strip() for p in args.peers.split(",") if p.strip()}
     worker_environment()
+    compiled = bytecode_as_installed()
     import signal
 
     def _terminate(signum: int, frame: Any) -> None:  # SIGTERM: still stop every peer
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                  "scenarios": list(results), "peers": sorted(peers),
                  "duration_s": time.time() - started, "loadavg_start": load_start,
                  "loadavg_end": os.getloadavg(), "leftover_processes": leftovers, "machine": info,
-                 "settle": {"quiet_percent": quiet.QUIET_PERCENT, "waits": ctx.settles}},
+                 "settle": {"quiet_percent": quiet.QUIET_PERCENT, "waits": ctx.settles},
+                 "kernelpit_bytecode_compiled": compiled},
         "scenarios": results,
     }
     out_dir = Path(args.out)
