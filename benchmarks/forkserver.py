@@ -4,9 +4,9 @@
     python -m benchmarks.forkserver --rounds 5 --spawn fork   # fork only, no exec rows
 
 Every figure is a ratio to a reference measured in the same run (each round: the reference,
-then 8 workers of each spawn, each after the machine is quiet, ``benchmarks/quiet.py``): the start of one plain
-ipykernel through ``jupyter_client.KernelManager`` (to a kernel_info reply), and that
-kernel's unique memory (USS).  Targets:
+then 8 workers of each spawn, each after the machine is quiet, ``benchmarks/quiet.py``):
+the start of one plain ipykernel through ``jupyter_client.KernelManager`` (to a
+kernel_info reply), and that kernel's unique memory (USS).  Targets:
 
 * 8 workers from ``Pool()`` to ready, the zygote's own start included: <= 1.0x
 * a replacement after ``kill -9``, without spares, back to N idle: <= 0.25x

@@ -119,8 +119,7 @@ def run_start(n: int = 4, reps: int = 3) -> None:
         pool.close()
         print(f"start {n} workers: {dt:.3f} s")
         for phase in ("zygote_begin", "zygote_ready", "launch_begin", "fork_asked", "forked",
-                      "launched",
-                      "hello", "ready"):
+                      "launched", "hello", "ready"):
             print(f"   {phase:<13}" + " ".join(f"{x - t0:6.3f}" for x in sorted(marks.get(phase, []))))
 
 

@@ -8,8 +8,8 @@ result is a few MB allocates and frees several such buffers on each side of each
 (the frames, the protobuf message, its serialized bytes), and a message a little larger
 than the last one freed misses the raised threshold every time.  On the 2-core VMs where
 this was measured, faults cost more than the copies themselves: a 1 MB ``bytes`` result
-took 10.7 ms through the bridge over gRPC and 7.2 ms with this tuning in the bridge and
-its workers (docs/performance.md, S7).
+took 10.7 ms through the bridge over gRPC, and 6.3-6.6 ms with this tuning in the bridge
+and its workers (docs/performance.md, S7).
 
 So the workers and the ``kernelpit serve`` process keep blocks up to ``MMAP_THRESHOLD`` on
 the heap and keep up to ``TRIM_THRESHOLD`` of free memory per malloc arena for the next
