@@ -161,20 +161,24 @@ class Agent:
     def _executor(self, index: int) -> None:
         sock = self._socket(f"{self.worker_id}.{index}")
 
+        def write(frames: list[Any]) -> None:
+            # Under the lock cancel() takes to raise CallCancelled in this thread, so the
+            # exception never lands halfway through a message (that would garble the stream).
+            with self._lock:
+                wire.send(sock, frames)
+
         def send(msg: dict[str, Any]) -> None:
             try:
-                frames = encode(msg, self.transport)
-            except EncodeError as exc:
-                call_id = msg.get("id")
-                what = {"partial": "yielded", "result": "returned"}.get(msg.get("k", ""), "sent")
-                err = TypeError(f"the tool {what} a value Kernelpit cannot send: {exc}")
-                frames = encode({"op": "ev", "id": call_id, "k": "error",
-                                 "error": {**error_payload(err), "traceback": ""}})
-            try:
-                # Under the lock cancel() takes to raise CallCancelled in this thread, so the
-                # exception never lands halfway through a message (that would garble the stream).
-                with self._lock:
-                    wire.send(sock, frames)
+                try:
+                    frames = encode(msg, self.transport, ahead=write)  # long lists go first
+                except EncodeError as exc:
+                    call_id = msg.get("id")
+                    what = {"partial": "yielded", "result": "returned"}.get(msg.get("k", ""),
+                                                                            "sent")
+                    err = TypeError(f"the tool {what} a value Kernelpit cannot send: {exc}")
+                    frames = encode({"op": "ev", "id": call_id, "k": "error",
+                                     "error": {**error_payload(err), "traceback": ""}})
+                write(frames)
             except OSError:
                 pass  # the pool is gone: nobody is left to tell (the lifeline ends the kernel)
 

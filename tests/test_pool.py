@@ -184,6 +184,24 @@ def test_a_result_that_cannot_be_sent_fails_with_a_clear_type_error(pool):
     assert pool.call("add", 1, 1) == 2
 
 
+def test_tables_of_long_float_columns_come_back_exact_with_partials_in_order(pool):
+    # each column is 400 KB: it goes ahead of its event and becomes a list while the worker
+    # packs the next one (kernels/protocol.py)
+    rows = 50_000
+    expected = {f"c{j}": [i * 0.5 + j for i in range(rows)] for j in range(3)}
+    with pool.session() as s:
+        events = [e for e in s.stream("float_columns", rows, partials=2) if e.kind != "started"]
+        assert [e.kind for e in events] == ["partial", "partial", "result"]
+        assert [e.value for e in events[:2]] == [{"k": 0, **expected}, {"k": 1, **expected}]
+        assert events[-1].value == expected
+        assert all(type(x) is float for x in events[-1].value["c2"])
+        # columns sent ahead of an event the worker could not finish are not left behind
+        with pytest.raises(TypeError, match=r"cannot send: type builtins.set"):
+            s.call("float_columns", rows, then_unsendable=True)
+        smaller = s.call("float_columns", rows // 2, cols=2)
+        assert smaller == {f"c{j}": expected[f"c{j}"][:rows // 2] for j in range(2)}
+
+
 def test_error_event_ends_a_stream_and_carries_the_exception(pool):
     events = list(pool.stream("raise_custom"))
     assert events[-1].kind == "error"

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from ..kernels import signing, wire
 from ..kernels.arrow import DecodeError, Transport
-from ..kernels.protocol import decode, encode
+from ..kernels.protocol import Decoder, encode
 
 log = logging.getLogger("kernelpit.pool")
 
@@ -104,15 +104,16 @@ class Channel:
             conn.write(piece)
         return True
 
-    def _received(self, worker_id: int, frames: list[Any]) -> None:
+    def _received(self, worker_id: int, frames: list[Any], decoder: Decoder) -> None:
         try:
-            msg = decode(frames, self._transport)
+            msg = decoder.decode(frames)
         except DecodeError as exc:
             msg = _undecodable(frames[0], exc)
         except ValueError:
             log.warning("worker %s sent a message that is not Kernelpit's; ignored", worker_id)
             return
-        self._on_message(worker_id, msg)
+        if msg is not None:  # None: a list that came ahead of its message
+            self._on_message(worker_id, msg)
 
     @property
     def transport(self) -> Transport | None:
@@ -139,6 +140,7 @@ class _Connection(asyncio.BufferedProtocol):
     def __init__(self, channel: Channel, signed: bool = False) -> None:
         self._channel = channel
         self._reader: Any = wire.Reader()
+        self._decoder = Decoder(channel.transport)
         self._signed = signed
         self._worker: int | None = None
         self._transport: asyncio.Transport | None = None
@@ -176,7 +178,7 @@ class _Connection(asyncio.BufferedProtocol):
             if self._worker is None:
                 self._introduced(frames)
             else:
-                self._channel._received(self._worker, frames)
+                self._channel._received(self._worker, frames, self._decoder)
 
     def _introduced(self, frames: list[Any]) -> None:
         identity = bytes(frames[0]).decode("ascii", "replace")

@@ -130,6 +130,19 @@ def not_serializable():
     return {1, 2, 3}
 
 
+@tool
+def float_columns(rows: int, cols: int = 3, partials: int = 0, then_unsendable: bool = False):
+    """Yield ``partials`` tables of ``cols`` float columns, then return one (column j holds
+    i * 0.5 + j); with ``then_unsendable``, the returned table also holds a set, after the
+    columns."""
+    table = {f"c{j}": [i * 0.5 + j for i in range(rows)] for j in range(cols)}
+    for k in range(partials):
+        yield {"k": k, **table}
+    if then_unsendable:
+        table["z"] = {1, 2}
+    return table
+
+
 @tool(thread_safe=True)
 def ts_sleep(seconds: float = 0.3) -> float:
     time.sleep(seconds)
