@@ -130,10 +130,11 @@ def _decode_list(marker: dict[str, Any], buffers: Any, what: str) -> list[Any]:
     if len(data) % _LIST_TYPES[kind]:
         raise BadValue(f"{what}: a list marker's buffer of {len(data)} bytes is not a whole "
                        "number of 8-byte values")
+    if sys.byteorder == "little":  # the numbers made straight from the buffer, no copy first
+        return memoryview(data).cast("B").cast(kind).tolist()
     values = array(kind)
     values.frombytes(data)
-    if sys.byteorder != "little":
-        values.byteswap()
+    values.byteswap()
     return values.tolist()
 
 
