@@ -23,3 +23,36 @@ def test_workers_and_the_bridge_tune_malloc_unless_the_environment_does():
     # a user who tunes glibc through its environment variables keeps their settings
     assert _run({**env, "MALLOC_TRIM_THRESHOLD_": "131072"}) == "False"
     assert _run({**env, "MALLOC_MMAP_THRESHOLD_": "131072"}) == "False"
+
+
+GROWTH = """
+import ctypes
+libc = ctypes.CDLL(None)
+libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+{setup}
+start = libc.sbrk(0)
+while libc.sbrk(0) == start:
+    libc.malloc(64 * 1024)  # below the mmap threshold: from the main heap
+print(libc.sbrk(0) - start)
+"""
+
+
+def _heap_growth(setup: str, env: dict[str, str]) -> int:
+    out = subprocess.run([sys.executable, "-c", GROWTH.format(setup=setup)], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_client_grows_its_heap_with_room_for_the_next_result_unless_the_environment_says():
+    from kernelpit.kernels.heap import CLIENT_TOP_PAD
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    client = ("from kernelpit.remote.backend import RemoteBackend\n"
+              "from kernelpit.remote.target import Target\n"
+              "RemoteBackend(Target('127.0.0.1:9', None))")  # no bridge needed to be made
+    assert _heap_growth("", env) < CLIENT_TOP_PAD // 4  # glibc's own pad: 128 KiB
+    assert _heap_growth(client, env) >= CLIENT_TOP_PAD
+    # a user who sets glibc's pad through its environment keeps it
+    assert _heap_growth(client, {**env, "MALLOC_TOP_PAD_": "131072"}) < CLIENT_TOP_PAD // 4

@@ -23,7 +23,7 @@ from ..exceptions import BridgeError, Unauthenticated
 from ..info import SessionInfo, TokenInfo, ToolInfo, WorkerInfo
 from ..jobs.model import JobEvent, JobInfo
 from ..jobs.remote import RemoteJobs
-from ..kernels import wire
+from ..kernels import heap, wire
 from ..options import CallOptions
 from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc
@@ -58,6 +58,7 @@ class RemoteBackend(Backend):
     """
 
     def __init__(self, target: Target) -> None:
+        heap.pad_heap_top()  # results of a few MB reuse this process's pages (kernels/heap.py)
         self.target = target
         self.address = address = target.address
         self.client_id = new_client_id()  # names this connection; its lease keeps an idle bridge up
