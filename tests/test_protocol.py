@@ -6,6 +6,7 @@ import sys
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from kernelpit.kernels import protocol
 from kernelpit.kernels.arrow import DecodeError
 from kernelpit.kernels.protocol import AHEAD_FROM, MARKER, MIN_PACKED, Decoder, decode, encode
 
@@ -52,6 +53,7 @@ def test_long_lists_of_plain_numbers_travel_as_binary_frames():
 def test_a_list_packs_as_floats_only_when_every_item_is_a_plain_float(monkeypatch, numpy_here):
     if not numpy_here:  # the standard library's byte-lane copy
         monkeypatch.setitem(sys.modules, "numpy", None)
+        monkeypatch.setattr(protocol, "_numpy", lambda: None)
     n = 3 * 16384 + 5  # several blocks of the lane copy, and a partial one
     floats = [(-1) ** i * i * 0.37 for i in range(n)]
     floats[7:10] = [math.inf, -0.0, 5e-324]
