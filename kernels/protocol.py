@@ -86,9 +86,8 @@ def _floats_packed(values: list[Any]) -> PackedList | None:
     5 + 9n bytes and every 9th byte from the header on is ``b"g"``.  The doubles are then
     lifted out of their 9-byte records: by NumPy's strided copy where NumPy is imported
     (or installed, and the list is long: :data:`IMPORT_NUMPY_FROM`), else by byte-lane
-    slices.  A type check pass plus
-    ``array.fromlist`` cost 160 ms per 3.3 M floats here; this costs 75 with NumPy, 125
-    without.
+    slices.  For a 100 MB column (3.3 M floats) a type check pass plus ``array.fromlist``
+    took 200 ms here; this takes 97 with NumPy, 170 without.
     """
     n = len(values)
     try:
