@@ -162,25 +162,24 @@ class Agent:
         sock = self._socket(f"{self.worker_id}.{index}")
 
         def write(frames: list[Any]) -> None:
-            # Under the lock cancel() takes to raise CallCancelled in this thread, so the
-            # exception never lands halfway through a message (that would garble the stream).
-            with self._lock:
-                wire.send(sock, frames)
+            try:
+                # Under the lock cancel() takes to raise CallCancelled in this thread, so the
+                # exception never lands halfway through a message (that would garble the stream).
+                with self._lock:
+                    wire.send(sock, frames)
+            except OSError:
+                pass  # the pool is gone: nobody is left to tell (the lifeline ends the kernel)
 
         def send(msg: dict[str, Any]) -> None:
             try:
-                try:
-                    frames = encode(msg, self.transport, ahead=write)  # long lists go first
-                except EncodeError as exc:
-                    call_id = msg.get("id")
-                    what = {"partial": "yielded", "result": "returned"}.get(msg.get("k", ""),
-                                                                            "sent")
-                    err = TypeError(f"the tool {what} a value Kernelpit cannot send: {exc}")
-                    frames = encode({"op": "ev", "id": call_id, "k": "error",
-                                     "error": {**error_payload(err), "traceback": ""}})
-                write(frames)
-            except OSError:
-                pass  # the pool is gone: nobody is left to tell (the lifeline ends the kernel)
+                frames = encode(msg, self.transport, ahead=write)  # long lists go first
+            except EncodeError as exc:
+                call_id = msg.get("id")
+                what = {"partial": "yielded", "result": "returned"}.get(msg.get("k", ""), "sent")
+                err = TypeError(f"the tool {what} a value Kernelpit cannot send: {exc}")
+                frames = encode({"op": "ev", "id": call_id, "k": "error",
+                                 "error": {**error_payload(err), "traceback": ""}})
+            write(frames)
 
         outbox = Outbox(send, sock, name=f"kernelpit-outbox-{index}")
         while True:
