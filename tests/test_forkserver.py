@@ -101,9 +101,10 @@ def test_interrupt_stops_a_running_cell_through_the_connection_file(pool):
         reply = client.execute_interactive("21 * 2", timeout=20,
                                            user_expressions={"x": "21 * 2"})
         assert reply["content"]["user_expressions"]["x"]["data"]["text/plain"] == "42"
-        msg_id = client.execute("import time; time.sleep(60)")
-        wait_until(lambda: any(w.id == worker.id and w.state == "busy"
-                               for w in pool.workers()) or _busy(client), timeout=10)
+        # interrupt once the cell's own code runs: a SIGINT between the kernel's "busy" and
+        # the cell is ignored by ipykernel (a plain ipykernel too), so "busy" is too early
+        msg_id = client.execute("import time; print('running', flush=True); time.sleep(60)")
+        wait_until(lambda: _printed(client, msg_id, "running"), timeout=10)
         pool.interrupt(worker.id)
         reply = client.get_shell_msg(timeout=20)
         assert reply["parent_header"]["msg_id"] == msg_id
@@ -114,12 +115,12 @@ def test_interrupt_stops_a_running_cell_through_the_connection_file(pool):
     assert pool.options(worker=worker.id).call("add", 2, 3) == 5
 
 
-def _busy(client) -> bool:
-    """True once the kernel said it is busy running the cell (an iopub status message)."""
+def _printed(client, msg_id: str, text: str) -> bool:
+    """True once the cell ``msg_id`` printed ``text`` (an iopub stream message)."""
     while client.iopub_channel.msg_ready():
         msg = client.get_iopub_msg(timeout=1)
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "busy" \
-                and msg["parent_header"].get("msg_type") == "execute_request":
+        if msg["msg_type"] == "stream" and msg["parent_header"].get("msg_id") == msg_id \
+                and text in msg["content"]["text"]:
             return True
     return False
 
