@@ -49,6 +49,7 @@ both sides, so it depends on the standard library only.
 from __future__ import annotations
 
 import functools
+import itertools
 import marshal
 import sys
 from array import array
@@ -235,15 +236,14 @@ def encode(msg: dict[str, Any], transport: Transport | None = None,
     :class:`Decoder` turns it into its list while this side packs the next one.
     """
     buffers: list[Any] = []
-    shipped: list[_Shipped] = []
+    indexes = itertools.count()  # of the lists sent ahead of this message
 
     def ship(packed: PackedList) -> Any:
         if ahead is None or len(packed) * packed.itemsize < AHEAD_FROM:
             return packed
-        stand_in = _Shipped(len(shipped), packed.typecode)
+        stand_in = _Shipped(next(indexes), packed.typecode)
         ahead([b'{"op":"ahead","a":%d,"t":"%s"}' % (stand_in.index, packed.typecode.encode()),
                memoryview(packed).cast("B")])
-        shipped.append(stand_in)
         return stand_in
 
     def default(obj: Any) -> Any:
