@@ -38,6 +38,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 from . import signing
@@ -59,20 +60,20 @@ def tune(sock: socket.socket) -> None:
             pass
 
 
-def fill_in_place(size: int, keep: bool = True) -> tuple[Any, memoryview]:
+def fill_in_place(size: int) -> tuple[Any, memoryview]:
     """A frame of ``size`` bytes and a writable view of it, to receive into.
 
     On CPython the frame is a ``bytes`` object made uninitialized with
     ``PyBytes_FromStringAndSize(NULL, size)`` (the C API's way to build a bytes
     object in place) and filled before anyone else sees it: no zero-fill, and
     decoding a ``bytes`` value costs no copy.  Elsewhere it is a ``bytearray``.
-    ``keep``: a large frame is kept for reuse once nobody holds it (:class:`_Kept`);
-    a client, whose values are its user's, receives without keeping.
+    A large frame is received into one kept from earlier that nobody holds any more,
+    and is kept for reuse itself (:class:`_Kept`).
     """
     if _new_bytes is None:
         frame = bytearray(size)
         return frame, memoryview(frame)
-    keep = keep and size >= KEEP_FROM
+    keep = size >= KEEP_FROM
     frame = _kept.reuse(size) if keep else None
     if frame is None:
         frame = _new_bytes(None, size)
@@ -123,7 +124,20 @@ if sys.implementation.name == "cpython":
 
 
 KEEP_FROM = 8 << 20  # received frames this big are kept for reuse once nobody holds them
-KEPT_BYTES = 256 << 20  # bytes of such frames tracked at most (the oldest are let go first)
+KEPT_SECONDS = 10.0  # a kept frame not handed out again for this long is let go
+
+
+def _kept_budget() -> int:
+    """Bytes of kept frames tracked at most: an eighth of the machine's memory, at least
+    256 MiB (enough for a 1 GB frame on a machine of 8 GB or more)."""
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - no sysconf
+        physical = 0
+    return max(256 << 20, physical // 8)
+
+
+KEPT_BYTES = _kept_budget()
 
 
 class _Kept:
@@ -132,20 +146,27 @@ class _Kept:
 
     A fresh 100 MB frame costs 25,600 page faults (50 with huge pages) and the kernel's
     zeroing of every page before a single byte of it is received: on the 2-core VM of
-    docs/performance.md (S9) that zeroing alone took 37 % of the machine's CPU during a
-    transfer, and made every third to fifth transfer 3-5x slower when the hypervisor had
-    taken the pages back.  So a frame is not let go when its receiver is done with it:
-    once only this list holds it (its reference count says so: no buffer, view or value
-    made from it is alive, so nobody can see it change), the next large frame is received
-    into it.  A ``bytes`` object's memory is its own allocation, freed whatever its size
-    says, so a frame of capacity C is reused for any size from C/2 to C: its size, hash
-    cache and terminating NUL are set as a new object's would be.  The frames kept at
-    most add up to :data:`KEPT_BYTES`; :func:`drop_kept` lets the unused ones go (a pool
-    that closes)."""
+    docs/performance.md (S7, S9) that zeroing alone took 37 % of the machine's CPU during a
+    transfer, and made transfers 3-5x slower whenever the hypervisor had taken the freed
+    pages back (a VM's free page reporting: then each page is faulted in on the host too).
+    So a frame is not let go when its receiver is done with it: once only this list holds
+    it (its reference count says so: no buffer, view or value made from it is alive, so
+    nobody can see it change), the next large frame is received into it.  A ``bytes``
+    object's memory is its own allocation, freed whatever its size says, so a frame of
+    capacity C is reused for any size from C/2 to C: its size, hash cache and terminating
+    NUL are set as a new object's would be.
+
+    The frames kept at most add up to :data:`KEPT_BYTES` (the oldest are let go first),
+    and one that nobody holds is let go once it has not been handed out for
+    :data:`KEPT_SECONDS` (a daemon timer, as an allocator's decay returns idle memory):
+    a process keeps the memory of its last large values only while it keeps receiving
+    them.  :func:`drop_kept` lets the unused ones go at once (a pool or client that
+    closes)."""
 
     def __init__(self) -> None:
-        self._frames: list[list[Any]] = []  # [frame, capacity], oldest first
+        self._frames: list[list[Any]] = []  # [frame, capacity, handed out at], oldest first
         self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
 
     def reuse(self, size: int) -> bytes | None:
         with self._lock:
@@ -153,6 +174,7 @@ class _Kept:
                 if entry[1] // 2 <= size <= entry[1] and sys.getrefcount(entry[0]) <= _UNHELD:
                     frame = entry[0]
                     self._frames.remove(entry)
+                    entry[2] = time.monotonic()
                     self._frames.append(entry)  # newest last: the last to be let go
                     address = id(frame)
                     ctypes.c_ssize_t.from_address(address + _SIZE_AT).value = size
@@ -163,25 +185,52 @@ class _Kept:
 
     def add(self, frame: bytes, capacity: int) -> None:
         with self._lock:
-            self._frames.append([frame, capacity])
+            self._frames.append([frame, capacity, time.monotonic()])
             total = sum(e[1] for e in self._frames)
             while total > KEPT_BYTES and self._frames:
                 total -= self._frames.pop(0)[1]  # one still in use lives on, untracked
+            self._expire_later()
 
-    def drop(self) -> None:
+    def drop(self, idle_for: float = 0.0) -> None:
+        """Let go of the frames nobody holds that were handed out ``idle_for`` s ago or more."""
+        now = time.monotonic()
         with self._lock:
-            self._frames = [e for e in self._frames if sys.getrefcount(e[0]) > _UNHELD]
+            self._frames = [e for e in self._frames
+                            if sys.getrefcount(e[0]) > _UNHELD or now - e[2] < idle_for]
+            if not self._frames and self._timer is not None:
+                self._timer.cancel()  # nothing left to let go
+                self._timer = None
 
     def held(self) -> int:
         """Bytes of kept frames that nobody else holds (for tests and reports)."""
         with self._lock:
             return sum(e[1] for e in self._frames if sys.getrefcount(e[0]) <= _UNHELD)
 
+    def _expire_later(self) -> None:
+        if self._timer is None and self._frames:  # under the lock
+            self._timer = threading.Timer(KEPT_SECONDS, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self) -> None:
+        self.drop(idle_for=KEPT_SECONDS)
+        with self._lock:
+            self._timer = None
+            self._expire_later()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's timer thread does not exist there."""
+        self._lock = threading.Lock()
+        self._timer = None
+        self._expire_later()
+
 
 _UNHELD = 2  # sys.getrefcount of a kept frame nobody else holds: its entry, and the call
 _SIZE_AT = 2 * ctypes.sizeof(ctypes.c_ssize_t)  # ob_size in PyVarObject (after refcnt, type)
 _HASH_AT = _BYTES_DATA - ctypes.sizeof(ctypes.c_ssize_t)  # ob_shash, just before the data
 _kept = _Kept()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_kept._after_fork)
 
 
 def drop_kept() -> None:

@@ -8,6 +8,8 @@ through in chunks: no single gRPC message exceeded the limit when they do.
 import asyncio
 import hashlib
 import os
+import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -217,6 +219,50 @@ def test_bytes_larger_than_a_message_go_in_chunks_both_ways(client, bridge):
             assert await pool.call("pattern", size) == out
     asyncio.run(main())
 
+
+CLIENT_KEEPS = """
+import sys, time, kernelpit
+from kernelpit.kernels import wire
+wire.KEPT_SECONDS = 0.5
+size = 64 << 20  # above glibc's largest mmap threshold: malloc alone would unmap it when freed
+expected = (bytes(range(251)) * (size // 251 + 1))[:size]
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+with kernelpit.connect(sys.argv[1], sys.argv[2]) as c:
+    first = c.call("pattern", size)
+    view = memoryview(first)[:5]
+    address = id(first)
+    del first
+    held = c.call("pattern", size)  # `view` still holds the first: a buffer of its own
+    assert id(held) != address and bytes(view) == expected[:5] and held == expected
+    del view, held
+    before = rss()
+    again = c.call("pattern", size)
+    assert again == expected and len(again) == size and hash(again) == hash(expected)
+    assert id(again) == address and rss() < before + size // 2  # no new memory for it
+    del again
+    kept = rss()
+    assert kept > before - size // 2  # dropped, but its memory kept for the next result
+    deadline = time.monotonic() + 30
+    while rss() > kept - size // 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # idle for KEPT_SECONDS: let go
+    assert rss() < kept - size // 2, (kept, rss())
+print("ok")
+"""
+
+
+def test_a_client_keeps_the_memory_of_a_large_result_for_the_next_until_idle(bridge):
+    """A fresh buffer for every large result costs a page fault and a zeroed page per 4 KiB
+    (on a VM that takes freed pages back, several times that): a client (its own process
+    here) receives the next large result into the memory of one nobody holds any more,
+    never into one a view still holds, and lets it go once idle for KEPT_SECONDS."""
+    out = subprocess.run([sys.executable, "-c", CLIENT_KEEPS, bridge.address, bridge.token],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ok"]
 
 # -- malformed input, cut transfers, crashes --------------------------------------------------
 

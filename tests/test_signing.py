@@ -10,6 +10,7 @@ import threading
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import wait_until
 from kernelpit.kernels import signing, wire
 from kernelpit.kernels.signing import Link, SignatureError
 
@@ -294,6 +295,27 @@ def test_a_large_frame_is_received_into_a_kept_frame_only_once_nobody_holds_it()
         del second, third
         wire.drop_kept()
         assert wire._kept.held() == 0
+    finally:
+        agent.close()
+        pool_end.close()
+
+
+def test_a_kept_frame_is_let_go_once_nobody_has_held_it_for_its_idle_time(monkeypatch):
+    """Kept memory is not kept for ever: a frame nobody holds goes after KEPT_SECONDS
+    without reuse, while one a value still holds stays intact."""
+    monkeypatch.setattr(wire, "KEPT_SECONDS", 0.05)
+    agent, reader, pool_end = _linked_pair()
+    wire.drop_kept()  # also stops a timer armed with the longer idle time
+    try:
+        size = wire.KEEP_FROM + (1 << 20)
+        dropped = _carry(agent, reader, pool_end, [HEADER, b"d" * size])[1]
+        held = _carry(agent, reader, pool_end, [HEADER, b"h" * size])[1]
+        del dropped
+        assert wire._kept.held() == size  # kept for the next frame, for now
+        wait_until(lambda: wire._kept.held() == 0, timeout=10)
+        assert held == b"h" * size  # still tracked while held, never written into
+        del held
+        wait_until(lambda: wire._kept.held() == 0 and not wire._kept._frames, timeout=10)
     finally:
         agent.close()
         pool_end.close()

@@ -438,6 +438,7 @@ class RemoteBackend(Backend):
         if self._sync_channel is not None:
             self._sync_channel.close()
         await self.channel.close()
+        wire.drop_kept()  # large received frames kept for reuse that nobody holds any more
 
 
 class _Uploads:
@@ -462,10 +463,10 @@ class _Uploads:
 
 def _receiver(size: int) -> tuple[Any, Any]:
     """(buffer, fill): a ``bytes`` object of ``size`` bytes filled in place (as the pool's
-    wire receives a frame: no zero-fill, huge pages when large) and a function that
+    wire receives a frame: no zero-fill, into kept memory when large) and a function that
     appends a chunk to it.  A ``bytes`` value is that object, and tables decoded from it
     point into it: one copy, from the messages."""
-    buf, view = wire.fill_in_place(size, keep=False)
+    buf, view = wire.fill_in_place(size)
     pos = [0]
 
     def fill(data: memoryview) -> None:
