@@ -7,6 +7,10 @@
   call; S1 and S2 targets).  Run ``python -m benchmarks.references`` to serve it alone.
 * ``ref-memcpy``: a copy of the same number of bytes into memory already faulted in (the
   floor of moving a value; S7 targets).
+* ``ref-grpc-stream``: the same server streaming a buffer of the S7 size from its own memory
+  in Kernelpit's 4 MiB ``BlobChunk`` frames, received by a ``grpc.aio`` client (as
+  Kernelpit's client reads a blob) into one buffer reused between repeats (the floor of a
+  large value over gRPC on this machine; S7's remote rows).
 
 None of these is a competitor: the report shows them, but the Kp/peer column leaves them out.
 """
@@ -23,6 +27,7 @@ from typing import Any
 from .peers import ROOT, RawKernel
 
 ECHO_METHOD = "/echo.Echo/Echo"
+STREAM_METHOD = "/echo.Echo/Stream"  # request: the number of bytes to stream, as ASCII
 ECHO_PAYLOAD = b"x" * 32  # about the size of a no-op call request
 
 
@@ -61,6 +66,7 @@ class EchoServer:
         self.proc: subprocess.Popen | None = None
         self.channel: Any = None
         self.echo: Any = None
+        self.address = ""
 
     def start(self, timeout: float = 30.0) -> None:
         import grpc
@@ -71,8 +77,8 @@ class EchoServer:
         if not line.startswith("serving "):
             self.stop()
             raise RuntimeError(f"the echo server did not start: {line!r}")
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{int(line.split()[1])}",
-                                             options=CHANNEL_OPTIONS)
+        self.address = f"127.0.0.1:{int(line.split()[1])}"
+        self.channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
         self.echo = self.channel.unary_unary(ECHO_METHOD)
 
@@ -93,6 +99,33 @@ class EchoServer:
                 list(ex.map(caller, [per] * callers))
                 out.append(per * callers / (time.perf_counter() - t0))
         return out
+
+    def stream_rate(self, nbytes: int, repeats: int) -> list[float]:
+        """GB/s of ``repeats`` transfers of ``nbytes`` streamed by the server (one warm-up)."""
+        import asyncio
+
+        import grpc
+        from kernelpit.contract.framing import unframe
+        from kernelpit.remote.target import CHANNEL_OPTIONS
+
+        async def run() -> list[float]:
+            async with grpc.aio.insecure_channel(self.address,
+                                                 options=CHANNEL_OPTIONS) as channel:
+                stream = channel.unary_stream(STREAM_METHOD, response_deserializer=unframe)
+                into = memoryview(bytearray(nbytes))
+                out = []
+                for k in range(repeats + 1):
+                    t0 = time.perf_counter()
+                    pos = 0
+                    async for data in stream(str(nbytes).encode()):
+                        into[pos:pos + len(data)] = data
+                        pos += len(data)
+                    if pos != nbytes:
+                        raise RuntimeError(f"the stream carried {pos} of {nbytes} bytes")
+                    if k:
+                        out.append(nbytes / 1e9 / (time.perf_counter() - t0))
+                return out
+        return asyncio.run(run())
 
     def stop(self) -> None:
         if self.channel is not None:
@@ -125,9 +158,20 @@ async def _serve(stamps_path: str | None = None) -> None:
         if stamps_path is not None:
             stamps.append(time.monotonic())
         return request
-    server = grpc.aio.server()
+    from kernelpit.contract.framing import framed
+
+    held: list[bytes] = []  # the streamed buffer, made once per size (as a value in memory)
+
+    async def stream(request: bytes, context: Any) -> Any:
+        nbytes = int(request)
+        if not held or len(held[0]) != nbytes:
+            held[:] = [b"\x5a" * nbytes]  # real pages (bytes(n) would read the zero page)
+        for chunk in framed([held[0]]):
+            yield chunk
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", -1)])
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "echo.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+        "echo.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo),
+                      "Stream": grpc.unary_stream_rpc_method_handler(stream)}),))
     port = server.add_insecure_port("127.0.0.1:0")
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

@@ -81,7 +81,7 @@ def render(doc: dict[str, Any]) -> str:
     out.append("Kp/peer: for each Kernelpit row, how many times better its median is than each "
                "peer's in the same case (>1 = Kernelpit better, <1 = the peer is ahead).")
     out.append("ref-* rows are references for the targets (not peers): a plain ipykernel start, "
-               "a bare grpc.aio echo, a memcpy into pre-faulted memory.")
+               "a bare grpc.aio echo and stream, a memcpy into pre-faulted memory.")
     out.append("median/p99 are over all operations for latencies; for rates, times and sizes "
                "min..max is over repeats.")
     out.append("")

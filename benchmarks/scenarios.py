@@ -919,6 +919,18 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
                            kind="per-repeat", api="Client.submit(workers=[one]).result()")
             _peer_rows(ctx, rows, "dask", "dask", case, unit, better, dask_measure)
             gc.collect()
+            if kind == "bytes" and size >= 100 * MB:  # the same bytes for the Arrow rows
+                echo, why_echo = ctx.echo()
+                if echo is None:
+                    rows.append(skipped("ref-grpc-stream", why_echo or "", case=case, unit=unit,
+                                        better=better))
+                else:
+                    ctx.settle(f"ref-grpc-stream {case}")
+                    rows.append(row("ref-grpc-stream", case=case, unit=unit, better=better,
+                                    samples=echo.stream_rate(size, max(2, reps)),
+                                    kind="per-repeat", api="bare grpc.aio server streaming "
+                                    "4 MiB BlobChunk frames -> grpc.aio client, one buffer"))
+                gc.collect()
             if kind != "table":
                 ctx.settle(f"ref-memcpy {case}")
                 rows.append(row("ref-memcpy", case=case, unit=unit, better=better,
@@ -955,6 +967,16 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
                               detail=_detail(loc, mem_, "GB/s"),
                               why_unknown="1 GB rows run in full mode only" if ctx.quick
                               else "local not measured"))
+    for size_ in ("100 MB", "1,000 MB"):  # what gRPC itself carries on this machine
+        for kind in ("bytes", "arrow"):
+            rem = find(rows, "kernelpit-remote", f"{kind} {size_}")
+            ref = find(rows, "ref-grpc-stream", f"bytes {size_}")
+            targets.append(target(
+                f"S7.{kind}_{size_.replace(',', '').replace(' ', '').lower()}_remote_vs_stream",
+                f"(for reference) {kind} {size_} remote, x a bare grpc.aio stream of as many bytes",
+                ratio(rem, ref), 0.0, ">=", ratio=True, detail=_detail(rem, ref, "GB/s"),
+                why_unknown="1 GB rows run in full mode only" if ctx.quick and size_ != "100 MB"
+                else "remote or the reference stream not measured"))
     arg = find(rows, "kernelpit-embedded", "arrow 1,000 MB, argument")
     targets.append(target("S7.arrow_1gb_argument_vs_memcpy",
                           "(for reference) 1 GB Arrow caller -> tool, x memcpy (pre-faulted)",
