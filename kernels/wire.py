@@ -124,7 +124,7 @@ if sys.implementation.name == "cpython":
 
 
 KEEP_FROM = 8 << 20  # received frames this big are kept for reuse once nobody holds them
-KEPT_SECONDS = 10.0  # a kept frame not handed out again for this long is let go
+KEPT_SECONDS = 10.0  # a kept frame nobody has held or been handed for this long is let go
 
 
 def _kept_budget() -> int:
@@ -157,14 +157,14 @@ class _Kept:
     NUL are set as a new object's would be.
 
     The frames kept at most add up to :data:`KEPT_BYTES` (the oldest are let go first),
-    and one that nobody holds is let go once it has not been handed out for
-    :data:`KEPT_SECONDS` (a daemon timer, as an allocator's decay returns idle memory):
-    a process keeps the memory of its last large values only while it keeps receiving
-    them.  :func:`drop_kept` lets the unused ones go at once (a pool or client that
-    closes)."""
+    and one is let go once nobody has held it, and it has not been handed out, for
+    :data:`KEPT_SECONDS` (a daemon timer looks every half of that, as an allocator's decay
+    returns idle memory): a process keeps the memory of its last large values only while
+    it keeps using them.  :func:`drop_kept` lets the unused ones go at once (a pool or a
+    client that closes)."""
 
     def __init__(self) -> None:
-        self._frames: list[list[Any]] = []  # [frame, capacity, handed out at], oldest first
+        self._frames: list[list[Any]] = []  # [frame, capacity, last used], oldest first
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
 
@@ -191,12 +191,10 @@ class _Kept:
                 total -= self._frames.pop(0)[1]  # one still in use lives on, untracked
             self._expire_later()
 
-    def drop(self, idle_for: float = 0.0) -> None:
-        """Let go of the frames nobody holds that were handed out ``idle_for`` s ago or more."""
-        now = time.monotonic()
+    def drop(self) -> None:
+        """Let go of the frames nobody holds."""
         with self._lock:
-            self._frames = [e for e in self._frames
-                            if sys.getrefcount(e[0]) > _UNHELD or now - e[2] < idle_for]
+            self._frames = [e for e in self._frames if sys.getrefcount(e[0]) > _UNHELD]
             if not self._frames and self._timer is not None:
                 self._timer.cancel()  # nothing left to let go
                 self._timer = None
@@ -208,13 +206,19 @@ class _Kept:
 
     def _expire_later(self) -> None:
         if self._timer is None and self._frames:  # under the lock
-            self._timer = threading.Timer(KEPT_SECONDS, self._expire)
+            self._timer = threading.Timer(KEPT_SECONDS / 2, self._expire)
             self._timer.daemon = True
             self._timer.start()
 
     def _expire(self) -> None:
-        self.drop(idle_for=KEPT_SECONDS)
+        """Every KEPT_SECONDS / 2: a frame seen held counts as used now; one nobody has held
+        (or been handed) for more than KEPT_SECONDS is let go."""
+        now = time.monotonic()
         with self._lock:
+            for entry in self._frames:
+                if sys.getrefcount(entry[0]) > _UNHELD:
+                    entry[2] = now
+            self._frames = [e for e in self._frames if now - e[2] <= KEPT_SECONDS]
             self._timer = None
             self._expire_later()
 
