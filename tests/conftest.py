@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,16 @@ def kernel_processes(run_id: str | None = None) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+@pytest.fixture
+def keyboard_interrupts():
+    """SIGINT raises KeyboardInterrupt in the main thread, as for a user at a terminal, even
+    when the test run was started with SIGINT ignored (a background job of a shell without
+    job control: Python then keeps it ignored, and a SIGINT would be lost)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def wait_until(predicate, timeout: float = 20.0, interval: float = 0.02):

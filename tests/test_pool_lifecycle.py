@@ -45,7 +45,7 @@ def test_closing_a_stream_early_cancels_the_tool(pool):
     assert pool.options(worker=worker, deadline=10).call("add", 2, 2) == 4
 
 
-def test_keyboard_interrupt_in_a_blocking_call_interrupts_the_tool(pool):
+def test_keyboard_interrupt_in_a_blocking_call_interrupts_the_tool(pool, keyboard_interrupts):
     worker = pool.workers()[0].id
     main = threading.get_ident()
 
