@@ -8,8 +8,8 @@
 * ``ref-memcpy``: a copy of the same number of bytes into memory already faulted in (the
   floor of moving a value; S7 targets).
 * ``ref-grpc-stream``: the same server streaming a buffer of the S7 size from its own memory
-  in Kernelpit's 4 MiB ``BlobChunk`` frames, received by a ``grpc.aio`` client (as
-  Kernelpit's client reads a blob) into one buffer reused between repeats (the floor of a
+  in Kernelpit's 4 MiB ``BlobChunk`` frames, read on the same blocking channel (as
+  Kernelpit's blocking client reads a blob) into one buffer reused between repeats (the floor of a
   large value over gRPC on this machine; S7's remote rows).
 
 None of these is a competitor: the report shows them, but the Kp/peer column leaves them out.
@@ -101,31 +101,24 @@ class EchoServer:
         return out
 
     def stream_rate(self, nbytes: int, repeats: int) -> list[float]:
-        """GB/s of ``repeats`` transfers of ``nbytes`` streamed by the server (one warm-up)."""
-        import asyncio
-
-        import grpc
+        """GB/s of ``repeats`` transfers of ``nbytes`` streamed by the server (one warm-up),
+        read on the blocking channel as Kernelpit's blocking client reads a blob."""
         from kernelpit.contract.framing import unframe
-        from kernelpit.remote.target import CHANNEL_OPTIONS
 
-        async def run() -> list[float]:
-            async with grpc.aio.insecure_channel(self.address,
-                                                 options=CHANNEL_OPTIONS) as channel:
-                stream = channel.unary_stream(STREAM_METHOD, response_deserializer=unframe)
-                into = memoryview(bytearray(nbytes))
-                out = []
-                for k in range(repeats + 1):
-                    t0 = time.perf_counter()
-                    pos = 0
-                    async for data in stream(str(nbytes).encode()):
-                        into[pos:pos + len(data)] = data
-                        pos += len(data)
-                    if pos != nbytes:
-                        raise RuntimeError(f"the stream carried {pos} of {nbytes} bytes")
-                    if k:
-                        out.append(nbytes / 1e9 / (time.perf_counter() - t0))
-                return out
-        return asyncio.run(run())
+        stream = self.channel.unary_stream(STREAM_METHOD, response_deserializer=unframe)
+        into = memoryview(bytearray(nbytes))
+        out = []
+        for k in range(repeats + 1):
+            t0 = time.perf_counter()
+            pos = 0
+            for data in stream(str(nbytes).encode()):
+                into[pos:pos + len(data)] = data
+                pos += len(data)
+            if pos != nbytes:
+                raise RuntimeError(f"the stream carried {pos} of {nbytes} bytes")
+            if k:
+                out.append(nbytes / 1e9 / (time.perf_counter() - t0))
+        return out
 
     def stop(self) -> None:
         if self.channel is not None:

@@ -929,7 +929,7 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
                     rows.append(row("ref-grpc-stream", case=case, unit=unit, better=better,
                                     samples=echo.stream_rate(size, max(2, reps)),
                                     kind="per-repeat", api="bare grpc.aio server streaming "
-                                    "4 MiB BlobChunk frames -> grpc.aio client, one buffer"))
+                                    "4 MiB BlobChunk frames -> blocking channel, one buffer"))
                 gc.collect()
             if kind != "table":
                 ctx.settle(f"ref-memcpy {case}")
