@@ -66,6 +66,20 @@ def _cancelled(call_id: int, tool: str) -> dict[str, Any]:
     return ErrorPayload.of(Cancelled(f"call {call_id} of {tool}() was cancelled")).to_dict()
 
 
+def _unsendable(exc: Exception, what: str, transport: Any) -> Exception:
+    """What the caller is told when the value a tool ``what`` (returned, yielded, sent)
+    cannot be sent."""
+    if isinstance(exc, EncodeError):
+        return TypeError(f"the tool {what} a value Kernelpit cannot send: {exc}")
+    if isinstance(exc, OSError):
+        return RuntimeError(
+            f"the tool {what} a value that could not be written to shared memory "
+            f"({transport.shm_dir}): {exc}; free room there (df -h /dev/shm), or lower the "
+            "pool's shm_arena so that fewer free slabs are kept")
+    return RuntimeError(f"the tool {what} a value Kernelpit failed to send "
+                        f"({type(exc).__name__}: {exc}); please report this")
+
+
 class Agent:
     """Serves tool calls for one worker kernel."""
 
@@ -173,12 +187,10 @@ class Agent:
         def send(msg: dict[str, Any]) -> None:
             try:
                 frames = encode(msg, self.transport, ahead=write)  # long lists go first
-            except EncodeError as exc:
-                call_id = msg.get("id")
+            except Exception as exc:  # noqa: BLE001 - the value fails its call, the worker goes on
                 what = {"partial": "yielded", "result": "returned"}.get(msg.get("k", ""), "sent")
-                err = TypeError(f"the tool {what} a value Kernelpit cannot send: {exc}")
-                frames = encode({"op": "ev", "id": call_id, "k": "error",
-                                 "error": {**error_payload(err), "traceback": ""}})
+                frames = encode({"op": "ev", "id": msg.get("id"), "k": "error", "error": {
+                    **error_payload(_unsendable(exc, what, self.transport)), "traceback": ""}})
             write(frames)
 
         outbox = Outbox(send, sock, name=f"kernelpit-outbox-{index}")
