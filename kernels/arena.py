@@ -92,11 +92,12 @@ MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 _maps: dict[int, tuple[str, mmap.mmap]] = {}  # inode -> (run dir, this writer's mapping of it)
 
 
-def write(pa: Any, shm_dir: str, arena: str, prefix: str, size: int,
-          fill: Callable[[Any], None]) -> str:
-    """Write a value of exactly ``size`` bytes (``fill(sink)`` writes it) into the smallest
-    free slab of ``arena`` that fits, renamed to this writer's in-flight name, or into a new
-    file; returns the file's name.
+def write(shm_dir: str, arena: str, prefix: str, size: int,
+          into_mapping: Callable[[mmap.mmap], None], into_file: Callable[[Any], None]) -> str:
+    """Write a value of exactly ``size`` bytes into the smallest free slab of ``arena`` that
+    fits, renamed to this writer's in-flight name, or into a new file; returns the file's
+    name.  ``into_mapping(mapping)`` writes it into a slab this writer mapped before,
+    ``into_file(f)`` into an unbuffered file object.
 
     A slab this writer mapped before is written through that mapping: a memcpy into pages
     that exist and are mapped (12-23 GB/s for 1 GB on this 2-core VM, two copy threads).
@@ -115,6 +116,21 @@ def write(pa: Any, shm_dir: str, arena: str, prefix: str, size: int,
         mapping = _maps.get(inode, (None, None))[1]
         if mapping is None or len(mapping) < size:
             break  # not mapped here (yet): written like a new file, below
+        into_mapping(mapping)
+        return name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    with open(fd, "r+b", buffering=0) as f:
+        into_file(f)
+        threading.Thread(target=_map, args=(shm_dir, os.dup(fd)), daemon=True,
+                         name="kernelpit-arena-map").start()
+    return name
+
+
+def write_arrow(pa: Any, shm_dir: str, arena: str, prefix: str, size: int,
+                fill: Callable[[Any], None]) -> str:
+    """:func:`write` for pyarrow's writers: ``fill(sink)`` writes the value to a pyarrow
+    sink (two copy threads into a mapped slab)."""
+    def into_mapping(mapping: mmap.mmap) -> None:
         buffer = pa.py_buffer(mapping)
         sink = pa.FixedSizeBufferWriter(buffer)
         sink.set_memcopy_threads(2)
@@ -123,13 +139,29 @@ def write(pa: Any, shm_dir: str, arena: str, prefix: str, size: int,
         finally:
             sink.close()
             del sink, buffer
-        return name
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    with open(fd, "r+b", buffering=0) as f:
-        fill(pa.PythonFile(f, mode="w"))
-        threading.Thread(target=_map, args=(shm_dir, os.dup(fd)), daemon=True,
-                         name="kernelpit-arena-map").start()
-    return name
+
+    return write(shm_dir, arena, prefix, size, into_mapping,
+                 lambda f: fill(pa.PythonFile(f, mode="w")))
+
+
+STEP = 64 << 20  # bytes copied at a time while holding the GIL
+
+
+def write_bytes(data: memoryview, shm_dir: str, arena: str, prefix: str) -> str:
+    """:func:`write` for a byte string (a contiguous ``memoryview`` of format ``B``)."""
+    size = data.nbytes
+
+    def into_mapping(mapping: mmap.mmap) -> None:
+        for at in range(0, size, STEP):  # the GIL is let go between steps
+            end = min(at + STEP, size)  # the slab may be larger than the value
+            mapping[at:end] = data[at:end]
+
+    def into_file(f: Any) -> None:
+        at = 0
+        while at < size:  # write() may take less than all (2 GiB at most on Linux)
+            at += f.write(data[at:])
+
+    return write(shm_dir, arena, prefix, size, into_mapping, into_file)
 
 
 def _map(shm_dir: str, fd: int) -> None:
@@ -199,23 +231,53 @@ class Holder:
     """The mapping of one received file, kept alive by every buffer read from it; frees
     (or unlinks) the file when the last of them goes."""
 
-    __slots__ = ("buffer", "path", "shm_dir", "arena", "cap", "__weakref__")
+    __slots__ = ("path", "size", "shm_dir", "arena", "cap", "buffer", "__weakref__")
 
-    def __init__(self, buffer: Any, path: str, shm_dir: str, arena: str, cap: int) -> None:
-        self.buffer, self.path, self.shm_dir, self.arena, self.cap = \
-            buffer, path, shm_dir, arena, cap
+    def __init__(self, path: str, size: int, shm_dir: str, arena: str, cap: int,
+                 buffer: Any = None) -> None:
+        self.path, self.size, self.shm_dir, self.arena, self.cap = path, size, shm_dir, arena, cap
+        self.buffer = buffer  # what keeps the mapping (a pyarrow Buffer), if not its owner
 
     def __del__(self) -> None:
         try:
-            st = os.stat(self.path)
-            # another name: someone else holds (maps) it too, and the last one frees it
-            if st.st_nlink == 1 and make_room(self.shm_dir, st.st_size, self.cap):
-                os.rename(self.path, os.path.join(
-                    self.shm_dir, f"{self.arena}-{uuid.uuid4().hex}.free"))
-            else:
-                os.unlink(self.path)
-        except (FileNotFoundError, TypeError):  # reclaimed meanwhile, or interpreter exit
+            release(self.path, self.shm_dir, self.arena, self.cap)
+        except TypeError:  # interpreter exit
             pass
+
+
+def release(path: str, shm_dir: str, arena: str, cap: int) -> None:
+    """A received file that this process no longer maps: back to ``arena`` as a free slab,
+    or unlinked when another process still holds a name of it (the last one frees it) or
+    the run's free slabs are at their cap."""
+    try:
+        st = os.stat(path)
+        if st.st_nlink == 1 and make_room(shm_dir, st.st_size, cap):
+            os.rename(path, os.path.join(shm_dir, f"{arena}-{uuid.uuid4().hex}.free"))
+        else:
+            os.unlink(path)
+    except FileNotFoundError:  # reclaimed meanwhile
+        pass
+
+
+def claim(shm_dir: str, name: str, length: int, arena: str | None, receiver: str,
+          kind: type[mmap.mmap] = mmap.mmap,
+          access: int = mmap.ACCESS_READ) -> tuple[mmap.mmap, str | None]:
+    """Map the first ``length`` bytes of file ``name`` (as a ``kind``, with ``access``) and
+    take the file over: renamed to ``receiver``'s held name, whose path is returned, or
+    unlinked at once when ``arena`` is None (it goes nowhere after use)."""
+    path = os.path.join(shm_dir, name)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if not 0 < length <= size:
+            raise ValueError(f"a shared-memory value says it has {length} bytes, its file "
+                             f"has {size}")
+        mapping = kind(f.fileno(), length, access=access)
+    if arena is None:
+        os.unlink(path)
+        return mapping, None
+    held = os.path.join(shm_dir, f"{receiver}@{arena}-{uuid.uuid4().hex}")
+    os.rename(path, held)
+    return mapping, held
 
 
 def receive(pa: Any, shm_dir: str, name: str, length: int, arena: str | None, receiver: str,
@@ -225,25 +287,16 @@ def receive(pa: Any, shm_dir: str, name: str, length: int, arena: str | None, re
 
     ``arena``: the writer's arena, for a file that goes back to it once the buffer (and
     everything read from it) is gone; None for a file that is unlinked at once."""
-    path = os.path.join(shm_dir, name)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if not 0 < length <= size:
-            raise ValueError(f"a shared-memory value says it has {length} bytes, its file "
-                             f"has {size}")
-        mapping = mmap.mmap(f.fileno(), length, mmap.MAP_SHARED, mmap.PROT_READ)
+    mapping, held = claim(shm_dir, name, length, arena, receiver)
     buffer = pa.py_buffer(mapping)
-    if arena is None:
-        os.unlink(path)
+    if held is None or arena is None:
         return buffer, None
-    held = os.path.join(shm_dir, f"{receiver}@{arena}-{uuid.uuid4().hex}")
-    os.rename(path, held)
-    holder = Holder(buffer, held, shm_dir, arena, cap)
+    holder = Holder(held, length, shm_dir, arena, cap, buffer)
     return pa.foreign_buffer(buffer.address, buffer.size, base=holder), holder
 
 
 def remember(value: Any, holder: Holder) -> None:
-    """``value`` was read from ``holder``'s file (by :func:`receive`): it may be lent later."""
+    """``value`` was read from ``holder``'s file (mapped, not copied): it may be lent later."""
     key = id(value)
 
     def forget(_ref: Any) -> None:
@@ -269,4 +322,4 @@ def lend(value: Any, shm_dir: str, prefix: str) -> tuple[str, int, str] | None:
         os.link(holder.path, os.path.join(shm_dir, name))
     except OSError:  # its writer died and the file was removed: send it the usual way
         return None
-    return name, holder.buffer.size, holder.arena
+    return name, holder.size, holder.arena

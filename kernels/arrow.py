@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from . import arena as arena_
 from .markers import MARKER
@@ -51,8 +51,9 @@ class Transport:
     allow_pickle: bool = False       # encode/decode other objects with pickle (runs code on load)
     arena: str = ""                  # whose free slabs this writer reuses (default: prefix)
     arena_cap: int = arena_.DEFAULT_CAP  # bytes of free slabs a run keeps, at most
-    #: received lists of numbers stay packed (a bridge passes them on, never builds the floats)
-    keep_packed: bool = False
+    #: this end passes received values on (a bridge): lists of numbers stay packed (it never
+    #: builds the floats) and large byte strings stay in shared memory (it never copies them)
+    passes_on: bool = False
 
     @classmethod
     def from_env(cls, prefix: str) -> "Transport":
@@ -110,9 +111,9 @@ def encode(obj: Any, buffers: list[Any], transport: Transport) -> Any:
             size = pa.MockOutputStream()  # the exact size first: no data is copied
             write_ipc(pa, payload, size, file_format=True)
             marker["len"] = size.size()
-            marker["shm"] = arena_.write(pa, transport.shm_dir, arena, transport.prefix,
-                                         marker["len"], lambda sink: write_ipc(
-                                             pa, payload, sink, file_format=True))
+            marker["shm"] = arena_.write_arrow(pa, transport.shm_dir, arena, transport.prefix,
+                                               marker["len"], lambda sink: write_ipc(
+                                                   pa, payload, sink, file_format=True))
             marker["a"] = arena
         marker["n"] = nbytes
         return marker
@@ -250,18 +251,46 @@ def decode(marker: dict[str, Any], buffers: list[Any], transport: Transport,
     raise DecodeError(f"unknown arrow value kind {kind!r}")
 
 
-def _map_shared(pa: Any, marker: dict[str, Any], transport: Transport) -> tuple[Any, Any]:
-    """Memory-map a by-reference file from this run's directory (see :mod:`.arena`)."""
+def shared_reference(marker: dict[str, Any], transport: Transport) -> tuple[str, int, str | None]:
+    """``(file name, length, writer's arena)`` of a by-reference value's marker; refuses
+    (:class:`DecodeError`) a name that is not a file of this run's directory."""
     name, arena = marker["shm"], marker.get("a")
     if not transport.shm_dir or not isinstance(name, str) or os.path.basename(name) != name \
             or not name.endswith(".arrow") or (arena is not None and not (
                 isinstance(arena, str) and arena_.valid_name(arena))):
         raise DecodeError(f"refusing a shared-memory reference {name!r}: not a file of this run")
+    return name, int(marker["len"]), arena
+
+
+def once_per_file(read: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+    """``read`` for the markers of one message, reading each shared-memory file once: a
+    value that appears twice in a message was sent once (its marker is repeated), and its
+    file is taken over by the first read."""
+    seen: dict[str, Any] = {}
+
+    def reader(marker: dict[str, Any]) -> Any:
+        name = marker.get("shm")
+        if not isinstance(name, str):
+            return read(marker)
+        if name not in seen:
+            seen[name] = read(marker)
+        return seen[name]
+    return reader
+
+
+def gone(exc: OSError) -> DecodeError:
+    """The error for a by-reference value whose file is no longer there."""
+    return DecodeError(f"a shared-memory value is gone ({exc}); its sender may have died")
+
+
+def _map_shared(pa: Any, marker: dict[str, Any], transport: Transport) -> tuple[Any, Any]:
+    """Memory-map a by-reference file from this run's directory (see :mod:`.arena`)."""
+    name, length, arena = shared_reference(marker, transport)
     try:
-        return arena_.receive(pa, transport.shm_dir, name, int(marker["len"]), arena,
-                              transport.prefix, transport.arena_cap)
-    except (FileNotFoundError, OSError) as exc:
-        raise DecodeError(f"a shared-memory value is gone ({exc}); its sender may have died") from None
+        return arena_.receive(pa, transport.shm_dir, name, length, arena, transport.prefix,
+                              transport.arena_cap)
+    except OSError as exc:
+        raise gone(exc) from None
 
 
 def reclaim(shm_dir: str | None, prefix: str) -> int:

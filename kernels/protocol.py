@@ -4,12 +4,13 @@ Every message is a list of frames (:mod:`.wire` puts them on the socket): the
 first frame is a UTF-8 JSON object (the header), the following frames are raw
 binary buffers that the header refers to.  ``bytes`` values anywhere inside a message travel as
 their own frame, never as base64, and are replaced in the JSON by a marker
-``{"$kp": "bytes", "i": N}`` (N = index among the buffers).  An
+``{"$kp": "bytes", "i": N}`` (N = index among the buffers); one of at least the
+transport's threshold goes by shared memory instead (:mod:`.shared_bytes`).  An
 ``array.array`` travels the same way as ``{"$kp": "array", "t": "q", "i": N}``
 (``t`` is its typecode), and so does a list of at least ``MIN_PACKED`` plain
 ints (int64) or plain floats, as ``{"$kp": "list", "t": "d", "i": N}``, read
 back as a list (kept as a :class:`PackedList` where the transport says
-``keep_packed``: the bridge, which passes it on without making the floats):
+``passes_on``: the bridge, which passes it on without making the floats):
 the columns and results of a ``map`` chunk or a dict of numeric columns cost
 a memcpy, not a JSON number per item.  Lists inside
 dicts and lists are found too, except inside big containers that are not
@@ -56,13 +57,14 @@ from array import array
 from operator import countOf
 from typing import Any, Callable
 
-from . import arrow, markers
+from . import arrow, markers, shared_bytes
 from .arrow import Transport
 from .markers import MARKER
 
 SUPPORTED = ("None, bool, int, float, str, bytes, list, tuple, dict with str keys, array.array, "
              "pyarrow Table/RecordBatch, pandas DataFrame/Series and NumPy arrays")
 _INLINE = Transport()
+_IMMUTABLE = (bytes, shared_bytes.SharedBytes)
 _TYPECODES = {int: "q", float: "d"}
 _LIST_TYPECODES = tuple(_TYPECODES.values())
 _AHEAD_HEADER = b'{"op":"ahead",'
@@ -250,8 +252,12 @@ def encode(msg: dict[str, Any], transport: Transport | None = None,
         return stand_in
 
     def default(obj: Any) -> Any:
-        if isinstance(obj, (bytes, bytearray, memoryview)):
-            buffers.append(bytes(obj) if not isinstance(obj, bytes) else obj)
+        if isinstance(obj, shared_bytes.BINARY):
+            shared = shared_bytes.encode(obj, transport) if transport is not None else None
+            if shared is not None:
+                return shared
+            # a mutable buffer is copied: the message may be sent after the sender returns
+            buffers.append(obj if type(obj) in _IMMUTABLE else bytes(obj))
             return markers.buffer_ref("bytes", len(buffers) - 1)
         if isinstance(obj, array):
             buffers.append(memoryview(obj).cast("B"))
@@ -271,13 +277,13 @@ def encode(msg: dict[str, Any], transport: Transport | None = None,
     return [markers.dumps(_packed_inside(msg, ship), default).encode(), *buffers]
 
 
-def _read_list(frame: Any, typecode: str, keep_packed: bool) -> Any:
+def _read_list(frame: Any, typecode: str, passes_on: bool) -> Any:
     """A packed list's frame as a list (its numbers made straight from the frame), or as a
     :class:`PackedList` where the transport keeps them packed."""
     if typecode not in _LIST_TYPECODES:
         raise ValueError(f"a packed list holds {'/'.join(_LIST_TYPECODES)} values, "
                          f"not {typecode!r}")
-    if not keep_packed:
+    if not passes_on:
         return memoryview(frame).cast("B").cast(typecode).tolist()
     values = PackedList(typecode)
     values.frombytes(frame)
@@ -297,19 +303,23 @@ def decode(frames: list[Any], transport: Transport | None = None,
         def handler(marker: dict[str, Any]) -> Any:
             try:
                 return read(marker)
+            except arrow.DecodeError:
+                raise  # says what is wrong already
             except (IndexError, KeyError, TypeError, ValueError) as exc:
                 raise arrow.DecodeError(f"a {marker[MARKER]} value refers to data that was not "
                                         f"sent ({exc})") from None
         return handler
 
-    def read_bytes(m: dict[str, Any]) -> bytes:
+    def read_bytes(m: dict[str, Any]) -> Any:
+        if "shm" in m:
+            return shared_bytes.decode(m, transport)
         inline = markers.read_inline_bytes(m)
         return inline if inline is not None else bytes(buffers[m["i"]])
 
     def read_list(m: dict[str, Any]) -> Any:
         if "a" in m:
             return (ahead or {})[m["a"]]
-        return _read_list(buffers[m["i"]], m["t"], transport.keep_packed)
+        return _read_list(buffers[m["i"]], m["t"], transport.passes_on)
 
     def read_array(m: dict[str, Any]) -> Any:
         values = array(m["t"])
@@ -318,10 +328,10 @@ def decode(frames: list[Any], transport: Transport | None = None,
 
     try:
         return markers.loads(frames[0], {
-            "bytes": from_buffer(read_bytes),
+            "bytes": from_buffer(arrow.once_per_file(read_bytes)),
             "array": from_buffer(read_array),
             "list": from_buffer(read_list),
-            "arrow": from_buffer(lambda m: arrow.decode(m, buffers, transport)),
+            "arrow": from_buffer(arrow.once_per_file(lambda m: arrow.decode(m, buffers, transport))),
             "pickle": from_buffer(lambda m: arrow.decode_pickle(m, buffers, transport)),
         })
     except markers.MarkerError as exc:
@@ -358,7 +368,7 @@ class Decoder:
             if type(index) is not int or len(frames) != 2:
                 raise ValueError(f"a list sent ahead is one frame with an int index, not {head}")
             self._ahead[index] = _read_list(frames[1], head["t"],
-                                            (self.transport or _INLINE).keep_packed)
+                                            (self.transport or _INLINE).passes_on)
         except (KeyError, TypeError, ValueError) as exc:
             raise arrow.DecodeError(f"a list sent ahead of its message cannot be read: {exc}") \
                 from None

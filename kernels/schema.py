@@ -17,6 +17,8 @@ import types
 import typing
 from typing import Any, Callable
 
+from .shared_bytes import BINARY
+
 _SIMPLE = {
     int: {"type": "integer"},
     float: {"type": "number"},
@@ -117,7 +119,7 @@ def _matches(value: Any, schema: dict[str, Any]) -> bool:
         return value is None
     if kind == "string":
         if schema.get("format") == "binary":
-            return isinstance(value, (bytes, bytearray, memoryview))
+            return isinstance(value, BINARY)
         return isinstance(value, str)
     if kind == "array":
         if not isinstance(value, (list, tuple)):

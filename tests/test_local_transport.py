@@ -3,6 +3,7 @@ the bridge's private run directory, with the same handlers, token checks and err
 and large Arrow values through the pool's shared memory.  (The API itself is covered by
 tests/test_api.py, whose suite runs over this transport too.)"""
 
+import hashlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import tracemalloc
 
 import numpy as np
 import pyarrow as pa
@@ -187,10 +189,32 @@ def test_tables_both_ways_equal_what_was_sent(client):
 
 
 def test_a_value_with_a_large_table_and_large_bytes_goes_both_ways(client):
-    # the table by shared memory, the bytes as a blob beside it, in one value, one call
+    # both by shared memory, in one value, one call
     sent = {"t": pa.table({"x": np.arange(ROWS, dtype="float64")}), "b": os.urandom(6 << 20)}
     back = client.call("echo", sent)
     assert back["b"] == sent["b"] and back["t"].equals(sent["t"])
+
+
+def test_large_bytes_go_between_worker_and_client_never_through_the_bridge_s_heap(bridge):
+    # the bridge runs in this process: what it allocates while a client of its own process
+    # gets 64 MB from a tool and sends them back is traced here
+    wire.drop_kept()  # no frame kept from earlier tests to receive into unseen
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        out = in_client_process(bridge, """
+            import hashlib
+            data = c.call("blob", 64 << 20, 7)
+            out["type"], out["sha256"] = type(data).__name__, hashlib.sha256(data).hexdigest()
+            out["back"] = c.call("blob_info", data)
+        """)
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    expected = hashlib.sha256(((7).to_bytes(4, "little") + bytes(range(252))) * (1 << 18))
+    assert out["type"] == "bytes" and out["sha256"] == expected.hexdigest()
+    assert out["back"] == {"type": "bytes", "len": 64 << 20, "sha256": expected.hexdigest()}
+    assert peak < 8 << 20, f"the bridge allocated {peak >> 20} MiB for a 64 MiB value"
 
 
 def test_a_job_takes_a_large_table_as_a_blob_not_by_shared_memory(client):

@@ -19,10 +19,11 @@ values.proto).  A large byte string as a whole then travels as a bytes
 marker in ``json`` rather than in ``raw``.
 
 Over the local transport (a client on the bridge's machine, same user) a large Arrow
-value goes by shared memory instead, as between the pool and its workers: ``shm`` is
-that connection's :class:`~kernelpit.kernels.arrow.Transport`, and the marker names a
-file in the pool's shared-memory directory (``{"$kp": "arrow", ..., "shm": NAME}``).
-A gRPC peer never sends or receives such a marker (it is refused there).
+value or byte string goes by shared memory instead, as between the pool and its
+workers: ``shm`` is that connection's :class:`~kernelpit.kernels.arrow.Transport`, and
+the marker names a file in the pool's shared-memory directory (``{"$kp": "arrow", ...,
+"shm": NAME}``, ``{"$kp": "bytes", "shm": NAME, "len": N, "a": ARENA}``).  A gRPC peer
+never sends or receives such a marker (it is refused there).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import sys
 from array import array
 from typing import Any, Callable
 
-from ..kernels import arrow, markers
+from ..kernels import arrow, markers, shared_bytes
 from ..kernels.markers import MARKER
 from ..kernels.protocol import SUPPORTED, PackedList, pack_lists
 from ..v1 import values_pb2 as pb
@@ -65,9 +66,9 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
         return _EMPTY
     if packed:
         obj = pack_lists(obj)
-    if isinstance(obj, (bytes, bytearray, memoryview)) and (
-            park is None or memoryview(obj).nbytes <= limit):
-        return pb.Value(raw=bytes(obj))  # larger ones: a bytes marker whose data is a blob
+    if isinstance(obj, shared_bytes.BINARY) and (park is None or shared_bytes.nbytes(obj) <= limit) \
+            and (shm is None or shared_bytes.nbytes(obj) < shm.threshold):
+        return pb.Value(raw=bytes(obj))  # larger ones: a bytes marker (shared memory, a blob)
     buffers: list[Any] = []
     refs: dict[int, pb.BlobRef] = {}
     room = [limit]
@@ -83,8 +84,9 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
         return len(buffers) - 1
 
     def default(o: Any) -> Any:
-        if isinstance(o, (bytes, bytearray, memoryview)):
-            return markers.buffer_ref("bytes", add(o, memoryview(o).nbytes))
+        if isinstance(o, shared_bytes.BINARY):
+            shared = shared_bytes.encode(o, shm) if shm is not None else None
+            return shared or markers.buffer_ref("bytes", add(o, shared_bytes.nbytes(o)))
         if arrow.handles(o):
             return _encode_arrow(o, buffers, refs, park, room, shm)
         if type(o) is PackedList and packed:
@@ -219,15 +221,28 @@ def _loads(text: str, buffers: Any, what: str, untrusted: bool,
                            f"no matching buffer ({len(buffers)} buffer(s) sent)")
         return buffers[i]
 
-    def read_bytes(marker: dict[str, Any]) -> bytes:
+    def read_bytes(marker: dict[str, Any]) -> Any:
+        if "shm" in marker:
+            return _decode_shared_bytes(marker, what, shm)
         inline = markers.read_inline_bytes(marker)
         return inline if inline is not None else bytes(buffer(marker.get("i")))
 
     return markers.loads(text, {
-        "bytes": read_bytes,
-        "arrow": lambda marker: _decode_arrow(marker, buffers, what, untrusted, shm),
+        "bytes": arrow.once_per_file(read_bytes),
+        "arrow": arrow.once_per_file(lambda marker: _decode_arrow(marker, buffers, what,
+                                                                  untrusted, shm)),
         "list": lambda marker: _decode_list(marker, buffers, what),
     })
+
+
+def _decode_shared_bytes(marker: dict[str, Any], what: str, shm: arrow.Transport | None) -> Any:
+    if shm is None:
+        raise BadValue(f"{what} refers to a shared-memory file; over gRPC bytes travel in "
+                       "Value.raw, buffers or blobs")
+    try:
+        return shared_bytes.decode(marker, shm)
+    except (arrow.DecodeError, KeyError, TypeError, ValueError) as exc:
+        raise BadValue(f"{what}: {exc}") from None
 
 
 def _resolve(value: pb.Value, what: str, blobs: Fetch | None) -> list[Any]:

@@ -60,14 +60,15 @@ class PoolManager:
     """Owns every worker of every named pool, and every call from submit to last event."""
 
     def __init__(self, configs: list[PoolConfig], scheduler: SchedulerConfig | None = None,
-                 ray_address: str | None = None, keep_packed: bool = False) -> None:
-        """``keep_packed``: results' lists of numbers stay ``PackedList`` (the bridge's
-        pool, which passes them on as they came, never building their Python objects)."""
+                 ray_address: str | None = None, passes_on: bool = False) -> None:
+        """``passes_on``: the bridge's pool, which passes results on as they came: their
+        lists of numbers stay ``PackedList`` (their Python objects are never built) and
+        their large byte strings stay in shared memory (:class:`~kernelpit.kernels.shared_bytes.SharedBytes`)."""
         names = [c.name for c in configs]
         if len(set(names)) != len(names):
             raise ValueError(f"pool names must be unique, got {names}")
         self.configs = configs
-        self._keep_packed = keep_packed
+        self._passes_on = passes_on
         #: how tenants share every pool (weights, quotas; docs/architecture.md "The scheduler")
         self.tenants = Tenants(scheduler)
         self.run_id = uuid.uuid4().hex[:12]
@@ -113,7 +114,7 @@ class PoolManager:
         self.shm_dir = shared_memory_dir(self.run_id)
         self.transport = Transport(self.shm_dir, allow_pickle=any(c.pickle for c in self.configs),
                                    arena_cap=max(int(c.shm_arena) for c in self.configs),
-                                   keep_packed=self._keep_packed)
+                                   passes_on=self._passes_on)
         self._channel = await Channel.open(self._run_dir, self._on_message, self.transport)
         slots = asyncio.Semaphore(8)
         try:

@@ -101,7 +101,7 @@ class Bridge:
             transport.check_bind(host, self.tls is not None, insecure_bind_anywhere),
             None if auth else "authentication is OFF (--no-auth): anyone who can reach the port "
             "can run tools as this user") if w]
-        self.manager = PoolManager(configs, scheduler, ray_address, keep_packed=True)
+        self.manager = PoolManager(configs, scheduler, ray_address, passes_on=True)
         self._closing = asyncio.Event()
         self.backend = LocalBackend(self.manager, self._closing)
         self.host = host

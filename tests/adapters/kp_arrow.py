@@ -55,3 +55,17 @@ def die_after_writing(rows: int):
 def frame_info(df) -> dict:
     return {"type": type(df).__name__, "dtypes": {str(k): str(v) for k, v in df.dtypes.items()},
             "index": str(df.index.dtype)}
+
+
+@tool
+def blob(n: int, seed: int = 0) -> bytes:
+    """``n`` bytes that depend on ``seed`` (a byte string result)."""
+    return (seed.to_bytes(4, "little") + bytes(range(252))) * (n // 256) + bytes(n % 256)
+
+
+@tool
+def blob_info(data) -> dict:
+    """What a byte string argument arrived as."""
+    import hashlib
+    return {"type": type(data).__name__, "len": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}

@@ -1,0 +1,109 @@
+"""Large byte strings by shared memory (kernelpit.kernels.shared_bytes): between the pool and
+its workers, and through a bridge that passes them on without a copy."""
+
+import gc
+import hashlib
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import kernelpit
+from conftest import ADAPTERS, wait_until
+from kernelpit.kernels import protocol
+from kernelpit.kernels.arrow import DecodeError, Transport
+from kernelpit.kernels.shared_bytes import SharedBytes
+
+MB = 1 << 20
+
+
+def blob(n, seed=0):
+    """What the kp_arrow tool ``blob(n, seed)`` returns."""
+    return (seed.to_bytes(4, "little") + bytes(range(252))) * (n // 256) + bytes(n % 256)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with kernelpit.Pool(adapters=["kp_arrow"], workers=1, path=[ADAPTERS], shm_threshold=MB) as p:
+        yield p
+
+
+def shm_files(pool):
+    d = f"/dev/shm/kernelpit-{pool.run_id}"
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def inodes(pool, start):
+    d = f"/dev/shm/kernelpit-{pool.run_id}"
+    return {os.stat(os.path.join(d, n)).st_ino for n in shm_files(pool) if n.startswith(start)}
+
+
+def test_large_bytes_both_ways_arrive_as_equal_bytes_through_reused_slabs(pool):
+    worker = pool.workers()[0].id
+    got = pool.call("blob", 8 * MB, 3)
+    assert type(got) is bytes and got == blob(8 * MB, 3)
+    for value in (got, bytearray(got), memoryview(got), memoryview(got)[::2]):
+        sent = bytes(value)
+        assert pool.call("blob_info", value) == {
+            "type": "bytes", "len": len(sent), "sha256": hashlib.sha256(sent).hexdigest()}
+    # they went by shared memory, not as frames: both ends' arenas hold free slabs now
+    wait_until(lambda: all(n.endswith(".free") for n in shm_files(pool)))
+    results, arguments = inodes(pool, f"w{worker}-"), inodes(pool, "host-")
+    assert results and arguments
+    # a smaller value goes into the larger slab, and reads back as itself, not the slab
+    assert pool.call("blob", 2 * MB + 17, 5) == blob(2 * MB + 17, 5)
+    assert pool.call("blob_info", blob(3 * MB, 9))["sha256"] == \
+        hashlib.sha256(blob(3 * MB, 9)).hexdigest()
+    wait_until(lambda: all(n.endswith(".free") for n in shm_files(pool)))
+    assert inodes(pool, f"w{worker}-") == results and inodes(pool, "host-") == arguments
+    # below the threshold a byte string stays a frame of its message
+    before = shm_files(pool)
+    assert pool.call("blob", MB - 1, 1) == blob(MB - 1, 1)
+    assert shm_files(pool) == before
+
+
+def test_a_value_sent_twice_in_one_message_arrives_twice(pool):
+    # the sender writes one file for it and refers to it twice; the receiver reads it once
+    data = blob(2 * MB, 4)
+    table = pa.table({"x": np.arange(MB // 4, dtype=np.float64)})
+    back = pool.call("echo", {"a": data, "b": [data, data], "t": table, "u": [table]})
+    assert back["a"] == data and back["b"] == [data, data]
+    assert back["t"].equals(table) and back["u"][0].equals(table)
+
+
+def test_a_bridge_keeps_a_received_byte_string_mapped_and_lends_it_on(tmp_path):
+    shm = str(tmp_path)
+    worker = Transport(shm_dir=shm, threshold=1000, prefix="w1")
+    bridge = Transport(shm_dir=shm, threshold=1000, prefix="host", passes_on=True)
+    client = Transport(shm_dir=shm, threshold=1000, prefix="l1")
+    data = os.urandom(5000)
+    frames = protocol.encode({"v": data}, worker)
+    assert len(frames) == 1  # no frame: the data is in a file
+    held = protocol.decode(frames, bridge)["v"]
+    assert type(held) is SharedBytes and bytes(held) == data and len(held) == 5000
+    on = protocol.encode({"v": held}, bridge)  # lent: a second name of the same file
+    names = os.listdir(shm)
+    assert len(names) == 2 and len({os.stat(os.path.join(shm, n)).st_ino for n in names}) == 1
+    got = protocol.decode(on, client)["v"]
+    assert type(got) is bytes and got == data
+    assert [n.startswith("host@w1-") for n in os.listdir(shm)] == [True]  # the client's name went
+    del held
+    gc.collect()
+    # the last holder gave the file back to its writer's arena
+    assert [n.startswith("w1-") and n.endswith(".free") for n in os.listdir(shm)] == [True]
+
+
+@pytest.mark.parametrize("marker, says", [
+    ({"$kp": "bytes", "shm": "../x.arrow", "len": 10, "a": "w1"}, "refusing"),
+    ({"$kp": "bytes", "shm": "w1-none.arrow", "len": 10, "a": "w1"}, "gone"),
+    ({"$kp": "bytes", "shm": "w1-a.arrow", "len": 10, "a": "w/1"}, "refusing"),
+    ({"$kp": "bytes", "shm": "w1-short.arrow", "len": 10 ** 6, "a": "w1"}, "1000000 bytes, its file has 10"),
+])
+def test_a_bad_shared_memory_reference_is_a_decode_error(tmp_path, marker, says):
+    (tmp_path / "w1-short.arrow").write_bytes(b"x" * 10)
+    header = protocol.markers.dumps({"v": marker}).encode()
+    with pytest.raises(DecodeError, match=says):
+        protocol.decode([header], Transport(shm_dir=str(tmp_path), prefix="host"))
+    with pytest.raises(DecodeError, match="refusing"):  # no shared memory here at all
+        protocol.decode([header], Transport())
