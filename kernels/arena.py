@@ -144,26 +144,6 @@ def write_arrow(pa: Any, shm_dir: str, arena: str, prefix: str, size: int,
                  lambda f: fill(pa.PythonFile(f, mode="w")))
 
 
-STEP = 64 << 20  # bytes copied at a time while holding the GIL
-
-
-def write_bytes(data: memoryview, shm_dir: str, arena: str, prefix: str) -> str:
-    """:func:`write` for a byte string (a contiguous ``memoryview`` of format ``B``)."""
-    size = data.nbytes
-
-    def into_mapping(mapping: mmap.mmap) -> None:
-        for at in range(0, size, STEP):  # the GIL is let go between steps
-            end = min(at + STEP, size)  # the slab may be larger than the value
-            mapping[at:end] = data[at:end]
-
-    def into_file(f: Any) -> None:
-        at = 0
-        while at < size:  # write() may take less than all (2 GiB at most on Linux)
-            at += f.write(data[at:])
-
-    return write(shm_dir, arena, prefix, size, into_mapping, into_file)
-
-
 def _map(shm_dir: str, fd: int) -> None:
     """Map a slab just written and fill its page tables (on a thread: this takes as long as
     faulting every page in, which the next value written into it no longer pays)."""
