@@ -227,12 +227,13 @@ def test_a_client_that_dies_leaves_nothing_in_shared_memory(bridge):
     script = textwrap.dedent(f"""
         import sys, kernelpit
         import numpy as np, pyarrow as pa
-        from kernelpit.kernels import arrow
+        from kernelpit.kernels import arrow, shared_bytes
         c = kernelpit.connect({bridge.local_address!r}, {bridge.token!r})
         held = c.call("numeric_table", {ROWS}, 4)      # mapped, held
         shm = c._async._backend.channel.shared_memory
-        # as if it died while sending a value: written to shared memory, never sent
+        # as if it died while sending values: written to shared memory, never sent
         arrow.encode(pa.table({{"x": np.arange({ROWS}, dtype="float64")}}), [], shm)
+        shared_bytes.encode(bytes(8 << 20), shm)
         print(shm.prefix, flush=True)
         sys.stdin.read()
     """)
@@ -240,7 +241,7 @@ def test_a_client_that_dies_leaves_nothing_in_shared_memory(bridge):
                              stdout=subprocess.PIPE, text=True)
     try:
         prefix = child.stdout.readline().strip()
-        assert prefix.startswith("l") and shm_files(bridge, prefix + "-")
+        assert prefix.startswith("l") and len(shm_files(bridge, prefix + "-")) == 2
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(10)
