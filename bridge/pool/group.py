@@ -36,14 +36,17 @@ class WorkerGroup:
                  new_id: Callable[[], int], on_worker_exit: Callable[[Worker], None],
                  start_slots: asyncio.Semaphore, shm_dir: str | None = None,
                  telemetry: TelemetryBus | None = None, tenants: Tenants | None = None,
-                 placement: Placement | None = None) -> None:
+                 placement: Placement | None = None, passes_on: bool = False) -> None:
+        """``passes_on``: the pool's results are passed on (a bridge's pool), so its workers
+        send large byte strings by shared memory (``Transport.share_bytes``)."""
         self.config = config
         self.telemetry = telemetry or TelemetryBus()
         # arguments of a pool whose workers may be on other nodes never go by shared memory:
         # they are encoded before a worker is picked (large ones travel in signed parts)
         remote = placement is not None and is_remote(config)
         self.transport = Transport(None if remote else shm_dir, int(config.shm_threshold),
-                                   "host", config.pickle, arena_cap=int(config.shm_arena))
+                                   "host", config.pickle, arena_cap=int(config.shm_arena),
+                                   passes_on=passes_on)
         self.name = config.name
         self.spec = worker_spec(config, run_dir, placement)
         self._channel = channel

@@ -126,7 +126,7 @@ class PoolManager:
                                                     self.run_id, lambda: next(self._ids),
                                                     self._on_worker_exit, slots, self.shm_dir,
                                                     self.telemetry, self.tenants,
-                                                    self.placement)
+                                                    self.placement, self._passes_on)
             await asyncio.gather(*(g.start() for g in self.groups.values()))
         except BaseException:
             await self.close()

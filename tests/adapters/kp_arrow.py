@@ -69,3 +69,4 @@ def blob_info(data) -> dict:
     import hashlib
     return {"type": type(data).__name__, "len": len(data),
             "sha256": hashlib.sha256(data).hexdigest()}
+
