@@ -326,12 +326,15 @@ def decode(frames: list[Any], transport: Transport | None = None,
         values.frombytes(buffers[m["i"]])
         return values
 
+    def read_arrow(m: dict[str, Any]) -> Any:
+        return arrow.decode(m, buffers, transport)
+
     try:
         return markers.loads(frames[0], {
             "bytes": from_buffer(arrow.once_per_file(read_bytes)),
             "array": from_buffer(read_array),
             "list": from_buffer(read_list),
-            "arrow": from_buffer(arrow.once_per_file(lambda m: arrow.decode(m, buffers, transport))),
+            "arrow": from_buffer(arrow.once_per_file(read_arrow)),
             "pickle": from_buffer(lambda m: arrow.decode_pickle(m, buffers, transport)),
         })
     except markers.MarkerError as exc:

@@ -55,7 +55,8 @@ def nbytes(obj: Any) -> int:
 
 def encode(obj: Any, transport: Transport) -> dict[str, Any] | None:
     """The marker of byte string ``obj`` sent by shared memory, or None when it goes as a
-    frame (no shared memory, or smaller than the threshold)."""
+    frame: no shared memory, smaller than the threshold, or a receiver that does not pass
+    it on (``share_bytes`` unset; a received :class:`SharedBytes` is lent all the same)."""
     if not transport.shm_dir or nbytes(obj) < max(1, transport.threshold):
         return None
     if type(obj) is SharedBytes:  # lent: no copy, whoever receives it
@@ -108,20 +109,19 @@ def decode(marker: dict[str, Any], transport: Transport) -> bytes | SharedBytes:
                 shared.holder = arena_.Holder(held, length, shm_dir, arena, transport.arena_cap)
                 arena_.remember(shared, shared.holder)
             return shared
-        mapping, held = arena_.claim(shm_dir, name, length, arena, transport.prefix,
-                                     access=mmap.ACCESS_COPY)  # writable here, never written
+        mapping, held = arena_.claim(shm_dir, name, length, arena, transport.prefix)
     except OSError as exc:
         raise gone(exc) from None
     except ValueError as exc:
         raise DecodeError(str(exc)) from None
     try:
         frame, view = wire.fill_in_place(length)
-        source = ctypes.c_char.from_buffer(mapping)
         target = ctypes.c_char.from_buffer(view)
         try:
-            copy(ctypes.addressof(target), ctypes.addressof(source), length)
+            with _address(mapping) as source:
+                copy(ctypes.addressof(target), source, length)
         finally:
-            del source, target
+            del target
             view.release()
     finally:
         mapping.close()

@@ -66,9 +66,10 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
         return _EMPTY
     if packed:
         obj = pack_lists(obj)
-    if isinstance(obj, shared_bytes.BINARY) and (park is None or shared_bytes.nbytes(obj) <= limit) \
-            and (shm is None or shared_bytes.nbytes(obj) < shm.threshold):
-        return pb.Value(raw=bytes(obj))  # larger ones: a bytes marker (shared memory, a blob)
+    if isinstance(obj, shared_bytes.BINARY):
+        n = shared_bytes.nbytes(obj)
+        if (park is None or n <= limit) and (shm is None or n < shm.threshold):
+            return pb.Value(raw=bytes(obj))  # larger: a bytes marker (shared memory, a blob)
     buffers: list[Any] = []
     refs: dict[int, pb.BlobRef] = {}
     room = [limit]
