@@ -80,12 +80,7 @@ def write(data: memoryview, shm_dir: str, arena: str, prefix: str) -> str:
     size = data.nbytes
 
     def into_mapping(mapping: mmap.mmap) -> None:
-        target = ctypes.c_char.from_buffer(mapping)
-        try:
-            with _address(data) as source:
-                copy(ctypes.addressof(target), source, size)
-        finally:
-            del target
+        copy(mapping, data, size)
 
     def into_file(f: Any) -> None:
         at = 0
@@ -116,12 +111,9 @@ def decode(marker: dict[str, Any], transport: Transport) -> bytes | SharedBytes:
         raise DecodeError(str(exc)) from None
     try:
         frame, view = wire.fill_in_place(length)
-        target = ctypes.c_char.from_buffer(view)
         try:
-            with _address(mapping) as source:
-                copy(ctypes.addressof(target), source, length)
+            copy(view, mapping, length)
         finally:
-            del target
             view.release()
     finally:
         mapping.close()
@@ -130,19 +122,24 @@ def decode(marker: dict[str, Any], transport: Transport) -> bytes | SharedBytes:
     return frame
 
 
-def copy(target: int, source: int, n: int) -> None:
-    """memcpy ``n`` bytes without holding the GIL; a large copy is split between two
-    threads.  On the 2-core VM of docs/performance.md, 1 GB into a mapped slab: 9 GB/s on
-    one thread, 18-22 on two; out of a slab into kept memory: 3.9 and 5-7 GB/s."""
-    if n < COPY_THREADS_FROM:
-        ctypes.memmove(target, source, n)
-        return
-    half = (n // 2) & ~0xFFF
-    other = threading.Thread(target=ctypes.memmove, args=(target + half, source + half, n - half),
-                             name="kernelpit-copy", daemon=True)
-    other.start()
-    ctypes.memmove(target, source, half)
-    other.join()
+def copy(target: Any, source: Any, n: int) -> None:
+    """memcpy the first ``n`` bytes of buffer ``source`` into buffer ``target`` without
+    holding the GIL; a large copy is split between two threads.  On the 2-core VM of
+    docs/performance.md, 1 GB into a mapped slab: 9 GB/s on one thread, 18-22 on two; out
+    of a slab into kept memory: 3.9 and 5-7 GB/s."""
+    with _held(target) as into, _held(source) as out_of:
+        if not 0 <= n <= min(into.len, out_of.len):
+            raise ValueError(f"cannot copy {n} bytes from {out_of.len} into {into.len}")
+        to, start = into.buf, out_of.buf
+        if n < COPY_THREADS_FROM:
+            ctypes.memmove(to, start, n)
+            return
+        half = (n // 2) & ~0xFFF
+        other = threading.Thread(target=ctypes.memmove, args=(to + half, start + half, n - half),
+                                 name="kernelpit-copy", daemon=True)
+        other.start()
+        ctypes.memmove(to, start, half)
+        other.join()
 
 
 class _Buffer(ctypes.Structure):  # Py_buffer, from <Python.h>
@@ -154,12 +151,12 @@ class _Buffer(ctypes.Structure):  # Py_buffer, from <Python.h>
 
 
 @contextlib.contextmanager
-def _address(data: Any) -> Iterator[int]:
-    """The address of a contiguous buffer, read-only ones included (which ctypes'
-    ``from_buffer`` refuses), held while in use."""
+def _held(data: Any) -> Iterator[_Buffer]:
+    """A contiguous buffer's address and length (``.buf``, ``.len``), read-only ones
+    included (which ctypes' ``from_buffer`` refuses), held (exported) while in use."""
     view = _Buffer()
     ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(data), ctypes.byref(view), 0)
     try:
-        yield view.buf
+        yield view
     finally:
         ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
