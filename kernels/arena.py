@@ -11,7 +11,8 @@ A file's name says who may remove it, so every death is cleaned up by a prefix
 
 ==============================  =========================================================
 ``<writer>-<id>.arrow``         written, not yet received (the writer's death, or the end
-                                of the call that carried it, removes it)
+                                of the call that carried it, removes it; a message that
+                                fails before it is sent gives it back at once)
 ``<receiver>@<arena>-<id>``     received: mapped by ``receiver`` (its death removes it)
 ``<arena>-<id>.free``           a free slab of ``arena`` (the writer's pool of pages; the
                                 death of the worker owning ``arena`` removes it)

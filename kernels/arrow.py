@@ -30,10 +30,11 @@ pyarrow is imported only when such a value is actually sent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import arena as arena_
 from .markers import MARKER
@@ -283,6 +284,35 @@ def once_per_file(read: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, 
             seen[name] = read(marker)
         return seen[name]
     return reader
+
+
+@contextlib.contextmanager
+def given_back_on_failure(encode: Callable[[Any], Any],
+                          transport: Transport | None) -> Iterator[Callable[[Any], Any]]:
+    """``encode`` (one message's marker encoder) noting the shared-memory files it writes
+    or lends.  If the message fails before it is made (a later value cannot be encoded,
+    /dev/shm is full), they are given back at once: a written file to its arena as a free
+    slab, a lent name unlinked.  Else they would wait for their writer's death."""
+    written: list[dict[str, Any]] = []
+
+    def noting(obj: Any) -> Any:
+        marker = encode(obj)
+        if type(marker) is dict and "shm" in marker:
+            written.append(marker)
+        return marker
+
+    try:
+        yield noting
+    except BaseException:
+        if transport is not None and transport.shm_dir:
+            for marker in written:
+                path = os.path.join(transport.shm_dir, marker["shm"])
+                if marker.get("a") is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                else:
+                    arena_.release(path, transport.shm_dir, marker["a"], transport.arena_cap)
+        raise
 
 
 def gone(exc: OSError) -> DecodeError:

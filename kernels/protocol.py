@@ -274,7 +274,9 @@ def encode(msg: dict[str, Any], transport: Transport | None = None,
             f"supported types are {SUPPORTED}"
         )
 
-    return [markers.dumps(_packed_inside(msg, ship), default).encode(), *buffers]
+    with arrow.given_back_on_failure(default, transport) as noting:
+        text = markers.dumps(_packed_inside(msg, ship), noting)
+    return [text.encode(), *buffers]
 
 
 def _read_list(frame: Any, typecode: str, passes_on: bool) -> Any:

@@ -11,6 +11,7 @@ import pytest
 
 import kernelpit
 from conftest import ADAPTERS, wait_until
+from kernelpit.contract.values import BadValue, to_value
 from kernelpit.kernels import protocol
 from kernelpit.kernels.arrow import DecodeError, Transport
 from kernelpit.kernels.shared_bytes import SharedBytes
@@ -91,6 +92,36 @@ def test_a_bridge_keeps_a_received_byte_string_mapped_and_lends_it_on(tmp_path):
     gc.collect()
     # the last holder gave the file back to its writer's arena
     assert [n.startswith("w1-") and n.endswith(".free") for n in os.listdir(shm)] == [True]
+
+
+def test_a_result_that_fails_halfway_gives_its_written_table_back_at_once(pool):
+    # the table is in shared memory before the set fails the result; its file goes back to
+    # the worker's arena now, not when the worker dies
+    (pid,) = [w.pid for w in pool.workers()]
+    with pytest.raises(TypeError, match="cannot send: type builtins.set"):
+        pool.call("table_then_unsendable", MB)
+    assert [n for n in shm_files(pool) if not n.endswith(".free")] == []
+    assert pool.call("numeric_table", MB).num_rows == MB  # through that slab
+    assert [w.pid for w in pool.workers()] == [pid]
+
+
+@pytest.mark.parametrize("encode, fails", [
+    (lambda value, shm: protocol.encode(value, shm), protocol.EncodeError),
+    (lambda value, shm: to_value(value, shm=shm), BadValue),  # the bridge's encoder
+], ids=["protocol", "contract"])
+def test_a_message_that_fails_halfway_leaves_no_file_in_flight(tmp_path, encode, fails):
+    shm = str(tmp_path)
+    writer = Transport(shm_dir=shm, threshold=1000, prefix="w1", share_bytes=True)
+    with pytest.raises(fails):
+        encode({"a": os.urandom(5000), "z": {1, 2}}, writer)
+    assert [n.startswith("w1-") and n.endswith(".free") for n in os.listdir(shm)] == [True]
+    # a lent file: its second name goes, and its holder keeps the file
+    bridge = Transport(shm_dir=shm, threshold=1000, prefix="host", passes_on=True)
+    held = protocol.decode(protocol.encode({"v": os.urandom(5000)}, writer), bridge)["v"]
+    before = sorted(os.listdir(shm))
+    with pytest.raises(fails):
+        encode({"v": held, "z": {1, 2}}, bridge)
+    assert sorted(os.listdir(shm)) == before
 
 
 @pytest.mark.parametrize("marker, says", [

@@ -100,7 +100,8 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
                           f"sent to or from a bridge; supported types are {SUPPORTED}")
 
     try:
-        text = markers.dumps(obj, default)
+        with arrow.given_back_on_failure(default, shm) as noting:
+            text = markers.dumps(obj, noting)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, BadValue):
             raise

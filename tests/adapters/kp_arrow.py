@@ -70,3 +70,9 @@ def blob_info(data) -> dict:
     return {"type": type(data).__name__, "len": len(data),
             "sha256": hashlib.sha256(data).hexdigest()}
 
+
+
+@tool
+def table_then_unsendable(rows: int):
+    """A large table (written to shared memory first), then a set, which cannot be sent."""
+    return {"t": numeric_table(rows), "z": {1, 2}}
