@@ -34,7 +34,7 @@ import contextlib
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from . import arena as arena_
 from .markers import MARKER
@@ -286,33 +286,34 @@ def once_per_file(read: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, 
     return reader
 
 
-@contextlib.contextmanager
-def given_back_on_failure(encode: Callable[[Any], Any],
-                          transport: Transport | None) -> Iterator[Callable[[Any], Any]]:
-    """``encode`` (one message's marker encoder) noting the shared-memory files it writes
+class Outgoing:
+    """One message's marker encoder (``encode``), noting the shared-memory files it writes
     or lends.  If the message fails before it is made (a later value cannot be encoded,
-    /dev/shm is full), they are given back at once: a written file to its arena as a free
-    slab, a lent name unlinked.  Else they would wait for their writer's death."""
-    written: list[dict[str, Any]] = []
+    /dev/shm is full), :meth:`give_back` returns them at once: a written file to its
+    arena as a free slab, a lent name unlinked.  Else they would wait for their writer's
+    death."""
 
-    def noting(obj: Any) -> Any:
-        marker = encode(obj)
+    __slots__ = ("encode", "transport", "files")
+
+    def __init__(self, encode: Callable[[Any], Any], transport: Transport | None) -> None:
+        self.encode, self.transport = encode, transport
+        self.files: list[dict[str, Any]] = []
+
+    def __call__(self, obj: Any) -> Any:
+        marker = self.encode(obj)
         if type(marker) is dict and "shm" in marker:
-            written.append(marker)
+            self.files.append(marker)
         return marker
 
-    try:
-        yield noting
-    except BaseException:
-        if transport is not None and transport.shm_dir:
-            for marker in written:
-                path = os.path.join(transport.shm_dir, marker["shm"])
-                if marker.get("a") is None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-                else:
-                    arena_.release(path, transport.shm_dir, marker["a"], transport.arena_cap)
-        raise
+    def give_back(self) -> None:
+        shm_dir = self.transport.shm_dir if self.transport is not None else None
+        for marker in self.files if shm_dir else ():
+            path = os.path.join(shm_dir, marker["shm"])
+            if marker.get("a") is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            else:
+                arena_.release(path, shm_dir, marker["a"], self.transport.arena_cap)
 
 
 def gone(exc: OSError) -> DecodeError:

@@ -274,8 +274,12 @@ def encode(msg: dict[str, Any], transport: Transport | None = None,
             f"supported types are {SUPPORTED}"
         )
 
-    with arrow.given_back_on_failure(default, transport) as noting:
-        text = markers.dumps(_packed_inside(msg, ship), noting)
+    outgoing = arrow.Outgoing(default, transport)
+    try:
+        text = markers.dumps(_packed_inside(msg, ship), outgoing)
+    except BaseException:
+        outgoing.give_back()
+        raise
     return [text.encode(), *buffers]
 
 

@@ -99,11 +99,12 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
         raise BadValue(f"a value of type {type(o).__module__}.{type(o).__qualname__} cannot be "
                           f"sent to or from a bridge; supported types are {SUPPORTED}")
 
+    outgoing = arrow.Outgoing(default, shm)
     try:
-        with arrow.given_back_on_failure(default, shm) as noting:
-            text = markers.dumps(obj, noting)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, BadValue):
+        text = markers.dumps(obj, outgoing)
+    except BaseException as exc:
+        outgoing.give_back()
+        if isinstance(exc, BadValue) or not isinstance(exc, (TypeError, ValueError)):
             raise
         raise BadValue(f"cannot encode value: {exc}") from None
     if not buffers:
