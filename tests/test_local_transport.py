@@ -3,6 +3,7 @@ the bridge's private run directory, with the same handlers, token checks and err
 and large Arrow values through the pool's shared memory.  (The API itself is covered by
 tests/test_api.py, whose suite runs over this transport too.)"""
 
+import gc
 import hashlib
 import json
 import os
@@ -221,6 +222,19 @@ def test_a_job_takes_a_large_table_as_a_blob_not_by_shared_memory(client):
     # a job's values are journaled and outlive the caller: never a file in shared memory
     sent = pa.table({"x": np.arange(ROWS, dtype="float64")})
     assert client.submit("echo", sent).result(timeout=60).equals(sent)
+
+
+def test_a_finished_job_s_large_result_leaves_the_bridge_s_shared_memory(bridge, client):
+    # the bridge holds a worker's large result mapped while it journals it; once the job is
+    # durable the mapping goes at once, not at the next full garbage collection
+    gc.disable()  # only reference counting may free it
+    try:
+        for n in range(3):
+            data = client.submit("blob", 3 << 20, n).result(timeout=60)
+            assert data[:4] == n.to_bytes(4, "little") and len(data) == 3 << 20
+        wait_until(lambda: shm_files(bridge, "host@") == [])
+    finally:
+        gc.enable()
 
 
 def test_a_client_that_dies_leaves_nothing_in_shared_memory(bridge):

@@ -164,7 +164,8 @@ class Journal:
         if failure is None and not done.cancelled():
             for entry in batch:
                 if entry.committed is not None and not entry.committed.done():
-                    entry.committed.set_result(entry)
+                    entry.committed.set_result(None)  # not the entry: a cycle would keep
+                    # its data (a job's result, perhaps 1 GB mapped) until a full collection
             return
         log.warning("cannot write %d journal entries to the job store %s (%s); retrying in "
                     "%g s", len(batch), self._store.url, failure, RETRY)

@@ -55,7 +55,7 @@ class Run:
         self.slot = False  # holds one of the runner's slots
         loop = asyncio.get_running_loop()
         self.reported: asyncio.Future[Entry] = loop.create_future()
-        self.outcome: asyncio.Future[Entry] = loop.create_future()
+        self.outcome: asyncio.Future[None] = loop.create_future()
 
     def cancel(self, why: BaseException) -> None:
         if self.why is None:

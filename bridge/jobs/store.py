@@ -51,8 +51,8 @@ class Entry:
     data: dict[str, Any] | None = None
     changes: dict[str, Any] | None = None
     seq: int = 0
-    #: resolved with this entry once it is committed (not stored)
-    committed: "asyncio.Future[Entry] | None" = None
+    #: resolved (with None) once this entry is committed (not stored)
+    committed: "asyncio.Future[None] | None" = None
     #: ``data`` as stored, when a store packed it before its transaction (not stored)
     packed: bytes | None = None
 
