@@ -6,6 +6,7 @@ through in chunks: no single gRPC message exceeded the limit when they do.
 """
 
 import asyncio
+import gc
 import hashlib
 import os
 import subprocess
@@ -15,6 +16,7 @@ import grpc
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 import kernelpit
@@ -204,6 +206,21 @@ def test_a_gigabyte_argument_uploads_in_chunks(client):
     rows = 1 << 27
     table = pa.table({"x": np.ones(rows)})
     assert client.call("checksum", table) == {"rows": rows, "sum": float(rows), "type": "Table"}
+
+
+def test_an_uploaded_argument_is_let_go_as_soon_as_the_call_returns(client):
+    # the client keeps no reference to an argument it uploaded (not even in a reference
+    # cycle, which would hold it until the next garbage collection)
+    before = pa.total_allocated_bytes()
+    gc.disable()
+    try:  # 16 MB, in memory of pyarrow's allocator: uploaded as a blob
+        table = pa.table({"x": pc.multiply(pa.array(np.arange(2 * LIMIT // 8, dtype="float64")), 2)})
+        assert pa.total_allocated_bytes() >= before + 2 * LIMIT
+        assert client.call("describe", table)["rows"] == table.num_rows
+        del table
+        assert pa.total_allocated_bytes() == before
+    finally:
+        gc.enable()
 
 
 def test_bytes_larger_than_a_message_go_in_chunks_both_ways(client, bridge):

@@ -445,14 +445,18 @@ class _Uploads:
     """Arrow data of one request that goes as blobs: parked while encoding, uploaded, patched in."""
 
     def __init__(self, limit: int, shm: Any = None) -> None:
-        self.items: list[tuple[str, list[Any], int]] = []
+        items: list[tuple[str, list[Any], int]] = []
+        self.items = items
         self.ids: dict[str, str] = {}
-        self.codec = Codec(park=self.park, limit=limit, packed=True, shm=shm)
 
-    def park(self, segments: list[Any], size: int) -> str:
-        key = f"upload-{len(self.items)}"
-        self.items.append((key, segments, size))
-        return key
+        def park(segments: list[Any], size: int) -> str:
+            key = f"upload-{len(items)}"
+            items.append((key, segments, size))
+            return key
+
+        # park is not a bound method: that would be a cycle (self -> codec -> self), which
+        # would keep the caller's buffers in ``items`` until a garbage collection
+        self.codec = Codec(park=park, limit=limit, packed=True, shm=shm)
 
     def patch(self, *values: Any) -> None:
         for value in values:
