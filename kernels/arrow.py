@@ -306,14 +306,16 @@ class Outgoing:
         return marker
 
     def give_back(self) -> None:
+        """Called while the message's own error propagates: it must not replace that
+        error, so a file it cannot give back is left to its writer's death, as before."""
         shm_dir = self.transport.shm_dir if self.transport is not None else None
         for marker in self.files if shm_dir else ():
             path = os.path.join(shm_dir, marker["shm"])
-            if marker.get("a") is None:
-                with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
+                if marker.get("a") is None:
                     os.unlink(path)
-            else:
-                arena_.release(path, shm_dir, marker["a"], self.transport.arena_cap)
+                else:
+                    arena_.release(path, shm_dir, marker["a"], self.transport.arena_cap)
 
 
 def gone(exc: OSError) -> DecodeError:
