@@ -162,6 +162,25 @@ def test_ctrl_c_in_a_blocking_call_interrupts_the_tool(client, keyboard_interrup
     assert client.options(deadline=10).call("add", 3, b=3) == 6
 
 
+def test_ctrl_c_between_sending_a_call_and_waiting_for_it_still_cancels_it(client):
+    # the interrupt lands after the request went out and before the wait for its reply
+    # began (made exact here by a trace function, as a signal can be at any bytecode)
+    def trace(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "_responses":
+            sys.settrace(None)
+            raise KeyboardInterrupt
+        return None
+
+    sys.settrace(trace)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            client.call("spin", 60)
+    finally:
+        sys.settrace(None)
+    wait_until(lambda: all(w.state == "idle" for w in client.workers("tools")))
+    assert client.options(deadline=10).call("add", 2, b=5) == 7
+
+
 # -- large values by shared memory --------------------------------------------------------------
 
 def test_a_table_from_a_worker_is_mapped_from_the_pool_s_shared_memory(bridge):

@@ -343,7 +343,12 @@ class BlockingLocalChannel:
     made right on the calling thread, over a blocking socket of its own (no event loop, no
     hand-off).  One thread at a time (the backend's ``solo`` lock); unary, server-streaming
     and client-streaming RPCs (``Call``, ``ReadBlob``, ``WriteBlob``).  Failures raise
-    ``grpc.aio.AioRpcError`` (a ``grpc.RpcError``); Ctrl-C while waiting cancels the RPC."""
+    ``grpc.aio.AioRpcError`` (a ``grpc.RpcError``).
+
+    An RPC that ends early on this side (Ctrl-C, an error, a stream dropped before its end)
+    is cancelled at once, wherever the interrupt lands: while its request is being sent, the
+    connection is closed instead (its framing is then unknown; the bridge cancels the RPCs
+    of a connection that goes), and the next RPC opens a new one."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -351,34 +356,43 @@ class BlockingLocalChannel:
         self._reader = wire.Reader()
         self._pending: list[list[Any]] = []
         self._ids = itertools.count(1)
+        self._open_stream: int | None = None  # the RPC sent and not ended yet
 
     def unary_unary(self, method: str, request_serializer: Any = None,
                     response_deserializer: Any = None, **_: Any) -> Any:
         def call(request: Any, metadata: Any = None, timeout: float | None = None) -> Any:
-            stream = self._open(proto.UNARY, method, metadata, request_serializer, request)
-            for response in self._responses(stream, response_deserializer):
-                return response
-            raise _failure(grpc.StatusCode.INTERNAL, "the bridge ended a unary RPC without a reply")
+            try:
+                stream = self._open(proto.UNARY, method, metadata, request_serializer, request)
+                return self._reply(stream, response_deserializer)
+            except BaseException:
+                self._abandon()
+                raise
         return call
 
     def unary_stream(self, method: str, request_serializer: Any = None,
                      response_deserializer: Any = None, **_: Any) -> Any:
         def call(request: Any, metadata: Any = None, timeout: float | None = None) -> Any:
-            stream = self._open(proto.UNARY, method, metadata, request_serializer, request)
+            try:
+                stream = self._open(proto.UNARY, method, metadata, request_serializer, request)
+            except BaseException:
+                self._abandon()
+                raise
             return self._responses(stream, response_deserializer)
         return call
 
     def stream_unary(self, method: str, request_serializer: Any = None,
                      response_deserializer: Any = None, **_: Any) -> Any:
         def call(requests: Iterable[Any], metadata: Any = None, timeout: float | None = None) -> Any:
-            stream = self._open(proto.OPEN, method, metadata)
-            for request in requests:
-                self._send([proto.head(proto.MESSAGE, stream),
-                            proto.serialize(request_serializer, request)])
-            self._send([proto.head(proto.HALF_CLOSE, stream)])
-            for response in self._responses(stream, response_deserializer):
-                return response
-            raise _failure(grpc.StatusCode.INTERNAL, "the bridge ended a unary RPC without a reply")
+            try:
+                stream = self._open(proto.OPEN, method, metadata)
+                for request in requests:
+                    self._send([proto.head(proto.MESSAGE, stream),
+                                proto.serialize(request_serializer, request)])
+                self._send([proto.head(proto.HALF_CLOSE, stream)])
+                return self._reply(stream, response_deserializer)
+            except BaseException:
+                self._abandon()
+                raise
         return call
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -387,6 +401,7 @@ class BlockingLocalChannel:
         return call
 
     def close(self) -> None:
+        self._open_stream = None  # the bridge cancels whatever the connection had open
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -394,23 +409,37 @@ class BlockingLocalChannel:
     # -- the socket ------------------------------------------------------------------------
     def _open(self, op: int, method: str, metadata: Any, serializer: Any = None,
               request: Any = None) -> int:
+        self._abandon()  # a stream dropped unstarted is cancelled before the next RPC at least
         if self._sock is None:
             self._connect()
         stream = next(self._ids)
         frames = [proto.head(op, stream), method.encode()]
         if op == proto.UNARY:
             frames.append(proto.serialize(serializer, request))
+        self._open_stream = stream
         self._send(frames + proto.metadata_frames(metadata))
         return stream
 
+    def _abandon(self) -> None:
+        """Cancel the RPC that was sent and has not ended (nothing when there is none)."""
+        stream, self._open_stream = self._open_stream, None
+        if stream is not None and self._sock is not None:
+            with contextlib.suppress(grpc.RpcError):  # gone already: nothing to cancel
+                self._send([proto.head(proto.CANCEL, stream)])
+
     def _send(self, frames: list[Any]) -> None:
-        """One message; a bridge gone meanwhile is UNAVAILABLE, as for every RPC."""
+        """One message; a bridge gone meanwhile is UNAVAILABLE, as for every RPC.  A send
+        cut short by anything else (Ctrl-C) closes the connection: part of a message may
+        have gone, and the bridge cancels what a closed connection had open."""
         try:
             wire.send(self._sock, frames)
         except OSError as exc:
             self.close()
             raise _failure(grpc.StatusCode.UNAVAILABLE, f"the bridge's local socket {self.path} "
                            f"is gone ({exc})") from None
+        except BaseException:
+            self.close()
+            raise
 
     def _connect(self) -> None:
         import socket
@@ -442,27 +471,35 @@ class BlockingLocalChannel:
             self._pending = self._reader.advance(n)
         return self._pending.pop(0)
 
+    def _reply(self, stream: int, deserializer: Any) -> Any:
+        for response in self._responses(stream, deserializer):
+            return response
+        raise _failure(grpc.StatusCode.INTERNAL, "the bridge ended a unary RPC without a reply")
+
     def _responses(self, stream: int, deserializer: Any) -> Iterable[Any]:
         ended = False
         try:
             while not ended:
+                if self._open_stream != stream:
+                    raise _failure(grpc.StatusCode.CANCELLED, "this stream was given up on: "
+                                   "another RPC started on the connection before its end")
                 frames = self._next()
                 op, of = proto.parse_head(frames)
                 if of != stream:
                     continue  # a late answer to an RPC given up on (Ctrl-C)
                 if op == proto.MESSAGE or op == proto.REPLY:
                     ended = op == proto.REPLY
+                    if ended:
+                        self._open_stream = None
                     yield proto.deserialize(deserializer, frames[1])
                 elif op == proto.STATUS:
-                    ended = True
+                    ended, self._open_stream = True, None
                     code, details = proto.status_from(frames[1])
                     if code != grpc.StatusCode.OK:
                         raise _failure(code, details, proto.metadata_from(frames[2:]))
-        except (KeyboardInterrupt, GeneratorExit):
-            if not ended and self._sock is not None:  # the bridge cancels it: tool interrupted
-                with contextlib.suppress(grpc.RpcError):  # gone already: nothing to cancel
-                    self._send([proto.head(proto.CANCEL, stream)])
-            raise
+        finally:  # ended early (Ctrl-C, or the stream was dropped): the bridge cancels it
+            if not ended and self._open_stream == stream:
+                self._abandon()
 
 
 def _failure(code: grpc.StatusCode, details: str, trailing: Any = ()) -> grpc.aio.AioRpcError:
