@@ -44,12 +44,14 @@ class Portal:
         """Run ``await fn(*args, **kwargs)`` on the loop and wait for it."""
         self._check_thread()
         fn = tracing.carry(fn)  # the caller's trace context goes with it (when tracing is on)
-        fut = asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self.loop)
-        try:
+        fut: concurrent.futures.Future[T] | None = None
+        try:  # Ctrl-C between the hand-off and the wait must cancel too
+            fut = asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self.loop)
             return fut.result()
         except KeyboardInterrupt:
-            fut.cancel()
-            concurrent.futures.wait([fut], timeout=5)
+            if fut is not None:
+                fut.cancel()
+                concurrent.futures.wait([fut], timeout=5)
             raise
 
     def iterate(self, agen: AsyncIterator[T]) -> "BlockingStream[T]":
