@@ -12,11 +12,16 @@ took 10.7 ms through the bridge over gRPC, and 6.3-6.6 ms with this tuning in th
 and its workers (docs/performance.md, S7).
 
 So the workers and the ``kernelpit serve`` process keep blocks up to ``MMAP_THRESHOLD`` on
-the heap and keep up to ``TRIM_THRESHOLD`` of free memory per malloc arena for the next
-message.  Larger blocks still get their own mapping and go back to the system when freed;
-the large-frame paths reuse their buffers themselves (:mod:`.wire`, :mod:`.arena`).
-A process whose environment sets glibc's own ``MALLOC_MMAP_THRESHOLD_`` or
-``MALLOC_TRIM_THRESHOLD_`` keeps those.
+the heap and keep up to ``KEEP`` of free memory per malloc arena for the next message or
+call (a 100 MB table of floats is about 210 MB of packing buffers in its worker per call:
+52,000 faults and 170 ms of system time each time on that VM, nearly none once kept).  What
+they keep goes back to the system once the process has been idle for ``IDLE_SECONDS``
+(under ``IDLE_CPU`` of its CPU time): a daemon thread looks every half of that and calls
+``malloc_trim``, as an allocator's decay returns idle memory.  So a process's RSS carries
+the memory of its last large values only while it keeps working.  Larger blocks still get
+their own mapping and go back to the system when freed; the large-frame paths reuse their
+buffers themselves (:mod:`.wire`, :mod:`.arena`).  A process whose environment sets glibc's
+own ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` keeps those.
 
 A client's process (``kernelpit.connect``) is its user's, so its thresholds stay glibc's;
 only the heap's top pad is raised to ``CLIENT_TOP_PAD`` (:func:`pad_heap_top`): glibc then
@@ -31,25 +36,57 @@ default is 128 KiB).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
+import threading
+import time
 from typing import Any
 
 MMAP_THRESHOLD = 32 << 20  # glibc's upper bound for M_MMAP_THRESHOLD on 64-bit
-TRIM_THRESHOLD = 32 << 20  # free memory kept at the top of a heap: a few large messages
+KEEP = 256 << 20  # free memory a heap keeps: the buffers of a large value, for the next one
+IDLE_SECONDS = 10.0  # a process idle this long gives back what its heaps keep ...
+IDLE_CPU = 0.01  # ... idle: it used less than this share of one CPU over that time
 CLIENT_TOP_PAD = 16 << 20  # a client's heaps: room for the buffers of a result of a few MB
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # from <malloc.h>
 _ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+_trimming: threading.Thread | None = None  # this process's idle trim, once started
 
 
 def keep_freed_memory() -> bool:
-    """Set this process's malloc thresholds as the module says; True when they were set
-    (False off glibc, or when the environment sets them)."""
+    """Set this process's malloc thresholds as the module says, and give what they keep
+    back once it is idle; True when they were set (False off glibc, or when the
+    environment sets them)."""
+    global _trimming
     if any(k in os.environ for k in _ENV):
         return False
-    mallopt = _mallopt()
-    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                                        and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    mallopt, trim = _mallopt(), _malloc_trim()
+    if mallopt is None or trim is None or not (mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                                               and mallopt(_M_TRIM_THRESHOLD, KEEP)):
+        return False
+    if _trimming is None:
+        _trimming = threading.Thread(target=_trim_when_idle, args=(trim,), daemon=True,
+                                     name="kernelpit-heap-trim")
+        _trimming.start()
+    return True
+
+
+def _trim_when_idle(trim: Any) -> None:
+    """Every IDLE_SECONDS / 2: when this process has worked since it last gave memory back
+    (used over ``_WORKED`` s of CPU in one look's time) and has now used under IDLE_CPU of
+    a CPU over the last IDLE_SECONDS, give what its heaps keep back."""
+    looks = [time.process_time()]  # CPU time at the last looks: the window's ends
+    worked = True
+    while True:
+        time.sleep(IDLE_SECONDS / 2)
+        looks = (looks + [time.process_time()])[-3:]
+        worked = worked or looks[-1] - looks[-2] > _WORKED
+        if worked and looks[-1] - looks[0] < IDLE_CPU * IDLE_SECONDS:
+            trim(0)
+            worked = False
+
+
+_WORKED = 0.005  # s of CPU in one look's time: this process did something, perhaps freed memory
 
 
 def pad_heap_top() -> bool:
@@ -64,11 +101,26 @@ def pad_heap_top() -> bool:
 
 def _mallopt() -> Any:
     """glibc's ``mallopt``, or None where there is none."""
+    mallopt = _glibc("mallopt")
+    if mallopt is not None:
+        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt
+
+
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None where there is none."""
+    trim = _glibc("malloc_trim")
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+@functools.lru_cache(maxsize=None)
+def _glibc(name: str) -> Any:
+    """A function of the interpreter's own libc (no ldconfig lookup), or None off glibc."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        mallopt = ctypes.CDLL(None).mallopt  # the interpreter's own libc (no ldconfig lookup)
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return None
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt

@@ -56,3 +56,31 @@ def test_a_client_grows_its_heap_with_room_for_the_next_result_unless_the_enviro
     assert _heap_growth(client, env) >= CLIENT_TOP_PAD
     # a user who sets glibc's pad through its environment keeps it
     assert _heap_growth(client, {**env, "MALLOC_TOP_PAD_": "131072"}) < CLIENT_TOP_PAD // 4
+
+
+def _faults(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])  # minflt
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_a_worker_reuses_the_memory_its_last_call_freed_and_gives_it_back_when_idle():
+    import psutil
+
+    import kernelpit
+    from conftest import ADAPTERS, wait_until
+
+    mb = 192  # buffers a call makes and drops (packing a large table of floats takes ~210)
+    with kernelpit.Pool(adapters=["kp_heap"], workers=1, path=[ADAPTERS]) as pool:
+        (worker,) = pool.workers()
+        proc = psutil.Process(worker.pid)
+        pool.call("churn", mb)  # the first time, every page is new
+        faults = _faults(worker.pid)
+        pool.call("churn", mb)
+        faults = _faults(worker.pid) - faults
+        # the next call writes into the pages the last one freed, not into fresh ones
+        assert faults < (mb << 20) // 4096 // 8, faults
+        kept = proc.memory_info().rss
+        pool.call("heap_idle", 0.5)
+        # idle: they go back to the system
+        wait_until(lambda: proc.memory_info().rss < kept - (mb << 20) // 2, timeout=30)

@@ -140,6 +140,9 @@ def worker_env(config: PoolConfig, worker_id: int, endpoint: str, run_id: str) -
     if config.thread_limits:
         for var in THREAD_LIMIT_VARS:
             env.setdefault(var, "1")
+    # one malloc arena: the heap whose freed memory a worker keeps for its next call, and
+    # gives back when idle (kernels/heap.py); a thread's own arena would unmap it at once
+    env.setdefault("MALLOC_ARENA_MAX", "1")
     paths = [*config.path, os.getcwd()]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
