@@ -46,7 +46,8 @@ from typing import Any
 MMAP_THRESHOLD = 32 << 20  # glibc's upper bound for M_MMAP_THRESHOLD on 64-bit
 KEEP = 256 << 20  # free memory a heap keeps: the buffers of a large value, for the next one
 IDLE_SECONDS = 10.0  # a process idle this long gives back what its heaps keep ...
-IDLE_CPU = 0.01  # ... idle: it used less than this share of one CPU over that time
+IDLE_CPU = 0.05  # ... idle: it used less than this share of one CPU over that time (an idle
+# bridge checking the health of 4 workers uses about 1 %)
 CLIENT_TOP_PAD = 16 << 20  # a client's heaps: room for the buffers of a result of a few MB
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # from <malloc.h>
 _ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
