@@ -48,6 +48,7 @@ KEEP = 256 << 20  # free memory a heap keeps: the buffers of a large value, for 
 IDLE_SECONDS = 10.0  # a process idle this long gives back what its heaps keep ...
 IDLE_CPU = 0.05  # ... idle: it used less than this share of one CPU over that time (an idle
 # bridge checking the health of 4 workers uses about 1 %)
+_WORKED = 0.005  # s of CPU in one look's time: this process did something, perhaps freed memory
 CLIENT_TOP_PAD = 16 << 20  # a client's heaps: room for the buffers of a result of a few MB
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # from <malloc.h>
 _ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
@@ -82,12 +83,9 @@ def _trim_when_idle(trim: Any) -> None:
         time.sleep(IDLE_SECONDS / 2)
         looks = (looks + [time.process_time()])[-3:]
         worked = worked or looks[-1] - looks[-2] > _WORKED
-        if worked and looks[-1] - looks[0] < IDLE_CPU * IDLE_SECONDS:
+        if worked and len(looks) == 3 and looks[-1] - looks[0] < IDLE_CPU * IDLE_SECONDS:
             trim(0)
             worked = False
-
-
-_WORKED = 0.005  # s of CPU in one look's time: this process did something, perhaps freed memory
 
 
 def pad_heap_top() -> bool:
