@@ -139,6 +139,9 @@ class Agent:
             elif op == "forget":
                 _session_states.pop(msg.get("session"), None)
             elif op == "ping":
+                if msg.get("give_back"):  # over max_memory: what is kept for reuse goes first
+                    wire.drop_kept()
+                    heap.give_back()
                 wire.send(sock, encode({"op": "pong", "id": msg.get("id")}))
             elif op == "stop":
                 stopped.set()

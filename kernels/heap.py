@@ -18,7 +18,9 @@ call (a 100 MB table of floats is about 210 MB of packing buffers in its worker 
 they keep goes back to the system once the process has been idle for ``IDLE_SECONDS``
 (under ``IDLE_CPU`` of its CPU time): a daemon thread looks every half of that and calls
 ``malloc_trim``, as an allocator's decay returns idle memory.  So a process's RSS carries
-the memory of its last large values only while it keeps working.  Larger blocks still get
+the memory of its last large values only while it keeps working, and a worker whose RSS
+is over its pool's ``max_memory`` gives it back (:func:`give_back`) before the pool decides
+to recycle it.  Larger blocks still get
 their own mapping and go back to the system when freed; the large-frame paths reuse their
 buffers themselves (:mod:`.wire`, :mod:`.arena`).  A process whose environment sets glibc's
 own ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` keeps those.
@@ -71,6 +73,14 @@ def keep_freed_memory() -> bool:
                                      name="kernelpit-heap-trim")
         _trimming.start()
     return True
+
+
+def give_back() -> None:
+    """Give what this process's heaps keep free back to the system now (a pool asks a worker
+    whose RSS is over ``max_memory``: only memory in use counts against it)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _trim_when_idle(trim: Any) -> None:

@@ -22,6 +22,7 @@ Host -> worker ops::
     {"op": "call", "id": 9, "tool": "add", "cols": [[...], [...]]}  # a map chunk: argument columns
     {"op": "cancel", "id": 7}
     {"op": "ping", "id": 8}
+    {"op": "ping", "id": 8, "give_back": true}  # first drop kept frames and free heap
     {"op": "stop"}
 
 Worker -> host ops::

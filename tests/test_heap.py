@@ -84,3 +84,26 @@ def test_a_worker_reuses_the_memory_its_last_call_freed_and_gives_it_back_when_i
         pool.call("heap_idle", 0.5)
         # idle: they go back to the system
         wait_until(lambda: proc.memory_info().rss < kept - (mb << 20) // 2, timeout=30)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_max_memory_recycles_a_worker_for_what_it_holds_not_for_what_it_keeps_for_reuse():
+    import kernelpit
+    from conftest import ADAPTERS, wait_until
+
+    limit = 200 << 20  # an idle worker is 45-55 MiB here
+    with kernelpit.Pool(adapters=["kp_heap"], workers=1, path=[ADAPTERS], max_memory=limit,
+                        health_interval=0.2) as pool:
+        (first,) = pool.workers()
+        pool.call("heap_never_idle")  # only the pool's request can give memory back
+        pool.call("churn", 192)  # frees 192 MiB, which the worker keeps for its next call
+        # over the limit only for what it keeps: asked to give that back, not replaced
+        wait_until(lambda: pool.workers()[0].rss < limit // 2, timeout=30)
+        (worker,) = pool.workers()
+        assert (worker.id, worker.recycles, worker.recycle_reason) == (first.id, 0, None)
+        assert pool.call("churn", 16) == 1  # and it goes on serving
+        # memory it really holds over the limit still recycles it
+        pool.call("hold", 256)
+        replaced = wait_until(lambda: [w for w in pool.workers() if w.id != first.id
+                                       and w.state == "idle"], timeout=60)
+        assert replaced[0].recycle_reason == "memory"

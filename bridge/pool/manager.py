@@ -191,8 +191,9 @@ class PoolManager:
         cfg = worker.config
         if cfg.max_calls and worker.calls >= cfg.max_calls:
             self._recycle(worker, "max_calls")
-        elif cfg.max_memory and worker.sample(max_age=0.05) > cfg.max_memory:
-            self._recycle(worker, "memory")
+        elif (cfg.max_memory and worker.sample(max_age=0.05) > cfg.max_memory
+              and self._health is not None):
+            self._health.check_memory(worker)  # recycled if still over once it gives back
         group.pump(worker)
 
     def _all_workers(self) -> list[Worker]:

@@ -180,8 +180,10 @@ class Worker(WorkerBase):
         runtime.mkdir(parents=True, exist_ok=True)
         return str(runtime / f"kernel-kernelpit-{self._run_id}-{self.id}.json")
 
-    async def ping(self, timeout: float) -> None:
-        """Round trip through the call channel; raises TimeoutError when unanswered."""
+    async def ping(self, timeout: float, give_back: bool = False) -> None:
+        """Round trip through the call channel; raises TimeoutError when unanswered.
+        ``give_back``: the worker first gives back the memory it keeps for its next values
+        (unheld received frames, free heap: kernels/heap.py)."""
         ping_id = next(_ping_ids)
         fut = asyncio.get_running_loop().create_future()
         self._pongs[ping_id] = fut
@@ -190,7 +192,8 @@ class Worker(WorkerBase):
                 # (killed between its hello and its first ping, the start waited start_timeout)
                 raise (self._start_failure() if self.state_at_death is STARTING
                        else asyncio.TimeoutError())
-            self._channel.send(self.id, {"op": "ping", "id": ping_id})
+            self._channel.send(self.id, {"op": "ping", "id": ping_id, "give_back": True}
+                               if give_back else {"op": "ping", "id": ping_id})
             await asyncio.wait_for(fut, timeout)
         finally:
             self._pongs.pop(ping_id, None)
