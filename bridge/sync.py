@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, 
 from .backlog import BlockingBacklog
 from .caller import AsyncCaller, AsyncHandle, AsyncJob, AsyncSession
 from .events import Event
+from .exceptions import PoolClosed
 from .info import SessionInfo
 from .telemetry import tracing
 
@@ -34,15 +35,20 @@ class Portal:
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
-    def _check_thread(self) -> None:
+    def _check_usable(self) -> None:
+        """Refuse a blocking call that could never end: one from the loop's own thread, or
+        one after the loop stopped (its pool was closed)."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("a blocking Kernelpit call was made from the pool's own event loop "
                                "thread (e.g. from a callback running on it), where it would wait "
                                "for itself forever; use the kernelpit.aio API there instead")
+        if self.loop.is_closed() or not self._thread.is_alive():
+            raise PoolClosed("this pool is closed, so it runs nothing more; open a new one "
+                             "(kernelpit.Pool(...), or a `with` block around its use)")
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run ``await fn(*args, **kwargs)`` on the loop and wait for it."""
-        self._check_thread()
+        self._check_usable()
         fn = tracing.carry(fn)  # the caller's trace context goes with it (when tracing is on)
         fut: concurrent.futures.Future[T] | None = None
         try:  # Ctrl-C between the hand-off and the wait must cancel too
@@ -56,7 +62,7 @@ class Portal:
 
     def iterate(self, agen: AsyncIterator[T]) -> "BlockingStream[T]":
         """Iterate an async iterator from this thread; closing early cancels it."""
-        self._check_thread()
+        self._check_usable()
         return BlockingStream(self.loop, tracing.carry_iter(agen))
 
     def stop(self) -> None:

@@ -529,7 +529,9 @@ class PoolManager:
                                tenant=options.tenant or DEFAULT_TENANT,
                                error=type(exc).__name__)
 
-    async def call(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions) -> Any:
+    def begin(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions) -> Call:
+        """Accept a call of ``tool`` and queue or start it; its outcome is ``call.future``
+        (:meth:`cancel` stops it).  Raises at once when the call is refused."""
         try:
             group, call = self._prepare(tool, args, kwargs, options, streaming=False)
         except Exception as exc:
@@ -537,6 +539,10 @@ class PoolManager:
                 self._rejected(tool, options, exc)
             raise
         self._submit(group, call)
+        return call
+
+    async def call(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions) -> Any:
+        call = self.begin(tool, args, kwargs, options)
         try:
             # Not shielded: a cancelled caller cancels call.future too, and then self.cancel
             # stops the call (a shield would cost one more event-loop pass per call).
