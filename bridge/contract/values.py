@@ -157,19 +157,16 @@ def _encode_arrow(o: Any, buffers: list[Any], refs: dict[int, pb.BlobRef], park:
     if shm is not None and estimate >= shm.threshold:
         return arrow.encode(o, buffers, shm)  # a file in shared memory (or the buffers)
     marker: dict[str, Any] = {MARKER: "arrow", "t": kind, **meta, "i": len(buffers)}
-    if park is None or estimate < room[0]:
-        sink = pa.BufferOutputStream()
-        arrow.write_ipc(pa, payload, sink, file_format=False)
-        data = sink.getvalue()
-        if park is None or data.size <= room[0]:
-            room[0] -= data.size
-            buffers.append(data.to_pybytes())
-            return marker
-        parts, size = [data], data.size
-    else:
-        segments = arrow.Segments()
-        arrow.write_ipc(pa, payload, pa.PythonFile(segments, mode="w"), file_format=False)
-        parts, size = segments.parts, segments.size
+    # the IPC stream as pieces pointing into the table (no copy): joined once into the
+    # message's bytes when it fits there (0.06 ms per MB, 0.10 through an Arrow buffer and
+    # to_pybytes), else parked as they are
+    segments = arrow.Segments()
+    arrow.write_ipc(pa, payload, pa.PythonFile(segments, mode="w"), file_format=False)
+    parts, size = segments.parts, segments.size
+    if park is None or size <= room[0]:
+        room[0] -= size
+        buffers.append(b"".join(parts))
+        return marker
     refs[len(buffers)] = pb.BlobRef(id=park(parts, size), size=size)
     buffers.append(b"")
     return marker
