@@ -295,7 +295,7 @@ class PoolPortal(Portal):
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if (getattr(fn, "__func__", None) is AsyncCaller.call and tracing.tracer() is None
                 and isinstance(fn.__self__._backend, LocalBackend)):
-            self._check_usable()  # the loop's own thread would wait for itself
+            self._check_usable()  # not from the loop's own thread, nor once it is closed
             caller: AsyncCaller = fn.__self__
             return _Handoff(caller._backend.manager).run(self.loop, args[0], args[1:], kwargs,
                                                          caller._options)

@@ -153,7 +153,7 @@ class ClientPortal(Portal):
             backend = caller._backend
             if isinstance(backend, RemoteBackend):
                 if not backend.solo.acquire(blocking=False):
-                    self._check_usable()  # the loop's own thread would wait for itself
+                    self._check_usable()  # not from the loop's own thread, nor once it is closed
                     return backend.call_blocking(args[0], args[1:], kwargs, caller._options,
                                                  self.loop)
                 try:
