@@ -30,18 +30,13 @@ import threading
 import time
 from typing import Callable
 
+from .stats import timed_loop
+
 N, WARM = 5000, 300
 
 
 def p50_ms(fn: Callable[[], object]) -> float:
-    for _ in range(WARM):
-        fn()
-    times = []
-    for _ in range(N):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return statistics.median(timed_loop(fn, N, WARM)) * 1e3
 
 
 def thread_ping_pong() -> float:

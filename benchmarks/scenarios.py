@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from . import kp, payloads, peerfuncs as pf, quiet, references
 from .peers import DaskPeer, IppPeer, RawKernel
-from .stats import add_ratios, failed, find, ratio, row, skipped, target
+from .stats import add_ratios, failed, find, ratio, row, skipped, target, timed_loop
 from .fairness import s10_fairness
 from .scale import s9_ray
 
@@ -188,16 +188,6 @@ def _detail(a: dict[str, Any] | None, b: dict[str, Any] | None, unit: str, of: s
     return f"{fmt(a.get(of))} {unit} vs {fmt(b.get(of_b))} {unit}"
 
 
-def _timed_loop(fn: Callable[[], Any], n: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
 
 def _ms(xs: list[float]) -> list[float]:
     return [x * 1e3 for x in xs]
@@ -244,7 +234,7 @@ def s1_latency(ctx: Context) -> dict[str, Any]:
     pool = ctx.pool()
     xs: list[float] = []
     for _ in range(reps):
-        xs += _timed_loop(lambda: pool.call("noop"), n, warm)
+        xs += timed_loop(lambda: pool.call("noop"), n, warm)
     rows.append(row("kernelpit-embedded", unit=unit, better=better, samples=_ms(xs)))
 
     for system, over in (("kernelpit-remote", "gRPC"), ("kernelpit-local", "the local transport")):
@@ -252,7 +242,7 @@ def s1_latency(ctx: Context) -> dict[str, Any]:
                            over: str = over) -> dict[str, Any]:
             ys: list[float] = []
             for _ in range(reps):
-                ys += _timed_loop(lambda: client.call("noop"), n, warm)
+                ys += timed_loop(lambda: client.call("noop"), n, warm)
             return row(system, unit=unit, better=better, samples=_ms(ys),
                        api=f"kernelpit.connect(...).call over {over} to a `kernelpit serve` process")
         _remote_rows(ctx, rows, system, "", unit, better, client_measure)
@@ -264,7 +254,7 @@ def s1_latency(ctx: Context) -> dict[str, Any]:
         ctx.settle("ref-grpc-echo")
         ys = []
         for _ in range(reps):
-            ys += _timed_loop(echo.call, n, warm)
+            ys += timed_loop(echo.call, n, warm)
         rows.append(row("ref-grpc-echo", unit=unit, better=better, samples=_ms(ys),
                         api="bare grpc.aio unary echo server (own process), sync grpc channel"))
 
@@ -272,7 +262,7 @@ def s1_latency(ctx: Context) -> dict[str, Any]:
         view = peer.view
         ys: list[float] = []
         for _ in range(reps):
-            ys += _timed_loop(lambda: view.apply_sync(pf.noop), n_peer, warm)
+            ys += timed_loop(lambda: view.apply_sync(pf.noop), n_peer, warm)
         return row("ipyparallel", unit=unit, better=better, samples=_ms(ys),
                    api="LoadBalancedView.apply_sync")
     _peer_rows(ctx, rows, "ipyparallel", "ipyparallel", "", unit, better, ipp_measure)
@@ -281,14 +271,14 @@ def s1_latency(ctx: Context) -> dict[str, Any]:
         client = peer.client
         ys: list[float] = []
         for _ in range(reps):
-            ys += _timed_loop(lambda: client.submit(pf.noop, pure=False).result(), n_peer, warm)
+            ys += timed_loop(lambda: client.submit(pf.noop, pure=False).result(), n_peer, warm)
         return row("dask", unit=unit, better=better, samples=_ms(ys), api="Client.submit().result()")
     _peer_rows(ctx, rows, "dask", "dask", "", unit, better, dask_measure)
 
     def raw_measure(peer: RawKernel) -> dict[str, Any]:
         ys: list[float] = []
         for _ in range(reps):
-            ys += _timed_loop(peer.execute, n_peer, warm)
+            ys += timed_loop(peer.execute, n_peer, warm)
         return row("jupyter_client", unit=unit, better=better, samples=_ms(ys),
                    api="BlockingKernelClient.execute + get_shell_msg (1 kernel)")
     _peer_rows(ctx, rows, "jupyter_client", "jupyter_client", "", unit, better, raw_measure)
@@ -726,7 +716,7 @@ def s6_stream(ctx: Context) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
 
     def floods(handle: Any) -> tuple[list[float], list[tuple[float, list[float]]]]:
-        noop = _ms(_timed_loop(lambda: handle.call("noop"), n_noop, 50))
+        noop = _ms(timed_loop(lambda: handle.call("noop"), n_noop, 50))
         _flood_once(handle.stream("progress_ts", n=FLOOD))  # warm-up
         return noop, [_flood_once(handle.stream("progress_ts", n=FLOOD)) for _ in range(reps)]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable
 
 
 def percentile(sorted_xs: list[float], q: float) -> float:
@@ -13,6 +14,18 @@ def percentile(sorted_xs: list[float], q: float) -> float:
         return math.nan
     k = max(0, min(len(sorted_xs) - 1, math.ceil(q / 100 * len(sorted_xs)) - 1))
     return sorted_xs[k]
+
+
+def timed_loop(fn: Callable[[], Any], n: int, warmup: int) -> list[float]:
+    """Seconds of each of ``n`` calls of ``fn``, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 def summarize(samples: Iterable[float]) -> dict[str, Any]:

@@ -1,3 +1,5 @@
+import contextlib
+import linecache
 import os
 import signal
 import sys
@@ -56,6 +58,35 @@ def kernel_processes(run_id: str | None = None) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+@contextlib.contextmanager
+def ctrl_c_at(function: str, line_containing: str | None = None):
+    """Raise KeyboardInterrupt once in this thread, exactly where a Ctrl-C could land: when
+    a function of that name is entered, or when it reaches its line containing the text
+    (a signal can come at any bytecode; a trace function makes the moment exact)."""
+    def interrupt():
+        sys.settrace(None)
+        raise KeyboardInterrupt
+
+    def in_function(frame, event, arg):
+        if event == "line" and line_containing in linecache.getline(frame.f_code.co_filename,
+                                                                     frame.f_lineno):
+            interrupt()
+        return in_function
+
+    def trace(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == function:
+            if line_containing is None:
+                interrupt()
+            return in_function
+        return None
+
+    sys.settrace(trace)
+    try:
+        yield
+    finally:
+        sys.settrace(None)
 
 
 @pytest.fixture

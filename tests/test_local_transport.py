@@ -21,7 +21,7 @@ import pyarrow as pa
 import pytest
 
 import kernelpit
-from conftest import ADAPTERS, wait_until
+from conftest import ADAPTERS, ctrl_c_at, wait_until
 from kernelpit.config import PoolConfig
 from kernelpit.kernels import wire
 from kernelpit.service.server import Bridge
@@ -163,20 +163,9 @@ def test_ctrl_c_in_a_blocking_call_interrupts_the_tool(client, keyboard_interrup
 
 
 def test_ctrl_c_between_sending_a_call_and_waiting_for_it_still_cancels_it(client):
-    # the interrupt lands after the request went out and before the wait for its reply
-    # began (made exact here by a trace function, as a signal can be at any bytecode)
-    def trace(frame, event, arg):
-        if event == "call" and frame.f_code.co_name == "_responses":
-            sys.settrace(None)
-            raise KeyboardInterrupt
-        return None
-
-    sys.settrace(trace)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            client.call("spin", 60)
-    finally:
-        sys.settrace(None)
+    # the interrupt lands after the request went out and before the wait for its reply began
+    with pytest.raises(KeyboardInterrupt), ctrl_c_at("_responses"):
+        client.call("spin", 60)
     wait_until(lambda: all(w.state == "idle" for w in client.workers("tools")))
     assert client.options(deadline=10).call("add", 2, b=5) == 7
 

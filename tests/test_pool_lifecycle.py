@@ -10,7 +10,7 @@ import time
 import pytest
 
 import kernelpit
-from conftest import ADAPTERS, kernel_processes, wait_until
+from conftest import ADAPTERS, ctrl_c_at, kernel_processes, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -61,25 +61,10 @@ def test_keyboard_interrupt_in_a_blocking_call_interrupts_the_tool(pool, keyboar
 
 def test_ctrl_c_between_handing_a_call_to_the_loop_and_waiting_still_cancels_it(pool):
     # the interrupt lands after the call was handed to the pool's loop and before the wait
-    # for it began (made exact here by a trace function: a signal can come at any bytecode)
+    # for it began (kernelpit.local._Handoff.run)
     worker = pool.workers()[0].id
-    from kernelpit.local import _Handoff
-
-    def trace(frame, event, arg):
-        return line if frame.f_code is _Handoff.run.__code__ else None
-
-    def line(frame, event, arg):
-        if event == "line" and "acquire()" in _source_line(frame):
-            sys.settrace(None)
-            raise KeyboardInterrupt
-        return line
-
-    sys.settrace(trace)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            pool.options(worker=worker).call("spin", 60)
-    finally:
-        sys.settrace(None)
+    with pytest.raises(KeyboardInterrupt), ctrl_c_at("run", "self.done.acquire()"):
+        pool.options(worker=worker).call("spin", 60)
     wait_until(lambda: not busy(pool, worker))
     assert pool.options(worker=worker, deadline=10).call("add", 3, 4) == 7
 
@@ -92,11 +77,6 @@ def test_a_closed_pool_says_so_and_what_to_do_for_anything_asked_of_it():
                 lambda: p.map("add", [1], [2])):
         with pytest.raises(kernelpit.PoolClosed, match="open a new one"):
             ask()
-
-
-def _source_line(frame) -> str:
-    import linecache
-    return linecache.getline(frame.f_code.co_filename, frame.f_lineno)
 
 
 def test_interrupt_worker_cancels_its_running_call(pool):
