@@ -20,9 +20,8 @@ they keep goes back to the system once the process has been idle for ``IDLE_SECO
 ``malloc_trim``, as an allocator's decay returns idle memory.  So a process's RSS carries
 the memory of its last large values only while it keeps working, and a worker whose RSS
 is over its pool's ``max_memory`` gives it back (:func:`give_back`) before the pool decides
-to recycle it.  Larger blocks still get
-their own mapping and go back to the system when freed; the large-frame paths reuse their
-buffers themselves (:mod:`.wire`, :mod:`.arena`).  A process whose environment sets glibc's
+to recycle it.  Larger blocks still get their own mapping and go back to the system when
+freed; the large-frame paths reuse their buffers themselves (:mod:`.wire`, :mod:`.arena`).  A process whose environment sets glibc's
 own ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` keeps those.
 
 A client's process (``kernelpit.connect``) is its user's, so its thresholds stay glibc's;
