@@ -21,8 +21,9 @@ they keep goes back to the system once the process has been idle for ``IDLE_SECO
 the memory of its last large values only while it keeps working, and a worker whose RSS
 is over its pool's ``max_memory`` gives it back (:func:`give_back`) before the pool decides
 to recycle it.  Larger blocks still get their own mapping and go back to the system when
-freed; the large-frame paths reuse their buffers themselves (:mod:`.wire`, :mod:`.arena`).  A process whose environment sets glibc's
-own ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` keeps those.
+freed; the large-frame paths reuse their buffers themselves (:mod:`.wire`, :mod:`.arena`).
+A process whose environment sets glibc's own ``MALLOC_MMAP_THRESHOLD_`` or
+``MALLOC_TRIM_THRESHOLD_`` keeps those.
 
 A client's process (``kernelpit.connect``) is its user's, so its thresholds stay glibc's;
 only the heap's top pad is raised to ``CLIENT_TOP_PAD`` (:func:`pad_heap_top`): glibc then
@@ -68,21 +69,21 @@ def keep_freed_memory() -> bool:
                                                and mallopt(_M_TRIM_THRESHOLD, KEEP)):
         return False
     if _trimming is None:
-        _trimming = threading.Thread(target=_trim_when_idle, args=(trim,), daemon=True,
+        _trimming = threading.Thread(target=_trim_when_idle, daemon=True,
                                      name="kernelpit-heap-trim")
         _trimming.start()
     return True
 
 
 def give_back() -> None:
-    """Give what this process's heaps keep free back to the system now (a pool asks a worker
-    whose RSS is over ``max_memory``: only memory in use counts against it)."""
+    """Give what this process's heaps keep free back to the system now: once idle, and when
+    a pool asks a worker whose RSS is over ``max_memory`` (only memory in use counts)."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
 
 
-def _trim_when_idle(trim: Any) -> None:
+def _trim_when_idle() -> None:
     """Every IDLE_SECONDS / 2: when this process has worked since it last gave memory back
     (used over ``_WORKED`` s of CPU in one look's time) and has now used under IDLE_CPU of
     a CPU over the last IDLE_SECONDS, give what its heaps keep back."""
@@ -93,7 +94,7 @@ def _trim_when_idle(trim: Any) -> None:
         looks = (looks + [time.process_time()])[-3:]
         worked = worked or looks[-1] - looks[-2] > _WORKED
         if worked and len(looks) == 3 and looks[-1] - looks[0] < IDLE_CPU * IDLE_SECONDS:
-            trim(0)
+            give_back()
             worked = False
 
 
