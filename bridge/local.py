@@ -17,7 +17,7 @@ import threading
 from typing import Any, AsyncIterator, Awaitable
 
 from .backend import Backend
-from .caller import AsyncCaller, AsyncHandle
+from .caller import AsyncHandle
 from .config import PoolConfig, SchedulerConfig
 from .events import Event
 from .exceptions import JobsDisabled, ToolNotFound
@@ -293,10 +293,10 @@ class PoolPortal(Portal):
     """
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if (getattr(fn, "__func__", None) is AsyncCaller.call and tracing.tracer() is None
-                and isinstance(fn.__self__._backend, LocalBackend)):
+        caller = self.tool_call(fn)
+        if (caller is not None and isinstance(caller._backend, LocalBackend)
+                and tracing.tracer() is None):
             self._check_usable()  # not from the loop's own thread, nor once it is closed
-            caller: AsyncCaller = fn.__self__
             return _Handoff(caller._backend.manager).run(self.loop, args[0], args[1:], kwargs,
                                                          caller._options)
         return super().call(fn, *args, **kwargs)
@@ -329,10 +329,10 @@ class _Handoff:
     def _ended(self, future: asyncio.Future[Any]) -> None:
         if future.cancelled():
             self.error = asyncio.CancelledError()
-        elif future.exception() is not None:
-            self.error = future.exception()
         else:
-            self.result = future.result()
+            self.error = future.exception()
+            if self.error is None:
+                self.result = future.result()
         self.done.release()
 
     def _abandon(self) -> None:

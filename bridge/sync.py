@@ -35,6 +35,12 @@ class Portal:
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
+    @staticmethod
+    def tool_call(fn: Any) -> AsyncCaller | None:
+        """The caller whose ``call`` ``fn`` is (a subclass may run such a tool call its own
+        way, without a coroutine), or None for anything else."""
+        return fn.__self__ if getattr(fn, "__func__", None) is AsyncCaller.call else None
+
     def _check_usable(self) -> None:
         """Refuse a blocking call that could never end: one from the loop's own thread, or
         one after the loop stopped (its pool was closed)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..caller import AsyncCaller, AsyncHandle
+from ..caller import AsyncHandle
 from ..exceptions import (BridgeError, BridgeNotFound, DeadlineExceeded, PermissionDenied,
                           Unauthenticated)
 from ..info import TokenInfo
@@ -148,8 +148,8 @@ class ClientPortal(Portal):
     """
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if getattr(fn, "__func__", None) is AsyncCaller.call:
-            caller: AsyncCaller = fn.__self__
+        caller = self.tool_call(fn)
+        if caller is not None:
             backend = caller._backend
             if isinstance(backend, RemoteBackend):
                 if not backend.solo.acquire(blocking=False):
