@@ -71,7 +71,6 @@ def blob_info(data) -> dict:
             "sha256": hashlib.sha256(data).hexdigest()}
 
 
-
 @tool
 def table_then_unsendable(rows: int):
     """A large table (written to shared memory first), then a set, which cannot be sent."""
