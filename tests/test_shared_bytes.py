@@ -12,7 +12,7 @@ import pytest
 import kernelpit
 from conftest import ADAPTERS, wait_until
 from kernelpit.contract.values import BadValue, to_value
-from kernelpit.kernels import protocol
+from kernelpit.kernels import protocol, shared_bytes
 from kernelpit.kernels.arrow import DecodeError, Transport
 from kernelpit.kernels.shared_bytes import SharedBytes
 
@@ -70,6 +70,18 @@ def test_a_byte_string_goes_into_its_writer_s_free_slab_and_reads_back_as_itself
         got = protocol.decode(protocol.encode({"v": memoryview(second)}, writer), reader)["v"]
         assert got == second  # the smaller value, not the larger slab it went through
         assert [os.stat(os.path.join(shm, n)).st_ino for n in os.listdir(shm)] == [inode]
+
+
+def test_a_byte_string_large_enough_for_two_reading_threads_arrives_whole(tmp_path):
+    shm = str(tmp_path)
+    writer = Transport(shm_dir=shm, threshold=1000, prefix="w1", share_bytes=True)
+    reader = Transport(shm_dir=shm, threshold=1000, prefix="host")
+    n = shared_bytes.COPY_THREADS_FROM + 4097  # split off a page boundary, an odd tail
+    sent = hashlib.sha256(b"0").digest() * (n // 32) + bytes(range(n % 32))
+    for _ in range(2):  # into a new file, then through the slab it became
+        got = protocol.decode(protocol.encode({"v": sent}, writer), reader)["v"]
+        assert type(got) is bytes and len(got) == n and got == sent
+        del got
 
 
 def test_a_bridge_keeps_a_received_byte_string_mapped_and_lends_it_on(tmp_path):
