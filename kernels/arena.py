@@ -187,18 +187,21 @@ def _scan(shm_dir: str, arena: str, size: int) -> tuple[list[tuple[int, str, int
 def _unmap_gone(present: set[int]) -> None:
     """Drop the mappings of slabs that no longer exist (deleted past the cap, lent, or
     reclaimed): this mapping is all that still keeps their pages."""
-    _unmap([i for i in _maps if i not in present])
+    _unmap(_maps, [i for i in _maps if i not in present])
 
 
 def forget(shm_dir: str) -> None:
-    """Drop this process's mappings of a run's slabs: its pool closed (its directory goes),
-    and the mappings would otherwise keep those pages until this process writes again."""
-    _unmap([i for i, (d, _m) in list(_maps.items()) if d == shm_dir])
+    """Drop this process's mappings of a run's slabs, written or read: its pool closed (its
+    directory goes), and the mappings would otherwise keep those pages until this process
+    writes or reads again."""
+    _unmap(_maps, [i for i, (d, _m) in list(_maps.items()) if d == shm_dir])
+    with _reads_lock:
+        _unmap(_reads, [i for i, (d, _m) in list(_reads.items()) if d == shm_dir])
 
 
-def _unmap(inodes: list[int]) -> None:
+def _unmap(maps: dict[int, tuple[str, mmap.mmap]], inodes: list[int]) -> None:
     for inode in inodes:
-        _dir, mapping = _maps.pop(inode, (None, None))
+        _dir, mapping = maps.pop(inode, (None, None))
         if mapping is not None:
             try:
                 mapping.close()
@@ -267,31 +270,54 @@ def _take(path: str, shm_dir: str, arena: str | None, receiver: str) -> str | No
     return held
 
 
-def copy_out(shm_dir: str, name: str, length: int, arena: str | None, receiver: str, cap: int,
-             into: Callable[[int], None]) -> None:
-    """Take file ``name`` over as :func:`claim` does, let ``into(fd)`` read its first
-    ``length`` bytes out of a descriptor open on it, and give it back at once
-    (:func:`release`): back to ``arena``, or unlinked when ``arena`` is None.
+_reads: dict[int, tuple[str, mmap.mmap]] = {}  # inode -> (run dir, this reader's mapping of it)
+_reads_lock = threading.Lock()
 
-    Read, not mapped: the kernel copies from the pages it has, where a mapping would first
-    fill a page-table entry per page (1 GB on the 2-core VM of docs/performance.md:
-    11.2 GB/s with two reading threads, 7 through a mapping kept from before, 5-5.8
-    through a fresh one)."""
+
+def copy_out(shm_dir: str, name: str, length: int, arena: str | None, receiver: str, cap: int,
+             into: Callable[[mmap.mmap], None]) -> None:
+    """Take file ``name`` over as :func:`claim` does, let ``into(mapping)`` copy its first
+    ``length`` bytes out, and give it back at once (:func:`release`).
+
+    The mapping of a slab is kept for the next value that comes in it (its writer reuses
+    it): a fresh mapping first fills a page-table entry per page, and copying 1 GB out of
+    one runs at 7-8 GB/s on the 2-core VM of docs/performance.md, out of a kept one at 14
+    (two threads both).  The kept mappings of files that are gone are dropped at the next
+    copy from their run, as the writer's are (:func:`_unmap_gone`), and all of a run's by
+    :func:`forget`."""
     path = os.path.join(shm_dir, name)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        if not 0 < length <= size:
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not 0 < length <= st.st_size:
             raise ValueError(f"a shared-memory value says it has {length} bytes, its file "
-                             f"has {size}")
-        held = _take(path, shm_dir, arena, receiver)
-        try:
-            into(fd)
-        finally:
-            if held is not None and arena is not None:
-                release(held, shm_dir, arena, cap)
+                             f"has {st.st_size}")
+        with _reads_lock:
+            if _reads:
+                present = _inodes(shm_dir)
+                _unmap(_reads, [i for i, (d, _m) in list(_reads.items())
+                                if d == shm_dir and i not in present])
+            mapping = _reads.get(st.st_ino, (None, None))[1]
+            if mapping is None or len(mapping) != st.st_size:
+                _unmap(_reads, [st.st_ino])
+                mapping = mmap.mmap(f.fileno(), st.st_size, access=mmap.ACCESS_READ)
+                if arena is not None:  # a slab: its writer sends the next value in it
+                    _reads[st.st_ino] = (shm_dir, mapping)
+    held = _take(path, shm_dir, arena, receiver)
+    try:
+        into(mapping)
     finally:
-        os.close(fd)
+        if held is None:
+            mapping.close()
+        else:
+            release(held, shm_dir, arena, cap)
+
+
+def _inodes(shm_dir: str) -> set[int]:
+    try:
+        with os.scandir(shm_dir) as entries:
+            return {e.inode() for e in entries}
+    except FileNotFoundError:
+        return set()
 
 
 def receive(pa: Any, shm_dir: str, name: str, length: int, arena: str | None, receiver: str,

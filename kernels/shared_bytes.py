@@ -9,9 +9,10 @@ frames: a socket moves them into memory kept from the last large value faster th
 two copies through a slab (5.3 against 3.5-3.8 GB/s for 1 GB on the VM of
 docs/performance.md).
 
-The receiver of a ``bytes`` value reads it once, into memory kept from an earlier large
-value (:func:`.wire.fill_in_place`), with two reading threads (:func:`read`), and hands the
-slab back to its writer's arena at once.  A ``bytes`` object owns its memory, so one copy is the least any
+The receiver of a ``bytes`` value copies it once, into memory kept from an earlier large
+value (:func:`.wire.fill_in_place`), with two copy threads, out of its mapping of the slab
+kept from the last value that came in it (:func:`.arena.copy_out`), and hands the slab
+back to its writer's arena at once.  A ``bytes`` object owns its memory, so one copy is the least any
 receiver of ``bytes`` pays; for binary data that is never copied, send a NumPy ``uint8``
 array (it travels as Arrow and arrives mapped, read-only).
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import mmap
-import os
 import threading
 from typing import Any, Iterator
 
@@ -108,7 +108,7 @@ def decode(marker: dict[str, Any], transport: Transport) -> bytes | SharedBytes:
         frame, view = wire.fill_in_place(length)
         try:
             arena_.copy_out(shm_dir, name, length, arena, transport.prefix, transport.arena_cap,
-                            lambda fd: read(view, fd, length))
+                            lambda mapping: copy(view, mapping, length))
         finally:
             view.release()
     except OSError as exc:
@@ -121,48 +121,38 @@ def decode(marker: dict[str, Any], transport: Transport) -> bytes | SharedBytes:
 def copy(target: Any, source: Any, n: int) -> None:
     """memcpy the first ``n`` bytes of buffer ``source`` into buffer ``target`` without
     holding the GIL; a large copy is split between two threads.  On the 2-core VM of
-    docs/performance.md, 1 GB into a mapped slab: 9 GB/s on one thread, 16-22 on two."""
+    docs/performance.md, 1 GB into a mapped slab: 9 GB/s on one thread, 16-22 on two; out
+    of a kept mapping of a slab into a ``bytes`` object: 14 on two (:func:`_memmove`)."""
     with _held(target) as into, _held(source) as out_of:
         if not 0 <= n <= min(into.len, out_of.len):
             raise ValueError(f"cannot copy {n} bytes from {out_of.len} into {into.len}")
         to, start = into.buf, out_of.buf
         if n < COPY_THREADS_FROM:
-            ctypes.memmove(to, start, n)
+            _memmove(to, start, n)
             return
         half = (n // 2) & ~0xFFF
-        other = threading.Thread(target=ctypes.memmove, args=(to + half, start + half, n - half),
+        other = threading.Thread(target=_memmove, args=(to + half, start + half, n - half),
                                  name="kernelpit-copy", daemon=True)
         other.start()
-        ctypes.memmove(to, start, half)
+        _memmove(to, start, half)
         other.join()
 
 
-def read(target: memoryview, fd: int, n: int) -> None:
-    """Read the first ``n`` bytes of file ``fd`` into ``target`` (``preadv``, without the
-    GIL); a large read is split between two threads.  The kernel's copy does not mind where
-    ``target`` starts: a ``memmove`` into a ``bytes`` object's data (at 48 bytes past a page
-    for a large one) out of a page-aligned mapping runs at 3.5-3.9 GB/s on one thread, 12
-    when both are page-aligned, and ``preadv`` at 6 (11.2 on two threads)."""
-    if n < COPY_THREADS_FROM:
-        _read_range(target, fd, 0, n)
+ALIASING = 512  # bytes: a target this little past its source within a page copies slowly
+PIECE = 4 << 20  # bytes: such a copy goes in pieces of this size
+
+
+def _memmove(to: int, start: int, n: int) -> None:
+    """``memmove``, in pieces when ``to`` is a little past ``start`` within a page.  A large
+    ``bytes`` object's data starts 48 bytes past a page, a slab's at one, and glibc's
+    memmove for copies larger than the cache takes a path that then runs at 3.5-4.9 GB/s
+    (12 when the two are aligned, or far apart within the page; 4K aliasing); in pieces of
+    4 MiB it takes another, at 8.4."""
+    if not 0 < (to - start) % 4096 < ALIASING or n <= PIECE:
+        ctypes.memmove(to, start, n)
         return
-    half = (n // 2) & ~0xFFF
-    other = threading.Thread(target=_read_range, args=(target, fd, half, n),
-                             name="kernelpit-copy", daemon=True)
-    other.start()
-    try:
-        _read_range(target, fd, 0, half)
-    finally:
-        other.join()
-
-
-def _read_range(target: memoryview, fd: int, start: int, end: int) -> None:
-    at = start
-    while at < end:
-        got = os.preadv(fd, [target[at:end]], at)
-        if got == 0:
-            raise ValueError(f"a shared-memory file ended at byte {at} of {end}")
-        at += got
+    for at in range(0, n, PIECE):
+        ctypes.memmove(to + at, start + at, min(PIECE, n - at))
 
 
 class _Buffer(ctypes.Structure):  # Py_buffer, from <Python.h>

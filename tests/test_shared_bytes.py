@@ -12,7 +12,7 @@ import pytest
 import kernelpit
 from conftest import ADAPTERS, wait_until
 from kernelpit.contract.values import BadValue, to_value
-from kernelpit.kernels import protocol, shared_bytes
+from kernelpit.kernels import arena, protocol, shared_bytes
 from kernelpit.kernels.arrow import DecodeError, Transport
 from kernelpit.kernels.shared_bytes import SharedBytes
 
@@ -82,6 +82,30 @@ def test_a_byte_string_large_enough_for_two_reading_threads_arrives_whole(tmp_pa
         got = protocol.decode(protocol.encode({"v": sent}, writer), reader)["v"]
         assert type(got) is bytes and len(got) == n and got == sent
         del got
+
+
+def test_a_reader_keeps_its_mapping_of_a_slab_only_while_the_slab_exists(tmp_path):
+    shm = str(tmp_path)
+    writer = Transport(shm_dir=shm, threshold=1000, prefix="w1", share_bytes=True)
+    reader = Transport(shm_dir=shm, threshold=1000, prefix="host")
+
+    def mapped():  # this process's mappings of files in the run directory
+        with open("/proc/self/maps") as f:
+            return [line.split(None, 5)[5].strip() for line in f if shm in line]
+
+    def send(value):
+        got = protocol.decode(protocol.encode({"v": value}, writer), reader)["v"]
+        assert got == value
+
+    send(blob(2 * MB, 1))
+    send(blob(2 * MB, 2))  # through the slab the first one left, read through the kept mapping
+    slab = [n for n in os.listdir(shm) if n.endswith(".free")]
+    assert len(slab) == 1 and sum(slab[0] in m for m in mapped()) == 2  # writer's and reader's
+    os.unlink(os.path.join(shm, slab[0]))  # removed (the cap, or its writer's death)
+    send(blob(3 * MB, 3))  # a new file: the next copy drops the mappings of the one gone
+    assert not [m for m in mapped() if "(deleted)" in m]
+    arena.forget(shm)  # the run is over: nothing of it stays mapped
+    assert mapped() == []
 
 
 def test_a_bridge_keeps_a_received_byte_string_mapped_and_lends_it_on(tmp_path):
