@@ -2,6 +2,7 @@
 
     python -m benchmarks.payload_loop bytes 1000 --reps 5 --via grpc
     python -m benchmarks.payload_loop table 1 --reps 30 --via embedded
+    python -m benchmarks.payload_loop arrow 100 --reps 8 --via grpc --stream
 
 Sizes are in the suite's MB (10^6 bytes, as ``python -m benchmarks`` counts them). Each
 call is timed after ``gc.collect()``, as S7 does; for a client of a bridge (``grpc`` or
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("size_mb", type=float, help="payload size in MB (10^6 bytes)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--via", choices=("embedded", "grpc", "local"), default="grpc")
+    ap.add_argument("--stream", action="store_true",
+                    help="with --via grpc: alternate each call with a bare gRPC stream of as "
+                         "many bytes (S7's ref-grpc-stream) and print the ratio")
     args = ap.parse_args(argv)
     worker_environment()
     size = int(args.size_mb * MB)
@@ -85,12 +89,40 @@ def main(argv: list[str] | None = None) -> None:
                 f"w{i}": p for i, p in enumerate(served.children(recursive=True))}}
             client = bridge.connect() if args.via == "grpc" else bridge.connect_local()
             with client, client.session() as s:
+                if args.stream:
+                    _against_stream(lambda: s.call(tool, nbytes=size), size, args.reps)
+                    return
                 rates = _loop(lambda: s.call(tool, nbytes=size), size, args.reps, procs)
                 s.call("drop_payloads")
         finally:
             bridge.stop()
     print(f"{args.kind} {args.size_mb:g} MB via {args.via}: median "
           f"{statistics.median(rates):.3f} GB/s over {len(rates)} calls")
+
+
+def _against_stream(call: Callable[[], Any], size: int, reps: int) -> None:
+    """The row alternated with S7's ``ref-grpc-stream`` of as many bytes, call by call."""
+    from .references import EchoServer
+
+    echo = EchoServer()
+    echo.start()
+    try:
+        call()
+        echo.stream_rate(size, 1)  # warm-up of both
+        rows, streams = [], []
+        for _ in range(reps):
+            streams.append(echo.stream_rate(size, 1)[0])
+            gc.collect()
+            t0 = time.perf_counter()
+            value = call()
+            rows.append(size / 1e9 / (time.perf_counter() - t0))
+            del value
+        ratios = sorted(r / st for r, st in zip(rows, streams))
+        print(f"row {statistics.median(rows):.3f} GB/s, bare gRPC stream "
+              f"{statistics.median(streams):.3f} GB/s: the row at {statistics.median(ratios):.2f}x "
+              f"of the stream (median of {reps} pairs, {ratios[0]:.2f}x to {ratios[-1]:.2f}x)")
+    finally:
+        echo.stop()
 
 
 if __name__ == "__main__":

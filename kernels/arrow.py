@@ -57,7 +57,7 @@ class Transport:
     passes_on: bool = False
     #: large byte strings go by shared memory too, for a receiver that passes them on (a
     #: bridge: then they never land in its heap); one that makes ``bytes`` of them takes
-    #: frames faster (docs/performance.md, S7)
+    #: frames, about as fast and with no ``/dev/shm`` pages kept (docs/performance.md, S7)
     share_bytes: bool = False
 
     @classmethod

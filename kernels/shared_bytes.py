@@ -5,9 +5,9 @@ For a receiver that passes values on (a bridge), a ``bytes``, ``bytearray`` or
 writer's arena (a memcpy into pages that already exist) and travels as
 ``{"$kp": "bytes", "shm": NAME, "len": N, "a": ARENA}`` instead of as a frame
 (``Transport.share_bytes``).  Between an embedded pool and its workers byte strings stay
-frames: a socket moves them into memory kept from the last large value faster than the
-two copies through a slab (5.3 against 3.5-3.8 GB/s for 1 GB on the VM of
-docs/performance.md).
+frames: a socket moves them into memory kept from the last large value about as fast as
+the two copies through a slab (100 MB: 4.5 against 4.2 GB/s on the VM of
+docs/performance.md; 1 GB: 4.1-5.3 against 5.8-6.6), and keeps no ``/dev/shm`` pages.
 
 The receiver of a ``bytes`` value copies it once, into memory kept from an earlier large
 value (:func:`.wire.fill_in_place`), with two copy threads, out of its mapping of the slab
