@@ -1,7 +1,7 @@
 """Rounds of everything a client does, over each transport, leave nothing behind: no file
 descriptor, thread, shared-memory file or mapping more than one round leaves, in the bridge
-and its clients (this process) or in the workers; and no request leaves a reference cycle
-of Kernelpit's objects for the garbage collector."""
+and its clients (this process) or in the workers; and no request or connection leaves a
+reference cycle of Kernelpit's objects for the garbage collector."""
 
 import collections
 import gc
@@ -124,21 +124,22 @@ def _ours(obj) -> str | None:
 
 
 @pytest.mark.parametrize("transport", ["grpc", "local"])
-def test_requests_leave_no_reference_cycle_of_kernelpit_objects(bridge, transport):
+def test_requests_and_connections_leave_no_reference_cycle_of_kernelpit_objects(bridge,
+                                                                               transport):
     # a cycle outlives its last reference until the collector's oldest generation runs, and
-    # holds whatever it references (last session's held mapped results and uploaded tables)
-    with _connect(bridge, transport) as c:
-        _requests(c)
+    # holds whatever it references (last session's held mapped results and uploaded tables,
+    # a closed connection's channel and buffers)
+    _round(bridge, transport)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            _round(bridge, transport)  # a connection of its own each
+        gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
-        gc.disable()
-        try:
-            for _ in range(3):
-                _requests(c)
-            gc.set_debug(gc.DEBUG_SAVEALL)
-            gc.collect()
-            found = collections.Counter(filter(None, map(_ours, gc.garbage)))
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
+        found = collections.Counter(filter(None, map(_ours, gc.garbage)))
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
     assert not found, found

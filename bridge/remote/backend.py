@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import weakref
 from typing import Any, AsyncIterator
 
 import grpc
@@ -77,8 +78,11 @@ class RemoteBackend(Backend):
             WRITE_BLOB, request_serializer=None, response_deserializer=values_pb.BlobRef.FromString)
         self.lease = Lease(self.stub, self.metadata, self.client_id)  # renewed check() to close()
         self._shm_values: Codec | None = None
-        self.remote_jobs = RemoteJobs(self.channel, lambda: self.metadata, address=address,
-                                      incoming=self._incoming)
+        # the jobs client is this backend's and used only through it: it refers back weakly,
+        # so a dropped connection is freed at once, not at the collector's next full pass
+        me = weakref.ref(self)
+        self.remote_jobs = RemoteJobs(self.channel, lambda: me().metadata, address=address,
+                                      incoming=lambda *values: me()._incoming(*values))
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         # results may carry packed lists: this client reads them (values.proto)
