@@ -66,9 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--via", choices=("embedded", "grpc", "local"), default="grpc")
     ap.add_argument("--stream", action="store_true",
-                    help="with --via grpc: alternate each call with a bare gRPC stream of as "
-                         "many bytes (S7's ref-grpc-stream) and print the ratio")
+                    help="alternate each call with a bare gRPC stream of as many bytes (S7's "
+                         "ref-grpc-stream) and print the ratio (--via grpc or local)")
     args = ap.parse_args(argv)
+    if args.stream and args.via == "embedded":
+        ap.error("--stream compares a client of a bridge with a bare gRPC stream: use it with "
+                 "--via grpc (or local)")
     worker_environment()
     size = int(args.size_mb * MB)
     tool = f"payload_{args.kind}"

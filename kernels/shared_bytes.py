@@ -12,9 +12,9 @@ docs/performance.md; 1 GB: 4.1-5.3 against 5.8-6.6), and keeps no ``/dev/shm`` p
 The receiver of a ``bytes`` value copies it once, into memory kept from an earlier large
 value (:func:`.wire.fill_in_place`), with two copy threads, out of its mapping of the slab
 kept from the last value that came in it (:func:`.arena.copy_out`), and hands the slab
-back to its writer's arena at once.  A ``bytes`` object owns its memory, so one copy is the least any
-receiver of ``bytes`` pays; for binary data that is never copied, send a NumPy ``uint8``
-array (it travels as Arrow and arrives mapped, read-only).
+back to its writer's arena at once.  A ``bytes`` object owns its memory, so one copy is
+the least any receiver of ``bytes`` pays; for binary data that is never copied, send a
+NumPy ``uint8`` array (it travels as Arrow and arrives mapped, read-only).
 
 A receiver that passes values on (a bridge, ``Transport.passes_on``) copies nothing: it
 keeps the file mapped as a :class:`SharedBytes`, and lends the file to the next receiver
