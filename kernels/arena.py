@@ -251,12 +251,19 @@ def claim(shm_dir: str, name: str, length: int, arena: str | None, receiver: str
     unlinked at once when ``arena`` is None (it goes nowhere after use)."""
     path = os.path.join(shm_dir, name)
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if not 0 < length <= size:
-            raise ValueError(f"a shared-memory value says it has {length} bytes, its file "
-                             f"has {size}")
+        _holding(f, length)
         mapping = kind(f.fileno(), length, access=access)
     return mapping, _take(path, shm_dir, arena, receiver)
+
+
+def _holding(f: Any, length: int) -> os.stat_result:
+    """The status of received file ``f``, which must hold the ``length`` bytes its value
+    says it has (ValueError otherwise)."""
+    st = os.fstat(f.fileno())
+    if not 0 < length <= st.st_size:
+        raise ValueError(f"a shared-memory value says it has {length} bytes, its file "
+                         f"has {st.st_size}")
+    return st
 
 
 def _take(path: str, shm_dir: str, arena: str | None, receiver: str) -> str | None:
@@ -287,10 +294,7 @@ def copy_out(shm_dir: str, name: str, length: int, arena: str | None, receiver: 
     :func:`forget`."""
     path = os.path.join(shm_dir, name)
     with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not 0 < length <= st.st_size:
-            raise ValueError(f"a shared-memory value says it has {length} bytes, its file "
-                             f"has {st.st_size}")
+        st = _holding(f, length)
         with _reads_lock:
             if _reads:
                 present = _inodes(shm_dir)
