@@ -215,12 +215,13 @@ class Holder:
     """The mapping of one received file, kept alive by every buffer read from it; frees
     (or unlinks) the file when the last of them goes."""
 
-    __slots__ = ("path", "size", "shm_dir", "arena", "cap", "buffer", "__weakref__")
+    __slots__ = ("path", "size", "shm_dir", "arena", "cap", "buffer", "at", "__weakref__")
 
     def __init__(self, path: str, size: int, shm_dir: str, arena: str, cap: int,
-                 buffer: Any = None) -> None:
+                 buffer: Any = None, at: int = 0) -> None:
         self.path, self.size, self.shm_dir, self.arena, self.cap = path, size, shm_dir, arena, cap
         self.buffer = buffer  # what keeps the mapping (a pyarrow Buffer), if not its owner
+        self.at = at  # where the value starts in its file
 
     def __del__(self) -> None:
         try:
@@ -257,12 +258,12 @@ def claim(shm_dir: str, name: str, length: int, arena: str | None, receiver: str
 
 
 def _holding(f: Any, length: int) -> os.stat_result:
-    """The status of received file ``f``, which must hold the ``length`` bytes its value
-    says it has (ValueError otherwise)."""
+    """The status of received file ``f``, which must hold the first ``length`` bytes that
+    its value says it needs (ValueError otherwise)."""
     st = os.fstat(f.fileno())
     if not 0 < length <= st.st_size:
-        raise ValueError(f"a shared-memory value says it has {length} bytes, its file "
-                         f"has {st.st_size}")
+        raise ValueError(f"a shared-memory value needs the first {length} bytes of its "
+                         f"file, which has {st.st_size}")
     return st
 
 
@@ -353,9 +354,11 @@ def remember(value: Any, holder: Holder) -> None:
         _held[key] = (ref, holder)
 
 
-def lend(value: Any, shm_dir: str, prefix: str) -> tuple[str, int, str] | None:
-    """A new name, the length and the arena of the file that ``value`` was received in
-    (same run directory), for the next receiver to hold; None when it came otherwise."""
+def lend(value: Any, shm_dir: str, prefix: str) -> dict[str, Any] | None:
+    """The reference fields of a marker for the file that ``value`` was received in (same
+    run directory), under a new name for the next receiver to hold: ``shm`` (the name),
+    ``len``, ``a`` (the arena) and, for a value that does not start the file, ``off``;
+    None when it came otherwise."""
     with _lock:
         entry = _held.get(id(value))
     if entry is None or entry[0]() is not value or entry[1].shm_dir != shm_dir:
@@ -366,4 +369,7 @@ def lend(value: Any, shm_dir: str, prefix: str) -> tuple[str, int, str] | None:
         os.link(holder.path, os.path.join(shm_dir, name))
     except OSError:  # its writer died and the file was removed: send it the usual way
         return None
-    return name, holder.size, holder.arena
+    lent = {"shm": name, "len": holder.size, "a": holder.arena}
+    if holder.at:
+        lent["off"] = holder.at
+    return lent

@@ -113,7 +113,7 @@ def encode(obj: Any, buffers: list[Any], transport: Transport) -> Any:
         lent = arena_.lend(obj, transport.shm_dir, transport.prefix) if kind == "table" \
             else None
         if lent is not None:
-            marker["shm"], marker["len"], marker["a"] = lent
+            marker.update(lent)
         else:
             arena = transport.arena or transport.prefix
             size = pa.MockOutputStream()  # the exact size first: no data is copied

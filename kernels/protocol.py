@@ -65,7 +65,6 @@ from .markers import MARKER
 SUPPORTED = ("None, bool, int, float, str, bytes, list, tuple, dict with str keys, array.array, "
              "pyarrow Table/RecordBatch, pandas DataFrame/Series and NumPy arrays")
 _INLINE = Transport()
-_IMMUTABLE = (bytes, shared_bytes.SharedBytes)
 _TYPECODES = {int: "q", float: "d"}
 _LIST_TYPECODES = tuple(_TYPECODES.values())
 _AHEAD_HEADER = b'{"op":"ahead",'
@@ -258,7 +257,8 @@ def encode(msg: dict[str, Any], transport: Transport | None = None,
             if shared is not None:
                 return shared
             # a mutable buffer is copied: the message may be sent after the sender returns
-            buffers.append(obj if type(obj) in _IMMUTABLE else bytes(obj))
+            immutable = type(obj) is bytes or shared_bytes.received(obj)
+            buffers.append(obj if immutable else bytes(obj))
             return markers.buffer_ref("bytes", len(buffers) - 1)
         if isinstance(obj, array):
             buffers.append(memoryview(obj).cast("B"))

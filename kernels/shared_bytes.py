@@ -39,15 +39,22 @@ COPY_THREADS_FROM = 64 << 20  # bytes: a copy this large is split between two th
 
 
 class SharedBytes(mmap.mmap):
-    """A received byte string left in shared memory: a read-only mapping of its file.
-
-    It is bytes-like (``len``, slicing, ``memoryview``, ``bytes(...)``), and its file goes
-    back to its writer's arena once it and every view of it are gone."""
+    """The read-only mapping of a received byte string's file, carrying its
+    :class:`~.arena.Holder`: the file goes back to its writer's arena once the mapping and
+    every view of it are gone.  The value handed out is a ``memoryview`` of it, from where
+    the byte string starts in the file (:func:`received`)."""
 
     holder: arena_.Holder
 
 
-BINARY = (bytes, bytearray, memoryview, SharedBytes)
+BINARY = (bytes, bytearray, memoryview)
+PAGE = 4096
+
+
+def received(obj: Any) -> bool:
+    """Whether ``obj`` is a byte string this process received and keeps in shared memory
+    (a read-only view of a :class:`SharedBytes`): immutable, and lent on, not copied."""
+    return type(obj) is memoryview and type(obj.obj) is SharedBytes
 
 
 def nbytes(obj: Any) -> int:
@@ -60,10 +67,10 @@ def encode(obj: Any, transport: Transport) -> dict[str, Any] | None:
     it on (``share_bytes`` unset; a received :class:`SharedBytes` is lent all the same)."""
     if not transport.shm_dir or nbytes(obj) < max(1, transport.threshold):
         return None
-    if type(obj) is SharedBytes:  # lent: no copy, whoever receives it
+    if received(obj):  # lent: no copy, whoever receives it
         lent = arena_.lend(obj, transport.shm_dir, transport.prefix)
         if lent is not None:
-            return {MARKER: "bytes", "shm": lent[0], "len": lent[1], "a": lent[2]}
+            return {MARKER: "bytes", **lent}
     if not transport.share_bytes:
         return None
     arena = transport.arena or transport.prefix
@@ -71,44 +78,66 @@ def encode(obj: Any, transport: Transport) -> dict[str, Any] | None:
     if not view.c_contiguous:
         view = memoryview(view.tobytes())
     view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-    name = write(view, transport.shm_dir, arena, transport.prefix)
-    return {MARKER: "bytes", "shm": name, "len": view.nbytes, "a": arena}
+    name, at = write(view, transport.shm_dir, arena, transport.prefix)
+    marker = {MARKER: "bytes", "shm": name, "len": view.nbytes, "a": arena}
+    if at:
+        marker["off"] = at
+    return marker
 
 
-def write(data: memoryview, shm_dir: str, arena: str, prefix: str) -> str:
+def write(data: memoryview, shm_dir: str, arena: str, prefix: str) -> tuple[str, int]:
     """Write a byte string (a contiguous ``memoryview`` of format ``B``) into a slab of
-    ``arena`` (:func:`.arena.write`); returns the file's name."""
+    ``arena`` (:func:`.arena.write`); returns the file's name and where in it the byte
+    string starts.
+
+    It starts at the offset within a page that it has in this process's memory, so that
+    both copies, into the slab and out of it, move between addresses at the same offset
+    within their pages.  The data of a large ``bytes`` object starts 48 bytes past a page
+    in every CPython process (a large allocation is its own mapping), and glibc's memmove
+    copies 1 GB between aligned addresses at 20 GB/s on two threads of the VM of
+    docs/performance.md, at 14 where the target lies 48 bytes past (:func:`_memmove`)."""
     size = data.nbytes
+    with _held(data) as held:
+        at = held.buf % PAGE
 
     def into_mapping(mapping: mmap.mmap) -> None:
-        copy(mapping, data, size)
+        copy(mapping, data, size, into_at=at)
 
     def into_file(f: Any) -> None:
-        at = 0
-        while at < size:  # write() may take less than all (2 GiB at most on Linux)
-            at += f.write(data[at:])
+        f.seek(at)
+        done = 0
+        while done < size:  # write() may take less than all (2 GiB at most on Linux)
+            done += f.write(data[done:])
 
-    return arena_.write(shm_dir, arena, prefix, size, into_mapping, into_file)
+    return arena_.write(shm_dir, arena, prefix, at + size, into_mapping, into_file), at
 
 
-def decode(marker: dict[str, Any], transport: Transport) -> bytes | SharedBytes:
-    """The byte string a marker of :func:`encode` refers to: ``bytes``, or a
-    :class:`SharedBytes` where the transport passes values on."""
+def decode(marker: dict[str, Any], transport: Transport) -> bytes | memoryview:
+    """The byte string a marker of :func:`encode` refers to: ``bytes``, or where the
+    transport passes values on, a read-only ``memoryview`` of its file's mapping (a
+    :class:`SharedBytes`; :func:`received`)."""
     name, length, arena = shared_reference(marker, transport)
+    at = marker.get("off", 0)
+    if type(at) is not int or not 0 <= at < PAGE:
+        raise DecodeError(f"refusing a shared-memory reference {name!r}: its offset {at!r} "
+                          f"is not within a page")
     shm_dir = transport.shm_dir
     assert shm_dir is not None  # shared_reference refuses a transport without one
     try:
         if transport.passes_on:
-            shared, held = arena_.claim(shm_dir, name, length, arena, transport.prefix,
+            shared, held = arena_.claim(shm_dir, name, at + length, arena, transport.prefix,
                                         kind=SharedBytes)
+            value = memoryview(shared)[at:]
             if held is not None and arena is not None:
-                shared.holder = arena_.Holder(held, length, shm_dir, arena, transport.arena_cap)
-                arena_.remember(shared, shared.holder)
-            return shared
+                shared.holder = arena_.Holder(held, length, shm_dir, arena, transport.arena_cap,
+                                              at=at)
+                arena_.remember(value, shared.holder)
+            return value
         frame, view = wire.fill_in_place(length)
         try:
-            arena_.copy_out(shm_dir, name, length, arena, transport.prefix, transport.arena_cap,
-                            lambda mapping: copy(view, mapping, length))
+            arena_.copy_out(shm_dir, name, at + length, arena, transport.prefix,
+                            transport.arena_cap,
+                            lambda mapping: copy(view, mapping, length, from_at=at))
         finally:
             view.release()
     except OSError as exc:
@@ -118,15 +147,18 @@ def decode(marker: dict[str, Any], transport: Transport) -> bytes | SharedBytes:
     return frame
 
 
-def copy(target: Any, source: Any, n: int) -> None:
-    """memcpy the first ``n`` bytes of buffer ``source`` into buffer ``target`` without
-    holding the GIL; a large copy is split between two threads.  On the 2-core VM of
-    docs/performance.md, 1 GB into a mapped slab: 9 GB/s on one thread, 16-22 on two; out
-    of a kept mapping of a slab into a ``bytes`` object: 14 on two (:func:`_memmove`)."""
+def copy(target: Any, source: Any, n: int, into_at: int = 0, from_at: int = 0) -> None:
+    """memcpy ``n`` bytes of buffer ``source`` from offset ``from_at`` into buffer
+    ``target`` at ``into_at`` without holding the GIL; a large copy is split between two
+    threads.  On the 2-core VM of docs/performance.md, 1 GB into a mapped slab: 9 GB/s on
+    one thread, 16-22 on two; out of a kept mapping of a slab into a ``bytes`` object: 20
+    on two, 14 where the two are not at the same offset within a page (:func:`_memmove`)."""
     with _held(target) as into, _held(source) as out_of:
-        if not 0 <= n <= min(into.len, out_of.len):
-            raise ValueError(f"cannot copy {n} bytes from {out_of.len} into {into.len}")
-        to, start = into.buf, out_of.buf
+        if not (0 <= n and 0 <= into_at and 0 <= from_at and into_at + n <= into.len
+                and from_at + n <= out_of.len):
+            raise ValueError(f"cannot copy {n} bytes from {out_of.len} at {from_at} into "
+                             f"{into.len} at {into_at}")
+        to, start = into.buf + into_at, out_of.buf + from_at
         if n < COPY_THREADS_FROM:
             _memmove(to, start, n)
             return

@@ -14,7 +14,6 @@ from conftest import ADAPTERS, wait_until
 from kernelpit.contract.values import BadValue, to_value
 from kernelpit.kernels import arena, protocol, shared_bytes
 from kernelpit.kernels.arrow import DecodeError, Transport
-from kernelpit.kernels.shared_bytes import SharedBytes
 
 MB = 1 << 20
 
@@ -118,7 +117,7 @@ def test_a_bridge_keeps_a_received_byte_string_mapped_and_lends_it_on(tmp_path):
     frames = protocol.encode({"v": data}, worker)
     assert len(frames) == 1  # no frame: the data is in a file
     held = protocol.decode(frames, bridge)["v"]
-    assert type(held) is SharedBytes and bytes(held) == data and len(held) == 5000
+    assert shared_bytes.received(held) and bytes(held) == data and len(held) == 5000
     on = protocol.encode({"v": held}, bridge)  # lent: a second name of the same file
     names = os.listdir(shm)
     assert len(names) == 2 and len({os.stat(os.path.join(shm, n)).st_ino for n in names}) == 1
@@ -129,6 +128,41 @@ def test_a_bridge_keeps_a_received_byte_string_mapped_and_lends_it_on(tmp_path):
     gc.collect()
     # the last holder gave the file back to its writer's arena
     assert [n.startswith("w1-") and n.endswith(".free") for n in os.listdir(shm)] == [True]
+
+
+def at_page_offset(data, offset):
+    """A read-only view of ``data`` whose first byte lies ``offset`` bytes past a page."""
+    room = bytearray(len(data) + 2 * 4096)
+    start = (offset - np.frombuffer(room, np.uint8).ctypes.data) % 4096
+    room[start:start + len(data)] = data
+    return memoryview(room)[start:start + len(data)].toreadonly()
+
+
+@pytest.mark.parametrize("offset", [0, 48, 4095])
+def test_a_byte_string_lies_in_its_slab_at_its_offset_within_a_page_and_arrives_whole(
+        tmp_path, offset):
+    # so both copies, into the slab and out into a bytes object (whose data lies 48 bytes
+    # past a page), move between addresses at one offset within their pages
+    shm = str(tmp_path)
+    worker = Transport(shm_dir=shm, threshold=1000, prefix="w1", share_bytes=True)
+    bridge = Transport(shm_dir=shm, threshold=1000, prefix="host", passes_on=True)
+    client = Transport(shm_dir=shm, threshold=1000, prefix="l1")
+    data = os.urandom(3 * MB + 5)
+    marker = shared_bytes.encode(at_page_offset(data, offset), worker)
+    assert marker.get("off", 0) == offset  # no "off" at all for a byte string at a page
+    assert os.stat(os.path.join(shm, marker["shm"])).st_size == offset + len(data)
+    got = shared_bytes.decode(dict(marker), client)  # a worker's result, read by a client
+    assert type(got) is bytes and got == data
+    for _ in range(2):  # the second time through the slab the first one left
+        marker = shared_bytes.encode(at_page_offset(data, offset), worker)
+        held = shared_bytes.decode(marker, bridge)  # kept mapped, exactly the value
+        assert shared_bytes.received(held) and held.readonly and len(held) == len(data)
+        assert held[:8] == data[:8] and held[-3:] == data[-3:] and bytes(held) == data
+        lent = shared_bytes.encode(held, bridge)  # a second name, the same offset
+        assert lent.get("off", 0) == offset
+        assert shared_bytes.decode(lent, client) == data
+        del held
+        gc.collect()
 
 
 def test_a_result_that_fails_halfway_gives_its_written_table_back_at_once(pool):
@@ -165,7 +199,13 @@ def test_a_message_that_fails_halfway_leaves_no_file_in_flight(tmp_path, encode,
     ({"$kp": "bytes", "shm": "../x.arrow", "len": 10, "a": "w1"}, "refusing"),
     ({"$kp": "bytes", "shm": "w1-none.arrow", "len": 10, "a": "w1"}, "gone"),
     ({"$kp": "bytes", "shm": "w1-a.arrow", "len": 10, "a": "w/1"}, "refusing"),
-    ({"$kp": "bytes", "shm": "w1-short.arrow", "len": 10 ** 6, "a": "w1"}, "1000000 bytes, its file has 10"),
+    ({"$kp": "bytes", "shm": "w1-short.arrow", "len": 10 ** 6, "a": "w1"},
+     "needs the first 1000000 bytes of its file, which has 10"),
+    ({"$kp": "bytes", "shm": "w1-short.arrow", "len": 5, "a": "w1", "off": 8},
+     "needs the first 13 bytes of its file, which has 10"),
+    ({"$kp": "bytes", "shm": "w1-short.arrow", "len": 5, "a": "w1", "off": -1}, "offset -1"),
+    ({"$kp": "bytes", "shm": "w1-short.arrow", "len": 5, "a": "w1", "off": 4096}, "offset 4096"),
+    ({"$kp": "bytes", "shm": "w1-short.arrow", "len": 5, "a": "w1", "off": "8"}, "offset '8'"),
 ])
 def test_a_bad_shared_memory_reference_is_a_decode_error(tmp_path, marker, says):
     (tmp_path / "w1-short.arrow").write_bytes(b"x" * 10)
