@@ -55,10 +55,6 @@ class Transport:
     #: this end passes received values on (a bridge): lists of numbers stay packed (it never
     #: builds the floats) and large byte strings stay in shared memory (it never copies them)
     passes_on: bool = False
-    #: large byte strings go by shared memory too, for a receiver that passes them on (a
-    #: bridge: then they never land in its heap); one that makes ``bytes`` of them takes
-    #: frames, about as fast and with no ``/dev/shm`` pages kept (docs/performance.md, S7)
-    share_bytes: bool = False
 
     @classmethod
     def from_env(cls, prefix: str) -> "Transport":
@@ -66,15 +62,12 @@ class Transport:
         shm_dir = env.get("KERNELPIT_SHM_DIR") or None
         return cls(shm_dir=shm_dir, threshold=int(env.get("KERNELPIT_SHM_THRESHOLD", 1 << 20)),
                    prefix=prefix, allow_pickle=env.get("KERNELPIT_PICKLE") == "1",
-                   share_bytes=env.get("KERNELPIT_SHARE_BYTES") == "1",
                    arena_cap=int(env.get("KERNELPIT_SHM_ARENA", arena_.DEFAULT_CAP)))
 
     def env(self) -> dict[str, str]:
         out = {"KERNELPIT_SHM_THRESHOLD": str(self.threshold),
                "KERNELPIT_SHM_ARENA": str(self.arena_cap),
-               "KERNELPIT_PICKLE": "1" if self.allow_pickle else "0",
-               # a receiver that passes values on has its senders share large byte strings
-               "KERNELPIT_SHARE_BYTES": "1" if self.passes_on else "0"}
+               "KERNELPIT_PICKLE": "1" if self.allow_pickle else "0"}
         if self.shm_dir:
             out["KERNELPIT_SHM_DIR"] = self.shm_dir
         return out

@@ -1,13 +1,13 @@
 """Large byte strings by shared memory, as large Arrow values go (:mod:`.arrow`, :mod:`.arena`).
 
-For a receiver that passes values on (a bridge), a ``bytes``, ``bytearray`` or
-``memoryview`` of at least the transport's ``threshold`` is written into a slab of its
-writer's arena (a memcpy into pages that already exist) and travels as
-``{"$kp": "bytes", "shm": NAME, "len": N, "a": ARENA}`` instead of as a frame
-(``Transport.share_bytes``).  Between an embedded pool and its workers byte strings stay
-frames: a socket moves them into memory kept from the last large value about as fast as
-the two copies through a slab (100 MB: 4.5 against 4.2 GB/s on the VM of
-docs/performance.md; 1 GB: 4.1-5.3 against 5.8-6.6), and keeps no ``/dev/shm`` pages.
+A ``bytes``, ``bytearray`` or ``memoryview`` of at least the transport's ``threshold`` is
+written into a slab of its writer's arena (a memcpy into pages that already exist, on
+two threads, at the offset within a page that it has in the writer's memory: :func:`write`)
+and travels as ``{"$kp": "bytes", "shm": NAME, "len": N, "a": ARENA, "off": K}`` instead
+of as a frame.  Both copies, into the slab and out of it, run at memory speed; a socket
+moves a frame on one thread, through the kernel (on the VM of docs/performance.md,
+between an embedded pool and its worker: 1 GB 13.1 against 7.8 GB/s, 100 MB 8.6 against
+6.7-7.6, 10 MB 6.1-7.7 against 4.4-6.6, 1 MB even).
 
 The receiver of a ``bytes`` value copies it once, into memory kept from an earlier large
 value (:func:`.wire.fill_in_place`), with two copy threads, out of its mapping of the slab
@@ -17,9 +17,9 @@ the least any receiver of ``bytes`` pays; for binary data that is never copied, 
 NumPy ``uint8`` array (it travels as Arrow and arrives mapped, read-only).
 
 A receiver that passes values on (a bridge, ``Transport.passes_on``) copies nothing: it
-keeps the file mapped as a :class:`SharedBytes`, and lends the file to the next receiver
-(a client on its machine, a worker) or streams the mapping (a gRPC client's blob).  So
-a large byte string never lands in the bridge's heap.
+keeps the file mapped (a read-only ``memoryview`` of a :class:`SharedBytes`), and lends
+the file to the next receiver (a client on its machine, a worker) or streams the mapping
+(a gRPC client's blob).  So a large byte string never lands in the bridge's heap.
 """
 
 from __future__ import annotations
@@ -63,16 +63,13 @@ def nbytes(obj: Any) -> int:
 
 def encode(obj: Any, transport: Transport) -> dict[str, Any] | None:
     """The marker of byte string ``obj`` sent by shared memory, or None when it goes as a
-    frame: no shared memory, smaller than the threshold, or a receiver that does not pass
-    it on (``share_bytes`` unset; a received :class:`SharedBytes` is lent all the same)."""
+    frame: no shared memory, or smaller than the threshold."""
     if not transport.shm_dir or nbytes(obj) < max(1, transport.threshold):
         return None
     if received(obj):  # lent: no copy, whoever receives it
         lent = arena_.lend(obj, transport.shm_dir, transport.prefix)
         if lent is not None:
             return {MARKER: "bytes", **lent}
-    if not transport.share_bytes:
-        return None
     arena = transport.arena or transport.prefix
     view = memoryview(obj)
     if not view.c_contiguous:

@@ -37,8 +37,8 @@ class WorkerGroup:
                  start_slots: asyncio.Semaphore, shm_dir: str | None = None,
                  telemetry: TelemetryBus | None = None, tenants: Tenants | None = None,
                  placement: Placement | None = None, passes_on: bool = False) -> None:
-        """``passes_on``: the pool's results are passed on (a bridge's pool), so its workers
-        send large byte strings by shared memory (``Transport.share_bytes``)."""
+        """``passes_on``: the pool's results are passed on (a bridge's pool): they stay as
+        they came (``Transport.passes_on``)."""
         self.config = config
         self.telemetry = telemetry or TelemetryBus()
         # arguments of a pool whose workers may be on other nodes never go by shared memory:

@@ -93,8 +93,7 @@ class LocalChannel:
         if hello.get("shm_dir"):
             self.shared_memory = arrow.Transport(
                 shm_dir=hello["shm_dir"], threshold=int(hello.get("threshold") or 1 << 20),
-                prefix=hello["prefix"], arena=hello["prefix"],
-                share_bytes=True)  # the bridge passes them on: its heap never holds them
+                prefix=hello["prefix"], arena=hello["prefix"])
         self._transport = transport  # type: ignore[assignment]
         self._connecting = None
         backlog, self._backlog = self._backlog, []
