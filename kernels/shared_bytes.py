@@ -90,9 +90,10 @@ def write(data: memoryview, shm_dir: str, arena: str, prefix: str) -> tuple[str,
     It starts at the offset within a page that it has in this process's memory, so that
     both copies, into the slab and out of it, move between addresses at the same offset
     within their pages.  The data of a large ``bytes`` object starts 48 bytes past a page
-    in every CPython process (a large allocation is its own mapping), and glibc's memmove
-    copies 1 GB between aligned addresses at 20 GB/s on two threads of the VM of
-    docs/performance.md, at 14 where the target lies 48 bytes past (:func:`_memmove`)."""
+    in every CPython process (a large allocation is its own mapping), and on hosts where
+    glibc's memmove suffers 4K aliasing it copies 1 GB between aligned addresses at 20 GB/s
+    on two threads, at 14 where the target lies 48 bytes past (:func:`_memmove`;
+    docs/performance.md, S7)."""
     size = data.nbytes
     with _held(data) as held:
         at = held.buf % PAGE

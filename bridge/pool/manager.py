@@ -63,7 +63,8 @@ class PoolManager:
                  ray_address: str | None = None, passes_on: bool = False) -> None:
         """``passes_on``: the bridge's pool, which passes results on as they came: their
         lists of numbers stay ``PackedList`` (their Python objects are never built) and
-        their large byte strings stay in shared memory (:class:`~kernelpit.kernels.shared_bytes.SharedBytes`)."""
+        their large byte strings stay in shared memory (read-only views of a
+        :class:`~kernelpit.kernels.shared_bytes.SharedBytes` mapping)."""
         names = [c.name for c in configs]
         if len(set(names)) != len(names):
             raise ValueError(f"pool names must be unique, got {names}")
