@@ -36,6 +36,7 @@ along a chain of processes still goes back to its writer's arena at the end.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
@@ -104,9 +105,30 @@ def write(shm_dir: str, arena: str, prefix: str, size: int,
     that exist and are mapped (12-23 GB/s for 1 GB on this 2-core VM, two copy threads).
     A new file is written with ``write()`` (faster than faulting fresh pages in through a
     mapping), then mapped and its page tables filled on a thread, off the caller's path,
-    for the next value."""
+    for the next value.  A file that cannot be written whole is removed (so a full
+    ``/dev/shm`` keeps no part of it; :func:`no_room` tells that case)."""
     name = f"{prefix}-{uuid.uuid4().hex}.arrow"
     path = os.path.join(shm_dir, name)
+    try:
+        _write(shm_dir, arena, size, path, into_mapping, into_file)
+    except BaseException:  # a full /dev/shm, most likely: the part written must not hold it
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+    return name
+
+
+def no_room(exc: OSError) -> bool:
+    """Whether :func:`write` failed for want of room: shared memory is full (``ENOSPC``),
+    or the file would pass this process's file size limit (``EFBIG``).  The value can
+    still go inline."""
+    return exc.errno in (errno.ENOSPC, errno.EFBIG)
+
+
+def _write(shm_dir: str, arena: str, size: int, path: str,
+           into_mapping: Callable[[mmap.mmap], None], into_file: Callable[[Any], None]) -> None:
     free, present = _scan(shm_dir, arena, size)
     _unmap_gone(present)
     for capacity, slab, inode in free:
@@ -118,13 +140,12 @@ def write(shm_dir: str, arena: str, prefix: str, size: int,
         if mapping is None or len(mapping) < size:
             break  # not mapped here (yet): written like a new file, below
         into_mapping(mapping)
-        return name
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     with open(fd, "r+b", buffering=0) as f:
         into_file(f)
         threading.Thread(target=_map, args=(shm_dir, os.dup(fd)), daemon=True,
                          name="kernelpit-arena-map").start()
-    return name
 
 
 def write_arrow(pa: Any, shm_dir: str, arena: str, prefix: str, size: int,

@@ -103,24 +103,14 @@ def encode(obj: Any, buffers: list[Any], transport: Transport) -> Any:
         else payload.nbytes
     marker: dict[str, Any] = {MARKER: "arrow", "t": kind, **meta}
     if transport.shm_dir and nbytes >= transport.threshold:
-        lent = arena_.lend(obj, transport.shm_dir, transport.prefix) if kind == "table" \
-            else None
-        if lent is not None:
-            marker.update(lent)
-        else:
-            arena = transport.arena or transport.prefix
-            size = pa.MockOutputStream()  # the exact size first: no data is copied
-            write_ipc(pa, payload, size, file_format=True)
-            marker["len"] = size.size()
-            marker["shm"] = arena_.write_arrow(pa, transport.shm_dir, arena, transport.prefix,
-                                               marker["len"], lambda sink: write_ipc(
-                                                   pa, payload, sink, file_format=True))
-            marker["a"] = arena
-        marker["n"] = nbytes
-        return marker
+        shared = in_shared_memory(obj, kind, payload, pa, transport)
+        if shared is not None:
+            marker.update(shared, n=nbytes)
+            return marker
     if nbytes >= transport.threshold:
-        # large and no shared memory (a worker on another node): the IPC stream's pieces as
-        # pyarrow hands them out, pointing into the value's own buffers; sent without a copy
+        # large and no shared memory (a worker on another node, or no room left in it): the
+        # IPC stream's pieces as pyarrow hands them out, pointing into the value's own
+        # buffers; sent without a copy
         from .wire import Gather
 
         segments = Segments()
@@ -132,6 +122,29 @@ def encode(obj: Any, buffers: list[Any], transport: Transport) -> Any:
         buffers.append(sink.getvalue())
     marker["i"] = len(buffers) - 1
     return marker
+
+
+def in_shared_memory(obj: Any, kind: str, payload: Any, pa: Any,
+                     transport: Transport) -> dict[str, Any] | None:
+    """The reference fields of ``obj`` (of :func:`to_arrow`'s ``kind`` and ``payload``) in
+    shared memory: the file it was received in, lent (a table), or a slab it is written
+    into; None when shared memory has no room for it (it then goes inline)."""
+    assert transport.shm_dir is not None
+    if kind == "table":
+        lent = arena_.lend(obj, transport.shm_dir, transport.prefix)
+        if lent is not None:
+            return lent
+    arena = transport.arena or transport.prefix
+    size = pa.MockOutputStream()  # the exact size first: no data is copied
+    write_ipc(pa, payload, size, file_format=True)
+    try:
+        name = arena_.write_arrow(pa, transport.shm_dir, arena, transport.prefix, size.size(),
+                                  lambda sink: write_ipc(pa, payload, sink, file_format=True))
+    except OSError as exc:
+        if not arena_.no_room(exc):
+            raise
+        return None
+    return {"shm": name, "len": size.size(), "a": arena}
 
 
 class Segments:
@@ -281,10 +294,9 @@ def once_per_file(read: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, 
 
 class Outgoing:
     """One message's marker encoder (``encode``), noting the shared-memory files it writes
-    or lends.  If the message fails before it is made (a later value cannot be encoded,
-    /dev/shm is full), :meth:`give_back` returns them at once: a written file to its
-    arena as a free slab, a lent name unlinked.  Else they would wait for their writer's
-    death."""
+    or lends.  If the message fails before it is made (a later value cannot be encoded),
+    :meth:`give_back` returns them at once: a written file to its arena as a free slab, a
+    lent name unlinked.  Else they would wait for their writer's death."""
 
     __slots__ = ("encode", "transport", "files")
 

@@ -63,7 +63,7 @@ def nbytes(obj: Any) -> int:
 
 def encode(obj: Any, transport: Transport) -> dict[str, Any] | None:
     """The marker of byte string ``obj`` sent by shared memory, or None when it goes as a
-    frame: no shared memory, or smaller than the threshold."""
+    frame: no shared memory, smaller than the threshold, or no room left in it."""
     if not transport.shm_dir or nbytes(obj) < max(1, transport.threshold):
         return None
     if received(obj):  # lent: no copy, whoever receives it
@@ -75,7 +75,12 @@ def encode(obj: Any, transport: Transport) -> dict[str, Any] | None:
     if not view.c_contiguous:
         view = memoryview(view.tobytes())
     view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-    name, at = write(view, transport.shm_dir, arena, transport.prefix)
+    try:
+        name, at = write(view, transport.shm_dir, arena, transport.prefix)
+    except OSError as exc:
+        if not arena_.no_room(exc):
+            raise
+        return None  # no room in shared memory: it goes as a frame
     marker = {MARKER: "bytes", "shm": name, "len": view.nbytes, "a": arena}
     if at:
         marker["off"] = at

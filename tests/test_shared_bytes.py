@@ -4,6 +4,9 @@ its workers, and through a bridge that passes them on without a copy."""
 import gc
 import hashlib
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pyarrow as pa
@@ -197,6 +200,38 @@ def test_a_message_that_fails_halfway_leaves_no_file_in_flight(tmp_path, encode,
     with pytest.raises(fails):
         encode({"v": held, "z": {1, 2}}, bridge)
     assert sorted(os.listdir(shm)) == before
+
+
+def test_a_value_that_does_not_fit_in_shared_memory_goes_inline_and_leaves_no_file(tmp_path):
+    # "no room" as a full /dev/shm gives it (ENOSPC), made here with a file size limit of
+    # 1 MB in a child process (EFBIG): both encoders, a worker's and the bridge's, send the
+    # byte string and the table inline, and the part of a file written is removed
+    script = textwrap.dedent(f"""
+        import os, resource, signal
+        import numpy as np, pyarrow as pa
+        from kernelpit.contract.values import from_value, to_value
+        from kernelpit.kernels import protocol, wire
+        from kernelpit.kernels.arrow import Transport
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        shm = {str(tmp_path)!r}
+        writer = Transport(shm_dir=shm, threshold=1000, prefix="w1")
+        data = os.urandom(3 << 20)
+        table = pa.table({{"x": np.arange(1 << 18, dtype=np.float64)}})
+        frames = protocol.encode({{"b": data, "t": table}}, writer)
+        assert os.listdir(shm) == [], os.listdir(shm)
+        sent = [b"".join(bytes(p) for p in f) if type(f) is wire.Gather else f for f in frames]
+        got = protocol.decode(sent, Transport(shm_dir=shm, threshold=1000, prefix="host"))
+        assert got["b"] == data and got["t"].equals(table)
+        value = to_value({{"b": data, "t": table}}, shm=writer)
+        assert os.listdir(shm) == [] and '"shm"' not in value.json
+        got = from_value(value, shm=writer)
+        assert got["b"] == data and got["t"].equals(table)
+        print("inline")
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "inline", run.stderr
 
 
 @pytest.mark.parametrize("marker, says", [
