@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import mmap
+import os
 import threading
 from typing import Any, Iterator
 
@@ -98,10 +99,14 @@ def write(data: memoryview, shm_dir: str, arena: str, prefix: str) -> tuple[str,
     in every CPython process (a large allocation is its own mapping), and on hosts where
     glibc's memmove suffers 4K aliasing it copies 1 GB between aligned addresses at 20 GB/s
     on two threads, at 14 where the target lies 48 bytes past (:func:`_memmove`;
-    docs/performance.md, S7)."""
+    docs/performance.md, S7).
+
+    A new file gets room for a byte string of the same length at any offset (a page
+    more, allocated, not a hole), so that the next one fits its slab wherever it lies."""
     size = data.nbytes
     with _held(data) as held:
         at = held.buf % PAGE
+    capacity = -(-size // PAGE) * PAGE + PAGE
 
     def into_mapping(mapping: mmap.mmap) -> None:
         copy(mapping, data, size, into_at=at)
@@ -111,6 +116,7 @@ def write(data: memoryview, shm_dir: str, arena: str, prefix: str) -> tuple[str,
         done = 0
         while done < size:  # write() may take less than all (2 GiB at most on Linux)
             done += f.write(data[done:])
+        os.posix_fallocate(f.fileno(), at + size, capacity - at - size)
 
     return arena_.write(shm_dir, arena, prefix, at + size, into_mapping, into_file), at
 
