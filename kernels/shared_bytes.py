@@ -116,9 +116,18 @@ def write(data: memoryview, shm_dir: str, arena: str, prefix: str) -> tuple[str,
         done = 0
         while done < size:  # write() may take less than all (2 GiB at most on Linux)
             done += f.write(data[done:])
-        os.posix_fallocate(f.fileno(), at + size, capacity - at - size)
+        _allocate(f, at + size, capacity - at - size)
 
     return arena_.write(shm_dir, arena, prefix, at + size, into_mapping, into_file), at
+
+
+def _allocate(f: Any, start: int, n: int) -> None:
+    """Give file ``f`` ``n`` more bytes from ``start`` (its end) with pages behind them."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(f.fileno(), start, n)
+    else:  # pragma: no cover - no posix_fallocate (macOS): zeros written are pages too
+        f.seek(start)
+        f.write(bytes(n))
 
 
 def decode(marker: dict[str, Any], transport: Transport) -> bytes | memoryview:
