@@ -95,36 +95,34 @@ _maps: dict[int, tuple[str, mmap.mmap]] = {}  # inode -> (run dir, this writer's
 
 
 def write(shm_dir: str, arena: str, prefix: str, size: int,
-          into_mapping: Callable[[mmap.mmap], None], into_file: Callable[[Any], None]) -> str:
+          into_mapping: Callable[[mmap.mmap], None],
+          into_file: Callable[[Any], None]) -> str | None:
     """Write a value of exactly ``size`` bytes into the smallest free slab of ``arena`` that
     fits, renamed to this writer's in-flight name, or into a new file; returns the file's
-    name.  ``into_mapping(mapping)`` writes it into a slab this writer mapped before,
+    name, or None when shared memory has no room for it (it is full, ``ENOSPC``, or the
+    file would pass this process's file size limit, ``EFBIG``): the value can still go
+    inline.  ``into_mapping(mapping)`` writes it into a slab this writer mapped before,
     ``into_file(f)`` into an unbuffered file object.
 
     A slab this writer mapped before is written through that mapping: a memcpy into pages
     that exist and are mapped (12-23 GB/s for 1 GB on this 2-core VM, two copy threads).
     A new file is written with ``write()`` (faster than faulting fresh pages in through a
     mapping), then mapped and its page tables filled on a thread, off the caller's path,
-    for the next value.  A file that cannot be written whole is removed (so a full
-    ``/dev/shm`` keeps no part of it; :func:`no_room` tells that case)."""
+    for the next value.  A file that cannot be written whole is removed, so a full
+    ``/dev/shm`` keeps no part of it."""
     name = f"{prefix}-{uuid.uuid4().hex}.arrow"
     path = os.path.join(shm_dir, name)
     try:
         _write(shm_dir, arena, size, path, into_mapping, into_file)
-    except BaseException:  # a full /dev/shm, most likely: the part written must not hold it
+    except BaseException as exc:  # the part written must not hold the room
         try:
             os.unlink(path)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG):
+            return None
         raise
     return name
-
-
-def no_room(exc: OSError) -> bool:
-    """Whether :func:`write` failed for want of room: shared memory is full (``ENOSPC``),
-    or the file would pass this process's file size limit (``EFBIG``).  The value can
-    still go inline."""
-    return exc.errno in (errno.ENOSPC, errno.EFBIG)
 
 
 def _write(shm_dir: str, arena: str, size: int, path: str,
@@ -149,7 +147,7 @@ def _write(shm_dir: str, arena: str, size: int, path: str,
 
 
 def write_arrow(pa: Any, shm_dir: str, arena: str, prefix: str, size: int,
-                fill: Callable[[Any], None]) -> str:
+                fill: Callable[[Any], None]) -> str | None:
     """:func:`write` for pyarrow's writers: ``fill(sink)`` writes the value to a pyarrow
     sink (two copy threads into a mapped slab)."""
     def into_mapping(mapping: mmap.mmap) -> None:

@@ -99,8 +99,7 @@ def encode(obj: Any, buffers: list[Any], transport: Transport) -> Any:
     import pyarrow as pa
 
     kind, meta, payload = to_arrow(obj, pa, np)
-    nbytes = payload.size * payload.type.bit_width // 8 if isinstance(payload, pa.Tensor) \
-        else payload.nbytes
+    nbytes = payload_nbytes(payload, pa)
     marker: dict[str, Any] = {MARKER: "arrow", "t": kind, **meta}
     if transport.shm_dir and nbytes >= transport.threshold:
         shared = in_shared_memory(obj, kind, payload, pa, transport)
@@ -124,6 +123,13 @@ def encode(obj: Any, buffers: list[Any], transport: Transport) -> Any:
     return marker
 
 
+def payload_nbytes(payload: Any, pa: Any) -> int:
+    """The data bytes of a payload of :func:`to_arrow` (a Table, RecordBatch or Tensor)."""
+    if isinstance(payload, pa.Tensor):
+        return payload.size * payload.type.bit_width // 8
+    return payload.nbytes
+
+
 def in_shared_memory(obj: Any, kind: str, payload: Any, pa: Any,
                      transport: Transport) -> dict[str, Any] | None:
     """The reference fields of ``obj`` (of :func:`to_arrow`'s ``kind`` and ``payload``) in
@@ -137,14 +143,9 @@ def in_shared_memory(obj: Any, kind: str, payload: Any, pa: Any,
     arena = transport.arena or transport.prefix
     size = pa.MockOutputStream()  # the exact size first: no data is copied
     write_ipc(pa, payload, size, file_format=True)
-    try:
-        name = arena_.write_arrow(pa, transport.shm_dir, arena, transport.prefix, size.size(),
-                                  lambda sink: write_ipc(pa, payload, sink, file_format=True))
-    except OSError as exc:
-        if not arena_.no_room(exc):
-            raise
-        return None
-    return {"shm": name, "len": size.size(), "a": arena}
+    name = arena_.write_arrow(pa, transport.shm_dir, arena, transport.prefix, size.size(),
+                              lambda sink: write_ipc(pa, payload, sink, file_format=True))
+    return None if name is None else {"shm": name, "len": size.size(), "a": arena}
 
 
 class Segments:

@@ -76,22 +76,19 @@ def encode(obj: Any, transport: Transport) -> dict[str, Any] | None:
     if not view.c_contiguous:
         view = memoryview(view.tobytes())
     view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-    try:
-        name, at = write(view, transport.shm_dir, arena, transport.prefix)
-    except OSError as exc:
-        if not arena_.no_room(exc):
-            raise
-        return None  # no room in shared memory: it goes as a frame
+    name, at = write(view, transport.shm_dir, arena, transport.prefix)
+    if name is None:  # no room in shared memory: it goes as a frame
+        return None
     marker = {MARKER: "bytes", "shm": name, "len": view.nbytes, "a": arena}
     if at:
         marker["off"] = at
     return marker
 
 
-def write(data: memoryview, shm_dir: str, arena: str, prefix: str) -> tuple[str, int]:
+def write(data: memoryview, shm_dir: str, arena: str, prefix: str) -> tuple[str | None, int]:
     """Write a byte string (a contiguous ``memoryview`` of format ``B``) into a slab of
-    ``arena`` (:func:`.arena.write`); returns the file's name and where in it the byte
-    string starts.
+    ``arena`` (:func:`.arena.write`); returns the file's name (None: no room) and where in
+    it the byte string starts.
 
     It starts at the offset within a page that it has in this process's memory, so that
     both copies, into the slab and out of it, move between addresses at the same offset

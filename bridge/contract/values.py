@@ -152,8 +152,7 @@ def _encode_arrow(o: Any, buffers: list[Any], refs: dict[int, pb.BlobRef], park:
     import pyarrow as pa
 
     kind, meta, payload = arrow.to_arrow(o, pa, np)
-    estimate = payload.size * payload.type.bit_width // 8 if isinstance(payload, pa.Tensor) \
-        else payload.nbytes
+    estimate = arrow.payload_nbytes(payload, pa)
     marker: dict[str, Any] = {MARKER: "arrow", "t": kind, **meta}
     if shm is not None and estimate >= shm.threshold:
         shared = arrow.in_shared_memory(o, kind, payload, pa, shm)
