@@ -388,7 +388,13 @@ def lend(value: Any, shm_dir: str, prefix: str) -> dict[str, Any] | None:
         os.link(holder.path, os.path.join(shm_dir, name))
     except OSError:  # its writer died and the file was removed: send it the usual way
         return None
-    lent = {"shm": name, "len": holder.size, "a": holder.arena}
-    if holder.at:
-        lent["off"] = holder.at
-    return lent
+    return reference(name, holder.size, holder.arena, holder.at)
+
+
+def reference(name: str, length: int, arena: str, at: int = 0) -> dict[str, Any]:
+    """A by-reference value's marker fields: its file, its length, its writer's arena, and
+    where in the file it starts when that is not the beginning."""
+    fields: dict[str, Any] = {"shm": name, "len": length, "a": arena}
+    if at:
+        fields["off"] = at
+    return fields

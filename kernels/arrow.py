@@ -145,7 +145,7 @@ def in_shared_memory(obj: Any, kind: str, payload: Any, pa: Any,
     write_ipc(pa, payload, size, file_format=True)
     name = arena_.write_arrow(pa, transport.shm_dir, arena, transport.prefix, size.size(),
                               lambda sink: write_ipc(pa, payload, sink, file_format=True))
-    return None if name is None else {"shm": name, "len": size.size(), "a": arena}
+    return None if name is None else arena_.reference(name, size.size(), arena)
 
 
 class Segments:

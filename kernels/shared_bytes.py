@@ -79,10 +79,7 @@ def encode(obj: Any, transport: Transport) -> dict[str, Any] | None:
     name, at = write(view, transport.shm_dir, arena, transport.prefix)
     if name is None:  # no room in shared memory: it goes as a frame
         return None
-    marker = {MARKER: "bytes", "shm": name, "len": view.nbytes, "a": arena}
-    if at:
-        marker["off"] = at
-    return marker
+    return {MARKER: "bytes", **arena_.reference(name, view.nbytes, arena, at)}
 
 
 def write(data: memoryview, shm_dir: str, arena: str, prefix: str) -> tuple[str | None, int]:
@@ -190,12 +187,13 @@ PIECE = 4 << 20  # bytes: such a copy goes in pieces of this size
 
 
 def _memmove(to: int, start: int, n: int) -> None:
-    """``memmove``, in pieces when ``to`` is a little past ``start`` within a page.  A large
-    ``bytes`` object's data starts 48 bytes past a page, a slab's at one, and glibc's
-    memmove for copies larger than the cache takes a path that then runs at 3.5-4.9 GB/s
-    (12 when the two are aligned, or far apart within the page; 4K aliasing); in pieces of
-    4 MiB it takes another, at 8.4."""
-    if not 0 < (to - start) % 4096 < ALIASING or n <= PIECE:
+    """``memmove``, in pieces when ``to`` is a little past ``start`` within a page.  For
+    copies larger than the cache, glibc's memmove then takes a path that runs at 3.5-4.9
+    GB/s on some hosts (12 when the two are aligned, or far apart within the page; 4K
+    aliasing); in pieces of 4 MiB it takes another, at 8.4.  A byte string written by
+    :func:`write` is aligned with a ``bytes`` object's data; one from a buffer at another
+    page offset is not."""
+    if not 0 < (to - start) % PAGE < ALIASING or n <= PIECE:
         ctypes.memmove(to, start, n)
         return
     for at in range(0, n, PIECE):
