@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from ..kernels import arrow, markers, shared_bytes
 from ..kernels.markers import MARKER
-from ..kernels.protocol import SUPPORTED, PackedList, pack_lists
+from ..kernels.protocol import SUPPORTED, PackedList, pack_lists, unpacked
 from ..v1 import values_pb2 as pb
 
 _EMPTY = pb.Value()
@@ -135,8 +135,8 @@ def _decode_list(marker: dict[str, Any], buffers: Any, what: str) -> list[Any]:
     if len(data) % _LIST_TYPES[kind]:
         raise BadValue(f"{what}: a list marker's buffer of {len(data)} bytes is not a whole "
                        "number of 8-byte values")
-    if sys.byteorder == "little":  # the numbers made straight from the buffer, no copy first
-        return memoryview(data).cast("B").cast(kind).tolist()
+    if sys.byteorder == "little":
+        return unpacked(data, kind)
     values = array(kind)
     values.frombytes(data)
     values.byteswap()
