@@ -831,15 +831,24 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
         v = fetch()  # warm-up: builds the payload in the worker's cache
         assert check(v)
         del v
+        # Each repeat starts after a collection, and the objects the scenarios before left in
+        # this process are frozen first, so that those collections do not walk them: walking the
+        # peers' leftovers (160,000 objects after S2) before each call halved the 1 MB table rows
+        # of every system in full runs (docs/performance.md, S7).
+        gc.collect()
+        gc.freeze()
         out = []
-        for _ in range(reps):
-            gc.collect()
-            t0 = time.perf_counter()
-            v = fetch()
-            dt = time.perf_counter() - t0
-            assert check(v)
-            del v
-            out.append(size / GB / dt)
+        try:
+            for _ in range(reps):
+                gc.collect()
+                t0 = time.perf_counter()
+                v = fetch()
+                dt = time.perf_counter() - t0
+                assert check(v)
+                del v
+                out.append(size / GB / dt)
+        finally:
+            gc.unfreeze()
         return out
 
     pool = ctx.pool()
