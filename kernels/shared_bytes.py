@@ -18,18 +18,18 @@ NumPy ``uint8`` array (it travels as Arrow and arrives mapped, read-only).
 
 A receiver that passes values on (a bridge, ``Transport.passes_on``) copies nothing: it
 keeps the file mapped (a read-only ``memoryview`` of a :class:`SharedBytes`), and lends
-the file to the next receiver (a client on its machine, a worker) or streams the mapping
-(a gRPC client's blob).  So a large byte string never lands in the bridge's heap.
+the file to the next receiver (a client on its machine, a worker) or streams it (a gRPC
+client's blob) out of its kept mapping of the slab (:func:`.arena.read_once`).  So a large
+byte string never lands in the bridge's heap.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import mmap
 import os
 import threading
-from typing import Any, Iterator
+from typing import Any
 
 from . import arena as arena_
 from . import wire
@@ -98,7 +98,7 @@ def write(data: memoryview, shm_dir: str, arena: str, prefix: str) -> tuple[str 
     A new file gets room for a byte string of the same length at any offset (a page
     more, allocated, not a hole), so that the next one fits its slab wherever it lies."""
     size = data.nbytes
-    with _held(data) as held:
+    with arena_.exported(data) as held:
         at = held.buf % PAGE
     capacity = -(-size // PAGE) * PAGE + PAGE
 
@@ -143,6 +143,8 @@ def decode(marker: dict[str, Any], transport: Transport) -> bytes | memoryview:
             if held is not None and arena is not None:
                 shared.holder = arena_.Holder(held, length, shm_dir, arena, transport.arena_cap,
                                               at=at)
+                with arena_.exported(shared) as mapped:
+                    arena_.mapped_at(mapped.buf, shared)
                 arena_.remember(value, shared.holder)
             return value
         frame, view = wire.fill_in_place(length)
@@ -165,7 +167,7 @@ def copy(target: Any, source: Any, n: int, into_at: int = 0, from_at: int = 0) -
     threads.  On the 2-core VM of docs/performance.md, 1 GB into a mapped slab: 9 GB/s on
     one thread, 16-22 on two; out of a kept mapping of a slab into a ``bytes`` object: 20
     on two, 14 where the two are not at the same offset within a page (:func:`_memmove`)."""
-    with _held(target) as into, _held(source) as out_of:
+    with arena_.exported(target) as into, arena_.exported(source) as out_of:
         if not (0 <= n and 0 <= into_at and 0 <= from_at and into_at + n <= into.len
                 and from_at + n <= out_of.len):
             raise ValueError(f"cannot copy {n} bytes from {out_of.len} at {from_at} into "
@@ -198,23 +200,3 @@ def _memmove(to: int, start: int, n: int) -> None:
         return
     for at in range(0, n, PIECE):
         ctypes.memmove(to + at, start + at, min(PIECE, n - at))
-
-
-class _Buffer(ctypes.Structure):  # Py_buffer, from <Python.h>
-    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
-                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int),
-                ("ndim", ctypes.c_int), ("format", ctypes.c_char_p),
-                ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
-                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
-
-
-@contextlib.contextmanager
-def _held(data: Any) -> Iterator[_Buffer]:
-    """A contiguous buffer's address and length (``.buf``, ``.len``), read-only ones
-    included (which ctypes' ``from_buffer`` refuses), held (exported) while in use."""
-    view = _Buffer()
-    ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(data), ctypes.byref(view), 0)
-    try:
-        yield view
-    finally:
-        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))

@@ -172,6 +172,56 @@ def test_a_byte_string_lies_in_its_slab_at_its_offset_within_a_page_and_arrives_
         gc.collect()
 
 
+@pytest.mark.parametrize("offset", [0, 48])
+def test_a_bridge_streams_a_received_byte_string_through_its_kept_mapping_of_the_slab(
+        tmp_path, offset):
+    # A bridge reads a value it streams to a gRPC client once, whole: through the mapping
+    # of the value's slab that it keeps (whose page tables the value before filled), and
+    # never from another file or offset, whatever came in that slab before.
+    shm = str(tmp_path)
+    worker = Transport(shm_dir=shm, threshold=1000, prefix="w1")
+    bridge = Transport(shm_dir=shm, threshold=1000, prefix="host", passes_on=True)
+    kept = set()
+    for _ in range(3):  # the same slab each time, with other bytes in it
+        data = os.urandom(3 * MB + 5)
+        held = shared_bytes.decode(shared_bytes.encode(at_page_offset(data, offset), worker),
+                                   bridge)
+        streamed = arena.read_once(held)
+        assert streamed is not held and streamed.obj is not held.obj  # another mapping
+        assert bytes(streamed) == data
+        part = held[MB:2 * MB + 7]  # a slice reads through it too, at its own place
+        assert bytes(arena.read_once(part)) == data[MB:2 * MB + 7]
+        kept.add(id(streamed.obj))
+        del held, streamed, part
+        gc.collect()
+    assert len(kept) == 1  # one slab, one kept mapping
+    unrelated = memoryview(bytearray(blob(2 * MB, 4)))
+    assert arena.read_once(unrelated) is unrelated  # not received: read as it is
+    arena.forget(shm)
+
+
+def test_a_bridge_streams_a_received_table_through_its_kept_mapping_of_the_slab(tmp_path):
+    from kernelpit.kernels import arrow
+
+    shm = str(tmp_path)
+    worker = Transport(shm_dir=shm, threshold=1000, prefix="w1")
+    bridge = Transport(shm_dir=shm, threshold=1000, prefix="host", passes_on=True)
+    for seed in (1, 2):
+        table = pa.table({"x": np.arange(400_000, dtype=np.float64) + seed,
+                          "y": np.arange(400_000, dtype=np.int64) * seed})
+        held = protocol.decode(protocol.encode({"v": table}, worker), bridge)["v"]
+        segments = arrow.Segments()
+        arrow.write_ipc(pa, held, pa.PythonFile(segments, mode="w"), file_format=False)
+        streamed = [arena.read_once(p) for p in segments.parts]
+        assert any(type(s) is memoryview and s is not p
+                   for s, p in zip(streamed, segments.parts))  # the columns, at least
+        got = pa.ipc.open_stream(b"".join(bytes(memoryview(s)) for s in streamed)).read_all()
+        assert got.equals(table)
+        del held, segments, streamed
+        gc.collect()
+    arena.forget(shm)
+
+
 def test_a_byte_string_fits_the_slab_a_byte_string_of_its_length_left_at_any_offset(tmp_path):
     # the offset within a page follows the sender's memory, which changes from value to
     # value; a slab that fit only the first offset would mean fresh pages every time

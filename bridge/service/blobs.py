@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterable, Iterator
 
 from ..contract.framing import CHUNK, framed, pieces
+from ..kernels.arena import read_once
 
 DEFAULT_TTL = 60.0  # seconds a blob waits to be read or used
 
@@ -96,7 +97,7 @@ class BlobStore:
                             "(uploads are used by the request that references them)")
         blob.busy = True
         try:
-            for chunk in framed(blob.segments, self.chunk):
+            for chunk in framed([read_once(s) for s in blob.segments], self.chunk):
                 yield chunk
         finally:
             self._free(blob_id)
