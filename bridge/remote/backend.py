@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import grpc
 
@@ -126,12 +126,8 @@ class RemoteBackend(Backend):
 
     async def _incoming(self, *values: Any) -> Codec:
         """A codec that decodes ``values``, with the blobs they reference read in."""
-        refs = [r for v in values for r in blob_refs(v)]
-        if not refs:
-            return self._values()
-        got = {}
-        for ref in refs:
-            buf, fill = _receiver(ref.size)
+        downloads = _Downloads(values)
+        for ref, fill in downloads.each():
             try:
                 async for data in self._read_blob(pb.ReadBlobRequest(id=ref.id),
                                                   metadata=self.metadata):
@@ -139,8 +135,7 @@ class RemoteBackend(Backend):
             except grpc.aio.AioRpcError as exc:
                 err = errors.from_rpc_error(exc, self.address)
                 raise err from None
-            got[ref.id] = _complete(buf, fill, ref)
-        return Codec(fetch=lambda blob_id, size: got[blob_id], shm=self._values().shm)
+        return downloads.codec(self._values())
 
     def _sync_stubs(self) -> None:
         if self._sync_channel is None:
@@ -161,16 +156,11 @@ class RemoteBackend(Backend):
         uploads.patch(*values)
 
     def _incoming_blocking(self, *values: Any) -> Codec:
-        refs = [r for v in values for r in blob_refs(v)]
-        if not refs:
-            return self._values()
-        got = {}
-        for ref in refs:
-            buf, fill = _receiver(ref.size)
+        downloads = _Downloads(values)
+        for ref, fill in downloads.each():
             for data in self._blocking_read(pb.ReadBlobRequest(id=ref.id), metadata=self.metadata):
                 fill(data)
-            got[ref.id] = _complete(buf, fill, ref)
-        return Codec(fetch=lambda blob_id, size: got[blob_id], shm=self._values().shm)
+        return downloads.codec(self._values())
 
     def call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
                       options: CallOptions, loop: asyncio.AbstractEventLoop | None = None) -> Any:
@@ -467,6 +457,29 @@ class _Uploads:
             for ref in value.blobs:
                 if ref.id in self.ids:
                     ref.id = self.ids[ref.id]
+
+
+class _Downloads:
+    """The blobs that the values of one reply reference: read in one by one (the async and
+    the blocking client each with their own stream), then a codec that decodes the values."""
+
+    def __init__(self, values: tuple[Any, ...]) -> None:
+        self.refs = [r for v in values for r in blob_refs(v)]
+        self.got: dict[str, Any] = {}
+
+    def each(self) -> Iterator[tuple[Any, Callable[[memoryview], None]]]:
+        """(ref, fill) for each blob, to be filled with its chunks before the next one."""
+        for ref in self.refs:
+            buf, fill = _receiver(ref.size)
+            yield ref, fill
+            self.got[ref.id] = _complete(buf, fill, ref)
+
+    def codec(self, plain: Codec) -> Codec:
+        """``plain`` (how values without blobs decode here), or one that fetches the blobs."""
+        if not self.refs:
+            return plain
+        got = self.got
+        return Codec(fetch=lambda blob_id, size: got[blob_id], shm=plain.shm)
 
 
 def _receiver(size: int) -> tuple[Any, Any]:
