@@ -530,11 +530,13 @@ class PoolManager:
                                tenant=options.tenant or DEFAULT_TENANT,
                                error=type(exc).__name__)
 
-    def begin(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions) -> Call:
+    def begin(self, tool: str, args: Any, kwargs: dict[str, Any], options: CallOptions,
+              streaming: bool = False) -> Call:
         """Accept a call of ``tool`` and queue or start it; its outcome is ``call.future``
-        (:meth:`cancel` stops it).  Raises at once when the call is refused."""
+        (:meth:`cancel` stops it), and with ``streaming`` its events are ``call.events``.
+        Raises at once when the call is refused."""
         try:
-            group, call = self._prepare(tool, args, kwargs, options, streaming=False)
+            group, call = self._prepare(tool, args, kwargs, options, streaming=streaming)
         except Exception as exc:
             if self.telemetry.active:
                 self._rejected(tool, options, exc)
@@ -554,13 +556,7 @@ class PoolManager:
 
     async def stream(self, tool: str, args: Any, kwargs: dict[str, Any],
                      options: CallOptions) -> AsyncIterator[ev.Event]:
-        try:
-            group, call = self._prepare(tool, args, kwargs, options, streaming=True)
-        except Exception as exc:
-            if self.telemetry.active:
-                self._rejected(tool, options, exc)
-            raise
-        self._submit(group, call)
+        call = self.begin(tool, args, kwargs, options, streaming=True)
         assert call.events is not None
         try:
             while True:
