@@ -207,7 +207,8 @@ DRIVER = textwrap.dedent("""
     from jupyter_client.manager import KernelManager
     spec = KernelSpec(**raycluster.ray_kernel_json({address!r},
                                                    resources={{"CPU": 1, "node_a": 1}}))
-    km = KernelManager(kernel_name="ray-test", kernel_spec_manager=raycluster.SpecManager(spec))
+    km = KernelManager(kernel_name="ray-test", kernel_spec_manager=raycluster.SpecManager(spec),
+                       connection_file={connection_file!r})  # its litter stays in the test's tmp
     km.start_kernel()
     print("started", json.dumps({{**km.provisioner.node, "actor": km.provisioner.actor_name}}),
           flush=True)
@@ -215,9 +216,10 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def test_kill_9_of_the_controller_leaves_no_kernel(cluster):
+def test_kill_9_of_the_controller_leaves_no_kernel(cluster, tmp_path):
     driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER.format(tests=str(TESTS), address=cluster.address)],
+        [sys.executable, "-c", DRIVER.format(tests=str(TESTS), address=cluster.address,
+                                             connection_file=str(tmp_path / "kernel.json"))],
         stdout=subprocess.PIPE, text=True)
     try:
         # Ray may print the cluster's news to a driver first (the node an earlier test
