@@ -371,10 +371,7 @@ def _read_mapping(f: Any, st: os.stat_result, shm_dir: str, keep: bool) -> mmap.
     from the last value that came in it, or a new one, kept when ``keep`` (a slab: its
     writer sends the next value in it)."""
     with _reads_lock:
-        if _reads:
-            present = _inodes(shm_dir)
-            _unmap(_reads, [i for i, (d, _m) in list(_reads.items())
-                            if d == shm_dir and i not in present])
+        _drop_gone_reads(shm_dir)
         mapping = _reads.get(st.st_ino, (None, None))[1]
         if mapping is None or len(mapping) != st.st_size:
             _unmap(_reads, [st.st_ino])
@@ -382,6 +379,23 @@ def _read_mapping(f: Any, st: os.stat_result, shm_dir: str, keep: bool) -> mmap.
             if keep:
                 _reads[st.st_ino] = (shm_dir, mapping)
     return mapping
+
+
+def drop_gone(shm_dir: str) -> None:
+    """Drop this process's kept mappings of a run's files that no longer exist (a writer
+    deleted a slab past its cap, or a dead worker's files were reclaimed): such a mapping
+    is all that still keeps the file's pages.  Reading or copying out of the run again does
+    this too; a process that may go a while without (a bridge between streams) calls it
+    now and then."""
+    with _reads_lock:
+        _drop_gone_reads(shm_dir)
+
+
+def _drop_gone_reads(shm_dir: str) -> None:
+    if any(d == shm_dir for d, _m in _reads.values()):
+        present = _inodes(shm_dir)
+        _unmap(_reads, [i for i, (d, _m) in list(_reads.items())
+                        if d == shm_dir and i not in present])
 
 
 def read_once(part: Any) -> Any:

@@ -200,6 +200,45 @@ def test_a_bridge_streams_a_received_byte_string_through_its_kept_mapping_of_the
     arena.forget(shm)
 
 
+def test_a_bridge_lets_go_of_its_kept_mapping_of_a_slab_that_is_gone(tmp_path):
+    # A slab the bridge streamed from and its writer then deleted (past its cap, or the
+    # writer died) would stay in memory through the bridge's kept mapping; the blob
+    # store's sweeper lets go of it.
+    import asyncio
+
+    from kernelpit.service.blobs import BlobStore
+
+    shm = str(tmp_path)
+    worker = Transport(shm_dir=shm, threshold=1000, prefix="w1")
+    bridge = Transport(shm_dir=shm, threshold=1000, prefix="host", passes_on=True)
+    data = os.urandom(3 * MB)
+    held = shared_bytes.decode(shared_bytes.encode(data, worker), bridge)
+    assert bytes(arena.read_once(held)) == data
+    del held
+    gc.collect()  # the slab is back in its writer's arena, and still kept mapped here
+
+    def mapped(state):  # this process's read-only mappings of the run's files (the writer's: rw)
+        with open("/proc/self/maps") as f:
+            return [line for line in f if shm in line and line.split()[1].startswith("r--")
+                    and ("(deleted)" in line) == state]
+
+    assert mapped(False)
+    os.unlink(os.path.join(shm, [n for n in os.listdir(shm) if n.endswith(".free")][0]))
+    assert mapped(True)  # the file is gone, its pages are not
+
+    async def sweep():
+        store = BlobStore(shm, ttl=0.2)
+        store.start()
+        try:
+            while mapped(True):
+                await asyncio.sleep(0.02)
+        finally:
+            store.close()
+    asyncio.run(asyncio.wait_for(sweep(), 20))
+    assert not mapped(True) and not mapped(False)
+    arena.forget(shm)  # the writer's own mapping, in this process too here
+
+
 def test_a_bridge_streams_a_received_table_through_its_kept_mapping_of_the_slab(tmp_path):
     from kernelpit.kernels import arrow
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterable, Iterator
 
 from ..contract.framing import CHUNK, framed, pieces
-from ..kernels.arena import read_once
+from ..kernels.arena import drop_gone, read_once
 
 DEFAULT_TTL = 60.0  # seconds a blob waits to be read or used
 
@@ -77,6 +77,9 @@ class BlobStore:
             # ids only: a blob left bound here would keep its value while this sleeps
             for blob_id in [b.id for b in self._blobs.values() if b.expires < now and not b.busy]:
                 self._free(blob_id)
+            # blobs are read through kept mappings of the run's slabs (arena.read_once): let
+            # go of those whose files are gone, which would otherwise keep their pages
+            drop_gone(self.directory)
 
     # -- results ---------------------------------------------------------------------------
     def put(self, segments: list[Any], size: int, owner: Any = None) -> str:
