@@ -381,14 +381,15 @@ def _read_mapping(f: Any, st: os.stat_result, shm_dir: str, keep: bool) -> mmap.
     return mapping
 
 
-def drop_gone(shm_dir: str) -> None:
-    """Drop this process's kept mappings of a run's files that no longer exist (a writer
-    deleted a slab past its cap, or a dead worker's files were reclaimed): such a mapping
-    is all that still keeps the file's pages.  Reading or copying out of the run again does
-    this too; a process that may go a while without (a bridge between streams) calls it
-    now and then."""
+def drop_gone() -> None:
+    """Drop this process's kept mappings of files that no longer exist (a writer deleted a
+    slab past its cap, or a dead worker's files were reclaimed): such a mapping is all that
+    still keeps the file's pages.  Reading or copying out of a run again does this for that
+    run; a process that may go a while without (a bridge between streams) calls it now and
+    then."""
     with _reads_lock:
-        _drop_gone_reads(shm_dir)
+        for shm_dir in {d for d, _m in _reads.values()}:
+            _drop_gone_reads(shm_dir)
 
 
 def _drop_gone_reads(shm_dir: str) -> None:

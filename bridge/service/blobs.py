@@ -79,7 +79,7 @@ class BlobStore:
                 self._free(blob_id)
             # blobs are read through kept mappings of the run's slabs (arena.read_once): let
             # go of those whose files are gone, which would otherwise keep their pages
-            drop_gone(self.directory)
+            drop_gone()
 
     # -- results ---------------------------------------------------------------------------
     def put(self, segments: list[Any], size: int, owner: Any = None) -> str:
