@@ -124,7 +124,11 @@ def from_rpc_error(exc: grpc.RpcError, address: str = "") -> BaseException:
                 return from_proto(pb.RemoteException.FromString(value))
             except Exception:  # a broken error payload: fall back to the status code
                 break
-    code, details = exc.code(), exc.details() or ""
+    return from_status(exc.code(), exc.details() or "", address)
+
+
+def from_status(code: grpc.StatusCode, details: str, address: str = "") -> BaseException:
+    """The exception for a status without a structured error (gRPC's, or the blob lane's)."""
     where = f" at {address}" if address else ""
     if code == Code.UNAVAILABLE:
         return kx.BridgeError(f"the bridge{where} is unavailable ({details}); is it still "

@@ -62,6 +62,15 @@ def caller_identity(context: Any = None) -> Identity:
     return Identity(ANONYMOUS, "admin", client)
 
 
+class Refused(Exception):
+    """An RPC :meth:`TokenAuth.check` refuses: its gRPC status, the words, and the trailing
+    metadata that carry the structured error (empty for UNAUTHENTICATED)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, trailing: Any = ()) -> None:
+        super().__init__(message)
+        self.code, self.message, self.trailing = code, message, trailing
+
+
 class TokenAuth(grpc.aio.ServerInterceptor):
     """Refuses RPCs without a known ``authorization: Bearer <token>`` (UNAUTHENTICATED), and
     RPCs the token's role does not cover (PERMISSION_DENIED, ErrorKind PERMISSION_DENIED)."""
@@ -74,9 +83,21 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         method = details.method
         if method.startswith(OPEN_PREFIXES):
             return await continuation(details)
+        try:
+            identity = self.check(method, details.invocation_metadata)
+        except Refused as refused:
+            return _deny(await continuation(details), refused.code, refused.message,
+                         refused.trailing)
+        _current.set(identity)
+        return await continuation(details)
+
+    def check(self, method: str, metadata: Any) -> Identity:
+        """Who calls ``method`` (a full name, ``/kernelpit.v1.Bridge/Call``) with this call
+        metadata; raises :class:`Refused` when the token is missing, unknown, or its role does
+        not cover the method.  The gRPC transports and the blob lane all check here."""
         given = None
         client = ""
-        for key, value in details.invocation_metadata or ():
+        for key, value in metadata or ():
             if key == "authorization":
                 given = value
             elif key == CLIENT_ID_KEY:
@@ -87,19 +108,17 @@ class TokenAuth(grpc.aio.ServerInterceptor):
             reason = ("no token was sent" if given is None else
                       "the token is wrong (revoked or rotated?)" if given.startswith(BEARER) else
                       "the authorization metadata is not 'Bearer <token>'")
-            return _deny(await continuation(details), grpc.StatusCode.UNAUTHENTICATED,
-                         f"{reason}; send 'authorization: Bearer <token>' with the token from the "
-                         "bridge's discovery file (kernelpit.connect() does this) or one its "
-                         "owner gave you (`kernelpit token add`)")
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED,
+                          f"{reason}; send 'authorization: Bearer <token>' with the token from the "
+                          "bridge's discovery file (kernelpit.connect() does this) or one its "
+                          "owner gave you (`kernelpit token add`)")
         if not allows(token.rank, method):
             needed = required_role(method)
-            code, message, trailing = errors.to_status(PermissionDenied(
+            raise Refused(*errors.to_status(PermissionDenied(
                 f"token '{token.name}' has role {token.role}, and {method.rsplit('/', 1)[-1]} "
                 f"needs role {needed}; ask the bridge's owner for a token with role {needed} "
-                f"(`kernelpit token add NAME --role {needed}`)"))
-            return _deny(await continuation(details), code, message, trailing)
-        _current.set(Identity(token.name, token.role, client))
-        return await continuation(details)
+                f"(`kernelpit token add NAME --role {needed}`)")))
+        return Identity(token.name, token.role, client)
 
 
 def _deny(handler: Any, code: grpc.StatusCode, message: str, trailing: Any = None) -> Any:
