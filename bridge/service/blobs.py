@@ -21,6 +21,7 @@ after ``ttl`` seconds unread; :meth:`BlobStore.close` frees everything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -91,6 +92,15 @@ class BlobStore:
 
     async def read(self, blob_id: str) -> AsyncIterator[bytes]:
         """The blob as serialized BlobChunks; the blob is freed when this ends, however it ends."""
+        with self.reading(blob_id) as (_, segments):
+            for chunk in framed(segments, self.chunk):
+                yield chunk
+
+    @contextlib.contextmanager
+    def reading(self, blob_id: str) -> Iterator[tuple[int, list[Any]]]:
+        """A result blob's size and data while it is read (``ReadBlob``, the blob lane): the
+        data as it lies in the value's buffers, read through this process's kept mappings of
+        shared memory.  The blob is freed when the block ends, however it ends."""
         blob = self._blobs.get(blob_id)
         if blob is None:
             raise BlobError(f"no blob '{blob_id}': it was already read, or expired after "
@@ -100,8 +110,7 @@ class BlobStore:
                             "(uploads are used by the request that references them)")
         blob.busy = True
         try:
-            for chunk in framed([read_once(s) for s in blob.segments], self.chunk):
-                yield chunk
+            yield blob.size, [read_once(s) for s in blob.segments]
         finally:
             self._free(blob_id)
 
