@@ -195,6 +195,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings["insecure_bind_anywhere"] = True
     if args.no_local:
         settings["local"] = False
+    if args.no_blob_lane:
+        settings["blob_lane"] = False
     if args.scheduler or args.tenant_weight or args.quota_running or args.quota_queued \
             or args.quota_sessions:
         try:
@@ -578,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-local", action="store_true",
                    help="serve gRPC only: no Unix socket for clients on this machine (the "
                    "local transport; docs/service.md)")
+    p.add_argument("--no-blob-lane", action="store_true",
+                   help="no second TCP port for reading large results: clients read them over "
+                   "gRPC (ReadBlob) only; a bridge serving TLS never opens it (docs/security.md)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="show workers and sessions of the running bridge")

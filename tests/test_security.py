@@ -135,6 +135,7 @@ def test_tls_end_to_end_with_the_ca_given(tls_bridge, pki):
         info = c.server_info()
         assert info.security.tls and not info.security.client_certificates
         assert not info.warnings
+        assert info.blob_lane_port == 0  # the plaintext blob lane is not opened beside TLS
 
 
 def test_tls_through_the_discovery_file(tls_bridge):

@@ -12,6 +12,7 @@
     client.py      connect(), Client (blocking) and AsyncClient: the API of kernelpit.Pool
     backend.py     RemoteBackend: the Backend contract over one grpc.aio channel, blobs
     multiplex.py   the client end of the Calls stream (many calls over one stream)
+    blob_lane.py   the client end of the blob lane: large results straight into their buffer
     lease.py       the lease that tells the bridge this client is still there
     target.py      address, token and TLS: from arguments, environment, discovery file
 

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import grpc
 
@@ -32,6 +32,7 @@ from ..v1 import values_pb2 as values_pb
 from ..telemetry import tracing
 from ..telemetry.events import TelemetryEvent, kind_filter
 from ..watch import WatchEvent
+from .blob_lane import LaneReader
 from .lease import Lease, new_client_id
 from .multiplex import CallMultiplexer, reply_result, reply_value
 from .target import Target
@@ -78,6 +79,7 @@ class RemoteBackend(Backend):
             WRITE_BLOB, request_serializer=None, response_deserializer=values_pb.BlobRef.FromString)
         self.lease = Lease(self.stub, self.metadata, self.client_id)  # renewed check() to close()
         self._shm_values: Codec | None = None
+        self._lane: LaneReader | None = None  # the bridge's blob lane, once server_info says
         # the jobs client is this backend's and used only through it: it refers back weakly,
         # so a dropped connection is freed at once, not at the collector's next full pass
         me = weakref.ref(self)
@@ -128,6 +130,8 @@ class RemoteBackend(Backend):
         """A codec that decodes ``values``, with the blobs they reference read in."""
         downloads = _Downloads(values)
         for ref, fill in downloads.each():
+            if self._lane is not None and await asyncio.to_thread(self._lane.read, ref.id, fill):
+                continue
             try:
                 async for data in self._read_blob(pb.ReadBlobRequest(id=ref.id),
                                                   metadata=self.metadata):
@@ -158,6 +162,8 @@ class RemoteBackend(Backend):
     def _incoming_blocking(self, *values: Any) -> Codec:
         downloads = _Downloads(values)
         for ref, fill in downloads.each():
+            if self._lane is not None and self._lane.read(ref.id, fill):
+                continue
             for data in self._blocking_read(pb.ReadBlobRequest(id=ref.id), metadata=self.metadata):
                 fill(data)
         return downloads.codec(self._values())
@@ -421,6 +427,13 @@ class RemoteBackend(Backend):
         # (a bridge that does not say: chunks that fit gRPC's default 4 MB limit).
         self.limit = chunk_size(info.max_message_size or 4 * 10**6)
         self._mux.max_batch_bytes = self.limit
+        host = _host(self.address)
+        if info.blob_lane_port and self.target.local is None and self.target.tls is None \
+                and host is not None and self._lane is None:
+            # large results from the bridge's blob lane, at the host this client dialled (the
+            # bridge may listen on every address): kernelpit.remote.blob_lane
+            target = self.target
+            self._lane = LaneReader(host, info.blob_lane_port, lambda: target.token, self.address)
         return info
 
     async def shutdown(self, grace: float | None = None) -> None:
@@ -429,6 +442,8 @@ class RemoteBackend(Backend):
     async def close(self) -> None:
         await self.lease.stop()
         await self._mux.close()
+        if self._lane is not None:
+            self._lane.close()
         if self._sync_channel is not None:
             self._sync_channel.close()
         await self.channel.close()
@@ -467,12 +482,12 @@ class _Downloads:
         self.refs = [r for v in values for r in blob_refs(v)]
         self.got: dict[str, Any] = {}
 
-    def each(self) -> Iterator[tuple[Any, Callable[[memoryview], None]]]:
-        """(ref, fill) for each blob, to be filled with its chunks before the next one."""
+    def each(self) -> Iterator[tuple[Any, "_Receiver"]]:
+        """(ref, receiver) for each blob, to be filled before the next one."""
         for ref in self.refs:
-            buf, fill = _receiver(ref.size)
-            yield ref, fill
-            self.got[ref.id] = _complete(buf, fill, ref)
+            receiver = _Receiver(ref.size)
+            yield ref, receiver
+            self.got[ref.id] = _complete(receiver, ref)
 
     def codec(self, plain: Codec) -> Codec:
         """``plain`` (how values without blobs decode here), or one that fetches the blobs."""
@@ -482,26 +497,45 @@ class _Downloads:
         return Codec(fetch=lambda blob_id, size: got[blob_id], shm=plain.shm)
 
 
-def _receiver(size: int) -> tuple[Any, Any]:
-    """(buffer, fill): a ``bytes`` object of ``size`` bytes filled in place (as the pool's
-    wire receives a frame: no zero-fill, into kept memory when large) and a function that
-    appends a chunk to it.  A ``bytes`` value is that object, and tables decoded from it
-    point into it: one copy, from the messages."""
-    buf, view = wire.fill_in_place(size)
-    pos = [0]
+class _Receiver:
+    """A blob's buffer being filled: a ``bytes`` object of ``size`` bytes filled in place (as
+    the pool's wire receives a frame: no zero-fill, into kept memory when large).  Called
+    with each chunk of a ``ReadBlob`` stream; the blob lane receives into :meth:`free`
+    instead.  A ``bytes`` value is the buffer itself, and tables decoded from it point into
+    it: one copy, from the messages (none beyond the socket's, from the blob lane)."""
 
-    def fill(data: memoryview) -> None:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buffer, self._view = wire.fill_in_place(size)
+        self.pos = 0
+
+    def __call__(self, data: memoryview) -> None:
         n = len(data)
-        if pos[0] + n > size:
-            raise BridgeError(f"the bridge sent more than the {size} bytes announced for a blob")
-        view[pos[0]:pos[0] + n] = data
-        pos[0] += n
+        if self.pos + n > self.size:
+            raise BridgeError(f"the bridge sent more than the {self.size} bytes announced for "
+                              "a blob")
+        self._view[self.pos:self.pos + n] = data
+        self.pos += n
 
-    fill.pos = pos  # type: ignore[attr-defined]
-    return buf, fill
+    def free(self) -> memoryview:
+        """The part of the buffer not filled yet."""
+        return self._view[self.pos:]
+
+    def advance(self, n: int) -> None:
+        """``n`` more bytes were written into :meth:`free`."""
+        self.pos += n
 
 
-def _complete(buf: Any, fill: Any, ref: Any) -> Any:
-    if fill.pos[0] != ref.size:
-        raise BridgeError(f"blob {ref.id} ended after {fill.pos[0]} of {ref.size} bytes")
-    return buf
+def _complete(receiver: _Receiver, ref: Any) -> Any:
+    if receiver.pos != ref.size:
+        raise BridgeError(f"blob {ref.id} ended after {receiver.pos} of {ref.size} bytes")
+    return receiver.buffer
+
+
+def _host(address: str) -> str | None:
+    """The host of a ``host:port`` or ``[v6]:port`` gRPC address (None for other targets,
+    such as ``dns:///...`` or ``unix:...``)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host or "/" in host or host.startswith("unix"):
+        return None
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host

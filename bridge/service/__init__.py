@@ -8,7 +8,8 @@
     multiplex.py   the Calls stream (many calls over one stream), the bridge's end
     pump.py        batching of a call's events for CallStream (progress coalesced and paced)
     blobs.py       large values beside the messages: the blob store behind ReadBlob/WriteBlob
-    auth.py        the bearer-token interceptor, new tokens
+    blob_lane.py   result blobs over a plain TCP port beside gRPC (faster than ReadBlob)
+    auth.py        the bearer-token interceptor and check, new tokens
     idle.py        idle shutdown: open RPCs and client leases
     reflection.py  server reflection as grpc.reflection.v1 and v1alpha
     config.py      the TOML config file of `kernelpit serve --config`

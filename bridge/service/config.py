@@ -58,7 +58,8 @@ else:  # pragma: no cover
 
 BRIDGE_KEYS = {"host", "port", "grace", "max_message_size", "auth", "blob_ttl", "idle_timeout",
                "tls_cert", "tls_key", "tls_client_ca", "tls_ca", "insecure_bind_anywhere",
-               "token_file", "store", "job_ttl", "blob_dir", "ray_address", "local"}
+               "token_file", "store", "job_ttl", "blob_dir", "ray_address", "local",
+               "blob_lane"}
 
 PATH_KEYS = {"tls_cert", "tls_key", "tls_client_ca", "tls_ca", "token_file", "blob_dir"}
 

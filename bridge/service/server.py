@@ -33,6 +33,7 @@ from . import transport
 from . import reflection
 from ..contract.framing import chunk_size, unframe
 from ..contract.values import Codec
+from .blob_lane import BlobLane
 from .blobs import DEFAULT_TTL, BlobStore
 from .idle import IdleMonitor
 from .local_transport import LocalServer, Registrations, socket_path
@@ -95,7 +96,8 @@ class Bridge:
                  scheduler: SchedulerConfig | None = None,
                  store: str | bool | None = None, job_ttl: float | None = 7 * 86400.0,
                  blob_dir: str | None = None, job_lease: float = 10.0,
-                 ray_address: str | None = None, local: bool = True) -> None:
+                 ray_address: str | None = None, local: bool = True,
+                 blob_lane: bool = True) -> None:
         self.tls = transport.ServerTLS.load(tls_cert, tls_key, tls_client_ca, tls_ca)
         self.warnings = [w for w in (
             transport.check_bind(host, self.tls is not None, insecure_bind_anywhere),
@@ -131,6 +133,9 @@ class Bridge:
         self._server: grpc.aio.Server | None = None
         self._local: LocalServer | None = None
         self._serve_local = local
+        # the blob lane is plaintext: not beside a gRPC port that serves TLS (blob_lane.py)
+        self._serve_blob_lane = blob_lane and self.tls is None
+        self._lane: BlobLane | None = None
         self._health = health.aio.HealthServicer()
         self._stop_requested = asyncio.Event()
         self._stop_grace: float | None = None
@@ -204,7 +209,8 @@ class Bridge:
 
     async def _serve(self) -> None:
         # auth first: a refused RPC does not count as use
-        interceptors: list[Any] = [auth_module.TokenAuth(self.tokens)] if self.tokens else []
+        token_auth = auth_module.TokenAuth(self.tokens) if self.tokens else None
+        interceptors: list[Any] = [token_auth] if token_auth is not None else []
         if self.idle.timeout is not None:
             interceptors.append(self.idle.interceptor)
         server = grpc.aio.server(interceptors=interceptors, options=[
@@ -247,6 +253,10 @@ class Bridge:
         self._server = server
         if self._local is not None:
             await self._local.start()
+        if self._serve_blob_lane:
+            self._lane = BlobLane(self.blobs, token_auth,
+                                  self.idle if self.idle.timeout is not None else None)
+            await self._lane.start(self.host)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.address = f"{host}:{port}"
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -262,6 +272,7 @@ class Bridge:
                              pools=list(self.manager.groups), started=self.started,
                              address=self.address, max_message_size=self.max_message_size,
                              blob_ttl=self.blob_ttl, warnings=self.warnings,
+                             blob_lane_port=self._lane.port if self._lane is not None else 0,
                              security=pb.TransportSecurity(
                                  tls=self.tls is not None, auth=self.tokens is not None,
                                  client_certificates=bool(self.tls and self.tls.client_ca)))
@@ -311,6 +322,8 @@ class Bridge:
             await asyncio.gather(*(s.stop(rest) for s in (self._server, self._local)
                                    if s is not None))
         finally:
+            if self._lane is not None:
+                await self._lane.stop()
             if self.blobs is not None:
                 self.blobs.close()
             self.metrics.close()

@@ -498,7 +498,7 @@ class ServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "run_id", "pid", "pools", "started", "address", "max_message_size", "blob_ttl", "security", "warnings")
+    __slots__ = ("version", "run_id", "pid", "pools", "started", "address", "max_message_size", "blob_ttl", "blob_lane_port", "security", "warnings")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -507,6 +507,7 @@ class ServerInfo(_message.Message):
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     BLOB_TTL_FIELD_NUMBER: _ClassVar[int]
+    BLOB_LANE_PORT_FIELD_NUMBER: _ClassVar[int]
     SECURITY_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     version: str
@@ -517,9 +518,10 @@ class ServerInfo(_message.Message):
     address: str
     max_message_size: int
     blob_ttl: float
+    blob_lane_port: int
     security: TransportSecurity
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[str] = ..., run_id: _Optional[str] = ..., pid: _Optional[int] = ..., pools: _Optional[_Iterable[str]] = ..., started: _Optional[float] = ..., address: _Optional[str] = ..., max_message_size: _Optional[int] = ..., blob_ttl: _Optional[float] = ..., security: _Optional[_Union[TransportSecurity, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, version: _Optional[str] = ..., run_id: _Optional[str] = ..., pid: _Optional[int] = ..., pools: _Optional[_Iterable[str]] = ..., started: _Optional[float] = ..., address: _Optional[str] = ..., max_message_size: _Optional[int] = ..., blob_ttl: _Optional[float] = ..., blob_lane_port: _Optional[int] = ..., security: _Optional[_Union[TransportSecurity, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ("grace",)

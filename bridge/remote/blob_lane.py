@@ -1,0 +1,143 @@
+"""The client end of the blob lane (the bridge's end and the protocol:
+:mod:`kernelpit.service.blob_lane`): a result blob received straight into the value's memory
+over a plain TCP connection, instead of as gRPC messages.
+
+A :class:`LaneReader` keeps its connections open for the next blob (one per thread reading
+at a time).  :meth:`LaneReader.read` answers False when the lane cannot be reached (a
+firewall, a bridge behind a proxy): the blob is untouched, and the caller reads it with
+``ReadBlob``; after such a failure the lane is not tried again for :data:`RETRY_AFTER`
+seconds.  An error the bridge answers (an unknown blob, a refused token) raises what
+``ReadBlob`` would have raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+import grpc
+
+from ..contract import errors
+from ..exceptions import BridgeError
+
+log = logging.getLogger("kernelpit.client")
+
+CONNECT_TIMEOUT = 3.0  # seconds
+RETRY_AFTER = 30.0     # seconds without trying the lane after it could not be reached
+_HEADER_MAX = 4096
+
+
+class LaneReader:
+    """Reads result blobs from the blob lane at ``host``:``port``; ``token()`` is the
+    client's token now (it follows a rotation), ``address`` the bridge's, for messages."""
+
+    def __init__(self, host: str, port: int, token: Callable[[], str | None],
+                 address: str) -> None:
+        self.host, self.port = host, port
+        self._token = token
+        self._address = address
+        self._idle: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._unreachable_until = 0.0
+        self.reads = 0  # blobs read over the lane (for tests and diagnostics)
+
+    def read(self, blob_id: str, receiver: Any) -> bool:
+        """Receive blob ``blob_id`` into ``receiver`` (its ``free()`` view, then
+        ``advance(n)``); False when the lane could not be reached (read it with ReadBlob)."""
+        if time.monotonic() < self._unreachable_until:
+            return False
+        request = f"READ {blob_id} {self._token() or '-'}\n".encode("ascii")
+        for attempt in (0, 1):
+            sock = self._connection()
+            if sock is None:
+                return False
+            try:
+                sock.sendall(request)
+                size = self._header(sock)
+            except (ConnectionError, _Closed):
+                sock.close()
+                if attempt == 0:
+                    continue  # a kept connection the bridge closed meanwhile: once more
+                self._unreachable(f"connection closed before the reply to {blob_id}")
+                return False
+            except BaseException:
+                sock.close()
+                raise
+            try:
+                _receive(sock, receiver, size, blob_id)
+            except BaseException:
+                sock.close()  # cut short (Ctrl-C, the bridge gone): the stream is unusable
+                raise
+            with self._lock:
+                self._idle.append(sock)
+            self.reads += 1
+            return True
+        return False
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
+
+    def _connection(self) -> socket.socket | None:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT)
+        except OSError as exc:
+            self._unreachable(str(exc))
+            return None
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _unreachable(self, why: str) -> None:
+        log.info("the blob lane of the bridge at %s (port %d) cannot be used (%s): reading "
+                 "blobs over gRPC for %g s", self._address, self.port, why, RETRY_AFTER)
+        self._unreachable_until = time.monotonic() + RETRY_AFTER
+
+    def _header(self, sock: socket.socket) -> int:
+        """The reply's first line, taken off the socket without reading into the data:
+        the blob's size, or the bridge's error raised."""
+        peeked = b""
+        while b"\n" not in peeked:
+            peeked = sock.recv(_HEADER_MAX, socket.MSG_PEEK)
+            if not peeked:
+                raise _Closed()
+            if b"\n" not in peeked and len(peeked) >= _HEADER_MAX:
+                raise BridgeError(f"the blob lane of the bridge at {self._address} sent a "
+                                  "reply that is not its protocol")
+        line = sock.recv(peeked.index(b"\n") + 1, socket.MSG_WAITALL)
+        status, _, rest = line.decode("utf-8", "replace").rstrip("\n").partition(" ")
+        if status == "OK" and rest.isdigit():
+            return int(rest)
+        if status == "ERR":
+            name, _, message = rest.partition(" ")
+            code = getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
+            raise errors.from_status(code, message, self._address)
+        raise BridgeError(f"the blob lane of the bridge at {self._address} sent a reply that "
+                          f"is not its protocol: {line[:80]!r}")
+
+
+class _Closed(Exception):
+    """The connection closed before a reply began."""
+
+
+def _receive(sock: socket.socket, receiver: Any, size: int, blob_id: str) -> None:
+    left = size
+    while left:
+        view = receiver.free()[:left]
+        if not view:
+            raise BridgeError(f"the bridge announced {size} bytes for blob {blob_id}, more than "
+                              "its reference said")
+        n = sock.recv_into(view)
+        if not n:
+            raise BridgeError(f"the bridge's blob lane closed after {size - left} of {size} "
+                              f"bytes of blob {blob_id}; is the bridge still running?")
+        receiver.advance(n)
+        left -= n

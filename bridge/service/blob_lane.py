@@ -1,0 +1,167 @@
+"""The blob lane: result blobs over a plain TCP connection, beside gRPC.
+
+Python gRPC carries a stream of 4 MiB messages at about 2 GB/s on a 2-core machine, each
+message copied once more on each side; a plain socket carries 4 to 5 GB/s, received straight
+into the value's memory (docs/performance.md, S7).  So beside its gRPC port the bridge
+listens on a second TCP port on the same host, from which a client reads result blobs:
+``ServerInfo.blob_lane_port`` names it (0: no lane).  ``ReadBlob`` stays the contract, and
+every blob can be read there by any client; the lane is what Kernelpit's Python client uses
+when it can reach it (:mod:`kernelpit.remote.blob_lane`), falling back to ``ReadBlob``.
+
+The protocol, one request at a time on a connection that stays open for the next::
+
+    request   READ <blob id> <token, or - without one>\\n      (ASCII, at most 1 KiB)
+    reply     OK <size>\\n, then exactly <size> bytes: the blob
+         or   ERR <gRPC status name> <message>\\n
+
+Each request is checked as ``ReadBlob`` over gRPC is: the same token store and the same role
+(:meth:`~kernelpit.service.auth.TokenAuth.check`), so a revoked or rotated token is refused
+at once.  A blob read here is freed as one read by ``ReadBlob`` is: when it has been sent, or
+when the connection breaks.  A request that is not this protocol is answered
+``ERR INVALID_ARGUMENT`` and its connection closed; the lane goes on serving the others.
+
+The lane is plaintext, so a bridge that serves TLS does not open it (its clients read blobs
+with ``ReadBlob``), and ``kernelpit serve --no-blob-lane`` turns it off (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import Any
+
+import grpc
+
+from ..contract.framing import CHUNK, pieces
+from .auth import Refused, TokenAuth
+from .blobs import BlobError, BlobStore
+
+log = logging.getLogger("kernelpit.bridge")
+
+READ_BLOB = "/kernelpit.v1.Bridge/ReadBlob"  # the method whose role a lane read needs
+MAX_REQUEST = 1024
+
+
+class BlobLane:
+    """Serves the bridge's result blobs on a TCP port of their own; see the module docstring.
+
+    ``auth``: the token check of the gRPC transports (None on a bridge without auth);
+    ``activity``: the idle monitor, held up while a blob is sent (None: not counted).
+    """
+
+    def __init__(self, blobs: BlobStore, auth: TokenAuth | None, activity: Any = None) -> None:
+        self._blobs = blobs
+        self._auth = auth
+        self._activity = activity
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.port = 0
+        self.served = 0  # blobs sent whole (for tests and diagnostics)
+
+    async def start(self, host: str) -> int:
+        """Listen on ``host`` (the gRPC server's host), on a port the OS picks; returns it."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, 0))
+            listener.listen(64)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._accepting = asyncio.ensure_future(self._accept(listener))
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop accepting, and cut the reads in progress (their blobs are freed)."""
+        tasks = [t for t in (self._accepting, *self._connections) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # out of file descriptors, say: the lane goes on
+                log.warning("the blob lane could not accept a connection: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = asyncio.ensure_future(self._serve(conn))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        pending = b""
+        try:
+            while True:
+                while b"\n" not in pending:
+                    if len(pending) > MAX_REQUEST:
+                        await _refuse(loop, conn, grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"a blob lane request is one line of at most {MAX_REQUEST} "
+                                      "bytes: READ <blob id> <token>")
+                        return
+                    data = await loop.sock_recv(conn, 4096)
+                    if not data:
+                        return  # the client closed the connection
+                    pending += data
+                line, _, pending = pending.partition(b"\n")
+                if not await self._answer(loop, conn, line):
+                    return
+        except (ConnectionError, OSError):
+            return  # the client went away: a blob it was reading is freed
+        finally:
+            conn.close()
+
+    async def _answer(self, loop: asyncio.AbstractEventLoop, conn: socket.socket,
+                      line: bytes) -> bool:
+        """Serve one request; False when the connection must close (not this protocol)."""
+        words = line.decode("ascii", "replace").split(" ")
+        if len(words) != 3 or words[0] != "READ":
+            await _refuse(loop, conn, grpc.StatusCode.INVALID_ARGUMENT,
+                          "not a blob lane request: send 'READ <blob id> <token>' and a newline "
+                          "(see kernelpit.service.blob_lane), or read blobs with ReadBlob")
+            return False
+        _, blob_id, token = words
+        if self._auth is not None:
+            metadata = () if token == "-" else (("authorization", f"Bearer {token}"),)
+            try:
+                self._auth.check(READ_BLOB, metadata)
+            except Refused as refused:
+                await _refuse(loop, conn, refused.code, refused.message)
+                return True
+        if self._activity is not None:
+            self._activity.enter()
+        try:
+            with self._blobs.reading(blob_id) as (size, segments):
+                await loop.sock_sendall(conn, b"OK %d\n" % size)
+                for piece in pieces(segments, CHUNK):
+                    await loop.sock_sendall(conn, piece)
+            self.served += 1
+        except BlobError as exc:
+            await _refuse(loop, conn, grpc.StatusCode.NOT_FOUND, str(exc))
+        finally:
+            if self._activity is not None:
+                self._activity.exit()
+        return True
+
+
+async def _refuse(loop: asyncio.AbstractEventLoop, conn: socket.socket, code: grpc.StatusCode,
+                  message: str) -> None:
+    text = " ".join(message.split())  # one line
+    await loop.sock_sendall(conn, f"ERR {code.name} {text}\n".encode("utf-8", "replace"))
