@@ -56,7 +56,7 @@ class LaneReader:
                 return False
             try:
                 sock.sendall(request)
-                size = self._header(sock)
+                size, extra = self._header(sock)
             except (ConnectionError, _Closed):
                 sock.close()
                 if attempt == 0:
@@ -67,7 +67,7 @@ class LaneReader:
                 sock.close()
                 raise
             try:
-                _receive(sock, receiver, size, blob_id)
+                _receive(sock, receiver, size, blob_id, extra)
             except BaseException:
                 sock.close()  # cut short (Ctrl-C, the bridge gone): the stream is unusable
                 raise
@@ -101,35 +101,43 @@ class LaneReader:
                  "blobs over gRPC for %g s", self._address, self.port, why, RETRY_AFTER)
         self._unreachable_until = time.monotonic() + RETRY_AFTER
 
-    def _header(self, sock: socket.socket) -> int:
-        """The reply's first line, taken off the socket without reading into the data:
-        the blob's size, or the bridge's error raised."""
-        peeked = b""
-        while b"\n" not in peeked:
-            peeked = sock.recv(_HEADER_MAX, socket.MSG_PEEK)
-            if not peeked:
+    def _header(self, sock: socket.socket) -> tuple[int, bytes]:
+        """The reply's first line: (the blob's size, the bytes read past the line: the start
+        of its data); the bridge's ERR raised as ReadBlob's error would be."""
+        got = b""
+        while b"\n" not in got:
+            if len(got) >= _HEADER_MAX:
+                raise self._garbled(got[:80])
+            more = sock.recv(_HEADER_MAX)
+            if not more:
                 raise _Closed()
-            if b"\n" not in peeked and len(peeked) >= _HEADER_MAX:
-                raise BridgeError(f"the blob lane of the bridge at {self._address} sent a "
-                                  "reply that is not its protocol")
-        line = sock.recv(peeked.index(b"\n") + 1, socket.MSG_WAITALL)
-        status, _, rest = line.decode("utf-8", "replace").rstrip("\n").partition(" ")
+            got += more
+        line, _, extra = got.partition(b"\n")
+        status, _, rest = line.decode("utf-8", "replace").partition(" ")
         if status == "OK" and rest.isdigit():
-            return int(rest)
+            return int(rest), extra
         if status == "ERR":
             name, _, message = rest.partition(" ")
             code = getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
             raise errors.from_status(code, message, self._address)
-        raise BridgeError(f"the blob lane of the bridge at {self._address} sent a reply that "
-                          f"is not its protocol: {line[:80]!r}")
+        raise self._garbled(line[:80])
+
+    def _garbled(self, what: Any) -> BridgeError:
+        return BridgeError(f"the blob lane of the bridge at {self._address} sent a reply that "
+                           f"is not its protocol: {what!r}")
 
 
 class _Closed(Exception):
     """The connection closed before a reply began."""
 
 
-def _receive(sock: socket.socket, receiver: Any, size: int, blob_id: str) -> None:
-    left = size
+def _receive(sock: socket.socket, receiver: Any, size: int, blob_id: str, extra: bytes) -> None:
+    if len(extra) > size:
+        raise BridgeError(f"the bridge's blob lane sent more than the {size} bytes of blob "
+                          f"{blob_id}")
+    if extra:
+        receiver(memoryview(extra))
+    left = size - len(extra)
     while left:
         view = receiver.free()[:left]
         if not view:
