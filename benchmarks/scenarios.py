@@ -892,7 +892,8 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
                                kind="per-repeat", api=api)
                 return measure_client
             _remote_rows(ctx, rows, "kernelpit-remote", case, unit, better,
-                         client_measure("kernelpit-remote", "connect().session().call over gRPC"))
+                         client_measure("kernelpit-remote", "connect().session().call over gRPC "
+                                        "(large values over the bridge's blob lane)"))
             if kind != "table":  # the local transport changes nothing for a table of lists
                 _remote_rows(ctx, rows, "kernelpit-local", case, unit, better, client_measure(
                     "kernelpit-local", "connect(transport='local').session().call"))
