@@ -4,6 +4,7 @@ over one stream, tagged with ids; the bridge's end is :mod:`kernelpit.service.mu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 from typing import Any, Awaitable, Callable
@@ -156,10 +157,18 @@ class CallMultiplexer:
 
     async def close(self) -> None:
         rpc, self._rpc = self._rpc, None
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
         if rpc is not None:
             rpc.cancel()
+        # Wait until they have ended: gRPC completes a cancelled stream's operations later,
+        # and on a loop that asyncio.run has closed by then it would print "Event loop is
+        # closed" tracebacks (grpc issue 25364).
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if rpc is not None:
+            with contextlib.suppress(Exception):
+                await rpc.code()  # its status: the stream is done with on gRPC's side too
         pending, self._pending = self._pending, {}
         for fut in pending.values():  # a thread waiting on one would otherwise wait forever
             if not fut.done():
