@@ -18,7 +18,8 @@ Each request is checked as ``ReadBlob`` over gRPC is: the same token store and t
 (:meth:`~kernelpit.service.auth.TokenAuth.check`), so a revoked or rotated token is refused
 at once.  A blob read here is freed as one read by ``ReadBlob`` is: when it has been sent, or
 when the connection breaks.  A request that is not this protocol is answered
-``ERR INVALID_ARGUMENT`` and its connection closed; the lane goes on serving the others.
+``ERR INVALID_ARGUMENT`` and its connection closed; the lane goes on serving the others.  A
+connection idle for :data:`IDLE_TIMEOUT` seconds is closed (the client makes a new one).
 
 The lane is plaintext, so a bridge that serves TLS does not open it (its clients read blobs
 with ``ReadBlob``), and ``kernelpit serve --no-blob-lane`` turns it off (docs/security.md).
@@ -38,10 +39,11 @@ from ..contract.framing import CHUNK, pieces
 from .auth import Refused, TokenAuth
 from .blobs import BlobError, BlobStore
 
-log = logging.getLogger("kernelpit.bridge")
+log = logging.getLogger("kernelpit.service")
 
 READ_BLOB = "/kernelpit.v1.Bridge/ReadBlob"  # the method whose role a lane read needs
 MAX_REQUEST = 1024
+IDLE_TIMEOUT = 300.0  # seconds a connection may wait for its next request before it is closed
 
 
 class BlobLane:
@@ -116,7 +118,10 @@ class BlobLane:
                                       f"a blob lane request is one line of at most {MAX_REQUEST} "
                                       "bytes: READ <blob id> <token>")
                         return
-                    data = await loop.sock_recv(conn, 4096)
+                    try:
+                        data = await asyncio.wait_for(loop.sock_recv(conn, 4096), IDLE_TIMEOUT)
+                    except asyncio.TimeoutError:
+                        return  # idle: the client reconnects when it next needs the lane
                     if not data:
                         return  # the client closed the connection
                     pending += data
@@ -152,7 +157,7 @@ class BlobLane:
                 await loop.sock_sendall(conn, b"OK %d\n" % size)
                 for piece in pieces(segments, CHUNK):
                     await loop.sock_sendall(conn, piece)
-            self.served += 1
+                self.served += 1  # before the blob is freed: a freed blob was counted
         except BlobError as exc:
             await _refuse(loop, conn, grpc.StatusCode.NOT_FOUND, str(exc))
         finally:

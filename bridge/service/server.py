@@ -254,9 +254,15 @@ class Bridge:
         if self._local is not None:
             await self._local.start()
         if self._serve_blob_lane:
-            self._lane = BlobLane(self.blobs, token_auth,
-                                  self.idle if self.idle.timeout is not None else None)
-            await self._lane.start(self.host)
+            lane = BlobLane(self.blobs, token_auth,
+                            self.idle if self.idle.timeout is not None else None)
+            try:
+                await lane.start(self.host)
+            except OSError as exc:  # the bridge serves without it: clients use ReadBlob
+                log.warning("kernelpit: the blob lane cannot listen on %s (%s); clients read "
+                            "large results over gRPC", self.host, exc)
+            else:
+                self._lane = lane
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.address = f"{host}:{port}"
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
