@@ -218,3 +218,13 @@ def test_an_idle_connection_is_closed_and_the_client_makes_a_new_one(bridge, cli
     for _ in range(2):
         assert client.call("pattern", LIMIT + 2) == pattern(LIMIT + 2)
     wait_until(lambda: bridge._lane.served == before + 2)
+
+
+def test_a_token_the_request_line_cannot_carry_reads_over_grpc():
+    b = start_bridge(token="two words")  # a valid gRPC metadata value, not one lane word
+    try:
+        with kernelpit.connect(b.address, b.token, transport="grpc") as c:
+            assert c.call("pattern", 2 * LIMIT) == pattern(2 * LIMIT)
+            assert b._lane.served == 0
+    finally:
+        stop_bridge(b)

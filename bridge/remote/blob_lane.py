@@ -49,7 +49,10 @@ class LaneReader:
         ``advance(n)``); False when the lane could not be reached (read it with ReadBlob)."""
         if time.monotonic() < self._unreachable_until:
             return False
-        request = f"READ {blob_id} {self._token() or '-'}\n".encode("ascii")
+        token = self._token() or "-"
+        if not token.isascii() or len(token.split()) != 1:
+            return False  # a token the one-line request cannot carry: ReadBlob can
+        request = f"READ {blob_id} {token}\n".encode("ascii")
         for attempt in (0, 1):
             sock = self._connection()
             if sock is None:
