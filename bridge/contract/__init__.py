@@ -8,4 +8,5 @@ bridge (:mod:`kernelpit.service`) and its clients (:mod:`kernelpit.remote`).
     errors.py      ErrorPayload <-> gRPC status codes and RemoteException (the one mapping)
     framing.py     blob chunks and message batches cut to a size limit
     metadata.py    call metadata keys (token, packed lists, client id)
+    lane.py        the blob lane's request and reply lines (result blobs over plain TCP)
 """

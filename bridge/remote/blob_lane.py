@@ -18,9 +18,8 @@ import threading
 import time
 from typing import Any, Callable
 
-import grpc
-
 from ..contract import errors
+from ..contract import lane as lines
 from ..exceptions import BridgeError
 
 log = logging.getLogger("kernelpit.client")
@@ -49,10 +48,9 @@ class LaneReader:
         ``advance(n)``); False when the lane could not be reached (read it with ReadBlob)."""
         if time.monotonic() < self._unreachable_until:
             return False
-        token = self._token() or "-"
-        if not token.isascii() or len(token.split()) != 1:
+        request = lines.request(blob_id, self._token())
+        if request is None:
             return False  # a token the one-line request cannot carry: ReadBlob can
-        request = f"READ {blob_id} {token}\n".encode("ascii")
         for attempt in (0, 1):
             sock = self._connection()
             if sock is None:
@@ -116,14 +114,13 @@ class LaneReader:
                 raise _Closed()
             got += more
         line, _, extra = got.partition(b"\n")
-        status, _, rest = line.decode("utf-8", "replace").partition(" ")
-        if status == "OK" and rest.isdigit():
-            return int(rest), extra
-        if status == "ERR":
-            name, _, message = rest.partition(" ")
-            code = getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
-            raise errors.from_status(code, message, self._address)
-        raise self._garbled(line[:80])
+        reply = lines.parse_reply(line)
+        if reply is None:
+            raise self._garbled(line[:80])
+        size, refused = reply
+        if refused is not None:
+            raise errors.from_status(*refused, self._address)
+        return size, extra
 
     def _garbled(self, what: Any) -> BridgeError:
         return BridgeError(f"the blob lane of the bridge at {self._address} sent a reply that "

@@ -35,6 +35,7 @@ from typing import Any
 
 import grpc
 
+from ..contract import lane as lines
 from ..contract.framing import CHUNK, pieces
 from .auth import Refused, TokenAuth
 from .blobs import BlobError, BlobStore
@@ -42,7 +43,6 @@ from .blobs import BlobError, BlobStore
 log = logging.getLogger("kernelpit.service")
 
 READ_BLOB = "/kernelpit.v1.Bridge/ReadBlob"  # the method whose role a lane read needs
-MAX_REQUEST = 1024
 IDLE_TIMEOUT = 300.0  # seconds a connection may wait for its next request before it is closed
 
 
@@ -113,10 +113,10 @@ class BlobLane:
         try:
             while True:
                 while b"\n" not in pending:
-                    if len(pending) > MAX_REQUEST:
+                    if len(pending) > lines.MAX_LINE:
                         await _refuse(loop, conn, grpc.StatusCode.INVALID_ARGUMENT,
-                                      f"a blob lane request is one line of at most {MAX_REQUEST} "
-                                      "bytes: READ <blob id> <token>")
+                                      f"a blob lane request is one line of at most "
+                                      f"{lines.MAX_LINE} bytes: {lines.USAGE}")
                         return
                     try:
                         data = await asyncio.wait_for(loop.sock_recv(conn, 4096), IDLE_TIMEOUT)
@@ -136,15 +136,15 @@ class BlobLane:
     async def _answer(self, loop: asyncio.AbstractEventLoop, conn: socket.socket,
                       line: bytes) -> bool:
         """Serve one request; False when the connection must close (not this protocol)."""
-        words = line.decode("ascii", "replace").split(" ")
-        if len(words) != 3 or words[0] != "READ":
+        asked = lines.parse_request(line)
+        if asked is None:
             await _refuse(loop, conn, grpc.StatusCode.INVALID_ARGUMENT,
-                          "not a blob lane request: send 'READ <blob id> <token>' and a newline "
+                          f"not a blob lane request: send '{lines.USAGE}' and a newline "
                           "(see kernelpit.service.blob_lane), or read blobs with ReadBlob")
             return False
-        _, blob_id, token = words
+        blob_id, token = asked
         if self._auth is not None:
-            metadata = () if token == "-" else (("authorization", f"Bearer {token}"),)
+            metadata = () if token is None else (("authorization", f"Bearer {token}"),)
             try:
                 self._auth.check(READ_BLOB, metadata)
             except Refused as refused:
@@ -154,7 +154,7 @@ class BlobLane:
             self._activity.enter()
         try:
             with self._blobs.reading(blob_id) as (size, segments):
-                await loop.sock_sendall(conn, b"OK %d\n" % size)
+                await loop.sock_sendall(conn, lines.ok(size))
                 for piece in pieces(segments, CHUNK):
                     await loop.sock_sendall(conn, piece)
                 self.served += 1  # before the blob is freed: a freed blob was counted
@@ -168,5 +168,4 @@ class BlobLane:
 
 async def _refuse(loop: asyncio.AbstractEventLoop, conn: socket.socket, code: grpc.StatusCode,
                   message: str) -> None:
-    text = " ".join(message.split())  # one line
-    await loop.sock_sendall(conn, f"ERR {code.name} {text}\n".encode("utf-8", "replace"))
+    await loop.sock_sendall(conn, lines.refusal(code, message))
