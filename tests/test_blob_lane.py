@@ -228,3 +228,27 @@ def test_a_token_the_request_line_cannot_carry_reads_over_grpc():
             assert b._lane.served == 0
     finally:
         stop_bridge(b)
+
+
+def test_the_lane_is_counted_in_the_bridges_metrics():
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    b = start_bridge(metrics_address="127.0.0.1:0")
+    try:
+        with kernelpit.connect(b.address, b.token, transport="grpc") as c:
+            assert c.call("pattern", 2 * LIMIT) == pattern(2 * LIMIT)
+        with lane(b) as sock:
+            sock.sendall(b"READ 0123 not-the-token\n")
+            assert reply_line(sock).startswith("ERR UNAUTHENTICATED ")
+        wait_until(lambda: len(b.blobs) == 0)  # counted once freed
+        with urllib.request.urlopen(b.metrics.url, timeout=5) as reply:
+            text = reply.read().decode()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        assert samples[("kernelpit_blob_lane_blobs_total", ())] == 1
+        assert samples[("kernelpit_blob_lane_bytes_total", ())] == 2 * LIMIT
+        assert samples[("kernelpit_blob_lane_refused_total",
+                        (("status", "UNAUTHENTICATED"),))] == 1
+    finally:
+        stop_bridge(b)

@@ -61,7 +61,9 @@ class BlobLane:
         self._accepting: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self.port = 0
-        self.served = 0  # blobs sent whole (for tests and diagnostics)
+        self.served = 0        # blobs sent whole (kernelpit_blob_lane_blobs)
+        self.served_bytes = 0  # their bytes (kernelpit_blob_lane_bytes)
+        self.refused: dict[str, int] = {}  # requests refused, by status name
 
     async def start(self, host: str) -> int:
         """Listen on ``host`` (the gRPC server's host), on a port the OS picks; returns it."""
@@ -114,9 +116,9 @@ class BlobLane:
             while True:
                 while b"\n" not in pending:
                     if len(pending) > lines.MAX_LINE:
-                        await _refuse(loop, conn, grpc.StatusCode.INVALID_ARGUMENT,
-                                      f"a blob lane request is one line of at most "
-                                      f"{lines.MAX_LINE} bytes: {lines.USAGE}")
+                        await self._refuse(loop, conn, grpc.StatusCode.INVALID_ARGUMENT,
+                                           "a blob lane request is one line of at most "
+                                           f"{lines.MAX_LINE} bytes: {lines.USAGE}")
                         return
                     try:
                         data = await asyncio.wait_for(loop.sock_recv(conn, 4096), IDLE_TIMEOUT)
@@ -138,9 +140,9 @@ class BlobLane:
         """Serve one request; False when the connection must close (not this protocol)."""
         asked = lines.parse_request(line)
         if asked is None:
-            await _refuse(loop, conn, grpc.StatusCode.INVALID_ARGUMENT,
-                          f"not a blob lane request: send '{lines.USAGE}' and a newline "
-                          "(see kernelpit.service.blob_lane), or read blobs with ReadBlob")
+            await self._refuse(loop, conn, grpc.StatusCode.INVALID_ARGUMENT,
+                               f"not a blob lane request: send '{lines.USAGE}' and a newline "
+                               "(see kernelpit.service.blob_lane), or read blobs with ReadBlob")
             return False
         blob_id, token = asked
         if self._auth is not None:
@@ -148,7 +150,7 @@ class BlobLane:
             try:
                 self._auth.check(READ_BLOB, metadata)
             except Refused as refused:
-                await _refuse(loop, conn, refused.code, refused.message)
+                await self._refuse(loop, conn, refused.code, refused.message)
                 return True
         if self._activity is not None:
             self._activity.enter()
@@ -158,14 +160,15 @@ class BlobLane:
                 for piece in pieces(segments, CHUNK):
                     await loop.sock_sendall(conn, piece)
                 self.served += 1  # before the blob is freed: a freed blob was counted
+                self.served_bytes += size
         except BlobError as exc:
-            await _refuse(loop, conn, grpc.StatusCode.NOT_FOUND, str(exc))
+            await self._refuse(loop, conn, grpc.StatusCode.NOT_FOUND, str(exc))
         finally:
             if self._activity is not None:
                 self._activity.exit()
         return True
 
-
-async def _refuse(loop: asyncio.AbstractEventLoop, conn: socket.socket, code: grpc.StatusCode,
-                  message: str) -> None:
-    await loop.sock_sendall(conn, lines.refusal(code, message))
+    async def _refuse(self, loop: asyncio.AbstractEventLoop, conn: socket.socket,
+                      code: grpc.StatusCode, message: str) -> None:
+        self.refused[code.name] = self.refused.get(code.name, 0) + 1
+        await loop.sock_sendall(conn, lines.refusal(code, message))

@@ -96,6 +96,8 @@ class PoolMetrics:
         self.managers: "weakref.WeakSet[PoolManager]" = weakref.WeakSet()
         #: job runners (kernelpit.jobs.JobRunner) whose store's counts are kernelpit_jobs
         self.runners: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: blob lanes (kernelpit.service.blob_lane.BlobLane) whose counts are kernelpit_blob_lane_*
+        self.lanes: weakref.WeakSet[Any] = weakref.WeakSet()
         registry.register(_Collector(self))
 
     def sink(self, event: TelemetryEvent) -> None:
@@ -134,6 +136,10 @@ class PoolMetrics:
     def add_jobs(self, runner: Any) -> None:
         """Publish ``kernelpit_jobs{state}``: the jobs of the runner's store, read at scrape."""
         self.runners.add(runner)
+
+    def add_blob_lane(self, lane: Any) -> None:
+        """Publish the blob lane's counts (``kernelpit_blob_lane_*``), read at scrape."""
+        self.lanes.add(lane)
 
     def remove(self, manager: "PoolManager") -> None:
         self.managers.discard(manager)
@@ -191,6 +197,30 @@ class _Collector:
         yield from (calls, duration, wait, crashes, recycles, orphans)
         yield from _state(list(m.managers))
         yield from _jobs(list(m.runners))
+        yield from _lanes(list(m.lanes))
+
+
+def _lanes(lanes: list[Any]) -> Iterator[Any]:
+    """The blob lane's counters: blobs and bytes sent, requests refused by status."""
+    if not lanes:
+        return
+    from prometheus_client.core import CounterMetricFamily
+
+    yield CounterMetricFamily("kernelpit_blob_lane_blobs", "Result blobs sent whole over the "
+                              "bridge's blob lane.", value=sum(lane.served for lane in lanes))
+    yield CounterMetricFamily("kernelpit_blob_lane_bytes", "Bytes of the result blobs sent "
+                              "whole over the blob lane.",
+                              value=sum(lane.served_bytes for lane in lanes))
+    refused = CounterMetricFamily("kernelpit_blob_lane_refused", "Blob lane requests refused, "
+                                  "by gRPC status (UNAUTHENTICATED, PERMISSION_DENIED, "
+                                  "NOT_FOUND, INVALID_ARGUMENT).", labels=["status"])
+    totals: dict[str, int] = {}
+    for lane in lanes:
+        for status, n in dict(lane.refused).items():
+            totals[status] = totals.get(status, 0) + n
+    for status, n in totals.items():
+        refused.add_metric([status], n)
+    yield refused
 
 
 def _jobs(runners: list[Any]) -> Iterator[Any]:
