@@ -252,3 +252,15 @@ def test_the_lane_is_counted_in_the_bridges_metrics():
                         (("status", "UNAUTHENTICATED"),))] == 1
     finally:
         stop_bridge(b)
+
+
+def test_threads_reading_at_once_each_get_their_own_blobs(bridge, client):
+    from concurrent.futures import ThreadPoolExecutor
+    wait_until(lambda: len(bridge.blobs) == 0)
+    before = bridge._lane.served
+    sizes = [LIMIT + 1 + k for k in range(12)]  # a different value for every call
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda size: client.call("pattern", size), sizes))
+    assert [len(r) for r in results] == sizes
+    assert all(r == pattern(size) for r, size in zip(results, sizes))
+    wait_until(lambda: bridge._lane.served == before + len(sizes))
