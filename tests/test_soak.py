@@ -79,6 +79,37 @@ def _held(bridge) -> dict[str, int]:
     return held
 
 
+def _fds() -> dict[str, str]:
+    """This process's file descriptors and what each points to."""
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile
+            pass
+    return found
+
+
+def _described(bridge, before: dict[str, str]) -> list[str]:
+    """The fds opened since ``before``; a TCP socket with its local and remote ports (the
+    gRPC port, the blob lane's, or another), so that a failure says whose it is."""
+    ports = {int(bridge.address.rsplit(":", 1)[1]): "grpc",
+             **({bridge._lane.port: "blob lane"} if bridge._lane is not None else {})}
+    tcp = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                local, remote = (int(c.rsplit(":", 1)[1], 16) for c in cols[1:3])
+                tcp[cols[9]] = f"tcp {local}->{remote} ({ports.get(local) or ports.get(remote)})"
+    out = []
+    for fd, target in _fds().items():
+        if before.get(fd) != target:
+            inode = target[8:-1] if target.startswith("socket:[") else None
+            out.append(f"{fd}: {tcp.get(inode, target) if inode else target}")
+    return out
+
+
 def _threads(pid: int) -> set[int]:
     """A process's threads, without the workers of bounded thread pools, which grow with
     load up to their size (gRPC's event engine; in this process, executors)."""
@@ -100,6 +131,7 @@ def test_rounds_of_every_kind_of_request_leave_nothing_behind(bridge, transport)
     _round(bridge, transport)  # the first round makes what stays: channels, pools, caches
     _round(bridge, transport)
     before = _held(bridge)
+    fds_before = _fds()
     for _ in range(ROUNDS):
         _round(bridge, transport)
 
@@ -111,7 +143,8 @@ def test_rounds_of_every_kind_of_request_leave_nothing_behind(bridge, transport)
     try:
         wait_until(lambda: not grown(), timeout=30)
     except AssertionError:
-        raise AssertionError(f"more held after {ROUNDS} rounds (before, now): {grown()}")
+        raise AssertionError(f"more held after {ROUNDS} rounds (before, now): {grown()}; "
+                             f"new fds of this process: {_described(bridge, fds_before)}")
 
 
 def _ours(obj) -> str | None:

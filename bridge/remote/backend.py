@@ -440,14 +440,16 @@ class RemoteBackend(Backend):
         await self._rpc(self.stub.Shutdown, pb.ShutdownRequest(grace=grace))
 
     async def close(self) -> None:
-        await self.lease.stop()
-        await self._mux.close()
-        if self._lane is not None:
-            self._lane.close()
-        if self._sync_channel is not None:
-            self._sync_channel.close()
-        await self.channel.close()
-        wire.drop_kept()  # large received frames kept for reuse that nobody holds any more
+        try:
+            await self.lease.stop()
+            await self._mux.close()
+        finally:  # the connections go even when the above is cut short
+            if self._lane is not None:
+                self._lane.close()
+            if self._sync_channel is not None:
+                self._sync_channel.close()
+            await self.channel.close()
+            wire.drop_kept()  # large received frames kept for reuse that nobody holds any more
 
 
 class _Uploads:
