@@ -1,4 +1,5 @@
-"""Host and address rules shared by every listener (the bridge's gRPC port, ``/metrics``)."""
+"""Host and address rules shared by every listener (the bridge's gRPC port, ``/metrics``) and
+the clients that dial them."""
 
 from __future__ import annotations
 
@@ -21,3 +22,12 @@ def is_loopback(host: str) -> bool:
         return False
     return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback
                                for i in infos)
+
+
+def split_host_port(address: str) -> tuple[str, int] | None:
+    """``host:port``, ``[v6]:port`` or ``:port`` as (host without brackets, possibly empty;
+    port); None for anything else (no port, or a target such as ``dns:///...``)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in host:
+        return None
+    return host.strip("[]"), int(port)

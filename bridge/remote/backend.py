@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import grpc
 
+from ..addresses import split_host_port
 from ..backend import Backend
 from ..backlog import AsyncBacklog
 from ..contract import convert, errors
@@ -427,9 +428,9 @@ class RemoteBackend(Backend):
         # (a bridge that does not say: chunks that fit gRPC's default 4 MB limit).
         self.limit = chunk_size(info.max_message_size or 4 * 10**6)
         self._mux.max_batch_bytes = self.limit
-        host = _host(self.address)
+        host, _ = split_host_port(self.address) or ("", 0)
         if info.blob_lane_port and self.target.local is None and self.target.tls is None \
-                and host is not None and self._lane is None:
+                and host and self._lane is None:
             # large results from the bridge's blob lane, at the host this client dialled (the
             # bridge may listen on every address): kernelpit.remote.blob_lane
             target = self.target
@@ -532,12 +533,3 @@ def _complete(receiver: _Receiver, ref: Any) -> Any:
     if receiver.pos != ref.size:
         raise BridgeError(f"blob {ref.id} ended after {receiver.pos} of {ref.size} bytes")
     return receiver.buffer
-
-
-def _host(address: str) -> str | None:
-    """The host of a ``host:port`` or ``[v6]:port`` gRPC address (None for other targets,
-    such as ``dns:///...`` or ``unix:...``)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not host or "/" in host or host.startswith("unix"):
-        return None
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host

@@ -41,7 +41,6 @@ class LaneReader:
         self._idle: list[socket.socket] = []
         self._lock = threading.Lock()
         self._unreachable_until = 0.0
-        self.reads = 0  # blobs read over the lane (for tests and diagnostics)
 
     def read(self, blob_id: str, receiver: Any) -> bool:
         """Receive blob ``blob_id`` into ``receiver`` (its ``free()`` view, then
@@ -74,7 +73,6 @@ class LaneReader:
                 raise
             with self._lock:
                 self._idle.append(sock)
-            self.reads += 1
             return True
         return False
 

@@ -24,7 +24,7 @@ import weakref
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ..addresses import is_loopback
+from ..addresses import is_loopback, split_host_port
 from .events import TelemetryEvent
 
 if TYPE_CHECKING:
@@ -361,11 +361,11 @@ class MetricsServer:
 
 def split_address(address: str) -> tuple[str, int]:
     """``host:port`` / ``[v6]:port`` / ``:port`` (loopback) -> (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
+    parts = split_host_port(address)
+    if parts is None:
         raise ValueError(f"a metrics address is HOST:PORT (e.g. 127.0.0.1:9464), got {address!r}")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
+    host, port = parts
+    return host or "127.0.0.1", port
 
 
 def check_address(address: str, ssl_context: Any = None) -> None:
