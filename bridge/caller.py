@@ -15,6 +15,7 @@ from .backend import Backend
 from .events import Event
 from .info import SessionInfo, ToolInfo, WorkerInfo
 from .jobs.model import JobEvent, JobInfo
+from .loop_end import LoopEnd
 from .options import CallOptions
 from .telemetry import tracing
 from .telemetry.events import TelemetryEvent
@@ -223,6 +224,13 @@ def _columns(iterables: tuple[Iterable[Any], ...]) -> list[list[Any]]:
 class AsyncHandle(AsyncCaller):
     """A pool, embedded or behind a bridge: calling, plus introspection, control and close."""
 
+    _loop_end: LoopEnd | None = None  # closes it if its loop ends first (see kernelpit.loop_end)
+
+    def _close_at_loop_end(self, what: str) -> None:
+        """Once open (called on its loop): close at the loop's end if the program did not."""
+        if self._loop_end is None:
+            self._loop_end = LoopEnd(self.close, what)
+
     async def tools(self, pool: str | None = None) -> list[ToolInfo]:
         """The tools served (of one named pool), with name, doc, signature and parameter schema."""
         return await self._backend.tools(pool)
@@ -306,6 +314,9 @@ class AsyncHandle(AsyncCaller):
     async def close(self) -> None:
         """Release this handle: an embedded pool stops its kernels; a client closes its
         connection (the bridge runs on).  Safe to call twice."""
+        loop_end, self._loop_end = self._loop_end, None
+        if loop_end is not None:
+            await loop_end.release()
         await self._backend.close()
 
     async def __aenter__(self) -> "AsyncHandle":

@@ -274,6 +274,7 @@ class AsyncPool(AsyncHandle):
                 await backend.start_jobs(store, job_ttl=self._job_ttl)
                 if self._metrics is not None:
                     self._metrics.add_jobs(backend.runner)
+            self._close_at_loop_end("a kernelpit.aio.Pool")
         return self
 
     async def __aenter__(self) -> "AsyncPool":

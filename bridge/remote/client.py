@@ -111,6 +111,7 @@ async def connect_async(address: str | None = None, token: str | None = None, *,
     except BaseException:
         await client.close()
         raise
+    client._close_at_loop_end(f"a client of the bridge at {client.address}")
     return client
 
 
