@@ -4,12 +4,15 @@ The kernel stays a full Jupyter kernel (shell, iopub, control, heartbeat on
 its main thread).  Beside it the agent runs:
 
 * an **io thread** with its own connection to the pool's call channel (a Unix
-  socket, :mod:`.wire`).  It receives calls, cancels, pings and stop requests;
-  it never runs user code.
+  socket, :mod:`.wire`).  It receives cancels, pings and stop requests, so they are
+  served while tools run; it never runs user code.
 * **executor threads** (``concurrency`` of them) that run tools.  Each has its
-  own connection to the channel, so events and results go straight back
-  without another thread hop; its :class:`~.outbox.Outbox` holds back progress
-  while the pool is behind (the latest wins), so a flooding tool never blocks.
+  own connection to the channel, and the pool sends each call to one executor's
+  connection: the thread that runs the call is the one its arrival wakes, and its
+  events and results go straight back the same way, with no thread hop at either
+  end.  Its :class:`~.outbox.Outbox` holds back progress while the pool is behind
+  (the latest wins), so a flooding tool never blocks.  An executor still running a
+  call leaves the next ones it was sent in its socket until it is done.
 
 Cancel raises :class:`CallCancelled` inside the executor thread running the
 call (``PyThreadState_SetAsyncExc``), which stops Python code at its next
@@ -20,8 +23,8 @@ after its grace period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
-import queue
 import re
 import socket
 import threading
@@ -91,7 +94,7 @@ class Agent:
         self.concurrency = max(1, concurrency)
         self.on_stop = on_stop
         self.transport = Transport.from_env(prefix=f"w{worker_id}")
-        self._jobs: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._executor_sockets: list[socket.socket] = []  # connected in start(), before any call
         self._lock = threading.Lock()
         self._running: dict[int, int] = {}  # call id -> executor thread ident
         self._interrupted: set[int] = set()  # threads a CallCancelled was raised in
@@ -101,11 +104,15 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------
     def start(self, hello: dict[str, Any]) -> None:
         heap.keep_freed_memory()  # this worker's messages reuse pages, not fault new ones
+        # The executors connect first, so that the io thread can always end them (see
+        # _io_loop); the pool holds a call for an executor it has not met yet (Channel).
+        self._executor_sockets = [self._socket(f"{self.worker_id}.{i}")
+                                  for i in range(self.concurrency)]
         io = threading.Thread(target=self._io_loop, args=(hello,), name="kernelpit-io", daemon=True)
         io.start()
         self._threads.append(io)
-        for i in range(self.concurrency):
-            t = threading.Thread(target=self._executor, args=(i,), name=f"kernelpit-exec-{i}",
+        for i, sock in enumerate(self._executor_sockets):
+            t = threading.Thread(target=self._executor, args=(i, sock), name=f"kernelpit-exec-{i}",
                                  daemon=True)
             t.start()
             self._threads.append(t)
@@ -122,19 +129,10 @@ class Agent:
         def handle(frames: list[Any]) -> bool:
             try:
                 msg = decode(frames, self.transport)
-            except (DecodeError, ValueError, RecursionError) as exc:
-                # An unreadable call fails alone; the io thread goes on serving.
-                found = _CALL_HEAD.match(bytes(frames[0][:300]))
-                if found:
-                    err = RuntimeError(f"the arguments of {found[2].decode()}() could not be "
-                                       f"read: {type(exc).__name__}: {exc}")
-                    wire.send(sock, encode({"op": "ev", "id": int(found[1]), "k": "error",
-                                            "error": error_payload(err)}))
-                return True
+            except (DecodeError, ValueError, RecursionError):
+                return True  # not a message of the pool's: the io thread goes on serving
             op = msg.get("op")
-            if op == "call":
-                self._jobs.put(msg)
-            elif op == "cancel":
+            if op == "cancel":
                 self.cancel(msg["id"])
             elif op == "forget":
                 _session_states.pop(msg.get("session"), None)
@@ -153,8 +151,9 @@ class Agent:
         try:
             wire.receive_forever(sock, handle)
         finally:
-            for _ in range(self.concurrency):
-                self._jobs.put(None)
+            for executor in self._executor_sockets:  # each ends once the calls it was sent are done
+                with contextlib.suppress(OSError):
+                    executor.shutdown(socket.SHUT_RD)
             sock.close()
         if stopped.is_set() and self.on_stop is not None:
             self.on_stop()
@@ -175,9 +174,7 @@ class Agent:
                     self._cancelled_early = set(keep)
 
     # -- executor threads --------------------------------------------------------------
-    def _executor(self, index: int) -> None:
-        sock = self._socket(f"{self.worker_id}.{index}")
-
+    def _executor(self, index: int, sock: socket.socket) -> None:
         def write(frames: list[Any]) -> None:
             try:
                 # Under the lock cancel() takes to raise CallCancelled in this thread, so the
@@ -197,14 +194,27 @@ class Agent:
             write(frames)
 
         outbox = Outbox(send, sock, name=f"kernelpit-outbox-{index}")
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                outbox.close()
-                sock.close()
-                return
-            self._serve(job, outbox)
-            del job  # its arguments (a mapped 1 GB table) must not live until the next call
+
+        def handle(frames: list[Any]) -> bool:
+            try:
+                job = decode(frames, self.transport)
+            except (DecodeError, ValueError, RecursionError) as exc:
+                # An unreadable call fails alone; the executor goes on serving.
+                found = _CALL_HEAD.match(bytes(frames[0][:300]))
+                if found:
+                    err = RuntimeError(f"the arguments of {found[2].decode()}() could not be "
+                                       f"read: {type(exc).__name__}: {exc}")
+                    write(encode({"op": "ev", "id": int(found[1]), "k": "error",
+                                  "error": error_payload(err)}))
+                return True
+            if job.get("op") == "call":
+                self._serve(job, outbox)
+            return True
+
+        # Until the io thread ends it (a stop, or the pool gone), or the pool closes it.
+        wire.receive_forever(sock, handle)
+        outbox.close()
+        sock.close()
 
     def _serve(self, job: dict[str, Any], outbox: Outbox) -> None:
         call = capture.CallContext(job["id"], outbox.put, job.get("session"))

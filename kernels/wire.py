@@ -724,6 +724,7 @@ def receive_forever(sock: socket.socket, handle: Callable[[list[Any]], bool]) ->
             messages = reader.advance(n)
         except (WireError, signing.SignatureError):
             return
-        for frames in messages:
-            if handle(frames) is False:
+        messages.reverse()
+        while messages:  # popped: nothing of a handled message (a call's 1 GB argument)
+            if handle(messages.pop()) is False:  # stays referenced here until the next one
                 return

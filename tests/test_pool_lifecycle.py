@@ -143,6 +143,17 @@ def test_thread_safe_tools_run_side_by_side_on_one_worker():
         assert list(d)[-1].value == 1
 
 
+def test_each_executor_of_a_worker_gets_calls_of_its_own():
+    # calls go straight to an executor thread's connection: two thread-safe calls on a worker
+    # of two executors must run at once on different threads, then the next on either
+    with kernelpit.Pool(adapters=["kp_tools"], workers=1, concurrency=2, path=[ADAPTERS]) as p:
+        for round_ in range(3):
+            a, b = (p.stream("ts_meet", f"m{round_}", 2, 10) for _ in range(2))
+            threads = {list(a)[-1].value, list(b)[-1].value}
+            assert threads == {"kernelpit-exec-0", "kernelpit-exec-1"}
+        assert p.call("add", 2, 2) == 4
+
+
 def test_kill_9_mid_call_raises_worker_crashed_and_the_pool_refills(pool):
     target = pool.workers()[0]
     killer = threading.Thread(target=lambda: (wait_until(lambda: busy(pool, target.id)),

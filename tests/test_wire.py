@@ -56,3 +56,43 @@ def test_bytes_that_are_not_a_message_are_refused():
         assert "frames" in str(exc)
     else:
         raise AssertionError("a frame count of 4 billion was accepted")
+
+
+def test_a_call_for_an_executor_not_yet_connected_waits_for_it(tmp_path):
+    # A worker's io thread can say hello before the pool has read the introductions of its
+    # executors' connections (nothing orders the reads of two sockets): a call sent to an
+    # executor the channel has not met yet is held, and sent when it introduces itself.
+    import asyncio
+
+    from kernelpit.kernels.protocol import decode, encode
+    from kernelpit.pool.channel import Channel
+
+    def first_message(sock):
+        got = []
+
+        def handle(frames):
+            got.append(decode(frames))
+            return False
+
+        wire.receive_forever(sock, handle)
+        return got[0]
+
+    async def main():
+        channel = await Channel.open(tmp_path, lambda worker, msg: None)
+        try:
+            call = encode({"op": "call", "id": 1, "tool": "add", "args": [1, 2]})
+            assert channel.send_call(7, 0, call) is False  # no such worker connected
+            io = wire.connect(channel.endpoint, "7")
+            while not channel.send(7, {"op": "ping", "id": 1}):  # its io thread, introduced
+                await asyncio.sleep(0.001)
+            assert await asyncio.to_thread(first_message, io) == {"op": "ping", "id": 1}
+            assert channel.send_call(7, 0, call) is True  # held: executor 0 is not known yet
+            executor = wire.connect(channel.endpoint, "7.0")
+            got = await asyncio.to_thread(first_message, executor)
+            assert got == {"op": "call", "id": 1, "tool": "add", "args": [1, 2]}
+            io.close()
+            executor.close()
+        finally:
+            channel.close()
+
+    asyncio.run(main())

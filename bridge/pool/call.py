@@ -31,6 +31,7 @@ class Call:
     streaming: bool = False
     id: int = field(default_factory=lambda: next(_ids))
     worker: "Worker | None" = None
+    executor: int = 0  # which of the worker's executor threads runs it
     pinned: int | None = None
     thread_safe: bool = False
     submitted: float = field(default_factory=time.monotonic)

@@ -2,9 +2,11 @@
 
 It listens inside the run's private (0700) directory, so only this user's
 processes can reach it.  Each agent thread connects and introduces itself as
-``<worker>`` (io thread) or ``<worker>.<n>`` (executor n); messages go to a
-worker's io thread, and every incoming message is handed to
-``on_message(worker_id, msg)`` on the event loop as soon as it is read.
+``<worker>`` (io thread) or ``<worker>.<n>`` (executor n).  A call goes to the
+executor that is to run it (:meth:`Channel.send_call`), so the thread its arrival
+wakes is the one that runs it; cancels, pings and stops go to the io thread
+(:meth:`Channel.send`), which serves them while tools run.  Every incoming message
+is handed to ``on_message(worker_id, msg)`` on the event loop as soon as it is read.
 
 Frames travel as :mod:`kernelpit.kernels.wire` lays them out; a plain socket
 read by the event loop costs one wake-up per hop, where a ZMQ socket would add
@@ -26,7 +28,7 @@ import json
 import logging
 import os
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from ..kernels import signing, wire
 from ..kernels.arrow import DecodeError, Transport
@@ -55,8 +57,12 @@ class Channel:
         self._transport = transport
         self.path = f"{directory}/calls"
         self.endpoint = f"unix://{self.path}"
-        self._io: dict[int, asyncio.Transport] = {}  # worker id -> its io thread's connection
-        self._links: dict[int, signing.Link] = {}  # worker id -> its signed io link (TCP only)
+        self._io: dict[int, _Peer] = {}  # worker id -> its io thread's connection
+        self._executors: dict[tuple[int, int], _Peer] = {}  # (worker id, n) -> executor n's
+        # calls for an executor whose connection has not introduced itself yet (a worker
+        # that has just said hello: its executors connected first, but nothing orders the
+        # reads of two connections), sent when it does
+        self._held: dict[tuple[int, int], list[list[Any]]] = {}
         self._server: asyncio.AbstractServer | None = None
         self._tcp: asyncio.AbstractServer | None = None
         self.tcp_endpoint: str | None = None
@@ -90,18 +96,26 @@ class Channel:
 
         Returns False when the worker is not connected (yet, or any more).
         """
-        conn = self._io.get(worker_id)
-        if conn is None or conn.is_closing():
+        peer = self._io.get(worker_id)
+        if peer is None or peer.transport.is_closing():
             return False
-        frames = msg if isinstance(msg, list) else encode(msg)
-        link = self._links.get(worker_id)
-        if link is not None:
-            for message in wire.signed_messages(frames, link):
-                for piece in wire.pieces(message):
-                    conn.write(piece)
+        peer.write(msg if isinstance(msg, list) else encode(msg))
+        return True
+
+    def send_call(self, worker_id: int, executor: int, frames: list[Any]) -> bool:
+        """Send a call's frames to executor ``executor`` of a worker.
+
+        Returns False when the worker is not connected (yet, or any more).
+        """
+        peer = self._executors.get((worker_id, executor))
+        if peer is None:
+            if worker_id not in self._io:
+                return False
+            self._held.setdefault((worker_id, executor), []).append(frames)
             return True
-        for piece in wire.pieces(frames):  # one write for a small message
-            conn.write(piece)
+        if peer.transport.is_closing():
+            return False
+        peer.write(frames)
         return True
 
     def _received(self, worker_id: int, frames: list[Any], decoder: Decoder) -> None:
@@ -123,13 +137,30 @@ class Channel:
         for server in (self._server, self._tcp):
             if server is not None:
                 server.close()
-        for conn in list(self._io.values()):
-            conn.close()
+        for peer in [*self._io.values(), *self._executors.values()]:
+            peer.transport.close()
         self._io.clear()
-        self._links.clear()
+        self._executors.clear()
+        self._held.clear()
         wire.drop_kept()  # large received frames kept for reuse that nobody holds any more
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+class _Peer(NamedTuple):
+    """One agent thread's connection, and its signed link when it came over TCP."""
+
+    transport: asyncio.Transport
+    link: signing.Link | None = None
+
+    def write(self, frames: list[Any]) -> None:
+        if self.link is not None:
+            for message in wire.signed_messages(frames, self.link):
+                for piece in wire.pieces(message):
+                    self.transport.write(piece)
+            return
+        for piece in wire.pieces(frames):  # one write for a small message
+            self.transport.write(piece)
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -143,6 +174,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._decoder = Decoder(channel.transport)
         self._signed = signed
         self._worker: int | None = None
+        self._executor: int | None = None  # n for executor n's connection, None for the io thread's
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -183,23 +215,35 @@ class _Connection(asyncio.BufferedProtocol):
     def _introduced(self, frames: list[Any]) -> None:
         identity = bytes(frames[0]).decode("ascii", "replace")
         worker, _, thread = identity.partition(".")
+        assert self._transport is not None
         try:
-            self._worker = int(worker)
+            worker_id, executor = int(worker), (int(thread) if thread else None)
         except ValueError:
             log.warning("dropped a connection to the call channel that is not an agent's "
                         "(identity %r)", identity)
-            assert self._transport is not None
             self._transport.close()
             return
-        if not thread:
-            assert self._transport is not None
-            self._channel._io[self._worker] = self._transport
-            if self._signed:
-                self._channel._links[self._worker] = self._reader.link
-            else:
-                self._channel._links.pop(self._worker, None)
+        self._worker, self._executor = worker_id, executor
+        peer = _Peer(self._transport, self._reader.link if self._signed else None)
+        channel = self._channel
+        if executor is None:
+            channel._io[worker_id] = peer
+            return
+        channel._executors[worker_id, executor] = peer
+        for held in channel._held.pop((worker_id, executor), ()):
+            peer.write(held)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._worker is not None and self._channel._io.get(self._worker) is self._transport:
-            del self._channel._io[self._worker]
-            self._channel._links.pop(self._worker, None)
+        channel, worker = self._channel, self._worker
+        if worker is None:
+            return
+        if self._executor is None:
+            peer = channel._io.get(worker)
+            if peer is not None and peer.transport is self._transport:
+                del channel._io[worker]
+                for key in [key for key in channel._held if key[0] == worker]:
+                    del channel._held[key]  # the worker is gone: its calls end with it
+            return
+        peer = channel._executors.get((worker, self._executor))
+        if peer is not None and peer.transport is self._transport:
+            del channel._executors[(worker, self._executor)]

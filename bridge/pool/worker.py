@@ -279,14 +279,26 @@ class Worker(WorkerBase):
 
     # -- calls -----------------------------------------------------------------------
     def begin(self, call: Call) -> None:
+        call.executor = self._least_busy_executor()
         self.inflight[call.id] = call
         call.worker = self
         call.started = now = time.monotonic()
         call.emit(Started(worker=self.id))
-        self._channel.send(self.id, call.frames)
+        self._channel.send_call(self.id, call.executor, call.frames)
         if self.telemetry.active:
             self.telemetry.publish("call.started", self.config.name, self.id, call.tool, call.id,
                                    queue_wait=now - call.submitted, attempt=call.attempts)
+
+    def _least_busy_executor(self) -> int:
+        """The executor thread with the fewest of this worker's calls in flight: a call sent
+        to a busy one waits in its socket until it is free."""
+        threads = self.config.concurrency
+        if threads == 1 or not self.inflight:
+            return 0
+        load = [0] * threads
+        for running in self.inflight.values():
+            load[running.executor] += 1
+        return load.index(min(load))
 
     def cancel(self, call: Call) -> None:
         if call.id in self.inflight and not call.cancel_sent:

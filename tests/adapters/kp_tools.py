@@ -149,6 +149,19 @@ def ts_sleep(seconds: float = 0.3) -> float:
     return seconds
 
 
+_MEETINGS = {}
+
+
+@tool(thread_safe=True)
+def ts_meet(name: str, parties: int = 2, timeout: float = 30.0) -> str:
+    """Wait until ``parties`` calls of the same ``name`` are all running in this worker at once;
+    returns the thread it ran on (a BrokenBarrierError if they never overlap)."""
+    import threading
+    barrier = _MEETINGS.setdefault(name, threading.Barrier(parties))
+    barrier.wait(timeout)
+    return threading.current_thread().name
+
+
 _HOARD = []
 
 
