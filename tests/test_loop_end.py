@@ -83,12 +83,11 @@ def test_a_pool_left_open_stops_its_kernels_with_its_loop_or_when_dropped():
         async def dropped():
             pool = await kernelpit.aio.Pool(adapters=["kp_tools"], workers=1, path=[sys.argv[1]]).start()
             pids = [w.pid for w in await pool.workers()]
+            kernels = [psutil.Process(p) for p in pids]
             del pool
             gc.collect()
-            for _ in range(600):  # the pool closes on this loop, in a task of its own
-                if not running(pids):
-                    break
-                await asyncio.sleep(0.05)
+            # the pool closes on this loop, in a task of its own, while this waits for its kernel
+            await asyncio.to_thread(psutil.wait_procs, kernels, 30)
             return pids, running(pids)
 
         pids = asyncio.run(left_open())
