@@ -7,6 +7,7 @@ ran and reported rows and targets in the expected shape.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,26 @@ def test_quick_subset_writes_json(tmp_path: Path) -> None:
     assert s6_targets["S6.embedded_p50"]["met"] in (True, False) and s6_targets["S6.embedded_p50"]["ratio"]
     assert s6_targets["S6.remote_p50"]["met"] is None  # --no-remote: not measured, and says so
     assert "Kp/peer" in proc.stdout and "TARGETS" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_ab_runs_the_other_commits_kernelpit(tmp_path: Path) -> None:
+    # benchmarks.ab compares this tree with Kernelpit at another commit; that side must really
+    # import the other commit's code, or every comparison is the tree against itself
+    from benchmarks import ab
+
+    packages = ab.checkout("HEAD", tmp_path)
+    found = subprocess.run(
+        [sys.executable, "-c", "import kernelpit, kernelpit.kernels.agent as a; "
+                               "print(kernelpit.__file__); print(a.__file__)"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(packages)},
+        capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert [Path(line).parent for line in found.stdout.split()] == [
+        packages / "kernelpit", packages / "kernelpit" / "kernels"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab", "HEAD", "--only", "s1", "--quick", "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
+    assert "S1.embedded_p50" in lines and "S1.remote_vs_echo" in lines
