@@ -62,8 +62,9 @@ def _check_imports_from(pythonpath: str) -> None:
                            cwd=str(ROOT), env=env, capture_output=True, text=True).stdout.strip()
     if not found.startswith(pythonpath):
         raise SystemExit(f"kernelpit imports from {found or 'nowhere'} with PYTHONPATH={pythonpath}, "
-                         "not from the checked-out commit; install Kernelpit in editable mode "
-                         "(pip install -e .), which PYTHONPATH can override")
+                         "not from the checked-out commit: something ahead of PYTHONPATH on "
+                         "sys.path provides it; run from an environment where Kernelpit is "
+                         "installed normally (pip install -e . or pip install .)")
 
 
 def run_once(args: argparse.Namespace, pythonpath: str | None, out: Path) -> dict[str, Any]:
