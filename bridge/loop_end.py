@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import warnings
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncGenerator, Awaitable, Callable
 
 
 class LoopEnd:
@@ -36,7 +36,7 @@ class LoopEnd:
         self._what = what
         self._when = "as its event loop ends"
         self._loop = asyncio.get_running_loop()
-        self._watch: AsyncIterator[None] | None = self._watching()
+        self._watch: AsyncGenerator[None, None] | None = self._watching()
         # The first step registers the generator with the loop (the firstiter hook), so
         # that shutdown_asyncgens() finds it; it is taken here, synchronously, with a
         # finalizer of our own for a handle dropped unclosed (see _finalize).
@@ -49,7 +49,7 @@ class LoopEnd:
         finally:
             sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=finalizer)
 
-    async def _watching(self) -> AsyncIterator[None]:
+    async def _watching(self) -> AsyncGenerator[None, None]:
         try:
             yield
         finally:  # GeneratorExit: the loop is ending (or the handle was dropped)
@@ -73,5 +73,5 @@ class LoopEnd:
         """The handle is being closed by its program: nothing is left for the loop's end."""
         self._close = None
         watch, self._watch = self._watch, None
-        if watch is not None and not watch.ag_running:  # type: ignore[attr-defined]
-            await watch.aclose()  # type: ignore[attr-defined]
+        if watch is not None and not watch.ag_running:
+            await watch.aclose()
