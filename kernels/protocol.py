@@ -36,7 +36,8 @@ Worker -> host ops::
     {"op": "ev", "id": 7, "k": "result", "value": ...}      # last event of a call (a list for cols)
     {"op": "ev", "id": 7, "k": "error", "error": {...}}     # last event of a call
     {"op": "pong", "id": 8}
-    {"op": "ahead", "a": 0, "t": "d"}  + 1 frame             # a long packed list, ahead of its message
+    {"op": "ahead", "a": 0, "t": "d", "id": 7, "k": "result"}  + 1 frame  # a long packed list,
+                                                                          # ahead of its message
 
 A packed list of at least ``AHEAD_FROM`` bytes in an event goes ahead of the event as a
 message of its own, sent as soon as it is packed; the event refers to it as
@@ -225,6 +226,15 @@ class _Shipped:
         self.index, self.typecode = index, typecode
 
 
+def _owner(msg: dict[str, Any]) -> bytes:
+    """The end of a list's ``ahead`` header that names the event it goes ahead of: its
+    call's id and its kind (``,"id":7,"k":"result"``); empty for a message of no call."""
+    call_id = msg.get("id")
+    if type(call_id) is not int:
+        return b""
+    return b',"id":%d,"k":%s' % (call_id, markers.dumps(msg.get("k")).encode())
+
+
 class EncodeError(TypeError):
     """A value that the wire format cannot carry."""
 
@@ -236,9 +246,10 @@ def encode(msg: dict[str, Any], transport: Transport | None = None,
     ``transport`` says where large Arrow values go (shared memory) and whether
     pickle may carry other objects; without it everything is inline.  ``ahead``: each
     packed list of at least :data:`AHEAD_FROM` bytes is handed to it as a message of its
-    own as soon as it is packed, ``{"op": "ahead", "a": K, "t": "d"}`` and the list's frame,
-    and the message refers to it as ``{"$kp": "list", "t": "d", "a": K}``; a
-    :class:`Decoder` turns it into its list while this side packs the next one.
+    own as soon as it is packed, ``{"op": "ahead", "a": K, "t": "d"}`` and the list's frame
+    (with ``"id"`` and ``"k"``, the message's call and kind, when it has them), and the
+    message refers to it as ``{"$kp": "list", "t": "d", "a": K}``; a :class:`Decoder` turns
+    it into its list while this side packs the next one.
     """
     buffers: list[Any] = []
     indexes = itertools.count()  # of the lists sent ahead of this message
@@ -247,7 +258,8 @@ def encode(msg: dict[str, Any], transport: Transport | None = None,
         if ahead is None or len(packed) * packed.itemsize < AHEAD_FROM:
             return packed
         stand_in = _Shipped(next(indexes), packed.typecode)
-        ahead([b'{"op":"ahead","a":%d,"t":"%s"}' % (stand_in.index, packed.typecode.encode()),
+        ahead([b'{"op":"ahead","a":%d,"t":"%s"%s}' % (stand_in.index, packed.typecode.encode(),
+                                                      _owner(msg)),
                memoryview(packed).cast("B")])
         return stand_in
 
@@ -370,9 +382,13 @@ class Decoder:
     the same indexes before it refers to them.
     """
 
-    def __init__(self, transport: Transport | None = None) -> None:
+    def __init__(self, transport: Transport | None = None,
+                 on_ahead: Callable[[dict[str, Any], Any], None] | None = None) -> None:
         self.transport = transport
         self._ahead: dict[int, Any] = {}
+        #: told ``(header, value)`` of each list that came ahead of its message, as it comes
+        #: (the bridge sends a result's lists on to its client before the result is complete)
+        self.on_ahead = on_ahead
 
     def decode(self, frames: list[Any]) -> dict[str, Any] | None:
         """The message in ``frames``, or None for a list sent ahead (kept for the next)."""
@@ -388,8 +404,10 @@ class Decoder:
             index = head["a"]
             if type(index) is not int or len(frames) != 2:
                 raise ValueError(f"a list sent ahead is one frame with an int index, not {head}")
-            self._ahead[index] = _read_list(frames[1], head["t"],
-                                            (self.transport or _INLINE).passes_on)
+            value = self._ahead[index] = _read_list(frames[1], head["t"],
+                                                    (self.transport or _INLINE).passes_on)
         except (KeyError, TypeError, ValueError) as exc:
             raise arrow.DecodeError(f"a list sent ahead of its message cannot be read: {exc}") \
                 from None
+        if self.on_ahead is not None:
+            self.on_ahead(head, value)

@@ -5,6 +5,8 @@ from __future__ import annotations
 #: request metadata by which a client asks for results with packed lists ({"$kp": "list"})
 ACCEPT_KEY = "kernelpit-accept"
 ACCEPT_PACKED = "packed-lists"
+#: ... and by which it asks for large results streamed as they are made (contract.streamed)
+ACCEPT_STREAMED = "streamed-results"
 #: request metadata naming the client that sent an RPC (the holder of a lease)
 CLIENT_ID_KEY = "kernelpit-client-id"
 

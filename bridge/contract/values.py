@@ -53,7 +53,8 @@ class BadValue(ValueError):
 
 
 def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
-             packed: bool = False, shm: arrow.Transport | None = None) -> pb.Value:
+             packed: bool = False, shm: arrow.Transport | None = None,
+             sent: dict[int, int] | None = None) -> pb.Value:
     """Encode a Python value (JSON types, bytes, Arrow tables, DataFrames, arrays).
 
     With ``park``, Arrow buffers beyond ``limit`` bytes in total go to ``park`` and the
@@ -61,6 +62,8 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
     lists of at least 64 plain ints (int64) or floats travel as one buffer each
     (``{"$kp": "list", ...}``), for peers that read that marker.  ``shm``: Arrow data of
     at least ``shm.threshold`` bytes goes by shared memory (the local transport).
+    ``sent``: the packed lists already sent ahead of this value (``id(list)`` -> index, see
+    :mod:`.streamed`), referred to as ``{"$kp": "list", "t": T, "a": index}``.
     """
     if obj is None:
         return _EMPTY
@@ -91,7 +94,9 @@ def to_value(obj: Any, park: Park | None = None, limit: int = 4 << 20,
         if arrow.handles(o):
             return _encode_arrow(o, buffers, refs, park, room, shm)
         if type(o) is PackedList and packed:
-            data = o if sys.byteorder == "little" else _swapped(o)
+            if sent and id(o) in sent:
+                return {MARKER: "list", "t": o.typecode, "a": sent[id(o)]}
+            data = little_endian(o)
             return markers.buffer_ref("list", add(memoryview(data).cast("B"), len(o) * o.itemsize),
                                       t=o.typecode)
         if isinstance(o, array):
@@ -119,13 +124,24 @@ _NO_REF = pb.BlobRef()
 _LIST_TYPES = {"q": 8, "d": 8}  # little-endian int64, float64
 
 
-def _swapped(values: array) -> array:
+def little_endian(values: array) -> array:
+    """``values`` with its numbers little-endian (as a packed list's buffer holds them):
+    itself on a little-endian machine, else a swapped copy."""
+    if sys.byteorder == "little":
+        return values
     out = array(values.typecode, values)
     out.byteswap()
     return out
 
 
-def _decode_list(marker: dict[str, Any], buffers: Any, what: str) -> list[Any]:
+def _decode_list(marker: dict[str, Any], buffers: Any, what: str,
+                 ahead: dict[int, list[Any]] | None = None) -> list[Any]:
+    if "a" in marker:
+        try:
+            return (ahead or {})[marker["a"]]
+        except (KeyError, TypeError):
+            raise BadValue(f"{what} refers to a list sent ahead of it ({marker}) that did not "
+                           "come") from None
     kind, i = marker.get("t"), marker.get("i")
     if kind not in _LIST_TYPES or not isinstance(i, int) or not 0 <= i < len(buffers):
         raise BadValue(f"{what} has a list marker {{\"$kp\": \"list\", \"t\": T, \"i\": N}} with "
@@ -135,9 +151,14 @@ def _decode_list(marker: dict[str, Any], buffers: Any, what: str) -> list[Any]:
     if len(data) % _LIST_TYPES[kind]:
         raise BadValue(f"{what}: a list marker's buffer of {len(data)} bytes is not a whole "
                        "number of 8-byte values")
+    return numbers(data, kind)
+
+
+def numbers(data: Any, typecode: str) -> list[Any]:
+    """A packed list's buffer (little-endian ``typecode`` numbers) as a list."""
     if sys.byteorder == "little":
-        return unpacked(data, kind)
-    values = array(kind)
+        return unpacked(data, typecode)
+    values = array(typecode)
     values.frombytes(data)
     values.byteswap()
     return values.tolist()
@@ -181,12 +202,14 @@ def blob_refs(value: pb.Value) -> list[pb.BlobRef]:
 
 
 def from_value(value: pb.Value, what: str = "value", blobs: Fetch | None = None,
-               untrusted: bool = False, shm: arrow.Transport | None = None) -> Any:
+               untrusted: bool = False, shm: arrow.Transport | None = None,
+               ahead: dict[int, list[Any]] | None = None) -> Any:
     """Decode a Value; a malformed one raises BadValue naming ``what`` it was.
 
     ``blobs`` gives the data of the blobs it references.  ``untrusted``: the value
     came from a client, so Arrow data is validated in full before it is used.  ``shm``:
     the local transport's, to map Arrow data sent by shared memory (refused without it).
+    ``ahead``: the lists of a streamed result that came before it, by index (:mod:`.streamed`).
     """
     kind = value.WhichOneof("kind")
     if kind is None:
@@ -203,7 +226,7 @@ def from_value(value: pb.Value, what: str = "value", blobs: Fetch | None = None,
     if value.blobs:
         buffers = _resolve(value, what, blobs)
     try:
-        return _loads(value.json, buffers, what, untrusted, shm)
+        return _loads(value.json, buffers, what, untrusted, shm, ahead)
     except markers.MarkerError as exc:
         raise BadValue(f"{what}: {exc}") from None
     except json.JSONDecodeError as exc:
@@ -214,7 +237,7 @@ def from_value(value: pb.Value, what: str = "value", blobs: Fetch | None = None,
 
 
 def _loads(text: str, buffers: Any, what: str, untrusted: bool,
-           shm: arrow.Transport | None) -> Any:
+           shm: arrow.Transport | None, ahead: dict[int, list[Any]] | None) -> Any:
     if MARKER not in text:
         return markers.loads(text)
 
@@ -234,7 +257,7 @@ def _loads(text: str, buffers: Any, what: str, untrusted: bool,
         "bytes": arrow.once_per_file(read_bytes),
         "arrow": arrow.once_per_file(lambda marker: _decode_arrow(marker, buffers, what,
                                                                   untrusted, shm)),
-        "list": lambda marker: _decode_list(marker, buffers, what),
+        "list": lambda marker: _decode_list(marker, buffers, what, ahead),
     })
 
 
@@ -311,11 +334,12 @@ class Codec:
         self.packed = packed
         self.shm = shm  # the local transport's shared memory (see the module's docstring)
 
-    def encode(self, obj: Any) -> pb.Value:
-        return to_value(obj, self.park, self.limit, self.packed, self.shm)
+    def encode(self, obj: Any, sent: dict[int, int] | None = None) -> pb.Value:
+        return to_value(obj, self.park, self.limit, self.packed, self.shm, sent)
 
-    def decode(self, value: pb.Value, what: str = "value") -> Any:
-        return from_value(value, what, self.fetch, self.untrusted, self.shm)
+    def decode(self, value: pb.Value, what: str = "value",
+               ahead: dict[int, list[Any]] | None = None) -> Any:
+        return from_value(value, what, self.fetch, self.untrusted, self.shm, ahead)
 
 
 PLAIN = Codec()

@@ -47,6 +47,10 @@ class Call:
     #: (not a field) set by the pool while telemetry is on: told ``(call, exc)`` once, when the
     #: call ends (exc None: a result)
     observer = None
+    #: (not a field) told of the result as it comes, for the bridge to stream it on
+    #: (kernelpit.service.streamed): ``listener.ahead(index, list)`` for each list of the
+    #: result that the worker sends ahead of it, ``listener.ended()`` once the call has ended
+    listener = None
 
     def __post_init__(self) -> None:
         self.frames = self._encode()
@@ -106,6 +110,8 @@ class Call:
         self.emit(ev.Result(value=value))
         if self.observer is not None:
             self.observer(self, None)
+        if self.listener is not None:
+            self.listener.ended()
 
     def fail(self, exc: BaseException) -> None:
         self._cancel_timer()
@@ -116,6 +122,8 @@ class Call:
         self.emit(ev.Error(error=exc))
         if self.observer is not None:
             self.observer(self, exc)
+        if self.listener is not None:
+            self.listener.ended()
 
     def on_worker_event(self, msg: dict[str, Any]) -> bool:
         """Apply one event from the worker; True when it was the call's last."""
@@ -140,6 +148,11 @@ class Call:
             elif kind == "partial":
                 self.emit(ev.Partial(value=msg.get("value")))
         return False
+
+    def on_ahead(self, msg: dict[str, Any]) -> None:
+        """A list of an event that the worker sent ahead of the event."""
+        if self.listener is not None and msg["k"] == "result" and not self.future.done():
+            self.listener.ahead(msg["a"], msg["value"])
 
     def set_deadline(self, on_expiry: Any) -> None:
         if self.options.deadline is not None:

@@ -171,7 +171,7 @@ class _Connection(asyncio.BufferedProtocol):
     def __init__(self, channel: Channel, signed: bool = False) -> None:
         self._channel = channel
         self._reader: Any = wire.Reader()
-        self._decoder = Decoder(channel.transport)
+        self._decoder = Decoder(channel.transport, self._ahead)
         self._signed = signed
         self._worker: int | None = None
         self._executor: int | None = None  # n for executor n's connection, None for the io thread's
@@ -211,6 +211,14 @@ class _Connection(asyncio.BufferedProtocol):
                 self._introduced(frames)
             else:
                 self._channel._received(self._worker, frames, self._decoder)
+
+    def _ahead(self, head: dict[str, Any], value: Any) -> None:
+        """A list that came ahead of its event, told to the pool as ``{"op": "ahead", "id":
+        call, "k": the event's kind, "a": index, "value": the list}`` (see Call.on_ahead)."""
+        if self._worker is not None and "id" in head:
+            self._channel._on_message(self._worker, {
+                "op": "ahead", "id": head["id"], "k": head.get("k"), "a": head["a"],
+                "value": value})
 
     def _introduced(self, frames: list[Any]) -> None:
         identity = bytes(frames[0]).decode("ascii", "replace")

@@ -167,10 +167,16 @@ class PoolManager:
 
     # -- messages from workers -------------------------------------------------------------
     def _on_message(self, worker_id: int, msg: dict[str, Any]) -> None:
-        if msg.get("op") == "ev":
+        op = msg.get("op")
+        if op == "ev":
             call = self.calls.get(msg.get("id"))  # type: ignore[arg-type]
             if call is not None and call.on_worker_event(msg):
                 self._finished(call)
+            return
+        if op == "ahead":
+            call = self.calls.get(msg["id"])
+            if call is not None:
+                call.on_ahead(msg)
             return
         worker = self._worker(worker_id)
         if worker is not None:

@@ -28,9 +28,9 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
-from ..contract.framing import CHUNK, framed, pieces
+from ..contract.framing import CHUNK, frame, framed, pieces
 from ..kernels.arena import drop_gone, read_once
 
 DEFAULT_TTL = 60.0  # seconds a blob waits to be read or used
@@ -48,6 +48,8 @@ class _Blob:
     path: str | None = None             # an upload: the file it was written to
     owner: Any = None                   # the stream that made it (freed when cancelled)
     busy: bool = False                  # being read
+    feed: "asyncio.Queue[Any] | None" = None  # a streamed result: its records as they come
+    on_free: Callable[[], None] | None = None  # told when the blob is freed, however
 
 
 class BlobStore:
@@ -60,6 +62,7 @@ class BlobStore:
         self.chunk = chunk
         self._blobs: dict[str, _Blob] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self.streamed = 0  # results streamed (kernelpit_results_streamed)
 
     def __len__(self) -> int:
         return len(self._blobs)
@@ -90,8 +93,33 @@ class BlobStore:
                                      segments=segments, owner=owner)
         return blob_id
 
+    def open_feed(self, on_free: Callable[[], None]) -> tuple[str, "asyncio.Queue[Any]"]:
+        """A blob read as it is made (a streamed result, :mod:`kernelpit.service.streamed`):
+        its id, and the queue to put its records on, each ``(head, body)`` (two buffers, each
+        sent as chunks of its own), then None at the end.  ``on_free`` is told when the blob
+        is freed: read to its end, cut short, or unread for ``ttl`` seconds."""
+        blob_id = uuid.uuid4().hex
+        self.streamed += 1
+        feed: asyncio.Queue[Any] = asyncio.Queue()
+        self._blobs[blob_id] = _Blob(blob_id, 0, time.monotonic() + self.ttl, feed=feed,
+                                     on_free=on_free)
+        return blob_id, feed
+
     async def read(self, blob_id: str) -> AsyncIterator[bytes]:
         """The blob as serialized BlobChunks; the blob is freed when this ends, however it ends."""
+        blob = self._blobs.get(blob_id)
+        if blob is not None and blob.feed is not None and not blob.busy:
+            blob.busy = True
+            try:
+                while (record := await blob.feed.get()) is not None:
+                    head, body = record
+                    yield frame(head)
+                    for chunk in framed([body], self.chunk):
+                        yield chunk
+                    del record, head, body  # not kept while the next record is awaited
+            finally:
+                self._free(blob_id)
+            return
         with self.reading(blob_id) as (_, segments):
             for chunk in framed(segments, self.chunk):
                 yield chunk
@@ -107,7 +135,8 @@ class BlobStore:
                             f"{self.ttl:g} s unread, or its call was cancelled")
         if blob.busy or blob.segments is None:
             raise BlobError(f"blob '{blob_id}' is being read already, or is an upload "
-                            "(uploads are used by the request that references them)")
+                            "(uploads are used by the request that references them), or is "
+                            "a streamed result (read with ReadBlob)")
         blob.busy = True
         try:
             yield blob.size, [read_once(s) for s in blob.segments]
@@ -189,8 +218,12 @@ class BlobStore:
 
     def _free(self, blob_id: str) -> None:
         blob = self._blobs.pop(blob_id, None)
-        if blob is not None and blob.path is not None:
+        if blob is None:
+            return
+        if blob.path is not None:
             _unlink(blob.path)
+        if blob.on_free is not None:
+            blob.on_free()
 
     def close(self) -> None:
         if self._sweeper is not None:

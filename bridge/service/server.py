@@ -174,9 +174,9 @@ class Bridge:
                     from ..telemetry.metrics import for_registry
                     for_registry(self.metrics.registry).add_jobs(self.runner)
             await self._serve()
-            if self._lane is not None and self.metrics.registry is not None:
+            if self.metrics.registry is not None:
                 from ..telemetry.metrics import for_registry
-                for_registry(self.metrics.registry).add_blob_lane(self._lane)
+                for_registry(self.metrics.registry).add_blobs(self.blobs, self._lane)
             self.metrics.serve()
         except BaseException:
             await self.backend.stop_jobs()

@@ -21,8 +21,9 @@ from ..v1 import bridge_pb2_grpc as pb_grpc
 from ..v1 import values_pb2 as values_pb
 from ..contract import convert, errors
 from ..contract.framing import BLOB_SIZE_KEY, batch as message_batch, chunk_size, split
-from ..contract.metadata import ACCEPT_KEY, ACCEPT_PACKED
+from ..contract.metadata import ACCEPT_KEY, ACCEPT_PACKED, ACCEPT_STREAMED
 from ..contract.values import Codec
+from . import streamed
 from .blobs import BlobError, BlobStore
 from .multiplex import serve_calls
 from .idle import IdleMonitor
@@ -81,12 +82,16 @@ class BridgeServicer(pb_grpc.BridgeServicer):
 
     # -- calls -----------------------------------------------------------------------
     @staticmethod
-    def _accepts_packed(context: grpc.aio.ServicerContext) -> bool:
-        """Whether the client reads list markers in results (see values.proto)."""
+    def _accepted(context: grpc.aio.ServicerContext) -> list[str]:
+        """What the client reads in results beyond the plain Value (``kernelpit-accept``)."""
         for key, value in context.invocation_metadata() or ():
             if key == ACCEPT_KEY:
-                return ACCEPT_PACKED in value.split(",")
-        return False
+                return value.split(",")
+        return []
+
+    def _accepts_packed(self, context: grpc.aio.ServicerContext) -> bool:
+        """Whether the client reads list markers in results (see values.proto)."""
+        return ACCEPT_PACKED in self._accepted(context)
 
     def _result_codec(self, context: grpc.aio.ServicerContext, park: Any = None) -> Codec:
         """How results go back: large Arrow data by shared memory to a local-transport client
@@ -110,20 +115,32 @@ class BridgeServicer(pb_grpc.BridgeServicer):
                                                               self._request_codec(context))
             options = self._tenancy.options(options, context)
             if tracing.tracer() is None:
-                value = await self._manager.call(request.tool, args, kwargs, options)
+                result = await self._call(request.tool, args, kwargs, options, context)
             else:
                 with tracing.server_span(request.tool, request.options.trace_context,
                                          context.invocation_metadata()):
-                    value = await self._manager.call(request.tool, args, kwargs, options)
+                    result = await self._call(request.tool, args, kwargs, options, context)
             response = pb.CallResponse()
-            if value is not None:  # CopyFrom, not CallResponse(result=...): see framing.batch
-                response.result.CopyFrom(self._result_codec(context).encode(value))
+            if result is not None:  # CopyFrom, not CallResponse(result=...): see framing.batch
+                response.result.CopyFrom(result)
             return response
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:
             await abort(context, exc)
             raise  # unreachable: abort raises
+
+    async def _call(self, tool: str, args: Any, kwargs: dict[str, Any], options: Any,
+                    context: grpc.aio.ServicerContext) -> values_pb.Value | None:
+        """A unary call's result as a Value: streamed (see .streamed) to a gRPC client that
+        reads packed lists and streamed results, else whole."""
+        accepted = self._accepted(context)
+        if ACCEPT_STREAMED in accepted and ACCEPT_PACKED in accepted \
+                and getattr(context, "shared_memory", None) is None:
+            return await streamed.run_call(self._manager, self.blobs, self._packed_results,
+                                           tool, args, kwargs, options)
+        value = await self._manager.call(tool, args, kwargs, options)
+        return None if value is None else self._result_codec(context).encode(value)
 
     async def Calls(self, requests: AsyncIterator[pb.CallBatch],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReplyBatch]:

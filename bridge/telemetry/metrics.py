@@ -98,6 +98,8 @@ class PoolMetrics:
         self.runners: weakref.WeakSet[Any] = weakref.WeakSet()
         #: blob lanes (kernelpit.service.blob_lane.BlobLane) whose counts are kernelpit_blob_lane_*
         self.lanes: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: blob stores (kernelpit.service.blobs.BlobStore): kernelpit_results_streamed
+        self.stores: weakref.WeakSet[Any] = weakref.WeakSet()
         registry.register(_Collector(self))
 
     def sink(self, event: TelemetryEvent) -> None:
@@ -137,9 +139,12 @@ class PoolMetrics:
         """Publish ``kernelpit_jobs{state}``: the jobs of the runner's store, read at scrape."""
         self.runners.add(runner)
 
-    def add_blob_lane(self, lane: Any) -> None:
-        """Publish the blob lane's counts (``kernelpit_blob_lane_*``), read at scrape."""
-        self.lanes.add(lane)
+    def add_blobs(self, store: Any, lane: Any = None) -> None:
+        """Publish a bridge's blob counts, read at scrape: its results streamed
+        (``kernelpit_results_streamed``) and its blob lane's (``kernelpit_blob_lane_*``)."""
+        self.stores.add(store)
+        if lane is not None:
+            self.lanes.add(lane)
 
     def remove(self, manager: "PoolManager") -> None:
         self.managers.discard(manager)
@@ -198,6 +203,11 @@ class _Collector:
         yield from _state(list(m.managers))
         yield from _jobs(list(m.runners))
         yield from _lanes(list(m.lanes))
+        stores = list(m.stores)
+        if stores:
+            yield CounterMetricFamily("kernelpit_results_streamed", "Results sent on to their "
+                                      "client while their worker was still making them "
+                                      "(streamed results).", value=sum(s.streamed for s in stores))
 
 
 def _lanes(lanes: list[Any]) -> Iterator[Any]:

@@ -1,0 +1,144 @@
+"""Streamed results (kernelpit.contract.streamed): a large result of numeric lists read by
+the client while the worker still packs the rest, with a real bridge, real kernels, the
+Python client and a client of the proto alone."""
+
+import json
+import struct
+
+import grpc
+import pytest
+
+import kernelpit
+from conftest import ADAPTERS, wait_until
+from kernelpit.config import PoolConfig
+from kernelpit.service.server import Bridge
+from kernelpit.sync import Portal
+from kernelpit.v1 import bridge_pb2 as pb
+from kernelpit.v1 import bridge_pb2_grpc as pb_grpc
+from kernelpit.v1 import values_pb2
+
+MAX_MESSAGE = 1 << 20  # chunks of 512 KB: a 1.6 MB column comes in several
+TTL = 3.0
+# 8 MB a column, above the bridge's STREAM_FROM (1 MiB): the worker packs each in ~10 ms,
+# time enough for the bridge to start the stream before the result comes
+ROWS = 1_000_000
+STREAMED = (("kernelpit-accept", "packed-lists,streamed-results"),)
+
+
+@pytest.fixture(scope="module")
+def bridge():
+    portal = Portal("test-streamed")
+    b = Bridge([PoolConfig(name="default", adapters=["kp_tools"], workers=1, path=[ADAPTERS])],
+               max_message_size=MAX_MESSAGE, grace=5, discovery=False, blob_ttl=TTL)
+    portal.call(b.start)
+    yield b
+    portal.call(b.stop, 0)
+    portal.stop()
+
+
+@pytest.fixture(scope="module")
+def client(bridge):
+    with kernelpit.connect(bridge.address, bridge.token, transport="grpc") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def stub(bridge):
+    channel = grpc.insecure_channel(bridge.address)
+    yield pb_grpc.BridgeStub(channel)
+    channel.close()
+
+
+@pytest.fixture
+def auth(bridge):
+    return (("authorization", f"Bearer {bridge.token}"),)
+
+
+def table(rows, cols=3):
+    return {f"c{j}": [i * 0.5 + j for i in range(rows)] for j in range(cols)}
+
+
+def call_request(rows, **kwargs):
+    return pb.CallRequest(tool="float_columns", kwargs=values_pb2.Value(
+        json=json.dumps({"rows": rows, **kwargs})))
+
+
+def records(chunks):
+    """The records of a streamed result's blob, read as the format in
+    kernelpit.contract.streamed says: a 14-byte head chunk, then the body's chunks."""
+    out, it = [], iter(chunks)
+    for head in it:
+        kind, typecode, index, size = struct.unpack("<ccIQ", head.data)
+        body = b""
+        while len(body) < size:
+            body += next(it).data
+        assert len(body) == size
+        out.append((kind, typecode, index, body))
+    return out
+
+
+def test_a_large_table_comes_back_exact_to_the_python_client(bridge, client):
+    streamed = bridge.blobs.streamed
+    expected = table(ROWS)
+    got = client.call("float_columns", ROWS)
+    assert got == expected and all(type(x) is float for x in got["c2"])
+    # partials' lists are not the result's: the result still comes back whole and exact
+    assert client.call("float_columns", ROWS, cols=2, partials=2) == table(ROWS, 2)
+    assert client.call("float_columns", 100) == table(100)  # small: a plain reply
+    assert client.call("float_columns", 100_000) == table(100_000)  # 0.8 MB columns: plain
+    assert bridge.blobs.streamed == streamed + 2  # (kernelpit_results_streamed)
+    wait_until(lambda: len(bridge.blobs) == 0, timeout=TTL - 1)  # freed as read, not at the TTL
+
+
+def test_the_format_as_a_client_of_the_proto_reads_it(bridge, stub, auth):
+    expected = table(ROWS)
+    reply = stub.Call(call_request(ROWS), metadata=(*auth, *STREAMED))
+    value = reply.result
+    assert value.encoding == "kernelpit-streamed" and value.WhichOneof("kind") == "raw"
+    assert value.raw == b"" and value.blobs[0].id
+    chunks = stub.ReadBlob(pb.ReadBlobRequest(id=value.blobs[0].id), metadata=auth)
+    *lists, last = records(chunks)
+    assert last[0] == b"V" and {r[0] for r in lists} == {b"L"}
+    numbers = {index: list(struct.unpack(f"<{len(body) // 8}d", body))
+               for _, typecode, index, body in lists if typecode == b"d"}
+    result = values_pb2.Value.FromString(last[3])
+    doc = json.loads(result.json)
+    assert {k: numbers[m["a"]] for k, m in doc.items()} == expected
+    assert all(m == {"$kp": "list", "t": "d", "a": m["a"]} for m in doc.values())
+    # a client that reads packed lists but did not ask for streaming gets the whole value
+    whole = stub.Call(call_request(ROWS), metadata=(*auth, ("kernelpit-accept", "packed-lists")))
+    assert whole.result.encoding == "" and json.loads(whole.result.json)["c0"]["i"] == 0
+    for ref in whole.result.blobs:  # its columns are blobs here (above the message limit)
+        if ref.id:
+            assert sum(len(c.data) for c in stub.ReadBlob(
+                pb.ReadBlobRequest(id=ref.id), metadata=auth)) == ROWS * 8
+    wait_until(lambda: len(bridge.blobs) == 0, timeout=TTL - 1)
+
+
+def test_a_result_that_fails_after_its_lists_raises_the_tools_error(bridge, client):
+    # the columns are packed and sent ahead, then the set cannot be sent: the error ends
+    # the stream, and the client raises what a plain call raises
+    with pytest.raises(TypeError, match=r"cannot send: type builtins.set"):
+        client.call("float_columns", 1_000_000, then_unsendable=True)
+    assert client.call("float_columns", ROWS, cols=1) == table(ROWS, 1)
+    wait_until(lambda: len(bridge.blobs) == 0, timeout=TTL - 1)
+
+
+def test_a_stream_read_cut_short_or_never_read_is_freed(bridge, stub, auth, client):
+    reply = stub.Call(call_request(ROWS), metadata=(*auth, *STREAMED))
+    chunks = stub.ReadBlob(pb.ReadBlobRequest(id=reply.result.blobs[0].id), metadata=auth)
+    next(chunks)
+    chunks.cancel()  # the client goes away mid-read
+    wait_until(lambda: len(bridge.blobs) == 0, timeout=TTL - 1)  # at once, not at the TTL
+    unread = stub.Call(call_request(ROWS), metadata=(*auth, *STREAMED))
+    assert unread.result.encoding == "kernelpit-streamed"
+    wait_until(lambda: len(bridge.blobs) == 0, timeout=TTL + 5)  # freed after the TTL
+    err = None
+    try:
+        list(stub.ReadBlob(pb.ReadBlobRequest(id=unread.result.blobs[0].id), metadata=auth))
+    except grpc.RpcError as exc:
+        err = exc
+    assert err is not None and err.code() == grpc.StatusCode.NOT_FOUND
+    assert "expired" in err.details()
+    wait_until(lambda: any(w.state == "idle" for w in client.workers()))
+    assert client.call("add", 2, b=3) == 5
