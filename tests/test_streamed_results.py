@@ -25,21 +25,43 @@ ROWS = 1_000_000
 STREAMED = (("kernelpit-accept", "packed-lists,streamed-results"),)
 
 
-@pytest.fixture(scope="module")
-def bridge():
+def served(**kw):
     portal = Portal("test-streamed")
     b = Bridge([PoolConfig(name="default", adapters=["kp_tools"], workers=1, path=[ADAPTERS])],
-               max_message_size=MAX_MESSAGE, grace=5, discovery=False, blob_ttl=TTL)
+               max_message_size=MAX_MESSAGE, grace=5, discovery=False, blob_ttl=TTL, **kw)
     portal.call(b.start)
-    yield b
-    portal.call(b.stop, 0)
-    portal.stop()
+    try:
+        with kernelpit.connect(b.address, b.token, transport="grpc") as c:
+            yield b, c
+    finally:
+        portal.call(b.stop, 0)
+        portal.stop()
 
 
 @pytest.fixture(scope="module")
-def client(bridge):
-    with kernelpit.connect(bridge.address, bridge.token, transport="grpc") as c:
-        yield c
+def served_with_lane():
+    yield from served()
+
+
+@pytest.fixture(scope="module")
+def served_without_lane():
+    yield from served(blob_lane=False)  # the Python client reads the stream with ReadBlob
+
+
+@pytest.fixture(scope="module", params=["blob lane", "ReadBlob"])
+def bridge_and_client(request):
+    name = "served_with_lane" if request.param == "blob lane" else "served_without_lane"
+    return request.getfixturevalue(name)
+
+
+@pytest.fixture(scope="module")
+def bridge(served_with_lane):
+    return served_with_lane[0]
+
+
+@pytest.fixture(scope="module")
+def client(served_with_lane):
+    return served_with_lane[1]
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +99,17 @@ def records(chunks):
     return out
 
 
-def test_a_large_table_comes_back_exact_to_the_python_client(bridge, client):
+def test_a_large_table_comes_back_exact_to_the_python_client(bridge_and_client):
+    bridge, client = bridge_and_client
     streamed = bridge.blobs.streamed
+    lane = bridge._lane.served if bridge._lane is not None else None
     expected = table(ROWS)
     got = client.call("float_columns", ROWS)
     assert got == expected and all(type(x) is float for x in got["c2"])
     # partials' lists are not the result's: the result still comes back whole and exact
     assert client.call("float_columns", ROWS, cols=2, partials=2) == table(ROWS, 2)
+    if lane is not None:
+        assert bridge._lane.served == lane + 2  # both read over the blob lane
     assert client.call("float_columns", 100) == table(100)  # small: a plain reply
     assert client.call("float_columns", 100_000) == table(100_000)  # 0.8 MB columns: plain
     assert bridge.blobs.streamed == streamed + 2  # (kernelpit_results_streamed)
@@ -115,7 +141,8 @@ def test_the_format_as_a_client_of_the_proto_reads_it(bridge, stub, auth):
     wait_until(lambda: len(bridge.blobs) == 0, timeout=TTL - 1)
 
 
-def test_a_result_that_fails_after_its_lists_raises_the_tools_error(bridge, client):
+def test_a_result_that_fails_after_its_lists_raises_the_tools_error(bridge_and_client):
+    bridge, client = bridge_and_client
     # the columns are packed and sent ahead, then the set cannot be sent: the error ends
     # the stream, and the client raises what a plain call raises
     with pytest.raises(TypeError, match=r"cannot send: type builtins.set"):

@@ -4,6 +4,8 @@ the bridge answers with (the bridge's end is :mod:`kernelpit.service.blob_lane`,
 
     READ <blob id> <token, or - without one>\\n
     OK <size>\\n  (then the blob's bytes)    or    ERR <gRPC status name> <message>\\n
+    STREAM\\n  (a streamed result: then its records, each head and body back to back;
+               see kernelpit.contract.streamed)
 """
 
 from __future__ import annotations
@@ -37,17 +39,22 @@ def ok(size: int) -> bytes:
     return b"OK %d\n" % size
 
 
+STREAM = b"STREAM\n"
+
+
 def refusal(code: grpc.StatusCode, message: str) -> bytes:
     text = " ".join(message.split())  # one line
     return f"ERR {code.name} {text}\n".encode("utf-8", "replace")
 
 
 def parse_reply(line: bytes) -> tuple[int, None] | tuple[None, tuple[grpc.StatusCode, str]] | None:
-    """A reply line without its newline: (size, None) for OK, (None, (code, message)) for
-    ERR, None when it is not this protocol."""
+    """A reply line without its newline: (size, None) for OK, (-1, None) for STREAM,
+    (None, (code, message)) for ERR, None when it is not this protocol."""
     status, _, rest = line.decode("utf-8", "replace").partition(" ")
     if status == "OK" and rest.isdigit():
         return int(rest), None
+    if status == "STREAM" and not rest:
+        return -1, None
     if status == "ERR":
         name, _, message = rest.partition(" ")
         return None, (getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN), message)

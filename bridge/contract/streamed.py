@@ -120,6 +120,11 @@ class StreamReader:
         else:
             self._last = (kind, body)
 
+    @property
+    def done(self) -> bool:
+        """Whether the last record has come."""
+        return self._last is not None
+
     def result(self) -> pb.Value:
         """The result's Value; raises the call's error, or StreamError when the stream ended
         before its last record."""

@@ -20,7 +20,9 @@ from typing import Any, Callable
 
 from ..contract import errors
 from ..contract import lane as lines
+from ..contract.streamed import HEAD, StreamReader
 from ..exceptions import BridgeError
+from ..kernels import wire
 
 log = logging.getLogger("kernelpit.client")
 
@@ -44,7 +46,9 @@ class LaneReader:
 
     def read(self, blob_id: str, receiver: Any) -> bool:
         """Receive blob ``blob_id`` into ``receiver`` (its ``free()`` view, then
-        ``advance(n)``); False when the lane could not be reached (read it with ReadBlob)."""
+        ``advance(n)``), or for a streamed result (``receiver`` a
+        :class:`~kernelpit.contract.streamed.StreamReader`) feed it each record; False when
+        the lane could not be reached (read it with ReadBlob)."""
         if time.monotonic() < self._unreachable_until:
             return False
         request = lines.request(blob_id, self._token())
@@ -67,7 +71,12 @@ class LaneReader:
                 sock.close()
                 raise
             try:
-                _receive(sock, receiver, size, blob_id, extra)
+                if isinstance(receiver, StreamReader) != (size < 0):
+                    raise self._garbled(f"{'no ' if size < 0 else ''}stream for blob {blob_id}")
+                if size < 0:
+                    _receive_stream(sock, receiver, blob_id, extra)
+                else:
+                    _receive(sock, receiver, size, blob_id, extra)
             except BaseException:
                 sock.close()  # cut short (Ctrl-C, the bridge gone): the stream is unusable
                 raise
@@ -127,6 +136,39 @@ class LaneReader:
 
 class _Closed(Exception):
     """The connection closed before a reply began."""
+
+
+def _receive_stream(sock: socket.socket, reader: StreamReader, blob_id: str,
+                    extra: bytes) -> None:
+    """A streamed result's records, each head and body fed to ``reader`` whole (a body
+    received straight into a buffer of its own), up to the last."""
+    pending = memoryview(extra)
+
+    def exactly(n: int) -> memoryview:
+        nonlocal pending
+        if len(pending) >= n:
+            out, pending = pending[:n], pending[n:]
+            return out
+        buffer, view = wire.fill_in_place(n)
+        have = len(pending)
+        view[:have] = pending
+        pending = memoryview(b"")
+        while have < n:
+            got = sock.recv_into(view[have:])
+            if not got:
+                raise BridgeError(f"the bridge's blob lane closed in the middle of streamed "
+                                  f"result {blob_id}; is the bridge still running?")
+            have += got
+        return memoryview(buffer)
+
+    while not reader.done:
+        head = exactly(HEAD.size)
+        reader.feed(head)
+        size = HEAD.unpack(head)[3]
+        if size:
+            reader.feed(exactly(size))
+    if pending:
+        raise BridgeError(f"the bridge's blob lane sent more than streamed result {blob_id}")
 
 
 def _receive(sock: socket.socket, receiver: Any, size: int, blob_id: str, extra: bytes) -> None:

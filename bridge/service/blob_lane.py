@@ -12,6 +12,8 @@ The protocol, one request at a time on a connection that stays open for the next
 
     request   READ <blob id> <token, or - without one>\\n      (ASCII, at most 1 KiB)
     reply     OK <size>\\n, then exactly <size> bytes: the blob
+         or   STREAM\\n, then a streamed result's records as they are made, each its 14-byte
+              head and its body back to back, up to its last (kernelpit.contract.streamed)
          or   ERR <gRPC status name> <message>\\n
 
 Each request is checked as ``ReadBlob`` over gRPC is: the same token store and the same role
@@ -155,6 +157,9 @@ class BlobLane:
         if self._activity is not None:
             self._activity.enter()
         try:
+            if self._blobs.is_streamed(blob_id):
+                await self._stream(loop, conn, blob_id)
+                return True
             with self._blobs.reading(blob_id) as (size, segments):
                 await loop.sock_sendall(conn, lines.ok(size))
                 for piece in pieces(segments, CHUNK):
@@ -167,6 +172,22 @@ class BlobLane:
             if self._activity is not None:
                 self._activity.exit()
         return True
+
+    async def _stream(self, loop: asyncio.AbstractEventLoop, conn: socket.socket,
+                      blob_id: str) -> None:
+        reply: bytes | None = lines.STREAM  # once the first record is there: till then the
+        # read may still be refused (BlobError: read already, expired)
+        async with contextlib.aclosing(self._blobs.records(blob_id)) as records:
+            async for head, body in records:
+                if reply is not None:
+                    await loop.sock_sendall(conn, reply)
+                    reply = None
+                await loop.sock_sendall(conn, head)
+                for piece in pieces([body], CHUNK):
+                    await loop.sock_sendall(conn, piece)
+                self.served_bytes += len(head) + memoryview(body).nbytes
+                del head, body
+            self.served += 1
 
     async def _refuse(self, loop: asyncio.AbstractEventLoop, conn: socket.socket,
                       code: grpc.StatusCode, message: str) -> None:

@@ -105,20 +105,35 @@ class BlobStore:
                                      on_free=on_free)
         return blob_id, feed
 
+    def is_streamed(self, blob_id: str) -> bool:
+        """Whether ``blob_id`` is a streamed result (read with :meth:`records`)."""
+        blob = self._blobs.get(blob_id)
+        return blob is not None and blob.feed is not None
+
+    async def records(self, blob_id: str) -> AsyncIterator[tuple[bytes, Any]]:
+        """A streamed result's records, ``(head, body)``, as they are made; the blob is freed
+        when this ends, however it ends (close it: ``contextlib.aclosing``)."""
+        blob = self._blobs.get(blob_id)
+        if blob is None or blob.feed is None or blob.busy:
+            raise BlobError(f"no streamed result '{blob_id}' to read: it was read already, "
+                            f"or expired after {self.ttl:g} s unread")
+        blob.busy = True
+        try:
+            while (record := await blob.feed.get()) is not None:
+                yield record
+                del record  # not kept while the next record is awaited
+        finally:
+            self._free(blob_id)
+
     async def read(self, blob_id: str) -> AsyncIterator[bytes]:
         """The blob as serialized BlobChunks; the blob is freed when this ends, however it ends."""
-        blob = self._blobs.get(blob_id)
-        if blob is not None and blob.feed is not None and not blob.busy:
-            blob.busy = True
-            try:
-                while (record := await blob.feed.get()) is not None:
-                    head, body = record
-                    yield frame(head)
+        if self.is_streamed(blob_id):
+            async with contextlib.aclosing(self.records(blob_id)) as records:
+                async for head, body in records:
+                    yield frame(head)  # each record's head a chunk of its own (its format)
                     for chunk in framed([body], self.chunk):
                         yield chunk
-                    del record, head, body  # not kept while the next record is awaited
-            finally:
-                self._free(blob_id)
+                    del head, body
             return
         with self.reading(blob_id) as (_, segments):
             for chunk in framed(segments, self.chunk):
