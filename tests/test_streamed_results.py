@@ -85,17 +85,16 @@ def call_request(rows, **kwargs):
         json=json.dumps({"rows": rows, **kwargs})))
 
 
-def records(chunks):
-    """The records of a streamed result's blob, read as the format in
-    kernelpit.contract.streamed says: a 14-byte head chunk, then the body's chunks."""
-    out, it = [], iter(chunks)
-    for head in it:
-        kind, typecode, index, size = struct.unpack("<ccIQ", head.data)
-        body = b""
-        while len(body) < size:
-            body += next(it).data
+def records(data):
+    """The records of a streamed result's blob (its bytes), read as the format in
+    kernelpit.contract.streamed says: a 14-byte head, then its body."""
+    out, pos = [], 0
+    while pos < len(data):
+        kind, typecode, index, size = struct.unpack_from("<ccIQ", data, pos)
+        body = data[pos + 14:pos + 14 + size]
         assert len(body) == size
         out.append((kind, typecode, index, body))
+        pos += 14 + size
     return out
 
 
@@ -108,11 +107,13 @@ def test_a_large_table_comes_back_exact_to_the_python_client(bridge_and_client):
     assert got == expected and all(type(x) is float for x in got["c2"])
     # partials' lists are not the result's: the result still comes back whole and exact
     assert client.call("float_columns", ROWS, cols=2, partials=2) == table(ROWS, 2)
+    assert bridge.blobs.streamed == streamed + 2  # (kernelpit_results_streamed)
     if lane is not None:
         assert bridge._lane.served == lane + 2  # both read over the blob lane
-    assert client.call("float_columns", 100) == table(100)  # small: a plain reply
-    assert client.call("float_columns", 100_000) == table(100_000)  # 0.8 MB columns: plain
-    assert bridge.blobs.streamed == streamed + 2  # (kernelpit_results_streamed)
+    assert client.call("float_columns", 100) == table(100)  # no list comes ahead: plain
+    assert bridge.blobs.streamed == streamed + 2
+    # 0.8 MB columns: streamed over the lane (from 64 KiB), whole over ReadBlob (from 1 MiB)
+    assert client.call("float_columns", 100_000) == table(100_000)
     wait_until(lambda: len(bridge.blobs) == 0, timeout=TTL - 1)  # freed as read, not at the TTL
 
 
@@ -122,8 +123,7 @@ def test_the_format_as_a_client_of_the_proto_reads_it(bridge, stub, auth):
     value = reply.result
     assert value.encoding == "kernelpit-streamed" and value.WhichOneof("kind") == "raw"
     assert value.raw == b"" and value.blobs[0].id
-    chunks = stub.ReadBlob(pb.ReadBlobRequest(id=value.blobs[0].id), metadata=auth)
-    *lists, last = records(chunks)
+    *lists, last = records(drain(stub, auth, value)[0])
     assert last[0] == b"V" and {r[0] for r in lists} == {b"L"}
     numbers = {index: list(struct.unpack(f"<{len(body) // 8}d", body))
                for _, typecode, index, body in lists if typecode == b"d"}
@@ -134,10 +134,30 @@ def test_the_format_as_a_client_of_the_proto_reads_it(bridge, stub, auth):
     # a client that reads packed lists but did not ask for streaming gets the whole value
     whole = stub.Call(call_request(ROWS), metadata=(*auth, ("kernelpit-accept", "packed-lists")))
     assert whole.result.encoding == "" and json.loads(whole.result.json)["c0"]["i"] == 0
-    for ref in whole.result.blobs:  # its columns are blobs here (above the message limit)
-        if ref.id:
-            assert sum(len(c.data) for c in stub.ReadBlob(
-                pb.ReadBlobRequest(id=ref.id), metadata=auth)) == ROWS * 8
+    # (its columns are blobs here: above the message limit)
+    assert [len(b) for b in drain(stub, auth, whole.result)] == [ROWS * 8] * 3
+    wait_until(lambda: len(bridge.blobs) == 0, timeout=TTL - 1)
+
+
+def drain(stub, auth, value):
+    """Read every blob ``value`` references (each is freed once read)."""
+    return [b"".join(c.data for c in stub.ReadBlob(pb.ReadBlobRequest(id=ref.id), metadata=auth))
+            for ref in value.blobs if ref.id]
+
+
+def test_a_client_says_from_how_long_a_list_it_wants_a_stream(bridge, stub, auth):
+    # 0.88 MB columns: below the bridge's default (1 MiB), above what this client asks for;
+    # twenty of them, so that the result comes well after the first
+    request = call_request(110_000, cols=20)
+    whole = stub.Call(request, metadata=(*auth, *STREAMED))
+    assert whole.result.encoding == "" and len(drain(stub, auth, whole.result)) == 20
+    asked = stub.Call(request, metadata=(*auth, *STREAMED, ("kernelpit-stream-from", "65536")))
+    assert asked.result.encoding == "kernelpit-streamed"
+    *lists, last = records(drain(stub, auth, asked.result)[0])
+    assert len(lists) == 20 and last[0] == b"V"
+    # not a number: the default
+    bad = stub.Call(request, metadata=(*auth, *STREAMED, ("kernelpit-stream-from", "soon")))
+    assert bad.result.encoding == "" and len(drain(stub, auth, bad.result)) == 20
     wait_until(lambda: len(bridge.blobs) == 0, timeout=TTL - 1)
 
 

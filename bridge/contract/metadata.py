@@ -7,6 +7,8 @@ ACCEPT_KEY = "kernelpit-accept"
 ACCEPT_PACKED = "packed-lists"
 #: ... and by which it asks for large results streamed as they are made (contract.streamed)
 ACCEPT_STREAMED = "streamed-results"
+#: request metadata: the bytes of one list from which a client wants a result streamed
+STREAM_FROM_KEY = "kernelpit-stream-from"
 #: request metadata naming the client that sent an RPC (the holder of a lease)
 CLIENT_ID_KEY = "kernelpit-client-id"
 

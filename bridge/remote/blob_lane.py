@@ -49,7 +49,7 @@ class LaneReader:
         ``advance(n)``), or for a streamed result (``receiver`` a
         :class:`~kernelpit.contract.streamed.StreamReader`) feed it each record; False when
         the lane could not be reached (read it with ReadBlob)."""
-        if time.monotonic() < self._unreachable_until:
+        if not self.usable:
             return False
         request = lines.request(blob_id, self._token())
         if request is None:
@@ -84,6 +84,11 @@ class LaneReader:
                 self._idle.append(sock)
             return True
         return False
+
+    @property
+    def usable(self) -> bool:
+        """False for a while after the lane could not be reached (blobs go by ReadBlob)."""
+        return time.monotonic() >= self._unreachable_until
 
     def close(self) -> None:
         with self._lock:

@@ -21,7 +21,8 @@ from ..v1 import bridge_pb2_grpc as pb_grpc
 from ..v1 import values_pb2 as values_pb
 from ..contract import convert, errors
 from ..contract.framing import BLOB_SIZE_KEY, batch as message_batch, chunk_size, split
-from ..contract.metadata import ACCEPT_KEY, ACCEPT_PACKED, ACCEPT_STREAMED
+from ..contract.metadata import ACCEPT_KEY, ACCEPT_PACKED, ACCEPT_STREAMED, STREAM_FROM_KEY
+from ..kernels.protocol import AHEAD_FROM
 from ..contract.values import Codec
 from . import streamed
 from .blobs import BlobError, BlobStore
@@ -89,6 +90,18 @@ class BridgeServicer(pb_grpc.BridgeServicer):
                 return value.split(",")
         return []
 
+    @staticmethod
+    def _stream_from(context: grpc.aio.ServicerContext) -> int:
+        """From how long a list the client wants a result streamed (``kernelpit-stream-from``,
+        bytes; not below the lists that come ahead at all)."""
+        for key, value in context.invocation_metadata() or ():
+            if key == STREAM_FROM_KEY:
+                try:
+                    return max(int(value), AHEAD_FROM)
+                except ValueError:
+                    break
+        return streamed.STREAM_FROM
+
     def _accepts_packed(self, context: grpc.aio.ServicerContext) -> bool:
         """Whether the client reads list markers in results (see values.proto)."""
         return ACCEPT_PACKED in self._accepted(context)
@@ -138,7 +151,7 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         if ACCEPT_STREAMED in accepted and ACCEPT_PACKED in accepted \
                 and getattr(context, "shared_memory", None) is None:
             return await streamed.run_call(self._manager, self.blobs, self._packed_results,
-                                           tool, args, kwargs, options)
+                                           tool, args, kwargs, options, self._stream_from(context))
         value = await self._manager.call(tool, args, kwargs, options)
         return None if value is None else self._result_codec(context).encode(value)
 

@@ -4,7 +4,7 @@ worker is still making it.
 The format, and why, is :mod:`kernelpit.contract.streamed`.  :func:`run_call` runs a call
 for a client that accepts streamed results.  When the call ends before any list of its
 result has come ahead of it (every small result), it answers as a plain ``Call`` does.
-When a list of at least :data:`STREAM_FROM` bytes comes first, it answers at once with a streamed Value and puts the result's
+When a list of at least :data:`STREAM_FROM` bytes (or what the client asks) comes first, it answers at once with a streamed Value and puts the result's
 records on a blob of the :class:`~kernelpit.service.blobs.BlobStore` as they arrive: the
 lists so far, each later list as it comes, then the result (or the error) when the call
 ends.  A blob that is not read to its end (the client went away, or never read it within
@@ -27,19 +27,24 @@ from ..v1 import values_pb2 as pb
 from .blobs import BlobStore
 
 
-#: bytes of one list from which a result is streamed.  Streaming costs a ReadBlob RPC and
-#: a message per record, about 1.2 ms more than the plain reply for a 1 MB table of four
-#: 256 KB columns (5.5 against 4.3 ms here), while it saves ~0.25 ms of decoding per MB
-#: of numbers sent ahead of the last list: a 100 MB table took 328 ms, against 406.
+#: bytes of one list from which a result is streamed, unless the client says
+#: (``kernelpit-stream-from``).  Read with ReadBlob, streaming costs an RPC and a message per
+#: record: about 1.2 ms more than the plain reply for a 1 MB table of four 256 KB columns
+#: (5.5 against 4.3 ms here), while it saves ~0.25 ms of decoding per MB of numbers that
+#: come before the last list (a 100 MB table: 328 ms, against 406).  Over the blob lane a
+#: stream costs about 0.1 ms, so Kernelpit's client asks from AHEAD_FROM (64 KiB) there:
+#: the same 1 MB table took 3.6-4.0 ms streamed, against 5.0-5.2 ms whole.
 STREAM_FROM = 1 << 20
 
 
 async def run_call(manager: PoolManager, blobs: BlobStore, codec: Codec, tool: str,
-                   args: Any, kwargs: dict[str, Any], options: CallOptions) -> pb.Value | None:
+                   args: Any, kwargs: dict[str, Any], options: CallOptions,
+                   stream_from: int = STREAM_FROM) -> pb.Value | None:
     """Run ``tool``; its result as a Value (None for None), or a streamed Value once a list
-    of the result has come ahead of it.  Raises what the call raises, when it fails before."""
+    of at least ``stream_from`` bytes of the result has come ahead of it.  Raises what the
+    call raises, when it fails before."""
     call = manager.begin(tool, args, kwargs, options)
-    stream = _Stream(call, codec)
+    stream = _Stream(call, codec, stream_from)
     try:
         await stream.first
     except asyncio.CancelledError:
@@ -56,9 +61,10 @@ async def run_call(manager: PoolManager, blobs: BlobStore, codec: Codec, tool: s
 class _Stream:
     """One call's result on its way: listens to the call (``Call.listener``)."""
 
-    def __init__(self, call: Call, codec: Codec) -> None:
+    def __init__(self, call: Call, codec: Codec, stream_from: int) -> None:
         self.call = call
         self.codec = codec
+        self.stream_from = stream_from
         self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lists: dict[int, PackedList] = {}  # the result's lists that came, by index
         self.feed: asyncio.Queue[Any] | None = None
@@ -78,7 +84,7 @@ class _Stream:
         self.lists[index] = values
         if self.feed is not None:
             self._put(index, values)
-        elif not self.first.done() and len(values) * values.itemsize >= STREAM_FROM:
+        elif not self.first.done() and len(values) * values.itemsize >= self.stream_from:
             self.first.set_result(None)
 
     def ended(self) -> None:
