@@ -2,13 +2,16 @@
 the client while the worker still packs the rest, with a real bridge, real kernels, the
 Python client and a client of the proto alone."""
 
+import asyncio
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 
 import kernelpit
+import kernelpit.aio
 from conftest import ADAPTERS, wait_until
 from kernelpit.config import PoolConfig
 from kernelpit.service.server import Bridge
@@ -136,6 +139,26 @@ def test_the_format_as_a_client_of_the_proto_reads_it(bridge, stub, auth):
     assert whole.result.encoding == "" and json.loads(whole.result.json)["c0"]["i"] == 0
     # (its columns are blobs here: above the message limit)
     assert [len(b) for b in drain(stub, auth, whole.result)] == [ROWS * 8] * 3
+    wait_until(lambda: len(bridge.blobs) == 0, timeout=TTL - 1)
+
+
+def test_the_asyncio_client_and_threads_read_streamed_results_too(bridge, client):
+    # over the Calls stream (one stream, many calls): the asyncio client's calls, and a
+    # blocking client's while another thread of it is in a call
+    expected = table(ROWS, 2)
+    streamed = bridge.blobs.streamed
+
+    async def main():
+        async with kernelpit.aio.connect(bridge.address, bridge.token,
+                                         transport="grpc") as aclient:
+            return await asyncio.gather(*(aclient.call("float_columns", ROWS, cols=2)
+                                          for _ in range(2)))
+
+    assert asyncio.run(main()) == [expected, expected]
+    with ThreadPoolExecutor(3) as threads:
+        assert list(threads.map(lambda _: client.call("float_columns", ROWS, cols=2),
+                                range(3))) == [expected] * 3
+    assert bridge.blobs.streamed == streamed + 5
     wait_until(lambda: len(bridge.blobs) == 0, timeout=TTL - 1)
 
 

@@ -68,13 +68,12 @@ class RemoteBackend(Backend):
         self.address = address = target.address
         self.client_id = new_client_id()  # names this connection; its lease keeps an idle bridge up
         self.metadata = self._metadata()
-        self.call_metadata = self._call_metadata()
-        self.lane_call_metadata = self._call_metadata(lane=True)
         self.channel = target.channel()
         self.stub = pb_grpc.BridgeStub(self.channel)
         self._sync_channel: grpc.Channel | None = None
         self._blocking: Any = None
         self._mux = CallMultiplexer(self.stub, self.metadata, address)
+        self._lane: LaneReader | None = None  # the bridge's blob lane, once server_info says
         self.solo = threading.Lock()  # held by the one blocking call on the fast path
         self.limit = chunk_size(None)  # inline binary data per message and upload chunk size
         self._read_blob = self.channel.unary_stream(
@@ -83,8 +82,8 @@ class RemoteBackend(Backend):
         self._write_blob = self.channel.stream_unary(
             WRITE_BLOB, request_serializer=None, response_deserializer=values_pb.BlobRef.FromString)
         self.lease = Lease(self.stub, self.metadata, self.client_id)  # renewed check() to close()
+        self._set_metadata()
         self._shm_values: Codec | None = None
-        self._lane: LaneReader | None = None  # the bridge's blob lane, once server_info says
         # the jobs client is this backend's and used only through it: it refers back weakly,
         # so a dropped connection is freed at once, not at the collector's next full pass
         me = weakref.ref(self)
@@ -97,22 +96,29 @@ class RemoteBackend(Backend):
                 (CLIENT_ID_KEY, self.client_id))
 
     def _call_metadata(self, lane: bool = False) -> tuple[tuple[str, str], ...]:
-        """The blocking unary ``Call``'s: over gRPC it also reads streamed results
-        (contract.streamed; the local transport has shared memory for large values), from
-        the shortest list that comes ahead when it reads them over the blob lane (``lane``),
-        where a stream costs little (service.streamed.STREAM_FROM)."""
+        """Calls' (the blocking unary ``Call``, the ``Calls`` stream): over gRPC they also
+        read streamed results (contract.streamed; the local transport has shared memory for
+        large values), from the shortest list that comes ahead when they are read over the
+        blob lane (``lane``), where a stream costs little (service.streamed.STREAM_FROM)."""
         if self.target.local is not None:
             return self.metadata
         found = self._metadata(f"{ACCEPT_PACKED},{ACCEPT_STREAMED}")
         return (*found, (STREAM_FROM_KEY, str(AHEAD_FROM))) if lane else found
 
+    def _set_metadata(self) -> None:
+        """Every RPC's call metadata, with the token now in use."""
+        self.metadata = self.lease.metadata = self._metadata()
+        self.call_metadata = self._call_metadata()
+        self.lane_call_metadata = self._call_metadata(lane=True)
+        # (the Calls stream's is read when it opens, after server_info has found the lane)
+        self._mux.metadata = self.lane_call_metadata if self._lane is not None \
+            else self.call_metadata
+
     def _reauth(self) -> bool:
         """After UNAUTHENTICATED: True when the discovery file has a new token (now in use)."""
         if not self.target.reload_token():
             return False
-        self.metadata = self._mux.metadata = self.lease.metadata = self._metadata()
-        self.call_metadata = self._call_metadata()
-        self.lane_call_metadata = self._call_metadata(lane=True)
+        self._set_metadata()
         return True
 
     # -- blobs: bytes and Arrow data too large for one message ------------------------------------
@@ -218,19 +224,20 @@ class RemoteBackend(Backend):
                 if not reply.HasField("result"):
                     return None
                 result = reply.result
-            lists = None
             if streamed.is_streamed(result):
-                result, lists = self._streamed_blocking(result)
+                return self._streamed(result)
             codec = self._incoming_blocking(result)
         except grpc.RpcError as exc:
             err = errors.from_rpc_error(exc, self.address)  # type: ignore[arg-type]
         else:
-            return codec.decode(result, "result", lists)
+            return codec.decode(result, "result")
         raise err
 
-    def _streamed_blocking(self, value: values_pb.Value) -> tuple[values_pb.Value, dict[int, Any]]:
-        """A streamed result (contract.streamed) read in: its Value, and the lists it refers
-        to, each made while the next was on its way.  Raises the call's error."""
+    def _streamed(self, value: values_pb.Value) -> Any:
+        """A streamed result (contract.streamed), read over the blob lane or ``ReadBlob``
+        with each list made while the next is on its way.  Raises the call's error.  It
+        blocks: the asyncio API runs it in a thread."""
+        self._sync_stubs()
         reader = streamed.StreamReader()
         blob_id = value.blobs[0].id
         try:
@@ -238,10 +245,13 @@ class RemoteBackend(Backend):
                 for data in self._blocking_read(pb.ReadBlobRequest(id=blob_id),
                                                 metadata=self.metadata):
                     reader.feed(data)
-            return reader.result(), reader.lists
+            result = reader.result()
+            return self._incoming_blocking(result).decode(result, "result", reader.lists)
         except streamed.StreamError as exc:
             raise BridgeError(f"the bridge at {self.address} sent a streamed result that cannot "
                               f"be read ({exc}); the call's result is lost") from None
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc, self.address) from None  # type: ignore[arg-type]
 
     async def _rpc(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         for attempt in (0, 1):
@@ -271,6 +281,8 @@ class RemoteBackend(Backend):
             await self._upload(uploads, request.args, request.kwargs)
         reply = await self._mux.call(request)
         if reply.WhichOneof("outcome") != "error" and reply.result.blobs:
+            if streamed.is_streamed(reply.result):
+                return await asyncio.to_thread(self._streamed, reply.result)
             return reply_value(reply, await self._incoming(reply.result))
         return reply_value(reply, self._values())
 
@@ -471,6 +483,7 @@ class RemoteBackend(Backend):
             # bridge may listen on every address): kernelpit.remote.blob_lane
             target = self.target
             self._lane = LaneReader(host, info.blob_lane_port, lambda: target.token, self.address)
+            self._set_metadata()
         return info
 
     async def shutdown(self, grace: float | None = None) -> None:

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
-from ..contract.framing import CHUNK, frame, framed, pieces
+from ..contract.framing import CHUNK, frame, framed
 from ..kernels.arena import drop_gone, read_once
 
 DEFAULT_TTL = 60.0  # seconds a blob waits to be read or used

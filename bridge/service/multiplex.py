@@ -11,20 +11,22 @@ client's end is :mod:`kernelpit.remote.multiplex`.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from ..contract import errors
 from ..contract.framing import batch as message_batch, split
-from ..contract.values import PLAIN, Codec
 from ..exceptions import PoolClosed
 from ..v1 import bridge_pb2 as pb
+from ..v1 import values_pb2 as values_pb
 
-Runner = Callable[[pb.CallRequest], Awaitable[Any]]
+#: runs a call; its result as a Value (None: none)
+Runner = Callable[[pb.CallRequest], Awaitable["values_pb.Value | None"]]
 
 
 async def serve_calls(requests: AsyncIterator[pb.CallBatch], run: Runner,
-                      closing: asyncio.Event, codec: Codec = PLAIN) -> AsyncIterator[pb.ReplyBatch]:
-    """Run every call that arrives on ``requests``; yield their replies as they finish.
+                      closing: asyncio.Event, limit: int) -> AsyncIterator[pb.ReplyBatch]:
+    """Run every call that arrives on ``requests``; yield their replies as they finish, in
+    batches of at most ``limit`` bytes.
 
     Once ``closing`` is set (the bridge is stopping) new calls are refused, and the
     stream ends as soon as the calls already running have replied.
@@ -37,7 +39,7 @@ async def serve_calls(requests: AsyncIterator[pb.CallBatch], run: Runner,
         try:
             value = await run(request)
             if value is not None:
-                reply.result.CopyFrom(codec.encode(value))
+                reply.result.CopyFrom(value)
             reply.result.SetInParent()
         except asyncio.CancelledError:
             return  # cancelled by the client (or the stream ended): no reply wanted
@@ -83,13 +85,10 @@ async def serve_calls(requests: AsyncIterator[pb.CallBatch], run: Runner,
                 if replies.empty():
                     break
                 item = replies.get_nowait()
-            for part in split(batch, codec.limit):
+            for part in split(batch, limit):
                 yield message_batch(pb.ReplyBatch, "replies", part)
     finally:
         reader.cancel()
         stopper.cancel()
         for task in list(tasks.values()):
             task.cancel()
-
-
-# -- the client's end --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ error attached (:mod:`.errors`), so bad input fails one RPC and nothing else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -83,28 +84,33 @@ class BridgeServicer(pb_grpc.BridgeServicer):
 
     # -- calls -----------------------------------------------------------------------
     @staticmethod
-    def _accepted(context: grpc.aio.ServicerContext) -> list[str]:
-        """What the client reads in results beyond the plain Value (``kernelpit-accept``)."""
+    def _accepted(context: grpc.aio.ServicerContext) -> tuple[list[str], int]:
+        """What the client reads in results beyond the plain Value (``kernelpit-accept``), and
+        from how long a list it wants a result streamed (``kernelpit-stream-from``, bytes;
+        not below the lists that come ahead at all)."""
+        accepted, stream_from = [], streamed.STREAM_FROM
         for key, value in context.invocation_metadata() or ():
             if key == ACCEPT_KEY:
-                return value.split(",")
-        return []
-
-    @staticmethod
-    def _stream_from(context: grpc.aio.ServicerContext) -> int:
-        """From how long a list the client wants a result streamed (``kernelpit-stream-from``,
-        bytes; not below the lists that come ahead at all)."""
-        for key, value in context.invocation_metadata() or ():
-            if key == STREAM_FROM_KEY:
-                try:
-                    return max(int(value), AHEAD_FROM)
-                except ValueError:
-                    break
-        return streamed.STREAM_FROM
+                accepted = value.split(",")
+            elif key == STREAM_FROM_KEY:
+                with contextlib.suppress(ValueError):  # not a number: the default
+                    stream_from = max(int(value), AHEAD_FROM)
+        return accepted, stream_from
 
     def _accepts_packed(self, context: grpc.aio.ServicerContext) -> bool:
         """Whether the client reads list markers in results (see values.proto)."""
-        return ACCEPT_PACKED in self._accepted(context)
+        return ACCEPT_PACKED in self._accepted(context)[0]
+
+    def _replies(self, context: grpc.aio.ServicerContext) -> tuple[Codec, int | None]:
+        """How the results of an RPC's calls go back, from its metadata: their codec, and
+        from how long a list a result is streamed (None: never; see .streamed) to a client
+        that reads packed lists and streamed results over gRPC."""
+        accepted, stream_from = self._accepted(context)
+        packed = ACCEPT_PACKED in accepted
+        if getattr(context, "shared_memory", None) is not None:
+            return self._result_codec(context), None
+        codec = self._packed_results if packed else self._results
+        return codec, stream_from if packed and ACCEPT_STREAMED in accepted else None
 
     def _result_codec(self, context: grpc.aio.ServicerContext, park: Any = None) -> Codec:
         """How results go back: large Arrow data by shared memory to a local-transport client
@@ -127,12 +133,13 @@ class BridgeServicer(pb_grpc.BridgeServicer):
             args, kwargs, options = convert.call_from_request(request,
                                                               self._request_codec(context))
             options = self._tenancy.options(options, context)
+            replies = self._replies(context)
             if tracing.tracer() is None:
-                result = await self._call(request.tool, args, kwargs, options, context)
+                result = await self._result(request.tool, args, kwargs, options, *replies)
             else:
                 with tracing.server_span(request.tool, request.options.trace_context,
                                          context.invocation_metadata()):
-                    result = await self._call(request.tool, args, kwargs, options, context)
+                    result = await self._result(request.tool, args, kwargs, options, *replies)
             response = pb.CallResponse()
             if result is not None:  # CopyFrom, not CallResponse(result=...): see framing.batch
                 response.result.CopyFrom(result)
@@ -143,17 +150,15 @@ class BridgeServicer(pb_grpc.BridgeServicer):
             await abort(context, exc)
             raise  # unreachable: abort raises
 
-    async def _call(self, tool: str, args: Any, kwargs: dict[str, Any], options: Any,
-                    context: grpc.aio.ServicerContext) -> values_pb.Value | None:
-        """A unary call's result as a Value: streamed (see .streamed) to a gRPC client that
-        reads packed lists and streamed results, else whole."""
-        accepted = self._accepted(context)
-        if ACCEPT_STREAMED in accepted and ACCEPT_PACKED in accepted \
-                and getattr(context, "shared_memory", None) is None:
-            return await streamed.run_call(self._manager, self.blobs, self._packed_results,
-                                           tool, args, kwargs, options, self._stream_from(context))
+    async def _result(self, tool: str, args: Any, kwargs: dict[str, Any], options: Any,
+                      codec: Codec, stream_from: int | None) -> values_pb.Value | None:
+        """A call's result as a Value (see :meth:`_replies`): streamed once a list of at
+        least ``stream_from`` bytes comes before the result (.streamed), else whole."""
+        if stream_from is not None:
+            return await streamed.run_call(self._manager, self.blobs, codec, tool, args, kwargs,
+                                           options, stream_from)
         value = await self._manager.call(tool, args, kwargs, options)
-        return None if value is None else self._result_codec(context).encode(value)
+        return None if value is None else codec.encode(value)
 
     async def Calls(self, requests: AsyncIterator[pb.CallBatch],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReplyBatch]:
@@ -162,17 +167,20 @@ class BridgeServicer(pb_grpc.BridgeServicer):
         await context.send_initial_metadata(())
         resolve = self._tenancy.resolver(context)  # one caller for the whole stream
         codec = self._request_codec(context)
-        async for batch in serve_calls(requests, lambda request: self._run(request, resolve, codec),
-                                       self._closing, self._result_codec(context)):
+        replies = self._replies(context)
+        async for batch in serve_calls(
+                requests, lambda request: self._run(request, resolve, codec, replies),
+                self._closing, self._limit):
             yield batch
 
-    async def _run(self, request: pb.CallRequest, resolve: Resolver, codec: Codec) -> Any:
+    async def _run(self, request: pb.CallRequest, resolve: Resolver, codec: Codec,
+                   replies: tuple[Codec, int | None]) -> values_pb.Value | None:
         args, kwargs, options = convert.call_from_request(request, codec)
         options = resolve(options)
         if tracing.tracer() is None:
-            return await self._manager.call(request.tool, args, kwargs, options)
+            return await self._result(request.tool, args, kwargs, options, *replies)
         with tracing.server_span(request.tool, request.options.trace_context):
-            return await self._manager.call(request.tool, args, kwargs, options)
+            return await self._result(request.tool, args, kwargs, options, *replies)
 
     @handles_errors
     async def Map(self, request: pb.MapRequest, context: Any) -> pb.MapResponse:
