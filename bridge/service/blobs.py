@@ -13,6 +13,10 @@ written to a file in the run's shared-memory directory as they arrive; the
 request that references one maps the file and unlinks it at once, so the
 table's buffers point into the mapping and nothing stays on disk.
 
+A streamed result (:mod:`.streamed`) is a blob too, whose records are put on
+it as they are made and read as they come (:meth:`BlobStore.open_feed`,
+:meth:`BlobStore.records`).
+
 A blob is freed when it has been read (result) or used (upload), when its
 read or upload is cut short, when the stream that made it is cancelled, and
 after ``ttl`` seconds unread; :meth:`BlobStore.close` frees everything.
