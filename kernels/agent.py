@@ -99,7 +99,6 @@ class Agent:
         self._running: dict[int, int] = {}  # call id -> executor thread ident
         self._interrupted: set[int] = set()  # threads a CallCancelled was raised in
         self._cancelled_early: set[int] = set()  # cancelled before an executor took them
-        self._threads: list[threading.Thread] = []
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self, hello: dict[str, Any]) -> None:
@@ -108,14 +107,11 @@ class Agent:
         # _io_loop); the pool holds a call for an executor it has not met yet (Channel).
         self._executor_sockets = [self._socket(f"{self.worker_id}.{i}")
                                   for i in range(self.concurrency)]
-        io = threading.Thread(target=self._io_loop, args=(hello,), name="kernelpit-io", daemon=True)
-        io.start()
-        self._threads.append(io)
+        threading.Thread(target=self._io_loop, args=(hello,), name="kernelpit-io",
+                         daemon=True).start()
         for i, sock in enumerate(self._executor_sockets):
-            t = threading.Thread(target=self._executor, args=(i, sock), name=f"kernelpit-exec-{i}",
-                                 daemon=True)
-            t.start()
-            self._threads.append(t)
+            threading.Thread(target=self._executor, args=(i, sock), name=f"kernelpit-exec-{i}",
+                             daemon=True).start()
 
     def _socket(self, identity: str) -> socket.socket:
         """A connection to the pool: its Unix socket, or signed TCP from another node."""
