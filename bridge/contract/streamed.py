@@ -3,16 +3,19 @@
 A tool's result with long numeric lists (a dict of float columns) is packed by its worker
 one list at a time, and each list goes to the pool ahead of the result (see
 :mod:`kernelpit.kernels.protocol`).  A client that sends the request metadata
-``kernelpit-accept: streamed-results`` on a unary ``Call`` may get, instead of the result,
-a Value whose ``encoding`` is ``"kernelpit-streamed"``, whose ``raw`` is empty and whose
-``blobs[0]`` names a blob: it reads that blob with ``ReadBlob`` while the bridge is still
-receiving the rest.  The bridge answers so only when a list of the result has arrived and
-the result has not, so the client turns each list into numbers while the worker packs the
-next one, instead of after the last one.
+``kernelpit-accept: packed-lists,streamed-results`` on ``Call`` or ``Calls`` may get,
+instead of a result, a Value whose ``encoding`` is ``"kernelpit-streamed"``, whose ``raw``
+is empty and whose ``blobs[0]`` names a blob: it reads that blob (with ``ReadBlob``, or on
+the blob lane) while the bridge is still receiving the rest.  The bridge answers so only
+when a list of the result of at least 1 MiB (or of the bytes the client names in
+``kernelpit-stream-from``) has arrived and the result has not, so the client turns each
+list into numbers while the worker packs the next one, instead of after the last one.  The
+bridge's end is :mod:`kernelpit.service.streamed`.
 
-The blob is a sequence of records.  Each starts with a chunk of its own, the 14-byte head
-``kind (1 byte), typecode (1 byte), index (uint32), size (uint64)`` (little-endian), and
-its ``size`` bytes of body follow in chunks of their own::
+The blob is a sequence of records.  Each starts with the 14-byte head ``kind (1 byte),
+typecode (1 byte), index (uint32), size (uint64)`` (little-endian), and its ``size`` bytes
+of body follow; over ``ReadBlob`` the head is a chunk of its own and the body the chunks
+after it, on the blob lane they come back to back::
 
     b"L" typecode index size  + the list: size bytes of little-endian int64 ("q") or
                                 float64 ("d") numbers, list ``index`` of the result

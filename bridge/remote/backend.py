@@ -20,7 +20,6 @@ from ..contract import convert, errors, streamed
 from ..contract.framing import BLOB_SIZE_KEY, chunk_size, framed, unframe
 from ..contract.metadata import (ACCEPT_KEY, ACCEPT_PACKED, ACCEPT_STREAMED, CLIENT_ID_KEY,
                                  STREAM_FROM_KEY, auth_metadata)
-from ..kernels.protocol import AHEAD_FROM
 from ..contract.values import PLAIN, Codec, blob_refs
 from ..events import Event
 from ..exceptions import BridgeError, Unauthenticated
@@ -28,6 +27,7 @@ from ..info import SessionInfo, TokenInfo, ToolInfo, WorkerInfo
 from ..jobs.model import JobEvent, JobInfo
 from ..jobs.remote import RemoteJobs
 from ..kernels import heap, wire
+from ..kernels.protocol import AHEAD_FROM
 from ..options import CallOptions
 from ..v1 import bridge_pb2 as pb
 from ..v1 import bridge_pb2_grpc as pb_grpc

@@ -1,14 +1,15 @@
-"""Streamed results, the bridge's end: a unary ``Call`` whose result is sent on while the
-worker is still making it.
+"""Streamed results, the bridge's end: a call (``Call`` or one of ``Calls``) whose result is
+sent on while the worker is still making it.
 
 The format, and why, is :mod:`kernelpit.contract.streamed`.  :func:`run_call` runs a call
-for a client that accepts streamed results.  When the call ends before any list of its
-result has come ahead of it (every small result), it answers as a plain ``Call`` does.
-When a list of at least :data:`STREAM_FROM` bytes (or what the client asks) comes first, it answers at once with a streamed Value and puts the result's
-records on a blob of the :class:`~kernelpit.service.blobs.BlobStore` as they arrive: the
-lists so far, each later list as it comes, then the result (or the error) when the call
-ends.  A blob that is not read to its end (the client went away, or never read it within
-the store's ``ttl``) cancels the call.
+for a client that accepts streamed results.  When the call ends before a long enough list
+of its result has come ahead of it (every small result), it answers as a plain call does.
+When a list of at least :data:`STREAM_FROM` bytes (or what the client asks) comes first,
+it answers at once with a streamed Value and puts the result's records on a blob of the
+:class:`~kernelpit.service.blobs.BlobStore` as they arrive: the lists so far, each later
+list as it comes, then the result (or the error) when the call ends.  A blob that is not
+read to its end (the client went away, or never read it within the store's ``ttl``)
+cancels the call.
 """
 
 from __future__ import annotations
