@@ -44,6 +44,23 @@ def ray_cluster():
     wait_until(lambda: not raycluster.running_ray_processes(), timeout=30)
 
 
+@pytest.fixture(scope="module")
+def stub(bridge):
+    """A raw gRPC stub on the test module's ``bridge`` fixture: a client of the proto alone."""
+    import grpc
+    from kernelpit.v1 import bridge_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(bridge.address)
+    yield pb_grpc.BridgeStub(channel)
+    channel.close()
+
+
+@pytest.fixture
+def auth(bridge):
+    """The call metadata that carries the token of the test module's ``bridge``."""
+    return (("authorization", f"Bearer {bridge.token}"),)
+
+
 def kernel_processes(run_id: str | None = None) -> list[psutil.Process]:
     """Live worker kernel processes: of one run anywhere, or (no run id) children of this process."""
     found = []

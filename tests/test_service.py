@@ -49,18 +49,6 @@ def client(bridge):
         yield c
 
 
-@pytest.fixture(scope="module")
-def stub(bridge):
-    channel = grpc.insecure_channel(bridge.address)
-    yield pb_grpc.BridgeStub(channel)
-    channel.close()
-
-
-@pytest.fixture
-def auth(bridge):
-    return (("authorization", f"Bearer {bridge.token}"),)
-
-
 def rpc_error(fn, *args, **kwargs) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         fn(*args, **kwargs)

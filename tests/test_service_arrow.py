@@ -60,18 +60,6 @@ def client(bridge):
         yield c
 
 
-@pytest.fixture(scope="module")
-def stub(bridge):
-    channel = grpc.insecure_channel(bridge.address)
-    yield pb_grpc.BridgeStub(channel)
-    channel.close()
-
-
-@pytest.fixture
-def auth(bridge):
-    return (("authorization", f"Bearer {bridge.token}"),)
-
-
 def leftovers(bridge):
     """Blobs held by the bridge and files in its shared-memory directory (but the free
     slabs its arena keeps for the next values)."""

@@ -17,7 +17,6 @@ from kernelpit.config import PoolConfig
 from kernelpit.service.server import Bridge
 from kernelpit.sync import Portal
 from kernelpit.v1 import bridge_pb2 as pb
-from kernelpit.v1 import bridge_pb2_grpc as pb_grpc
 from kernelpit.v1 import values_pb2
 
 MAX_MESSAGE = 1 << 20  # chunks of 512 KB: a 1.6 MB column comes in several
@@ -65,18 +64,6 @@ def bridge(served_with_lane):
 @pytest.fixture(scope="module")
 def client(served_with_lane):
     return served_with_lane[1]
-
-
-@pytest.fixture(scope="module")
-def stub(bridge):
-    channel = grpc.insecure_channel(bridge.address)
-    yield pb_grpc.BridgeStub(channel)
-    channel.close()
-
-
-@pytest.fixture
-def auth(bridge):
-    return (("authorization", f"Bearer {bridge.token}"),)
 
 
 def table(rows, cols=3):
