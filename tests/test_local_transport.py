@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -202,6 +203,20 @@ def test_a_value_with_a_large_table_and_large_bytes_goes_both_ways(client):
     sent = {"t": pa.table({"x": np.arange(ROWS, dtype="float64")}), "b": os.urandom(6 << 20)}
     back = client.call("echo", sent)
     assert back["b"] == sent["b"] and back["t"].equals(sent["t"])
+
+
+def test_threads_of_one_client_each_read_their_results_blobs(client):
+    # Float columns above the message limit come as blobs.  A thread whose call went on the
+    # Calls stream (another thread held the fast path) reads them with blocking RPCs, which
+    # on this transport serve one thread at a time: each thread has its own connection (it
+    # shared the fast path's, and the two threads' messages were mixed up).
+    rows = 700_000  # 5.6 MB a column
+    expected = {f"c{j}": [i * 0.5 + j for i in range(rows)] for j in range(2)}
+    tools = client.options(pool="tools")
+    with ThreadPoolExecutor(3) as threads:
+        for _ in range(3):
+            assert list(threads.map(lambda _: tools.call("float_columns", rows, cols=2),
+                                    range(3))) == [expected] * 3
 
 
 def test_large_bytes_go_between_worker_and_client_never_through_the_bridge_s_heap(bridge):

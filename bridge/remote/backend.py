@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator, NamedTuple
 
 import grpc
 
@@ -70,8 +70,9 @@ class RemoteBackend(Backend):
         self.metadata = self._metadata()
         self.channel = target.channel()
         self.stub = pb_grpc.BridgeStub(self.channel)
-        self._sync_channel: grpc.Channel | None = None
-        self._blocking: Any = None
+        self._shared_stubs: _BlockingStubs | None = None  # gRPC's: one for every thread
+        self._thread_stubs = threading.local()  # the local transport's: one per thread
+        self._opened: weakref.WeakSet[Any] = weakref.WeakSet()  # blocking channels, to close
         self._mux = CallMultiplexer(self.stub, self.metadata, address)
         self._lane: LaneReader | None = None  # the bridge's blob lane, once server_info says
         self.solo = threading.Lock()  # held by the one blocking call on the fast path
@@ -164,21 +165,34 @@ class RemoteBackend(Backend):
                 raise err from None
         return downloads.codec(self._values())
 
-    def _sync_stubs(self) -> None:
-        if self._sync_channel is None:
-            self._sync_channel = self.target.blocking_channel()
-        if self._blocking is None:
-            self._blocking = pb_grpc.BridgeStub(self._sync_channel).Call
-            self._blocking_read = self._sync_channel.unary_stream(
-                READ_BLOB, request_serializer=pb.ReadBlobRequest.SerializeToString,
-                response_deserializer=unframe)
-            self._blocking_write = self._sync_channel.stream_unary(
-                WRITE_BLOB, request_serializer=None,
-                response_deserializer=values_pb.BlobRef.FromString)
+    def _stubs(self) -> "_BlockingStubs":
+        """The blocking RPCs for this thread.  gRPC's blocking channel serves every thread;
+        the local transport's serves one thread at a time, so there each thread that makes
+        blocking RPCs (the fast path's, a caller on the Calls stream reading its result's
+        blobs, the asyncio API's reader of a streamed result) has a connection of its own."""
+        if self.target.local is None:
+            if self._shared_stubs is None:
+                self._shared_stubs = self._open_stubs()
+            return self._shared_stubs
+        stubs = getattr(self._thread_stubs, "stubs", None)
+        if stubs is None:
+            stubs = self._thread_stubs.stubs = self._open_stubs()
+        return stubs
+
+    def _open_stubs(self) -> "_BlockingStubs":
+        channel = self.target.blocking_channel()
+        self._opened.add(channel)
+        return _BlockingStubs(
+            channel, pb_grpc.BridgeStub(channel).Call,
+            channel.unary_stream(READ_BLOB, request_serializer=pb.ReadBlobRequest.SerializeToString,
+                                 response_deserializer=unframe),
+            channel.stream_unary(WRITE_BLOB, request_serializer=None,
+                                 response_deserializer=values_pb.BlobRef.FromString))
 
     def _upload_blocking(self, uploads: "_Uploads", *values: Any) -> None:
+        write = self._stubs().write
         for key, segments, size in uploads.items:
-            ref = self._blocking_write(framed(segments, self.limit), metadata=self._sized(size))
+            ref = write(framed(segments, self.limit), metadata=self._sized(size))
             uploads.ids[key] = ref.id
         uploads.patch(*values)
 
@@ -187,7 +201,7 @@ class RemoteBackend(Backend):
         for ref, fill in downloads.each():
             if self._lane is not None and self._lane.read(ref.id, fill):
                 continue
-            for data in self._blocking_read(pb.ReadBlobRequest(id=ref.id), metadata=self.metadata):
+            for data in self._stubs().read(pb.ReadBlobRequest(id=ref.id), metadata=self.metadata):
                 fill(data)
         return downloads.codec(self._values())
 
@@ -207,7 +221,6 @@ class RemoteBackend(Backend):
 
     def _call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
                        options: CallOptions, loop: asyncio.AbstractEventLoop | None) -> Any:
-        self._sync_stubs()
         try:
             uploads = self._uploads()
             request = convert.call_request(tool, args, kwargs, options, uploads.codec)
@@ -219,8 +232,8 @@ class RemoteBackend(Backend):
                 # Blocking, not .future(): ~0.15 ms less per call.  Ctrl-C still works (gRPC
                 # checks for signals while it waits) and tears the RPC down, which cancels the call.
                 lane = self._lane is not None and self._lane.usable
-                reply = self._blocking(request, metadata=self.lane_call_metadata if lane
-                                       else self.call_metadata)
+                reply = self._stubs().call(request, metadata=self.lane_call_metadata if lane
+                                           else self.call_metadata)
                 if not reply.HasField("result"):
                     return None
                 result = reply.result
@@ -237,13 +250,12 @@ class RemoteBackend(Backend):
         """A streamed result (contract.streamed), read over the blob lane or ``ReadBlob``
         with each list made while the next is on its way.  Raises the call's error.  It
         blocks: the asyncio API runs it in a thread."""
-        self._sync_stubs()
         reader = streamed.StreamReader()
         blob_id = value.blobs[0].id
         try:
             if self._lane is None or not self._lane.read(blob_id, reader):
-                for data in self._blocking_read(pb.ReadBlobRequest(id=blob_id),
-                                                metadata=self.metadata):
+                for data in self._stubs().read(pb.ReadBlobRequest(id=blob_id),
+                                               metadata=self.metadata):
                     reader.feed(data)
             result = reader.result()
             return self._incoming_blocking(result).decode(result, "result", reader.lists)
@@ -496,10 +508,19 @@ class RemoteBackend(Backend):
         finally:  # the connections go even when the above is cut short
             if self._lane is not None:
                 self._lane.close()
-            if self._sync_channel is not None:
-                self._sync_channel.close()
+            for channel in list(self._opened):
+                channel.close()
             await self.channel.close()
             wire.drop_kept()  # large received frames kept for reuse that nobody holds any more
+
+
+class _BlockingStubs(NamedTuple):
+    """A blocking channel and the RPCs a blocking call makes on it."""
+
+    channel: Any
+    call: Any
+    read: Any
+    write: Any
 
 
 class _Uploads:
