@@ -50,10 +50,22 @@ def served_without_lane():
     yield from served(blob_lane=False)  # the Python client reads the stream with ReadBlob
 
 
-@pytest.fixture(scope="module", params=["blob lane", "ReadBlob"])
+@pytest.fixture(scope="module")
+def local_client(served_with_lane):
+    bridge = served_with_lane[0]
+    with kernelpit.connect(bridge.local_address, bridge.token, transport="local") as c:
+        yield c
+
+
+@pytest.fixture(scope="module", params=["blob lane", "ReadBlob", "local transport"])
 def bridge_and_client(request):
-    name = "served_with_lane" if request.param == "blob lane" else "served_without_lane"
-    return request.getfixturevalue(name)
+    """(bridge, client, whether the client reads streams on the blob lane)"""
+    if request.param == "ReadBlob":
+        return (*request.getfixturevalue("served_without_lane"), False)
+    bridge, client = request.getfixturevalue("served_with_lane")
+    if request.param == "local transport":  # streams come over the bridge's Unix socket
+        return bridge, request.getfixturevalue("local_client"), False
+    return bridge, client, True
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +101,7 @@ def records(data):
 
 
 def test_a_large_table_comes_back_exact_to_the_python_client(bridge_and_client):
-    bridge, client = bridge_and_client
+    bridge, client, on_lane = bridge_and_client
     streamed = bridge.blobs.streamed
     lane = bridge._lane.served if bridge._lane is not None else None
     expected = table(ROWS)
@@ -98,11 +110,14 @@ def test_a_large_table_comes_back_exact_to_the_python_client(bridge_and_client):
     # partials' lists are not the result's: the result still comes back whole and exact
     assert client.call("float_columns", ROWS, cols=2, partials=2) == table(ROWS, 2)
     assert bridge.blobs.streamed == streamed + 2  # (kernelpit_results_streamed)
-    if lane is not None:
+    if on_lane:
         assert bridge._lane.served == lane + 2  # both read over the blob lane
+    elif lane is not None:
+        assert bridge._lane.served == lane
     assert client.call("float_columns", 100) == table(100)  # no list comes ahead: plain
     assert bridge.blobs.streamed == streamed + 2
-    # 0.8 MB columns: streamed over the lane (from 64 KiB), whole over ReadBlob (from 1 MiB)
+    # 0.8 MB columns: streamed over the lane and the local transport (from 64 KiB), whole
+    # over ReadBlob (from 1 MiB)
     assert client.call("float_columns", 100_000) == table(100_000)
     wait_until(lambda: len(bridge.blobs) == 0, timeout=TTL - 1)  # freed as read, not at the TTL
 
@@ -172,7 +187,7 @@ def test_a_client_says_from_how_long_a_list_it_wants_a_stream(bridge, stub, auth
 
 
 def test_a_result_that_fails_after_its_lists_raises_the_tools_error(bridge_and_client):
-    bridge, client = bridge_and_client
+    bridge, client, _ = bridge_and_client
     # the columns are packed and sent ahead, then the set cannot be sent: the error ends
     # the stream, and the client raises what a plain call raises
     with pytest.raises(TypeError, match=r"cannot send: type builtins.set"):

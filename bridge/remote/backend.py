@@ -97,14 +97,14 @@ class RemoteBackend(Backend):
                 (CLIENT_ID_KEY, self.client_id))
 
     def _call_metadata(self, lane: bool = False) -> tuple[tuple[str, str], ...]:
-        """Calls' (the blocking unary ``Call``, the ``Calls`` stream): over gRPC they also
-        read streamed results (contract.streamed; the local transport has shared memory for
-        large values), from the shortest list that comes ahead when they are read over the
-        blob lane (``lane``), where a stream costs little (service.streamed.STREAM_FROM)."""
-        if self.target.local is not None:
-            return self.metadata
+        """Calls' (the blocking unary ``Call``, the ``Calls`` stream): they also read
+        streamed results (contract.streamed), from the shortest list that comes ahead where
+        a stream costs little, on the blob lane (``lane``) or the local transport; over
+        ``ReadBlob`` from the bridge's default (service.streamed.STREAM_FROM)."""
         found = self._metadata(f"{ACCEPT_PACKED},{ACCEPT_STREAMED}")
-        return (*found, (STREAM_FROM_KEY, str(AHEAD_FROM))) if lane else found
+        if lane or self.target.local is not None:
+            return (*found, (STREAM_FROM_KEY, str(AHEAD_FROM)))
+        return found
 
     def _set_metadata(self) -> None:
         """Every RPC's call metadata, with the token now in use."""

@@ -104,12 +104,13 @@ class BridgeServicer(pb_grpc.BridgeServicer):
     def _replies(self, context: grpc.aio.ServicerContext) -> tuple[Codec, int | None]:
         """How the results of an RPC's calls go back, from its metadata: their codec, and
         from how long a list a result is streamed (None: never; see .streamed) to a client
-        that reads packed lists and streamed results over gRPC."""
+        that reads packed lists and streamed results."""
         accepted, stream_from = self._accepted(context)
         packed = ACCEPT_PACKED in accepted
         if getattr(context, "shared_memory", None) is not None:
-            return self._result_codec(context), None
-        codec = self._packed_results if packed else self._results
+            codec = self._result_codec(context)
+        else:
+            codec = self._packed_results if packed else self._results
         return codec, stream_from if packed and ACCEPT_STREAMED in accepted else None
 
     def _result_codec(self, context: grpc.aio.ServicerContext, park: Any = None) -> Codec:
