@@ -119,8 +119,9 @@ class BlobStore:
         when this ends, however it ends (close it: ``contextlib.aclosing``)."""
         blob = self._blobs.get(blob_id)
         if blob is None or blob.feed is None or blob.busy:
-            raise BlobError(f"no streamed result '{blob_id}' to read: it was read already, "
-                            f"or expired after {self.ttl:g} s unread")
+            raise BlobError(f"no streamed result '{blob_id}' to read: it is being read or was "
+                            f"read already, or expired after {self.ttl:g} s unread, or its "
+                            "call was cancelled")
         blob.busy = True
         try:
             while (record := await blob.feed.get()) is not None:
