@@ -338,11 +338,12 @@ class _Call:
 
 
 class BlockingLocalChannel:
-    """The local transport for a lone blocking caller, as gRPC's blocking channel is: RPCs
-    made right on the calling thread, over a blocking socket of its own (no event loop, no
-    hand-off).  One thread at a time (the backend's ``solo`` lock); unary, server-streaming
-    and client-streaming RPCs (``Call``, ``ReadBlob``, ``WriteBlob``).  Failures raise
-    ``grpc.aio.AioRpcError`` (a ``grpc.RpcError``).
+    """The local transport for a blocking caller, as gRPC's blocking channel is: RPCs made
+    right on the calling thread, over a blocking socket of its own (no event loop, no
+    hand-off).  One thread at a time, so the backend gives each thread its own
+    (``RemoteBackend._stubs``).  Unary, server-streaming and client-streaming RPCs
+    (``Call``, ``ReadBlob``, ``WriteBlob``).  Failures raise ``grpc.aio.AioRpcError`` (a
+    ``grpc.RpcError``).
 
     An RPC that ends early on this side (Ctrl-C, an error, a stream dropped before its end)
     is cancelled at once, wherever the interrupt lands: while its request is being sent, the
