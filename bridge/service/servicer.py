@@ -97,30 +97,27 @@ class BridgeServicer(pb_grpc.BridgeServicer):
                     stream_from = max(int(value), AHEAD_FROM)
         return accepted, stream_from
 
-    def _accepts_packed(self, context: grpc.aio.ServicerContext) -> bool:
-        """Whether the client reads list markers in results (see values.proto)."""
-        return ACCEPT_PACKED in self._accepted(context)[0]
-
     def _replies(self, context: grpc.aio.ServicerContext) -> tuple[Codec, int | None]:
         """How the results of an RPC's calls go back, from its metadata: their codec, and
         from how long a list a result is streamed (None: never; see .streamed) to a client
         that reads packed lists and streamed results."""
         accepted, stream_from = self._accepted(context)
         packed = ACCEPT_PACKED in accepted
-        if getattr(context, "shared_memory", None) is not None:
-            codec = self._result_codec(context)
-        else:
-            codec = self._packed_results if packed else self._results
-        return codec, stream_from if packed and ACCEPT_STREAMED in accepted else None
+        streams = packed and ACCEPT_STREAMED in accepted
+        return self._codec(context, packed), stream_from if streams else None
 
     def _result_codec(self, context: grpc.aio.ServicerContext, park: Any = None) -> Codec:
-        """How results go back: large Arrow data by shared memory to a local-transport client
+        """How results go back (see :meth:`_codec`), to a client that reads packed lists if
+        it said so (values.proto)."""
+        return self._codec(context, ACCEPT_PACKED in self._accepted(context)[0], park)
+
+    def _codec(self, context: grpc.aio.ServicerContext, packed: bool, park: Any = None) -> Codec:
+        """Large Arrow data by shared memory to a local-transport client
         (``context.shared_memory``), else as blobs (``park``: the stream's own)."""
         shm = getattr(context, "shared_memory", None)
         if shm is None and park is None:
-            return self._packed_results if self._accepts_packed(context) else self._results
-        return Codec(park=park or self.blobs.put, limit=self._limit,
-                     packed=self._accepts_packed(context), shm=shm)
+            return self._packed_results if packed else self._results
+        return Codec(park=park or self.blobs.put, limit=self._limit, packed=packed, shm=shm)
 
     def _request_codec(self, context: grpc.aio.ServicerContext) -> Codec:
         """How arguments are read: a local-transport client may send Arrow data by shared
