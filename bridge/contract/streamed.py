@@ -72,8 +72,8 @@ class StreamError(ValueError):
 
 
 class StreamReader:
-    """The client's end: :meth:`feed` it each chunk of the blob in order; each list is
-    turned into numbers as soon as it is complete.  :meth:`result` is the result's Value
+    """The client's end: call it with each chunk of the blob in order (as a blob's receiver
+    is called); each list is turned into numbers as soon as it is complete.  :meth:`result` is the result's Value
     (and the lists it refers to), or raises the call's error."""
 
     def __init__(self) -> None:
@@ -84,7 +84,7 @@ class StreamReader:
         self._filled = 0
         self._last: tuple[bytes, Any] | None = None
 
-    def feed(self, data: memoryview) -> None:
+    def __call__(self, data: memoryview) -> None:
         if self._last is not None:
             raise StreamError("a streamed result went on after its last record")
         if self._head is None:

@@ -199,11 +199,16 @@ class RemoteBackend(Backend):
     def _incoming_blocking(self, *values: Any) -> Codec:
         downloads = _Downloads(values)
         for ref, fill in downloads.each():
-            if self._lane is not None and self._lane.read(ref.id, fill):
-                continue
-            for data in self._stubs().read(pb.ReadBlobRequest(id=ref.id), metadata=self.metadata):
-                fill(data)
+            self._read_blob_blocking(ref.id, fill)
         return downloads.codec(self._values())
+
+    def _read_blob_blocking(self, blob_id: str, receiver: Any) -> None:
+        """Blob ``blob_id`` into ``receiver`` (called with each chunk; see the lane's
+        ``read``): on the blob lane where it can be reached, else with ``ReadBlob``."""
+        if self._lane is not None and self._lane.read(blob_id, receiver):
+            return
+        for data in self._stubs().read(pb.ReadBlobRequest(id=blob_id), metadata=self.metadata):
+            receiver(data)
 
     def call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
                       options: CallOptions, loop: asyncio.AbstractEventLoop | None = None) -> Any:
@@ -251,12 +256,8 @@ class RemoteBackend(Backend):
         with each list made while the next is on its way.  Raises the call's error.  It
         blocks: the asyncio API runs it in a thread."""
         reader = streamed.StreamReader()
-        blob_id = value.blobs[0].id
         try:
-            if self._lane is None or not self._lane.read(blob_id, reader):
-                for data in self._stubs().read(pb.ReadBlobRequest(id=blob_id),
-                                               metadata=self.metadata):
-                    reader.feed(data)
+            self._read_blob_blocking(value.blobs[0].id, reader)
             result = reader.result()
             return self._incoming_blocking(result).decode(result, "result", reader.lists)
         except streamed.StreamError as exc:

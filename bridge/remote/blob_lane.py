@@ -47,7 +47,8 @@ class LaneReader:
     def read(self, blob_id: str, receiver: Any) -> bool:
         """Receive blob ``blob_id`` into ``receiver`` (its ``free()`` view, then
         ``advance(n)``), or for a streamed result (``receiver`` a
-        :class:`~kernelpit.contract.streamed.StreamReader`) feed it each record; False when
+        :class:`~kernelpit.contract.streamed.StreamReader`) call it with each record's head
+        and body; False when
         the lane could not be reached (read it with ReadBlob)."""
         if not self.usable:
             return False
@@ -168,10 +169,10 @@ def _receive_stream(sock: socket.socket, reader: StreamReader, blob_id: str,
 
     while not reader.done:
         head = exactly(HEAD.size)
-        reader.feed(head)
+        reader(head)
         size = HEAD.unpack(head)[3]
         if size:
-            reader.feed(exactly(size))
+            reader(exactly(size))
     if pending:
         raise BridgeError(f"the bridge's blob lane sent more than streamed result {blob_id}")
 
