@@ -18,6 +18,7 @@
                              # postgresql:// URL; false: no jobs (default: the Jupyter data dir)
     job_ttl = 604800         # seconds finished jobs are kept (7 days)
     blob_dir = "/shared/kp"  # PostgreSQL: large job values in files every bridge reaches
+    busy_poll = 250          # microseconds the bridge's loop polls before it sleeps (0: never)
 
     [scheduler]              # how tenants (token names) share the workers; flags win
     scheduler = "fair"       # or "fifo"
@@ -59,7 +60,7 @@ else:  # pragma: no cover
 BRIDGE_KEYS = {"host", "port", "grace", "max_message_size", "auth", "blob_ttl", "idle_timeout",
                "tls_cert", "tls_key", "tls_client_ca", "tls_ca", "insecure_bind_anywhere",
                "token_file", "store", "job_ttl", "blob_dir", "ray_address", "local",
-               "blob_lane"}
+               "blob_lane", "busy_poll"}
 
 PATH_KEYS = {"tls_cert", "tls_key", "tls_client_ca", "tls_ca", "token_file", "blob_dir"}
 

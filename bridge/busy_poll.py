@@ -1,0 +1,99 @@
+"""Busy polling: an event loop that polls for a short while before it sleeps.
+
+A loop with nothing to run sleeps in ``epoll_wait``; when its next event comes, the kernel
+wakes the thread, and on a virtual machine that wake-up (an inter-processor interrupt, a
+VM exit, the scheduler) costs tens of microseconds each time.  A bridge serving one caller
+at a time sleeps three or four times per call: for the request, for the worker's reply,
+for gRPC's completions.  Each of those waits is usually shorter than the wake-up it ends.
+
+:class:`BusyPollSelector` polls without sleeping for up to ``budget`` seconds before it
+sleeps, as Linux's ``net.core.busy_poll`` does for sockets, and learns whether that pays:
+it keeps a running share of the waits that ended within the budget, and polls only while
+that share is over one half.  A loop whose waits are long (an idle bridge, a caller that
+thinks between calls) soon stops polling and costs nothing; at most a few budgets are spent
+learning it.  While it polls, the loop's thread lets go of the GIL at each poll.
+
+:func:`new_event_loop` makes an asyncio loop on one, and :func:`run` runs a coroutine on
+it as :func:`asyncio.run` does.  ``kernelpit serve`` runs on it (``--busy-poll``; measured
+in docs/performance.md, "The remote hot path").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import sys
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: the default budget: polling longer than a call's usual waits only spends CPU
+#: (measured against 100 and 1000 µs in docs/performance.md)
+BUDGET = 250e-6
+
+_LEARN = 1 / 8  # weight of the newest wait in the running share
+
+
+class BusyPollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """The platform's default selector, polling for up to ``budget`` seconds before it
+    sleeps while most recent waits have been that short."""
+
+    def __init__(self, budget: float = BUDGET) -> None:
+        if not budget >= 0:
+            raise ValueError(f"the busy-poll budget must be >= 0 seconds, got {budget!r}")
+        super().__init__()
+        self.budget = budget
+        self.short_share = 0.0  # running share of waits that ended within the budget
+
+    @property
+    def polling(self) -> bool:
+        """Whether the next wait starts by polling."""
+        return self.short_share > 0.5
+
+    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        budget = self.budget
+        if (timeout is not None and timeout <= 0) or not budget:
+            return super().select(timeout)
+        start = time.perf_counter()
+        if self.short_share > 0.5:
+            end = start + (budget if timeout is None else min(budget, timeout))
+            while True:
+                ready = super().select(0)
+                if ready:
+                    self._learn(True)
+                    return ready
+                now = time.perf_counter()
+                if now >= end:
+                    break
+            if timeout is not None:
+                if timeout <= budget:
+                    return []  # a timer is due: that says nothing about the waits
+                timeout -= now - start
+            ready = super().select(timeout)
+            self._learn(False)
+            return ready
+        ready = super().select(timeout)
+        if ready or timeout is None or timeout > budget:
+            self._learn(time.perf_counter() - start <= budget)
+        return ready
+
+    def _learn(self, short: bool) -> None:
+        self.short_share += ((1.0 if short else 0.0) - self.short_share) * _LEARN
+
+
+def new_event_loop(budget: float = BUDGET) -> asyncio.AbstractEventLoop:
+    """An asyncio loop on a :class:`BusyPollSelector` (a plain one when ``budget`` is 0)."""
+    if not budget:
+        return asyncio.new_event_loop()
+    return asyncio.SelectorEventLoop(BusyPollSelector(budget))
+
+
+def run(main: Coroutine[Any, Any, T], budget: float = BUDGET) -> T:
+    """:func:`asyncio.run` on a busy-polling loop (Python 3.11 and later; a plain loop on
+    3.10, whose ``asyncio.run`` takes no loop factory)."""
+    if sys.version_info < (3, 11) or not budget:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(budget)) as runner:
+        return runner.run(main)
