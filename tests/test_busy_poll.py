@@ -1,0 +1,150 @@
+"""The busy-polling selector and loop (kernelpit.busy_poll), on real sockets.
+
+Budgets here are tens of milliseconds, far longer than the microseconds a ready socket takes
+to report, so that what a wait counts as (short or long) does not hang on this machine's
+load; the default budget's effect on calls is measured in benchmarks/, not here."""
+
+import asyncio
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from kernelpit import busy_poll
+
+BUDGET = 0.05
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def short_waits(selector, a, b, n):
+    for _ in range(n):
+        b.send(b"x")
+        ready = selector.select(None)
+        assert [key.fileobj for key, _ in ready] == [a]
+        assert a.recv(16) == b"x"
+
+
+def test_a_selector_polls_while_its_waits_are_short_and_stops_when_they_are_long(pair):
+    a, b = pair
+    with busy_poll.BusyPollSelector(BUDGET) as selector:
+        selector.register(a, busy_poll.selectors.EVENT_READ)
+        assert not selector.polling  # it starts asleep: nothing learnt yet
+        short_waits(selector, a, b, 8)
+        assert selector.polling
+        for _ in range(8):  # nothing comes within the budget: an idle loop
+            assert selector.select(2 * BUDGET) == []
+        assert not selector.polling
+
+
+def test_a_polling_selector_returns_late_events_and_wakes_for_its_timers(pair):
+    a, b = pair
+    with busy_poll.BusyPollSelector(BUDGET) as selector:
+        selector.register(a, busy_poll.selectors.EVENT_READ)
+        short_waits(selector, a, b, 8)
+        # an event after the budget: found by the sleep that follows the poll
+        writer = threading.Timer(3 * BUDGET, b.send, (b"late",))
+        writer.start()
+        ready = selector.select(None)
+        writer.join()
+        assert [key.fileobj for key, _ in ready] == [a] and a.recv(16) == b"late"
+        short_waits(selector, a, b, 4)
+        assert selector.polling
+        # a timer due within the budget: the poll ends then, with nothing
+        t0 = time.monotonic()
+        assert selector.select(BUDGET / 5) == []
+        assert time.monotonic() - t0 >= BUDGET / 5
+        # a timer due after it: the sleep that follows ends then, with nothing
+        t0 = time.monotonic()
+        assert selector.select(2 * BUDGET) == []
+        assert time.monotonic() - t0 >= 2 * BUDGET
+
+
+def test_a_zero_budget_never_polls(pair):
+    a, b = pair
+    with busy_poll.BusyPollSelector(0) as selector:
+        selector.register(a, busy_poll.selectors.EVENT_READ)
+        short_waits(selector, a, b, 16)
+        assert not selector.polling
+    loop = busy_poll.new_event_loop(0)
+    try:
+        assert not isinstance(loop._selector, busy_poll.BusyPollSelector)
+    finally:
+        loop.close()
+
+
+def test_a_budget_below_zero_is_refused():
+    with pytest.raises(ValueError, match="busy-poll budget must be >= 0 seconds, got -1"):
+        busy_poll.BusyPollSelector(-1)
+
+
+def test_run_serves_a_real_asyncio_program_on_a_polling_loop():
+    async def main():
+        assert isinstance(asyncio.get_running_loop()._selector, busy_poll.BusyPollSelector)
+
+        async def echo(reader, writer):
+            while line := await reader.readline():
+                writer.write(line)
+                await writer.drain()
+            writer.close()
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        got = []
+        for i in range(200):  # sequential round trips: the waits the loop learns from
+            writer.write(b"%d\n" % i)
+            got.append(int(await reader.readline()))
+        await asyncio.sleep(0.01)  # a timer, while the loop polls
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return got, asyncio.get_running_loop()._selector.polling
+
+    got, polling = busy_poll.run(main(), budget=BUDGET)
+    assert got == list(range(200))
+    assert polling or sys.version_info < (3, 11)
+
+
+def test_serve_refuses_a_bad_busy_poll_saying_what_it_takes(tmp_path):
+    def serve(*args):
+        return subprocess.run([sys.executable, "-m", "kernelpit", "serve", "--adapter",
+                               "kernelpit.kernels.demo", "--no-discovery", *args],
+                              capture_output=True, text=True, timeout=60)
+    r = serve("--busy-poll", "-5")
+    assert r.returncode == 2
+    assert "busy poll must be microseconds from 0 (never) to 10000, got -5.0" in r.stderr
+    config = tmp_path / "kp.toml"
+    config.write_text('[bridge]\nbusy_poll = "fast"\n')
+    r = serve("--config", str(config))
+    assert r.returncode == 2 and "got 'fast'" in r.stderr
+
+
+def test_an_idle_bridge_stops_polling_after_a_burst_of_calls(tmp_path):
+    from test_service_lifecycle import Served
+    s = Served(tmp_path, "--adapter", "kernelpit.kernels.demo", "--workers", "1")
+    try:
+        bridge = psutil.Process(s.proc.pid)
+        with s.connect() as client:
+            for _ in range(300):  # sequential calls: the bridge's loop polls between them
+                client.call("add", 1, 2)
+            time.sleep(0.5)  # the loop learns that its waits are long now
+            before, t0 = bridge.cpu_times(), time.monotonic()
+            time.sleep(2)
+            after, wall = bridge.cpu_times(), time.monotonic() - t0
+            assert client.call("add", 1, 2) == 3
+        used = (after.user + after.system - before.user - before.system) / wall
+        assert used < 0.25, f"an idle bridge used {used:.0%} of a CPU"
+    finally:
+        s.stop()
