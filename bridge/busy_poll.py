@@ -7,11 +7,23 @@ at a time sleeps three or four times per call: for the request, for the worker's
 for gRPC's completions.  Each of those waits is usually shorter than the wake-up it ends.
 
 :class:`BusyPollSelector` polls without sleeping for up to ``budget`` seconds before it
-sleeps, as Linux's ``net.core.busy_poll`` does for sockets, and learns whether that pays:
-it keeps a running share of the waits that ended within the budget, and polls only while
-that share is over one half.  A loop whose waits are long (an idle bridge, a caller that
-thinks between calls) soon stops polling and costs nothing; at most a few budgets are spent
-learning it.  While it polls, the loop's thread lets go of the GIL at each poll.
+sleeps, as Linux's ``net.core.busy_poll`` does for sockets, under two conditions:
+
+- **The waits are short.**  It keeps a running share of the waits that ended within the
+  budget, and polls only while that share is over one half.  A loop whose waits are long
+  (an idle bridge, a caller that thinks between calls) soon stops polling; at most a few
+  budgets are spent learning it.
+- **A CPU is spare.**  Where it would poll, it reads how many tasks are runnable on the
+  machine (``/proc/loadavg``), and keeps a running share of the readings in which they,
+  its own thread included, outnumber the CPUs it may use; it polls only while that share
+  is under one half.  The count jumps from one reading to the next as threads wake and
+  sleep around each call; CPU-bound tools keep it up.  Polling on a busy machine would
+  take a CPU from the workers' tools (measured: two CPU-bound workers on two CPUs lost a
+  third of their work to an unchecked poll), as the kernel's own busy polling stops when
+  another task wants the CPU.
+
+Without ``/proc/loadavg`` (not Linux) it never polls.  While it polls, the loop's thread
+lets go of the GIL at each poll.
 
 :func:`new_event_loop` makes an asyncio loop on one, and :func:`run` runs a coroutine on
 it as :func:`asyncio.run` does.  ``kernelpit serve`` runs on it (``--busy-poll``; measured
@@ -21,6 +33,7 @@ in docs/performance.md, "The remote hot path").
 from __future__ import annotations
 
 import asyncio
+import os
 import selectors
 import sys
 import time
@@ -38,7 +51,7 @@ _LEARN = 1 / 8  # weight of the newest wait in the running share
 
 class BusyPollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
     """The platform's default selector, polling for up to ``budget`` seconds before it
-    sleeps while most recent waits have been that short."""
+    sleeps while most recent waits have been that short and a CPU is spare."""
 
     def __init__(self, budget: float = BUDGET) -> None:
         if not budget >= 0:
@@ -46,18 +59,35 @@ class BusyPollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
         super().__init__()
         self.budget = budget
         self.short_share = 0.0  # running share of waits that ended within the budget
+        self.busy_share = 0.0  # running share of readings with more tasks runnable than CPUs
+        self.polls = 0  # waits that started by polling
+        self.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count() or 1
+        try:
+            self._loadavg: int | None = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._loadavg = None
 
     @property
     def polling(self) -> bool:
-        """Whether the next wait starts by polling."""
+        """Whether the waits have been short enough to poll (when a CPU is spare)."""
         return self.short_share > 0.5
+
+    def cpu_spare(self) -> bool:
+        """Reads the runnable tasks: whether most recent readings found a CPU spare."""
+        if self._loadavg is None:
+            return False
+        running = int(os.pread(self._loadavg, 64, 0).split()[3].partition(b"/")[0])
+        self.busy_share += ((1.0 if running > self.cpus else 0.0) - self.busy_share) * _LEARN
+        return self.busy_share < 0.5
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         budget = self.budget
         if (timeout is not None and timeout <= 0) or not budget:
             return super().select(timeout)
         start = time.perf_counter()
-        if self.short_share > 0.5:
+        if self.short_share > 0.5 and self.cpu_spare():
+            self.polls += 1
             end = start + (budget if timeout is None else min(budget, timeout))
             while True:
                 ready = super().select(0)
@@ -81,6 +111,12 @@ class BusyPollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
 
     def _learn(self, short: bool) -> None:
         self.short_share += ((1.0 if short else 0.0) - self.short_share) * _LEARN
+
+    def close(self) -> None:
+        super().close()
+        if self._loadavg is not None:
+            os.close(self._loadavg)
+            self._loadavg = None
 
 
 def new_event_loop(budget: float = BUDGET) -> asyncio.AbstractEventLoop:

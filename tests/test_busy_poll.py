@@ -5,6 +5,7 @@ to report, so that what a wait counts as (short or long) does not hang on this m
 load; the default budget's effect on calls is measured in benchmarks/, not here."""
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 import psutil
 import pytest
 
+from conftest import wait_until
 from kernelpit import busy_poll
 
 BUDGET = 0.05
@@ -43,6 +45,8 @@ def test_a_selector_polls_while_its_waits_are_short_and_stops_when_they_are_long
         assert not selector.polling  # it starts asleep: nothing learnt yet
         short_waits(selector, a, b, 8)
         assert selector.polling
+        short_waits(selector, a, b, 4)
+        assert selector.polls > 0
         for _ in range(8):  # nothing comes within the budget: an idle loop
             assert selector.select(2 * BUDGET) == []
         assert not selector.polling
@@ -69,6 +73,29 @@ def test_a_polling_selector_returns_late_events_and_wakes_for_its_timers(pair):
         t0 = time.monotonic()
         assert selector.select(2 * BUDGET) == []
         assert time.monotonic() - t0 >= 2 * BUDGET
+
+
+def test_a_selector_does_not_poll_while_the_cpus_are_busy(pair):
+    a, b = pair
+    cpus = len(os.sched_getaffinity(0))
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(cpus + 1)]
+    try:
+        def runnable():
+            with open("/proc/loadavg") as f:
+                return int(f.read().split()[3].partition("/")[0])
+        wait_until(lambda: runnable() > cpus)  # the spinners run
+        with busy_poll.BusyPollSelector(BUDGET) as selector:
+            selector.register(a, busy_poll.selectors.EVENT_READ)
+            short_waits(selector, a, b, 40)  # short waits, but every CPU is taken
+            assert selector.polling and selector.busy_share > 0.5
+            polls = selector.polls
+            short_waits(selector, a, b, 20)
+            assert selector.polls == polls
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
 
 
 def test_a_zero_budget_never_polls(pair):
