@@ -22,11 +22,15 @@ sleeps, as Linux's ``net.core.busy_poll`` does for sockets, under two conditions
   third of their work to an unchecked poll), as the kernel's own busy polling stops when
   another task wants the CPU.
 
-Without ``/proc/loadavg`` (not Linux) it never polls.  While it polls, the loop's thread
-lets go of the GIL at each poll.
+Without ``/proc/loadavg`` (not Linux) it never polls.
 
-:func:`new_event_loop` makes an asyncio loop on one, and :func:`run` runs a coroutine on
-it as :func:`asyncio.run` does.  ``kernelpit serve`` runs on it (``--busy-poll``; measured
+While it polls, the loop's thread holds the GIL but for the moments of each poll, and
+another Python thread seldom gets it in those.  So :class:`BusyPollLoop`, the loop on such
+a selector, does not poll while work it handed to threads (``run_in_executor``,
+``asyncio.to_thread``) is running: that work would wait for the end of each poll.
+
+:func:`new_event_loop` makes a :class:`BusyPollLoop`, and :func:`run` runs a coroutine on
+one as :func:`asyncio.run` does.  ``kernelpit serve`` runs on it (``--busy-poll``; measured
 in docs/performance.md, "The remote hot path").
 """
 
@@ -61,6 +65,7 @@ class BusyPollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
         self.short_share = 0.0  # running share of waits that ended within the budget
         self.busy_share = 0.0  # running share of readings with more tasks runnable than CPUs
         self.polls = 0  # waits that started by polling
+        self.threads_at_work = 0  # the loop's work in threads, which needs the GIL (no polls)
         self.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else os.cpu_count() or 1
         try:
@@ -86,7 +91,7 @@ class BusyPollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
         if (timeout is not None and timeout <= 0) or not budget:
             return super().select(timeout)
         start = time.perf_counter()
-        if self.short_share > 0.5 and self.cpu_spare():
+        if self.short_share > 0.5 and not self.threads_at_work and self.cpu_spare():
             self.polls += 1
             end = start + (budget if timeout is None else min(budget, timeout))
             while True:
@@ -119,11 +124,29 @@ class BusyPollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
             self._loadavg = None
 
 
+class BusyPollLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop on a :class:`BusyPollSelector` that does not poll while work it
+    handed to threads is running."""
+
+    def __init__(self, budget: float = BUDGET) -> None:
+        self.busy_poll = BusyPollSelector(budget)
+        super().__init__(self.busy_poll)
+
+    def run_in_executor(self, executor: Any, func: Any, *args: Any) -> asyncio.Future[Any]:
+        future = super().run_in_executor(executor, func, *args)
+        self.busy_poll.threads_at_work += 1
+        future.add_done_callback(self._thread_done)
+        return future
+
+    def _thread_done(self, _: asyncio.Future[Any]) -> None:
+        self.busy_poll.threads_at_work -= 1
+
+
 def new_event_loop(budget: float = BUDGET) -> asyncio.AbstractEventLoop:
-    """An asyncio loop on a :class:`BusyPollSelector` (a plain one when ``budget`` is 0)."""
+    """A :class:`BusyPollLoop` (a plain asyncio loop when ``budget`` is 0)."""
     if not budget:
         return asyncio.new_event_loop()
-    return asyncio.SelectorEventLoop(BusyPollSelector(budget))
+    return BusyPollLoop(budget)
 
 
 def run(main: Coroutine[Any, Any, T], budget: float = BUDGET) -> T:

@@ -106,7 +106,7 @@ def test_a_zero_budget_never_polls(pair):
         assert not selector.polling
     loop = busy_poll.new_event_loop(0)
     try:
-        assert not isinstance(loop._selector, busy_poll.BusyPollSelector)
+        assert not isinstance(loop, busy_poll.BusyPollLoop)
     finally:
         loop.close()
 
@@ -116,9 +116,10 @@ def test_a_budget_below_zero_is_refused():
         busy_poll.BusyPollSelector(-1)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.run takes a loop from 3.11")
 def test_run_serves_a_real_asyncio_program_on_a_polling_loop():
     async def main():
-        assert isinstance(asyncio.get_running_loop()._selector, busy_poll.BusyPollSelector)
+        assert isinstance(asyncio.get_running_loop(), busy_poll.BusyPollLoop)
 
         async def echo(reader, writer):
             while line := await reader.readline():
@@ -133,15 +134,21 @@ def test_run_serves_a_real_asyncio_program_on_a_polling_loop():
             writer.write(b"%d\n" % i)
             got.append(int(await reader.readline()))
         await asyncio.sleep(0.01)  # a timer, while the loop polls
+        selector = asyncio.get_running_loop().busy_poll
+        polling, polls = selector.polling, selector.polls
+        # work in a thread: no polls while it runs (it would wait for the GIL they hold)
+        assert await asyncio.to_thread(sum, range(10**6)) == 499999500000
+        polls_beside_thread = selector.polls - polls
         writer.close()
         await writer.wait_closed()
         server.close()
         await server.wait_closed()
-        return got, asyncio.get_running_loop()._selector.polling
+        return got, polling, polls_beside_thread, selector.threads_at_work
 
-    got, polling = busy_poll.run(main(), budget=BUDGET)
+    got, polling, polls_beside_thread, threads_at_work = busy_poll.run(main(), budget=BUDGET)
     assert got == list(range(200))
-    assert polling or sys.version_info < (3, 11)
+    assert polling
+    assert polls_beside_thread == 0 and threads_at_work == 0
 
 
 def test_serve_refuses_a_bad_busy_poll_saying_what_it_takes(tmp_path):
