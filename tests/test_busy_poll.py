@@ -43,7 +43,7 @@ def test_a_selector_polls_while_its_waits_are_short_and_stops_when_they_are_long
     with busy_poll.BusyPollSelector(BUDGET) as selector:
         selector.register(a, busy_poll.selectors.EVENT_READ)
         assert not selector.polling  # it starts asleep: nothing learnt yet
-        short_waits(selector, a, b, 8)
+        short_waits(selector, a, b, 12)
         assert selector.polling
         short_waits(selector, a, b, 4)
         assert selector.polls > 0
@@ -56,7 +56,7 @@ def test_a_polling_selector_returns_late_events_and_wakes_for_its_timers(pair):
     a, b = pair
     with busy_poll.BusyPollSelector(BUDGET) as selector:
         selector.register(a, busy_poll.selectors.EVENT_READ)
-        short_waits(selector, a, b, 8)
+        short_waits(selector, a, b, 12)
         # an event after the budget: found by the sleep that follows the poll
         writer = threading.Timer(3 * BUDGET, b.send, (b"late",))
         writer.start()
