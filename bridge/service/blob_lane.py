@@ -175,6 +175,26 @@ class BlobLane:
 
     async def _stream(self, loop: asyncio.AbstractEventLoop, conn: socket.socket,
                       blob_id: str) -> None:
+        """Send a streamed result's records; a client that closes the connection meanwhile
+        (its call was cancelled) stops it at once, not at the next record, which may be a
+        long way off: the result is freed, and its call cancelled."""
+        sending = asyncio.ensure_future(self._send_records(loop, conn, blob_id))
+        # the client sends nothing while it reads a stream: what ends this read is its close
+        closing = asyncio.ensure_future(loop.sock_recv(conn, 1))
+        try:
+            await asyncio.wait((sending, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (closing, sending):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
+                    await task
+        if not sending.cancelled():
+            sending.result()  # its error (BlobError: refused) or nothing
+        else:
+            raise ConnectionResetError(f"the client closed the blob lane while it read {blob_id}")
+
+    async def _send_records(self, loop: asyncio.AbstractEventLoop, conn: socket.socket,
+                            blob_id: str) -> None:
         reply: bytes | None = lines.STREAM  # once the first record is there: till then the
         # read may still be refused (BlobError: read already, expired)
         async with contextlib.aclosing(self._blobs.records(blob_id)) as records:

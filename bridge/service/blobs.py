@@ -72,6 +72,11 @@ class BlobStore:
         return len(self._blobs)
 
     @property
+    def being_read(self) -> int:
+        """How many blobs are being read now."""
+        return sum(blob.busy for blob in self._blobs.values())
+
+    @property
     def nbytes(self) -> int:
         return sum(b.size for b in self._blobs.values())
 
