@@ -29,7 +29,10 @@ STREAMED = (("kernelpit-accept", "packed-lists,streamed-results"),)
 
 def served(**kw):
     portal = Portal("test-streamed")
-    b = Bridge([PoolConfig(name="default", adapters=["kp_tools"], workers=1, path=[ADAPTERS])],
+    b = Bridge([PoolConfig(name="default", adapters=["kp_tools"], workers=1, path=[ADAPTERS]),
+                # a worker whose result takes long to send is restarted 0.5 s after a cancel
+                PoolConfig(name="pickling", adapters=["kp_tools"], workers=1, path=[ADAPTERS],
+                           pickle=True, cancel_grace=0.5)],
                max_message_size=MAX_MESSAGE, grace=5, discovery=False, blob_ttl=TTL, **kw)
     portal.call(b.start)
     try:
@@ -214,3 +217,35 @@ def test_a_stream_read_cut_short_or_never_read_is_freed(bridge, stub, auth, clie
     assert "expired" in err.details()
     wait_until(lambda: any(w.state == "idle" for w in client.workers()))
     assert client.call("add", 2, b=3) == 5
+
+
+@pytest.mark.parametrize("way", ["blob lane", "ReadBlob", "local transport"])
+def test_a_cancelled_asyncio_call_stops_reading_its_stream_and_its_tool(request, way):
+    bridge = request.getfixturevalue("served_without_lane" if way == "ReadBlob"
+                                     else "served_with_lane")[0]
+    address, transport = ((bridge.local_address, "local") if way == "local transport"
+                          else (bridge.address, "grpc"))
+    streamed = bridge.blobs.streamed
+
+    async def main():
+        async with kernelpit.aio.connect(address, bridge.token, transport=transport) as aclient:
+            # its column goes ahead and streams to this client, then the rest takes 60 s
+            call = asyncio.ensure_future(
+                aclient.options(pool="pickling").call("column_then_slow", ROWS, 60.0))
+            while not (bridge.blobs.streamed > streamed and bridge.blobs.being_read):
+                await asyncio.sleep(0.01)  # (no event to await in the bridge's process)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            # the read is cut short: the bridge frees the result (before its TTL) and cancels
+            # the call, whose worker, still sending the result, is restarted after its cancel
+            # grace: well before the 60 s the result would take
+            await asyncio.to_thread(wait_until, lambda: len(bridge.blobs) == 0, TTL - 1)
+            await asyncio.to_thread(wait_until, lambda: idle(bridge, "pickling"), 10)
+            assert await aclient.call("add", 2, b=3) == 5
+
+    asyncio.run(main())
+
+
+def idle(bridge, pool):
+    return all(w.state == "idle" for w in bridge.manager.groups[pool].workers.values())

@@ -35,6 +35,7 @@ from ..v1 import values_pb2 as values_pb
 from ..telemetry import tracing
 from ..telemetry.events import TelemetryEvent, kind_filter
 from ..watch import WatchEvent
+from .abort import Abort
 from .blob_lane import LaneReader
 from .lease import Lease, new_client_id
 from .multiplex import CallMultiplexer, reply_result, reply_value
@@ -202,13 +203,23 @@ class RemoteBackend(Backend):
             self._read_blob_blocking(ref.id, fill)
         return downloads.codec(self._values())
 
-    def _read_blob_blocking(self, blob_id: str, receiver: Any) -> None:
+    def _read_blob_blocking(self, blob_id: str, receiver: Any, abort: Abort | None = None) -> None:
         """Blob ``blob_id`` into ``receiver`` (called with each chunk; see the lane's
-        ``read``): on the blob lane where it can be reached, else with ``ReadBlob``."""
-        if self._lane is not None and self._lane.read(blob_id, receiver):
+        ``read``): on the blob lane where it can be reached, else with ``ReadBlob``.
+        ``abort`` can cut the read short from another thread."""
+        if self._lane is not None and self._lane.read(blob_id, receiver, abort):
             return
-        for data in self._stubs().read(pb.ReadBlobRequest(id=blob_id), metadata=self.metadata):
-            receiver(data)
+        responses = self._stubs().read(pb.ReadBlobRequest(id=blob_id), metadata=self.metadata)
+        if abort is None:
+            for data in responses:
+                receiver(data)
+            return
+        abort.on(responses.cancel)
+        try:
+            for data in responses:
+                receiver(data)
+        finally:
+            abort.on(None)  # the read is over: a later abort must not touch the connection
 
     def call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
                       options: CallOptions, loop: asyncio.AbstractEventLoop | None = None) -> Any:
@@ -251,13 +262,14 @@ class RemoteBackend(Backend):
             return codec.decode(result, "result")
         raise err
 
-    def _streamed(self, value: values_pb.Value) -> Any:
+    def _streamed(self, value: values_pb.Value, abort: Abort | None = None) -> Any:
         """A streamed result (contract.streamed), read over the blob lane or ``ReadBlob``
         with each list made while the next is on its way.  Raises the call's error.  It
-        blocks: the asyncio API runs it in a thread."""
+        blocks: the asyncio API runs it in a thread (:meth:`_streamed_async`), which
+        ``abort`` stops."""
         reader = streamed.StreamReader()
         try:
-            self._read_blob_blocking(value.blobs[0].id, reader)
+            self._read_blob_blocking(value.blobs[0].id, reader, abort)
             result = reader.result()
             return self._incoming_blocking(result).decode(result, "result", reader.lists)
         except streamed.StreamError as exc:
@@ -265,6 +277,16 @@ class RemoteBackend(Backend):
                               f"be read ({exc}); the call's result is lost") from None
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc, self.address) from None  # type: ignore[arg-type]
+
+    async def _streamed_async(self, value: values_pb.Value) -> Any:
+        """:meth:`_streamed` in a thread.  When the awaiting task is cancelled, the thread's
+        read is cut short at once: the bridge frees the result and cancels the call."""
+        abort = Abort()
+        try:
+            return await asyncio.to_thread(self._streamed, value, abort)
+        except asyncio.CancelledError:
+            abort.fire()
+            raise
 
     async def _rpc(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         for attempt in (0, 1):
@@ -295,7 +317,7 @@ class RemoteBackend(Backend):
         reply = await self._mux.call(request)
         if reply.WhichOneof("outcome") != "error" and reply.result.blobs:
             if streamed.is_streamed(reply.result):
-                return await asyncio.to_thread(self._streamed, reply.result)
+                return await self._streamed_async(reply.result)
             return reply_value(reply, await self._incoming(reply.result))
         return reply_value(reply, self._values())
 

@@ -21,8 +21,9 @@ from typing import Any, Callable
 from ..contract import errors
 from ..contract import lane as lines
 from ..contract.streamed import HEAD, StreamReader
-from ..exceptions import BridgeError
+from ..exceptions import BridgeError, Cancelled
 from ..kernels import wire
+from .abort import Abort
 
 log = logging.getLogger("kernelpit.client")
 
@@ -44,12 +45,12 @@ class LaneReader:
         self._lock = threading.Lock()
         self._unreachable_until = 0.0
 
-    def read(self, blob_id: str, receiver: Any) -> bool:
+    def read(self, blob_id: str, receiver: Any, abort: Abort | None = None) -> bool:
         """Receive blob ``blob_id`` into ``receiver`` (its ``free()`` view, then
         ``advance(n)``), or for a streamed result (``receiver`` a
         :class:`~kernelpit.contract.streamed.StreamReader`) call it with each record's head
-        and body; False when
-        the lane could not be reached (read it with ReadBlob)."""
+        and body; False when the lane could not be reached (read it with ReadBlob).
+        ``abort`` can cut the read short from another thread (then it raises ``Cancelled``)."""
         if not self.usable:
             return False
         request = lines.request(blob_id, self._token())
@@ -59,11 +60,15 @@ class LaneReader:
             sock = self._connection()
             if sock is None:
                 return False
+            if abort is not None:
+                abort.on(lambda: _shut(sock))
             try:
                 sock.sendall(request)
                 size, extra = self._header(sock)
             except (ConnectionError, _Closed):
                 sock.close()
+                if abort is not None and abort.fired:
+                    raise _cut_short(blob_id) from None
                 if attempt == 0:
                     continue  # a kept connection the bridge closed meanwhile: once more
                 self._unreachable(f"connection closed before the reply to {blob_id}")
@@ -80,7 +85,11 @@ class LaneReader:
                     _receive(sock, receiver, size, blob_id, extra)
             except BaseException:
                 sock.close()  # cut short (Ctrl-C, the bridge gone): the stream is unusable
+                if abort is not None and abort.fired:
+                    raise _cut_short(blob_id) from None
                 raise
+            if abort is not None:
+                abort.on(None)  # this connection is kept for the next read: not to be cut
             with self._lock:
                 self._idle.append(sock)
             return True
@@ -142,6 +151,18 @@ class LaneReader:
 
 class _Closed(Exception):
     """The connection closed before a reply began."""
+
+
+def _shut(sock: socket.socket) -> None:
+    """End a read under way on ``sock`` from another thread (its ``recv`` returns)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already
+
+
+def _cut_short(blob_id: str) -> Cancelled:
+    return Cancelled(f"the read of blob {blob_id} was cut short: its call was cancelled")
 
 
 def _receive_stream(sock: socket.socket, reader: StreamReader, blob_id: str,

@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 import itertools
 import json
-from typing import Any, AsyncIterator, Iterable
+import socket
+from typing import Any, AsyncIterator, Iterable, Iterator
 
 import grpc
 
@@ -357,6 +358,7 @@ class BlockingLocalChannel:
         self._pending: list[list[Any]] = []
         self._ids = itertools.count(1)
         self._open_stream: int | None = None  # the RPC sent and not ended yet
+        self._interrupted = False  # interrupt() shut the connection
 
     def unary_unary(self, method: str, request_serializer: Any = None,
                     response_deserializer: Any = None, **_: Any) -> Any:
@@ -377,7 +379,7 @@ class BlockingLocalChannel:
             except BaseException:
                 self._abandon()
                 raise
-            return self._responses(stream, response_deserializer)
+            return _Responses(self, self._responses(stream, response_deserializer))
         return call
 
     def stream_unary(self, method: str, request_serializer: Any = None,
@@ -405,6 +407,15 @@ class BlockingLocalChannel:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+    def interrupt(self) -> None:
+        """From another thread: end the RPC being read, whose reader raises CANCELLED.  The
+        connection is shut (the bridge cancels that RPC); the next RPC opens another."""
+        sock = self._sock
+        if sock is not None:
+            self._interrupted = True
+            with contextlib.suppress(OSError):  # closed meanwhile
+                sock.shutdown(socket.SHUT_RDWR)
 
     # -- the socket ------------------------------------------------------------------------
     def _open(self, op: int, method: str, metadata: Any, serializer: Any = None,
@@ -442,7 +453,6 @@ class BlockingLocalChannel:
             raise
 
     def _connect(self) -> None:
-        import socket
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(self.path)
@@ -452,6 +462,7 @@ class BlockingLocalChannel:
             raise _failure(grpc.StatusCode.UNAVAILABLE, f"cannot reach the bridge's local socket "
                            f"{self.path} ({exc})") from None
         self._sock, self._reader, self._pending = sock, wire.Reader(), []
+        self._interrupted = False
         if bytes(self._next()[0]) != proto.GREETING:
             self.close()
             raise _failure(grpc.StatusCode.UNAVAILABLE, "the socket does not speak the local "
@@ -467,6 +478,9 @@ class BlockingLocalChannel:
                 why = "the bridge closed the local connection (it stopped?)"
             if n == 0:
                 self.close()
+                if self._interrupted:
+                    raise _failure(grpc.StatusCode.CANCELLED, "the RPC was cancelled while "
+                                   "it was being read")
                 raise _failure(grpc.StatusCode.UNAVAILABLE, why)
             self._pending = self._reader.advance(n)
         return self._pending.pop(0)
@@ -504,3 +518,22 @@ class BlockingLocalChannel:
 
 def _failure(code: grpc.StatusCode, details: str, trailing: Any = ()) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, _NO_METADATA, grpc.aio.Metadata(*trailing), details)
+
+
+class _Responses:
+    """A server stream's messages on a :class:`BlockingLocalChannel`, as gRPC's blocking
+    iterator gives them, with its ``cancel()`` (from another thread)."""
+
+    def __init__(self, channel: BlockingLocalChannel, messages: Iterator[Any]) -> None:
+        self._channel = channel
+        self._messages = messages
+
+    def __iter__(self) -> "_Responses":
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._messages)
+
+    def cancel(self) -> bool:
+        self._channel.interrupt()
+        return True

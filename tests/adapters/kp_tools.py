@@ -143,6 +143,27 @@ def float_columns(rows: int, cols: int = 3, partials: int = 0, then_unsendable: 
     return table
 
 
+class SlowToPickle:
+    """An object that takes ``seconds`` to pickle (in short sleeps, so that a cancel can
+    interrupt it)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self):
+        end = time.monotonic() + self.seconds
+        while time.monotonic() < end:
+            time.sleep(0.01)
+        return (SlowToPickle, (0,))
+
+
+@tool
+def column_then_slow(rows: int, seconds: float):
+    """A float column, which goes ahead of the result, then an object that takes
+    ``seconds`` to send (from a pool with ``pickle=True``): a result that streams for long."""
+    return {"c0": [i * 0.5 for i in range(rows)], "slow": SlowToPickle(seconds)}
+
+
 @tool(thread_safe=True)
 def ts_sleep(seconds: float = 0.3) -> float:
     time.sleep(seconds)
