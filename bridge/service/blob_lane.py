@@ -179,8 +179,7 @@ class BlobLane:
         (its call was cancelled) stops it at once, not at the next record, which may be a
         long way off: the result is freed, and its call cancelled."""
         sending = asyncio.ensure_future(self._send_records(loop, conn, blob_id))
-        # the client sends nothing while it reads a stream: what ends this read is its close
-        closing = asyncio.ensure_future(loop.sock_recv(conn, 1))
+        closing = asyncio.ensure_future(_closed(loop, conn))
         try:
             await asyncio.wait((sending, closing), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -213,3 +212,23 @@ class BlobLane:
                       code: grpc.StatusCode, message: str) -> None:
         self.refused[code.name] = self.refused.get(code.name, 0) + 1
         await loop.sock_sendall(conn, lines.refusal(code, message))
+
+
+async def _closed(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    """Returns once the client has closed ``conn``.  Nothing is read: the client sends
+    nothing while it reads a stream, and should it send (its next request) that stays."""
+    while True:
+        readable = loop.create_future()
+        loop.add_reader(conn, lambda: readable.done() or readable.set_result(None))
+        try:
+            await readable
+        finally:
+            loop.remove_reader(conn)
+        try:
+            if not conn.recv(1, socket.MSG_PEEK):
+                return  # its end: closed
+        except BlockingIOError:
+            continue
+        except OSError:
+            return  # reset
+        await loop.create_future()  # data waits unread: watch no more (till cancelled)
