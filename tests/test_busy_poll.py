@@ -43,7 +43,7 @@ def test_a_selector_polls_while_its_waits_are_short_and_stops_when_they_are_long
     with busy_poll.BusyPollSelector(BUDGET) as selector:
         selector.register(a, busy_poll.selectors.EVENT_READ)
         assert not selector.polling  # it starts asleep: nothing learnt yet
-        short_waits(selector, a, b, 12)
+        short_waits(selector, a, b, 24)
         assert selector.polling
         short_waits(selector, a, b, 4)
         assert selector.polls > 0
@@ -56,14 +56,14 @@ def test_a_polling_selector_returns_late_events_and_wakes_for_its_timers(pair):
     a, b = pair
     with busy_poll.BusyPollSelector(BUDGET) as selector:
         selector.register(a, busy_poll.selectors.EVENT_READ)
-        short_waits(selector, a, b, 12)
+        short_waits(selector, a, b, 24)
         # an event after the budget: found by the sleep that follows the poll
         writer = threading.Timer(3 * BUDGET, b.send, (b"late",))
         writer.start()
         ready = selector.select(None)
         writer.join()
         assert [key.fileobj for key, _ in ready] == [a] and a.recv(16) == b"late"
-        short_waits(selector, a, b, 4)
+        short_waits(selector, a, b, 12)
         assert selector.polling
         # a timer due within the budget: the poll ends then, with nothing
         t0 = time.monotonic()
