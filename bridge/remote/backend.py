@@ -210,16 +210,14 @@ class RemoteBackend(Backend):
         if self._lane is not None and self._lane.read(blob_id, receiver, abort):
             return
         responses = self._stubs().read(pb.ReadBlobRequest(id=blob_id), metadata=self.metadata)
-        if abort is None:
-            for data in responses:
-                receiver(data)
-            return
-        abort.on(responses.cancel)
+        if abort is not None:
+            abort.on(responses.cancel)
         try:
             for data in responses:
                 receiver(data)
         finally:
-            abort.on(None)  # the read is over: a later abort must not touch the connection
+            if abort is not None:
+                abort.on(None)  # the read is over: a later abort must not touch the connection
 
     def call_blocking(self, tool: str, args: Any, kwargs: dict[str, Any],
                       options: CallOptions, loop: asyncio.AbstractEventLoop | None = None) -> Any:
