@@ -554,9 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "shutdown (default 30)")
     p.add_argument("--max-message-size", help="largest request accepted, e.g. 64MB (default)")
     p.add_argument("--busy-poll", type=float, metavar="MICROSECONDS",
-                   help="how long the bridge's event loop polls before it sleeps, while its "
-                   "waits are mostly that short (default 250; 0: never). Spends a little CPU "
-                   "to answer each call sooner")
+                   help="how long the bridge's event loop polls before it sleeps, while nearly "
+                   "all its waits are that short and a CPU is spare (default 250; 0: never). "
+                   "Spends a little CPU to answer each call sooner")
     p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
                    help="stop by itself after this many seconds with no calls and no connected "
                    "client (default: never; `%%kp start` sets 1800)")
