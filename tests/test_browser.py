@@ -224,13 +224,15 @@ def test_quickstart_renders_live_panels_in_jupyterlab(lab, browser):
         "() => document.querySelectorAll('.kp-health .kp-worker-row').length === 2 && "
         "[...document.querySelectorAll('.kp-health .kp-worker-row .kp-state')]"
         ".every(e => ['idle', 'ready'].includes(e.textContent.trim()))", timeout=30_000)
+    # read in one go, in the page, until both say idle: the panel redraws its cells live, so
+    # between two reads a row may be in the middle of being replaced
+    states = page.wait_for_function(
+        "() => { const s = [...document.querySelectorAll('.kp-health .kp-worker-row .kp-state')]"
+        ".map(e => e.textContent.trim()); return s.length === 2 && s.every(x => x === 'idle') "
+        "&& s; }", timeout=30_000).json_value()
+    assert states == ["idle", "idle"]
     rows = page.query_selector_all(".kp-health .kp-worker-row")
     assert len(rows) == 2
-    # read in one go: the panel redraws its cells live, so an element found a moment ago may
-    # have been replaced since
-    states = page.eval_on_selector_all(".kp-health .kp-worker-row .kp-state",
-                                       "els => els.map(e => e.textContent.trim())")
-    assert states == ["idle", "idle"]
     for r in rows:  # each row has its three control buttons (icons, named by their tooltips)
         assert {b.get_attribute("title").split(":")[0].lower()
                 for b in r.query_selector_all("button")} == {"interrupt", "restart", "recycle"}

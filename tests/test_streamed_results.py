@@ -232,8 +232,10 @@ def test_a_cancelled_asyncio_call_stops_reading_its_stream_and_its_tool(request,
             # its column goes ahead and streams to this client, then the rest takes 60 s
             call = asyncio.ensure_future(
                 aclient.options(pool="pickling").call("column_then_slow", ROWS, 60.0))
-            while not (bridge.blobs.streamed > streamed and bridge.blobs.being_read):
-                await asyncio.sleep(0.01)  # (no event to await in the bridge's process)
+            async def streaming():
+                while not (bridge.blobs.streamed > streamed and bridge.blobs.being_read):
+                    await asyncio.sleep(0.01)  # (no event to await in the bridge's process)
+            await asyncio.wait_for(streaming(), 30)
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call
