@@ -821,10 +821,11 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
     unit, better = "GB/s", "higher"
 
     def reps_for(size: int, kind: str) -> int:
-        base = {MB: ctx.repeats(3, 20), 10 * MB: ctx.repeats(1, 3), 100 * MB: ctx.repeats(1, 5),
+        # Five repeats from 10 MB on: one call in ten comes out twice as slow here, its client
+        # spending 0.5 s in the kernel on the fresh pages of its new floats (first touch on
+        # this VM), and the median of two repeats is their mean (docs/performance.md, S7).
+        base = {MB: ctx.repeats(3, 20), 10 * MB: ctx.repeats(3, 5), 100 * MB: ctx.repeats(1, 5),
                 GB: ctx.repeats(1, 2)}[size]
-        if kind != "bytes" and size >= 100 * MB:
-            base = min(base, ctx.repeats(1, 2))
         return max(1, base)
 
     def measure(fetch: Callable[[], Any], check: Callable[[Any], bool], size: int, reps: int) -> list[float]:
