@@ -14,10 +14,12 @@ its main thread).  Beside it the agent runs:
   (the latest wins), so a flooding tool never blocks.  An executor still running a
   call leaves the next ones it was sent in its socket until it is done.
 
-Cancel raises :class:`CallCancelled` inside the executor thread running the
-call (``PyThreadState_SetAsyncExc``), which stops Python code at its next
-bytecode; code stuck in C does not stop, and the pool restarts the worker
-after its grace period.
+Cancel raises :class:`CallCancelled` inside the thread running the call
+(``PyThreadState_SetAsyncExc``), which stops Python code at its next bytecode:
+the tool, or, once the tool has returned, the packing of its result (a large
+value, an object that pickles slowly), after which the call ends as cancelled
+and the worker keeps its state.  Code stuck in C does not stop, and the pool
+restarts the worker after its grace period.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from .arrow import DecodeError, Transport
 from .protocol import EncodeError, decode, encode
 from .registry import ToolSpec
 
+
+# a result of these types is packed in one step, which no cancel could stop halfway
+_PACKED_AT_ONCE = frozenset({type(None), bool, int, float, str})
 
 # how encode() starts a call's header: {"op":"call","id":7,"tool":"add",...}
 _CALL_HEAD = re.compile(rb'\{"op":"call","id":(\d+),"tool":"((?:[^"\\]|\\.)*)"')
@@ -69,6 +74,11 @@ def _cancelled(call_id: int, tool: str) -> dict[str, Any]:
     return ErrorPayload.of(Cancelled(f"call {call_id} of {tool}() was cancelled")).to_dict()
 
 
+def _cancelled_result(call_id: int) -> dict[str, Any]:
+    return {"op": "ev", "id": call_id, "k": "error", "error": ErrorPayload.of(Cancelled(
+        f"call {call_id} was cancelled while its result was being sent")).to_dict()}
+
+
 def _unsendable(exc: Exception, what: str, transport: Any) -> Exception:
     """What the caller is told when the value a tool ``what`` (returned, yielded, sent)
     cannot be sent."""
@@ -96,7 +106,9 @@ class Agent:
         self.transport = Transport.from_env(prefix=f"w{worker_id}")
         self._executor_sockets: list[socket.socket] = []  # connected in start(), before any call
         self._lock = threading.Lock()
-        self._running: dict[int, int] = {}  # call id -> executor thread ident
+        # call id -> the thread a cancel interrupts: the executor running its tool, then the
+        # thread packing its result
+        self._running: dict[int, int] = {}
         self._interrupted: set[int] = set()  # threads a CallCancelled was raised in
         self._cancelled_early: set[int] = set()  # cancelled before an executor took them
 
@@ -182,7 +194,11 @@ class Agent:
 
         def send(msg: dict[str, Any]) -> None:
             try:
-                frames = encode(msg, self.transport, ahead=write)  # long lists go first
+                if msg.get("k") == "result" and type(msg.get("value")) not in _PACKED_AT_ONCE:
+                    # packing it may take long (or be slow Python code): a cancel stops it
+                    frames = self._pack_result(msg, write)
+                else:
+                    frames = encode(msg, self.transport, ahead=write)  # long lists go first
             except Exception as exc:  # noqa: BLE001 - the value fails its call, the worker goes on
                 what = {"partial": "yielded", "result": "returned"}.get(msg.get("k", ""), "sent")
                 frames = encode({"op": "ev", "id": msg.get("id"), "k": "error", "error": {
@@ -249,13 +265,9 @@ class Agent:
             outcome = {"k": "error", "error": _cancelled(call.id, spec.name)}
         while True:  # leave the running table with no cancel left pending for this thread
             try:
-                with self._lock:
-                    self._running.pop(call.id, None)
-                    if me in self._interrupted:  # a cancel may still be pending: drop it
-                        self._interrupted.discard(me)
-                        _set_async_exc(me, None)
+                self._stop_running(call.id, me)
                 break
-            except CallCancelled:
+            except CallCancelled:  # it came before the lock: raised once, then none is left
                 continue
         outbox.recover()  # a cancel may have cut this thread off in the middle of sending
         capture.set_current(None)
@@ -264,6 +276,38 @@ class Agent:
         call.flush()
         kind = outcome.pop("k")
         call.emit(kind, **outcome)
+
+    def _pack_result(self, msg: dict[str, Any], write: Any) -> list[Any]:
+        """The frames of a result message (its long lists written ahead with ``write``), or
+        of a cancelled error when the call is cancelled before or while it is packed."""
+        call_id, me = msg["id"], threading.get_ident()
+        with self._lock:
+            cancelled = call_id in self._cancelled_early  # cancelled after the tool returned
+            self._cancelled_early.discard(call_id)
+            if not cancelled:
+                self._running[call_id] = me
+        if cancelled:
+            return encode(_cancelled_result(call_id))
+        frames, packing = None, True
+        while True:
+            try:
+                if packing:
+                    packing = False
+                    frames = encode(msg, self.transport, ahead=write)
+                self._stop_running(call_id, me)
+                break
+            except CallCancelled:  # the lists already written ahead are dropped by the pool
+                continue
+        return frames if frames is not None else encode(_cancelled_result(call_id))
+
+    def _stop_running(self, call_id: int, me: int) -> None:
+        """Take ``call_id`` out of the running table with no cancel left pending for this
+        thread (call it where a CallCancelled raised before it took the lock is caught)."""
+        with self._lock:
+            self._running.pop(call_id, None)
+            if me in self._interrupted:  # a cancel may still be pending: drop it
+                self._interrupted.discard(me)
+                _set_async_exc(me, None)
 
     @staticmethod
     def _invoke_batch(spec: ToolSpec, columns: list[Any]) -> list[Any]:

@@ -30,9 +30,10 @@ STREAMED = (("kernelpit-accept", "packed-lists,streamed-results"),)
 def served(**kw):
     portal = Portal("test-streamed")
     b = Bridge([PoolConfig(name="default", adapters=["kp_tools"], workers=1, path=[ADAPTERS]),
-                # a worker whose result takes long to send is restarted 0.5 s after a cancel
+                # a result that takes long to send; a worker that did not stop sending it
+                # within 3 s of a cancel would be restarted
                 PoolConfig(name="pickling", adapters=["kp_tools"], workers=1, path=[ADAPTERS],
-                           pickle=True, cancel_grace=0.5)],
+                           pickle=True, cancel_grace=3)],
                max_message_size=MAX_MESSAGE, grace=5, discovery=False, blob_ttl=TTL, **kw)
     portal.call(b.start)
     try:
@@ -227,6 +228,8 @@ def test_a_cancelled_asyncio_call_stops_reading_its_stream_and_its_tool(request,
                           else (bridge.address, "grpc"))
     streamed = bridge.blobs.streamed
 
+    pids = worker_pids(bridge, "pickling")
+
     async def main():
         async with kernelpit.aio.connect(address, bridge.token, transport=transport) as aclient:
             # its column goes ahead and streams to this client, then the rest takes 60 s
@@ -240,14 +243,19 @@ def test_a_cancelled_asyncio_call_stops_reading_its_stream_and_its_tool(request,
             with pytest.raises(asyncio.CancelledError):
                 await call
             # the read is cut short: the bridge frees the result (before its TTL) and cancels
-            # the call, whose worker, still sending the result, is restarted after its cancel
-            # grace: well before the 60 s the result would take
+            # the call; its worker stops sending the result and serves again, well before the
+            # 60 s the result would take, and without a restart (its state is kept)
             await asyncio.to_thread(wait_until, lambda: len(bridge.blobs) == 0, TTL - 1)
             await asyncio.to_thread(wait_until, lambda: idle(bridge, "pickling"), 10)
-            assert await aclient.call("add", 2, b=3) == 5
+            assert worker_pids(bridge, "pickling") == pids
+            assert await aclient.options(pool="pickling").call("add", 2, b=3) == 5
 
     asyncio.run(main())
 
 
 def idle(bridge, pool):
     return all(w.state == "idle" for w in bridge.manager.groups[pool].workers.values())
+
+
+def worker_pids(bridge, pool):
+    return {w.pid for w in bridge.manager.groups[pool].workers.values()}
