@@ -27,7 +27,10 @@ sleeps, as Linux's ``net.core.busy_poll`` does for sockets, under two conditions
   third of their work to an unchecked poll), as the kernel's own busy polling stops when
   another task wants the CPU.
 
-Without ``/proc/loadavg`` (not Linux) it never polls.
+Without ``/proc/loadavg`` (not Linux) it never polls.  In a container whose CPU quota
+(cgroup ``cpu.max``, or ``cpu.cfs_quota_us`` in cgroup v1) is below its CPUs, it counts
+the whole CPUs of the quota instead (:func:`usable_cpus`): polling there would spend the
+quota that the workers share.
 
 While it polls, the loop's thread holds the GIL but for the moments of each poll, and
 another Python thread seldom gets it in those.  So :class:`BusyPollLoop`, the loop on such
@@ -42,6 +45,7 @@ in docs/performance.md, "The remote hot path").
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import selectors
 import sys
@@ -59,6 +63,38 @@ _LEARN = 1 / 8  # weight of the newest wait (or reading) in a running share
 _POLL_FROM = 0.9  # the share of short waits over which it polls
 
 
+def usable_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may use: those it has affinity to, but no more than the whole
+    CPUs of its cgroup's CPU quota (:func:`cpu_quota`)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return cpus if quota is None else max(1, min(cpus, math.floor(quota)))
+
+
+def cpu_quota(cgroup: str = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in CPUs, or None without one; read where a
+    container sees its own cgroup, as loky does: ``cpu.max`` (cgroup v2: "max 100000" or
+    "150000 100000"), else ``cpu/cpu.cfs_quota_us`` ("-1" without a quota) over
+    ``cpu/cpu.cfs_period_us`` (v1)."""
+    try:
+        with open(os.path.join(cgroup, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            with open(os.path.join(cgroup, "cpu", "cpu.cfs_quota_us")) as f:
+                quota = f.read().strip()
+            with open(os.path.join(cgroup, "cpu", "cpu.cfs_period_us")) as f:
+                period = f.read().strip()
+        except OSError:
+            return None
+    try:
+        microseconds, per = int(quota), int(period)
+    except ValueError:  # "max"
+        return None
+    return microseconds / per if microseconds > 0 and per > 0 else None
+
+
 class BusyPollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
     """The platform's default selector, polling for up to ``budget`` seconds before it
     sleeps while nearly all recent waits have been that short and a CPU is spare."""
@@ -72,8 +108,7 @@ class BusyPollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
         self.busy_share = 0.0  # running share of readings with more tasks runnable than CPUs
         self.polls = 0  # waits that started by polling
         self.threads_at_work = 0  # the loop's work in threads, which needs the GIL (no polls)
-        self.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count() or 1
+        self.cpus = usable_cpus()
         try:
             self._loadavg: int | None = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:

@@ -182,3 +182,19 @@ def test_an_idle_bridge_stops_polling_after_a_burst_of_calls(tmp_path):
         assert used < 0.25, f"an idle bridge used {used:.0%} of a CPU"
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("files, quota, cpus", [
+    ({}, None, None),  # no cgroup files: the CPUs it has affinity to
+    ({"cpu.max": "max 100000\n"}, None, None),
+    ({"cpu.max": "150000 100000\n"}, 1.5, 1),
+    ({"cpu.max": "50000 100000\n"}, 0.5, 1),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None, None),
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1.0, 1),
+], ids=["none", "v2-max", "v2-1.5", "v2-0.5", "v1-none", "v1-1"])
+def test_a_containers_cpu_quota_caps_the_cpus_it_counts_as_spare(tmp_path, files, quota, cpus):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert busy_poll.cpu_quota(str(tmp_path)) == quota
+    assert busy_poll.usable_cpus(str(tmp_path)) == (cpus or len(os.sched_getaffinity(0)))
