@@ -3,7 +3,9 @@ beside gRPC, with a real bridge, real kernels and the real clients.  ReadBlob st
 contract: the client falls back to it when the lane cannot be reached."""
 
 import asyncio
+import os
 import socket
+import stat
 
 import grpc
 import pyarrow as pa
@@ -78,7 +80,14 @@ def result_blob(stub, auth, size):
     return ref
 
 
-def lane(bridge):
+def lane(bridge, way="tcp"):
+    """A connection to the lane: its TCP port, or (``way="unix"``) its Unix socket beside
+    the local transport."""
+    if way == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(20)
+        sock.connect(bridge._lane.path)
+        return sock
     port = bridge._info().blob_lane_port
     assert port
     return socket.create_connection(("127.0.0.1", port), timeout=20)
@@ -110,6 +119,15 @@ def test_the_bridge_names_its_lane_in_server_info(bridge, client):
     assert info.blob_lane_port != int(bridge.address.rsplit(":", 1)[1])
 
 
+def test_the_lanes_unix_socket_is_private_and_named_to_local_clients(bridge):
+    path = bridge._lane.path
+    assert os.path.dirname(path) == os.path.dirname(bridge.local_address[len("unix:"):])
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # in the run's 0700 directory
+    with kernelpit.connect(bridge.local_address, bridge.token, transport="local") as c:
+        assert c.server_info().blob_lane_port > 0
+        assert c._async._backend._lane.where == path  # not the TCP port
+
+
 def test_large_results_come_over_the_lane_in_both_clients(bridge, client):
     lane_ = bridge._lane
     wait_until(lambda: len(bridge.blobs) == 0)  # the tests before: their blobs counted and freed
@@ -131,15 +149,16 @@ def test_large_results_come_over_the_lane_in_both_clients(bridge, client):
     wait_until(lambda: len(bridge.blobs) == 0)  # each freed once read
 
 
-def test_a_lane_read_is_checked_like_read_blob_and_reads_once(bridge, stub, auth):
+@pytest.mark.parametrize("way", ["tcp", "unix"])
+def test_a_lane_read_is_checked_like_read_blob_and_reads_once(bridge, stub, auth, way):
     ref = result_blob(stub, auth, 2 * LIMIT)
-    with lane(bridge) as sock:
+    with lane(bridge, way) as sock:
         sock.sendall(f"READ {ref.id} not-the-token\n".encode())
         line = reply_line(sock)
         assert line.startswith("ERR UNAUTHENTICATED ") and "Bearer <token>" in line
         sock.sendall(f"READ {ref.id} -\n".encode())
         assert reply_line(sock).startswith("ERR UNAUTHENTICATED no token was sent")
-        secret = bridge.portal.call(_add_token, bridge, "lane-reader", "read")
+        secret = bridge.portal.call(_add_token, bridge, f"lane-reader-{way}", "read")
         sock.sendall(f"READ {ref.id} {secret}\n".encode())
         line = reply_line(sock)
         assert line.startswith("ERR PERMISSION_DENIED ") and "needs role call" in line
@@ -159,10 +178,11 @@ async def _add_token(bridge, name, role):
     return bridge.tokens.add(name, role)[1]
 
 
+@pytest.mark.parametrize("way", ["tcp", "unix"])
 @pytest.mark.parametrize("request_", [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
                                       b"READ onlytwo\n", b"x" * 3000])
-def test_what_is_not_the_protocol_is_refused_and_the_lane_goes_on(bridge, client, request_):
-    with lane(bridge) as sock:
+def test_what_is_not_the_protocol_is_refused_and_the_lane_goes_on(bridge, client, request_, way):
+    with lane(bridge, way) as sock:
         sock.sendall(request_)
         line = reply_line(sock)
         assert line.startswith("ERR INVALID_ARGUMENT ") and "READ <blob id> <token>" in line

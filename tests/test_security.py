@@ -138,6 +138,16 @@ def test_tls_end_to_end_with_the_ca_given(tls_bridge, pki):
         assert info.blob_lane_port == 0  # the plaintext blob lane is not opened beside TLS
 
 
+def test_a_tls_bridges_local_clients_read_streamed_results_on_the_lanes_unix_socket(tls_bridge):
+    lane = tls_bridge._lane
+    assert lane.port == 0 and lane.path  # no plaintext TCP port; the private socket only
+    before = lane.served
+    with kernelpit.connect(tls_bridge.local_address, tls_bridge.token, transport="local") as c:
+        got = c.call("float_columns", 1_000_000)  # 8 MB columns: a streamed result
+        assert got == {f"c{j}": [i * 0.5 + j for i in range(1_000_000)] for j in range(3)}
+    wait_until(lambda: lane.served == before + 1)
+
+
 def test_tls_through_the_discovery_file(tls_bridge):
     with kernelpit.connect() as c:  # address, token and the CA to trust from the discovery file
         assert c.address == tls_bridge.address and c.call("add", 1, b=1) == 2

@@ -54,21 +54,33 @@ def served_without_lane():
     yield from served(blob_lane=False)  # the Python client reads the stream with ReadBlob
 
 
-@pytest.fixture(scope="module")
-def local_client(served_with_lane):
-    bridge = served_with_lane[0]
+def connected_locally(bridge):
     with kernelpit.connect(bridge.local_address, bridge.token, transport="local") as c:
         yield c
 
 
-@pytest.fixture(scope="module", params=["blob lane", "ReadBlob", "local transport"])
+@pytest.fixture(scope="module")
+def local_client(served_with_lane):
+    yield from connected_locally(served_with_lane[0])
+
+
+@pytest.fixture(scope="module")
+def local_client_without_lane(served_without_lane):
+    yield from connected_locally(served_without_lane[0])
+
+
+@pytest.fixture(scope="module", params=["blob lane", "ReadBlob", "local transport",
+                                        "local transport, ReadBlob"])
 def bridge_and_client(request):
     """(bridge, client, whether the client reads streams on the blob lane)"""
     if request.param == "ReadBlob":
         return (*request.getfixturevalue("served_without_lane"), False)
+    if request.param == "local transport, ReadBlob":  # over the local transport's socket
+        return (request.getfixturevalue("served_without_lane")[0],
+                request.getfixturevalue("local_client_without_lane"), False)
     bridge, client = request.getfixturevalue("served_with_lane")
-    if request.param == "local transport":  # streams come over the bridge's Unix socket
-        return bridge, request.getfixturevalue("local_client"), False
+    if request.param == "local transport":  # on the lane's Unix socket
+        return bridge, request.getfixturevalue("local_client"), True
     return bridge, client, True
 
 
@@ -220,11 +232,12 @@ def test_a_stream_read_cut_short_or_never_read_is_freed(bridge, stub, auth, clie
     assert client.call("add", 2, b=3) == 5
 
 
-@pytest.mark.parametrize("way", ["blob lane", "ReadBlob", "local transport"])
+@pytest.mark.parametrize("way", ["blob lane", "ReadBlob", "local transport",
+                                 "local transport, ReadBlob"])
 def test_a_cancelled_asyncio_call_stops_reading_its_stream_and_its_tool(request, way):
-    bridge = request.getfixturevalue("served_without_lane" if way == "ReadBlob"
+    bridge = request.getfixturevalue("served_without_lane" if way.endswith("ReadBlob")
                                      else "served_with_lane")[0]
-    address, transport = ((bridge.local_address, "local") if way == "local transport"
+    address, transport = ((bridge.local_address, "local") if way.startswith("local")
                           else (bridge.address, "grpc"))
     streamed = bridge.blobs.streamed
 

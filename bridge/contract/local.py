@@ -7,8 +7,10 @@ the pool's own (:mod:`kernelpit.kernels.wire`: a message is a list of frames).  
 encode and decode with this module.
 
 The first message on a connection is the client's greeting ``[GREETING]``; the bridge
-answers ``[GREETING, <JSON: shm_dir, prefix>]``: where the pool's shared memory is and
-the file-name prefix of this connection's values (see :mod:`kernelpit.kernels.arena`).
+answers ``[GREETING, <JSON: shm_dir, prefix, threshold, lane>]``: where the pool's shared
+memory is, the file-name prefix of this connection's values (see
+:mod:`kernelpit.kernels.arena`), and the blob lane's Unix socket (null without one), on
+which the client reads large results (:mod:`kernelpit.service.blob_lane`).
 Every later message starts with a header, ``<op: u8> <stream: u32>``; streams are numbered
 by the client:
 

@@ -509,14 +509,19 @@ class RemoteBackend(Backend):
         # (a bridge that does not say: chunks that fit gRPC's default 4 MB limit).
         self.limit = chunk_size(info.max_message_size or 4 * 10**6)
         self._mux.max_batch_bytes = self.limit
-        host, _ = split_host_port(self.address) or ("", 0)
-        if info.blob_lane_port and self.target.local is None and self.target.tls is None \
-                and host and self._lane is None:
-            # large results from the bridge's blob lane, at the host this client dialled (the
-            # bridge may listen on every address): kernelpit.remote.blob_lane
-            target = self.target
-            self._lane = LaneReader(host, info.blob_lane_port, lambda: target.token, self.address)
-            self._set_metadata()
+        if self._lane is None:
+            # large results from the bridge's blob lane (kernelpit.remote.blob_lane): beside
+            # the local transport, its Unix socket; else at the host this client dialled (the
+            # bridge may listen on every address), when gRPC is plaintext
+            host, _ = split_host_port(self.address) or ("", 0)
+            local_lane = getattr(self.channel, "lane", None) if self.target.local else None
+            where: tuple[str, int] | str | None = local_lane or (
+                (host, info.blob_lane_port) if info.blob_lane_port and host and
+                self.target.local is None and self.target.tls is None else None)
+            if where is not None:
+                target = self.target
+                self._lane = LaneReader(where, lambda: target.token, self.address)
+                self._set_metadata()
         return info
 
     async def shutdown(self, grace: float | None = None) -> None:

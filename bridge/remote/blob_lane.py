@@ -1,6 +1,7 @@
 """The client end of the blob lane (the bridge's end and the protocol:
 :mod:`kernelpit.service.blob_lane`): a result blob received straight into the value's memory
-over a plain TCP connection, instead of as gRPC messages.
+over a plain TCP connection, or the lane's Unix socket beside the local transport, instead
+of as gRPC or local transport messages.
 
 A :class:`LaneReader` keeps its connections open for the next blob (one per thread reading
 at a time).  :meth:`LaneReader.read` answers False when the lane cannot be reached (a
@@ -33,12 +34,13 @@ _HEADER_MAX = 4096
 
 
 class LaneReader:
-    """Reads result blobs from the blob lane at ``host``:``port``; ``token()`` is the
-    client's token now (it follows a rotation), ``address`` the bridge's, for messages."""
+    """Reads result blobs from the blob lane at ``where``: ``(host, port)``, or the path of
+    its Unix socket; ``token()`` is the client's token now (it follows a rotation),
+    ``address`` the bridge's, for messages."""
 
-    def __init__(self, host: str, port: int, token: Callable[[], str | None],
+    def __init__(self, where: tuple[str, int] | str, token: Callable[[], str | None],
                  address: str) -> None:
-        self.host, self.port = host, port
+        self.where = where
         self._token = token
         self._address = address
         self._idle: list[socket.socket] = []
@@ -111,17 +113,27 @@ class LaneReader:
             if self._idle:
                 return self._idle.pop()
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT)
+            if isinstance(self.where, str):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(CONNECT_TIMEOUT)
+                    sock.connect(self.where)
+                except OSError:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection(self.where, timeout=CONNECT_TIMEOUT)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             self._unreachable(str(exc))
             return None
         sock.settimeout(None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
     def _unreachable(self, why: str) -> None:
-        log.info("the blob lane of the bridge at %s (port %d) cannot be used (%s): reading "
-                 "blobs over gRPC for %g s", self._address, self.port, why, RETRY_AFTER)
+        where = self.where if isinstance(self.where, str) else f"port {self.where[1]}"
+        log.info("the blob lane of the bridge at %s (%s) cannot be used (%s): reading "
+                 "blobs with ReadBlob for %g s", self._address, where, why, RETRY_AFTER)
         self._unreachable_until = time.monotonic() + RETRY_AFTER
 
     def _header(self, sock: socket.socket) -> tuple[int, bytes]:

@@ -37,6 +37,7 @@ class LocalChannel:
     def __init__(self, path: str) -> None:
         self.path = path
         self.shared_memory: arrow.Transport | None = None
+        self.lane: str | None = None  # the bridge's blob lane socket, once greeted
         self._ids = itertools.count(1)
         self._calls: dict[int, _Call] = {}
         self._transport: asyncio.Transport | None = None
@@ -95,6 +96,7 @@ class LocalChannel:
             self.shared_memory = arrow.Transport(
                 shm_dir=hello["shm_dir"], threshold=int(hello.get("threshold") or 1 << 20),
                 prefix=hello["prefix"], arena=hello["prefix"])
+        self.lane = hello.get("lane")
         self._transport = transport  # type: ignore[assignment]
         self._connecting = None
         backlog, self._backlog = self._backlog, []

@@ -23,8 +23,12 @@ when the connection breaks.  A request that is not this protocol is answered
 ``ERR INVALID_ARGUMENT`` and its connection closed; the lane goes on serving the others.  A
 connection idle for :data:`IDLE_TIMEOUT` seconds is closed (the client makes a new one).
 
-The lane is plaintext, so a bridge that serves TLS does not open it (its clients read blobs
-with ``ReadBlob``), and ``kernelpit serve --no-blob-lane`` turns it off (docs/security.md).
+The lane is plaintext, so a bridge that serves TLS does not open its TCP port (its clients
+read blobs with ``ReadBlob``).  Beside the local transport the lane also listens on a Unix
+socket, ``lane.sock`` in the run's private directory (mode 0600), which the local
+transport's greeting names: a client on the bridge's machine reads streamed results there,
+with the same protocol and checks, whether or not the bridge serves TLS.  ``kernelpit serve
+--no-blob-lane`` turns both off (docs/security.md).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from typing import Any
 
@@ -45,6 +50,7 @@ from .blobs import BlobError, BlobStore
 log = logging.getLogger("kernelpit.service")
 
 READ_BLOB = "/kernelpit.v1.Bridge/ReadBlob"  # the method whose role a lane read needs
+SOCKET_NAME = "lane.sock"  # the Unix socket's name in the run's private directory
 IDLE_TIMEOUT = 300.0  # seconds a connection may wait for its next request before it is closed
 
 
@@ -59,10 +65,11 @@ class BlobLane:
         self._blobs = blobs
         self._auth = auth
         self._activity = activity
-        self._listener: socket.socket | None = None
-        self._accepting: asyncio.Task[None] | None = None
+        self._listeners: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[None]] = set()
-        self.port = 0
+        self.port = 0  # the TCP port (0: none)
+        self.path: str | None = None  # the Unix socket (None: none)
         self.served = 0        # blobs sent whole (kernelpit_blob_lane_blobs)
         self.served_bytes = 0  # their bytes (kernelpit_blob_lane_bytes)
         self.refused: dict[str, int] = {}  # requests refused, by status name
@@ -74,27 +81,56 @@ class BlobLane:
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind((host, 0))
+        except OSError:
+            listener.close()
+            raise
+        self._listen(listener)
+        self.port = listener.getsockname()[1]
+        return self.port
+
+    async def start_unix(self, run_dir: str) -> str:
+        """Listen on :data:`SOCKET_NAME` in ``run_dir`` (the run's private directory), for
+        clients of the local transport; returns the socket's path."""
+        path = os.path.join(run_dir, SOCKET_NAME)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by a bridge of this run that was killed
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket is 0600 from the start, as the local transport's
+        try:
+            listener.bind(path)
+        except OSError:
+            listener.close()
+            raise
+        finally:
+            os.umask(old)
+        self._listen(listener)
+        self.path = path
+        return path
+
+    def _listen(self, listener: socket.socket) -> None:
+        try:
             listener.listen(64)
             listener.setblocking(False)
         except OSError:
             listener.close()
             raise
-        self._listener = listener
-        self.port = listener.getsockname()[1]
-        self._accepting = asyncio.ensure_future(self._accept(listener))
-        return self.port
+        self._listeners.append(listener)
+        self._accepting.append(asyncio.ensure_future(self._accept(listener)))
 
     async def stop(self) -> None:
         """Stop accepting, and cut the reads in progress (their blobs are freed)."""
-        tasks = [t for t in (self._accepting, *self._connections) if t is not None]
+        tasks = [*self._accepting, *self._connections]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        for listener in self._listeners:
+            listener.close()
+        self._listeners, self._accepting = [], []
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -106,7 +142,8 @@ class BlobLane:
                 await asyncio.sleep(0.1)
                 continue
             conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if conn.family != socket.AF_UNIX:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = asyncio.ensure_future(self._serve(conn))
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)

@@ -78,6 +78,7 @@ class LocalServer:
         self._ids = itertools.count(1)
         self._server: asyncio.AbstractServer | None = None
         self.connections: set[_Connection] = set()
+        self.lane: str | None = None  # the blob lane's Unix socket, named in the greeting
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         self._generic.extend(handlers)
@@ -278,7 +279,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._greeted = True
             hello = {"prefix": self.prefix, "pid": os.getpid(),
                      "shm_dir": self.shm.shm_dir if self.shm is not None else None,
-                     "threshold": self.shm.threshold if self.shm is not None else None}
+                     "threshold": self.shm.threshold if self.shm is not None else None,
+                     "lane": self.server.lane}
             self.send([proto.GREETING, json.dumps(hello).encode()])
             return
         op, stream = proto.parse_head(frames)

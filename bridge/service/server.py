@@ -133,8 +133,7 @@ class Bridge:
         self._server: grpc.aio.Server | None = None
         self._local: LocalServer | None = None
         self._serve_local = local
-        # the blob lane is plaintext: not beside a gRPC port that serves TLS (blob_lane.py)
-        self._serve_blob_lane = blob_lane and self.tls is None
+        self._serve_blob_lane = blob_lane  # its TCP port is plaintext: not beside TLS
         self._lane: BlobLane | None = None
         self._health = health.aio.HealthServicer()
         self._stop_requested = asyncio.Event()
@@ -254,22 +253,35 @@ class Bridge:
                           "use: pick another with --port, or --port 0 for any free one") from None
         await server.start()
         self._server = server
+        if self._serve_blob_lane:  # first: the local transport's greeting names it
+            await self._start_lane(token_auth)
         if self._local is not None:
             await self._local.start()
-        if self._serve_blob_lane:
-            lane = BlobLane(self.blobs, token_auth,
-                            self.idle if self.idle.timeout is not None else None)
-            try:
-                await lane.start(self.host)
-            except OSError as exc:  # the bridge serves without it: clients use ReadBlob
-                log.warning("kernelpit: the blob lane cannot listen on %s (%s); clients read "
-                            "large results over gRPC", self.host, exc)
-            else:
-                self._lane = lane
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.address = f"{host}:{port}"
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_lane(self, token_auth: Any) -> None:
+        """The blob lane: on a TCP port beside a plaintext gRPC port, and on a Unix socket
+        beside the local transport (named in its greeting).  Where it cannot listen, clients
+        read blobs with ReadBlob."""
+        lane = BlobLane(self.blobs, token_auth, self.idle if self.idle.timeout is not None
+                        else None)
+        if self.tls is None:  # plaintext: not beside a gRPC port that serves TLS
+            try:
+                await lane.start(self.host)
+            except OSError as exc:
+                log.warning("kernelpit: the blob lane cannot listen on %s (%s); clients read "
+                            "large results over gRPC", self.host, exc)
+        if self._local is not None:
+            try:
+                self._local.lane = await lane.start_unix(os.path.dirname(self._local.path))
+            except OSError as exc:
+                log.warning("kernelpit: the blob lane cannot listen beside the local transport "
+                            "(%s); its clients read large results with ReadBlob", exc)
+        if lane.port or lane.path:
+            self._lane = lane
 
     @property
     def local_address(self) -> str | None:
