@@ -895,9 +895,8 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
             _remote_rows(ctx, rows, "kernelpit-remote", case, unit, better,
                          client_measure("kernelpit-remote", "connect().session().call over gRPC "
                                         "(large values over the bridge's blob lane)"))
-            if kind != "table":  # the local transport changes nothing for a table of lists
-                _remote_rows(ctx, rows, "kernelpit-local", case, unit, better, client_measure(
-                    "kernelpit-local", "connect(transport='local').session().call"))
+            _remote_rows(ctx, rows, "kernelpit-local", case, unit, better, client_measure(
+                "kernelpit-local", "connect(transport='local').session().call"))
             fn = getattr(pf, tool)
 
             def ipp_measure(peer: IppPeer) -> dict[str, Any]:
