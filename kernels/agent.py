@@ -288,16 +288,21 @@ class Agent:
                 self._running[call_id] = me
         if cancelled:
             return encode(_cancelled_result(call_id))
-        frames, packing = None, True
+        frames, failure, packing = None, None, True
         while True:
             try:
                 if packing:
                     packing = False
-                    frames = encode(msg, self.transport, ahead=write)
+                    try:
+                        frames = encode(msg, self.transport, ahead=write)
+                    except Exception as exc:  # noqa: BLE001 - raised once out of the table
+                        failure = exc
                 self._stop_running(call_id, me)
                 break
             except CallCancelled:  # the lists already written ahead are dropped by the pool
                 continue
+        if failure is not None:
+            raise failure  # a value that cannot be sent: send() tells the caller why
         return frames if frames is not None else encode(_cancelled_result(call_id))
 
     def _stop_running(self, call_id: int, me: int) -> None:
