@@ -27,10 +27,10 @@ sleeps, as Linux's ``net.core.busy_poll`` does for sockets, under two conditions
   third of their work to an unchecked poll), as the kernel's own busy polling stops when
   another task wants the CPU.
 
-Without ``/proc/loadavg`` (not Linux) it never polls.  In a container whose CPU quota
-(cgroup ``cpu.max``, or ``cpu.cfs_quota_us`` in cgroup v1) is below its CPUs, it counts
-the whole CPUs of the quota instead (:func:`usable_cpus`): polling there would spend the
-quota that the workers share.
+Without ``/proc/loadavg`` (not Linux) it never polls.  In a cgroup whose CPU quota
+(``cpu.max``, or ``cpu.cfs_quota_us`` in cgroup v1: a container's, a systemd unit's
+``CPUQuota=``) is below its CPUs, it counts the whole CPUs of the quota instead
+(:func:`usable_cpus`): polling there would spend the quota that the workers share.
 
 While it polls, the loop's thread holds the GIL but for the moments of each poll, and
 another Python thread seldom gets it in those.  So :class:`BusyPollLoop`, the loop on such
@@ -63,34 +63,65 @@ _LEARN = 1 / 8  # weight of the newest wait (or reading) in a running share
 _POLL_FROM = 0.9  # the share of short waits over which it polls
 
 
-def usable_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
+def usable_cpus(cgroup: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> int:
     """The CPUs this process may use: those it has affinity to, but no more than the whole
     CPUs of its cgroup's CPU quota (:func:`cpu_quota`)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
         else os.cpu_count() or 1
-    quota = cpu_quota(cgroup)
+    quota = cpu_quota(cgroup, membership)
     return cpus if quota is None else max(1, min(cpus, math.floor(quota)))
 
 
-def cpu_quota(cgroup: str = "/sys/fs/cgroup") -> float | None:
-    """The CPU quota of this process's cgroup in CPUs, or None without one; read where a
-    container sees its own cgroup, as loky does: ``cpu.max`` (cgroup v2: "max 100000" or
-    "150000 100000"), else ``cpu/cpu.cfs_quota_us`` ("-1" without a quota) over
-    ``cpu/cpu.cfs_period_us`` (v1)."""
+def cpu_quota(cgroup: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") \
+        -> float | None:
+    """The tightest CPU quota over this process's cgroup and its ancestors, in CPUs, or None
+    without one.  It looks at the root of the cgroup mount, where a container sees its own
+    cgroup (as loky does), and along the path that ``membership`` names (a systemd unit's
+    ``CPUQuota=``, a container without a cgroup namespace): ``cpu.max`` in cgroup v2 ("max
+    100000" or "150000 100000"), ``cpu.cfs_quota_us`` ("-1": none) over ``cpu.cfs_period_us``
+    in v1's ``cpu`` controller."""
+    quotas = [q for q in (_quota_in(d, v2) for d, v2 in _cgroup_dirs(cgroup, membership))
+              if q is not None]
+    return min(quotas, default=None)
+
+
+def _cgroup_dirs(cgroup: str, membership: str) -> list[tuple[str, bool]]:
+    """(directory, is cgroup v2) to read a quota in: the roots of v2 and of v1's ``cpu``, then
+    every directory on this process's path below each."""
+    paths = {True: "", False: ""}
     try:
-        with open(os.path.join(cgroup, "cpu.max")) as f:
-            quota, period = f.read().split()[:2]
+        with open(membership) as f:
+            for line in f:  # "0::/path" (v2), "4:cpu,cpuacct:/path" (v1)
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if not controllers:
+                    paths[True] = path
+                elif "cpu" in controllers.split(","):
+                    paths[False] = path
     except (OSError, ValueError):
-        try:
-            with open(os.path.join(cgroup, "cpu", "cpu.cfs_quota_us")) as f:
-                quota = f.read().strip()
-            with open(os.path.join(cgroup, "cpu", "cpu.cfs_period_us")) as f:
-                period = f.read().strip()
-        except OSError:
-            return None
+        pass
+    dirs = []
+    for v2, root in ((True, cgroup), (False, os.path.join(cgroup, "cpu"))):
+        here = root
+        dirs.append((here, v2))
+        for part in paths[v2].strip("/").split("/"):
+            if part:
+                here = os.path.join(here, part)
+                dirs.append((here, v2))
+    return dirs
+
+
+def _quota_in(directory: str, v2: bool) -> float | None:
     try:
+        if v2:
+            with open(os.path.join(directory, "cpu.max")) as f:
+                quota, period = f.read().split()[:2]
+        else:
+            with open(os.path.join(directory, "cpu.cfs_quota_us")) as f:
+                quota = f.read().strip()
+            with open(os.path.join(directory, "cpu.cfs_period_us")) as f:
+                period = f.read().strip()
         microseconds, per = int(quota), int(period)
-    except ValueError:  # "max"
+    except (OSError, ValueError):  # no such file, or "max"
         return None
     return microseconds / per if microseconds > 0 and per > 0 else None
 

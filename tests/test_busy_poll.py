@@ -184,17 +184,67 @@ def test_an_idle_bridge_stops_polling_after_a_burst_of_calls(tmp_path):
         s.stop()
 
 
-@pytest.mark.parametrize("files, quota, cpus", [
-    ({}, None, None),  # no cgroup files: the CPUs it has affinity to
-    ({"cpu.max": "max 100000\n"}, None, None),
-    ({"cpu.max": "150000 100000\n"}, 1.5, 1),
-    ({"cpu.max": "50000 100000\n"}, 0.5, 1),
-    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None, None),
-    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1.0, 1),
-], ids=["none", "v2-max", "v2-1.5", "v2-0.5", "v1-none", "v1-1"])
-def test_a_containers_cpu_quota_caps_the_cpus_it_counts_as_spare(tmp_path, files, quota, cpus):
+@pytest.mark.parametrize("files, member, quota, cpus", [
+    ({}, "0::/", None, None),  # no cgroup files: the CPUs it has affinity to
+    ({"cpu.max": "max 100000\n"}, "0::/", None, None),
+    ({"cpu.max": "150000 100000\n"}, "0::/", 1.5, 1),  # a container's own cgroup at the root
+    ({"cpu.max": "50000 100000\n"}, "0::/", 0.5, 1),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "", None, None),
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, "", 1.0, 1),
+    # a systemd unit's CPUQuota=, below the root: the process's own path
+    ({"cpu.max": "max 100000\n", "system.slice/kp.service/cpu.max": "50000 100000\n"},
+     "0::/system.slice/kp.service\n", 0.5, 1),
+    # the tightest quota on the way wins: a slice's over its unit's none
+    ({"system.slice/cpu.max": "100000 100000\n", "system.slice/kp.service/cpu.max": "max 100000\n"},
+     "0::/system.slice/kp.service\n", 1.0, 1),
+    # cgroup v1 without a cgroup namespace: the cpu controller's path
+    ({"cpu/docker/abc/cpu.cfs_quota_us": "150000\n", "cpu/docker/abc/cpu.cfs_period_us": "100000\n"},
+     "12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n", 1.5, 1),
+], ids=["none", "v2-max", "v2-1.5", "v2-0.5", "v1-none", "v1-1", "v2-unit", "v2-slice", "v1-path"])
+def test_a_cgroups_cpu_quota_caps_the_cpus_it_counts_as_spare(tmp_path, files, member, quota,
+                                                               cpus):
+    root = tmp_path / "fs"
     for name, text in files.items():
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text(text)
-    assert busy_poll.cpu_quota(str(tmp_path)) == quota
-    assert busy_poll.usable_cpus(str(tmp_path)) == (cpus or len(os.sched_getaffinity(0)))
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "cgroup").write_text(member)
+    assert busy_poll.cpu_quota(str(root), str(tmp_path / "cgroup")) == quota
+    assert busy_poll.usable_cpus(str(root), str(tmp_path / "cgroup")) == \
+        (cpus or len(os.sched_getaffinity(0)))
+
+
+def test_a_process_in_a_real_cgroup_with_a_quota_counts_its_cpus(tmp_path):
+    """A real cgroup (v1's cpu controller, or v2's cpu.max) with a quota of half a CPU: a
+    process moved into it counts one CPU (needs root and a writable cgroup hierarchy)."""
+    v1 = "/sys/fs/cgroup/cpu"
+    if os.path.isfile(os.path.join(v1, "cpu.cfs_quota_us")):
+        parent, files = v1, {"cpu.cfs_quota_us": "50000"}
+    elif os.path.isfile("/sys/fs/cgroup/cgroup.controllers") and \
+            "cpu" in open("/sys/fs/cgroup/cgroup.subtree_control").read().split():
+        parent, files = "/sys/fs/cgroup", {"cpu.max": "50000 100000"}
+    else:
+        pytest.skip("no cgroup cpu controller to make a cgroup in")
+    group = os.path.join(parent, f"kernelpit-test-{os.getpid()}")
+    try:
+        os.mkdir(group)
+    except OSError as exc:
+        pytest.skip(f"cannot make a cgroup here ({exc}): needs root")
+    child = None
+    try:
+        for name, text in files.items():
+            with open(os.path.join(group, name), "w") as f:
+                f.write(text)
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.readline(); "
+             "from kernelpit import busy_poll; print(busy_poll.usable_cpus(), "
+             "busy_poll.cpu_quota())"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        with open(os.path.join(group, "cgroup.procs"), "w") as f:
+            f.write(str(child.pid))
+        out, _ = child.communicate("go\n", timeout=60)
+        assert out.split() == ["1", "0.5"]
+    finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
+        os.rmdir(group)
