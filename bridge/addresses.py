@@ -1,10 +1,32 @@
-"""Host and address rules shared by every listener (the bridge's gRPC port, ``/metrics``) and
-the clients that dial them."""
+"""Host and address rules shared by every listener (the bridge's gRPC port, ``/metrics``, its
+Unix sockets) and the clients that dial them."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import socket
+
+
+def private_unix_listener(path: str) -> socket.socket:
+    """A listening, non-blocking Unix socket at ``path``, mode 0600 from its bind (not after a
+    chmod), in a directory that should be private already; a socket left there by a killed
+    process of the same run is replaced."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    return sock
 
 
 def is_loopback(host: str) -> bool:

@@ -42,6 +42,7 @@ from typing import Any
 
 import grpc
 
+from ..addresses import private_unix_listener
 from ..contract import lane as lines
 from ..contract.framing import CHUNK, pieces
 from .auth import Refused, TokenAuth
@@ -92,18 +93,7 @@ class BlobLane:
         """Listen on :data:`SOCKET_NAME` in ``run_dir`` (the run's private directory), for
         clients of the local transport; returns the socket's path."""
         path = os.path.join(run_dir, SOCKET_NAME)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # left by a bridge of this run that was killed
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # the socket is 0600 from the start, as the local transport's
-        try:
-            listener.bind(path)
-        except OSError:
-            listener.close()
-            raise
-        finally:
-            os.umask(old)
-        self._listen(listener)
+        self._listen(private_unix_listener(path))
         self.path = path
         return path
 

@@ -29,6 +29,7 @@ from typing import Any, AsyncIterator
 
 import grpc
 
+from ..addresses import private_unix_listener
 from ..contract import local as proto
 from ..kernels import arrow, wire
 
@@ -84,14 +85,8 @@ class LocalServer:
         self._generic.extend(handlers)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        old = os.umask(0o177)  # the socket is 0600 from the start, not after a chmod
-        try:
-            self._server = await loop.create_unix_server(lambda: _Connection(self), self.path)
-        finally:
-            os.umask(old)
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            lambda: _Connection(self), sock=private_unix_listener(self.path))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting; give the RPCs in flight ``grace`` seconds, then cancel them."""
