@@ -514,10 +514,11 @@ class RemoteBackend(Backend):
             # the local transport, its Unix socket; else at the host this client dialled (the
             # bridge may listen on every address), when gRPC is plaintext
             host, _ = split_host_port(self.address) or ("", 0)
-            local_lane = getattr(self.channel, "lane", None) if self.target.local else None
-            where: tuple[str, int] | str | None = local_lane or (
-                (host, info.blob_lane_port) if info.blob_lane_port and host and
-                self.target.local is None and self.target.tls is None else None)
+            where: tuple[str, int] | str | None = None
+            if self.target.local is not None:
+                where = getattr(self.channel, "lane", None)
+            elif info.blob_lane_port and host and self.target.tls is None:
+                where = (host, info.blob_lane_port)
             if where is not None:
                 target = self.target
                 self._lane = LaneReader(where, lambda: target.token, self.address)
