@@ -820,7 +820,7 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     unit, better = "GB/s", "higher"
 
-    def reps_for(size: int, kind: str) -> int:
+    def reps_for(size: int) -> int:
         # Five repeats from 10 MB on: one call in ten comes out twice as slow here, its client
         # spending 0.5 s in the kernel on the fresh pages of its new floats (first touch on
         # this VM), and the median of two repeats is their mean (docs/performance.md, S7).
@@ -861,7 +861,7 @@ def s7_payload(ctx: Context) -> dict[str, Any]:
     for kind in ("bytes", "table", "arrow"):
         for size in sizes[kind]:
             case = f"{kind} {size // MB:,} MB"
-            reps = reps_for(size, kind)
+            reps = reps_for(size)
             tool = f"payload_{kind}"
             if kind == "bytes":
                 def check(v: Any, size: int = size) -> bool:
